@@ -1,0 +1,229 @@
+//! The `storepulse` command line: argument parsing and dispatch to the subcommands.
+//!
+//! Every option also reads an environment variable (`STOREPULSE_…`), listed in `--help` and
+//! in the README. Parsing is pure; `run` is the only part that does anything.
+
+use crate::kafka::{self, KafkaSettings, Topics};
+use crate::simulate::scenario::{FlashSale, ScenarioConfig};
+use crate::simulate::{self, SimulateOptions};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// storepulse: live e-commerce operations from Kafka event streams.
+#[derive(Debug, Parser)]
+#[command(name = "storepulse", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Produce realistic flash-sale traffic (orders, stock, sessions) to Kafka.
+    Simulate(SimulateArgs),
+}
+
+/// Broker and topic names, shared by every subcommand that talks to Kafka.
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "STOREPULSE_KAFKA_BROKERS", default_value = kafka::DEFAULT_BROKERS)]
+    pub brokers: String,
+    /// Topic of OrderPlaced and OrderCancelled.
+    #[arg(long, env = "STOREPULSE_TOPIC_ORDERS", default_value = "orders")]
+    pub orders_topic: String,
+    /// Topic of StockChanged.
+    #[arg(long, env = "STOREPULSE_TOPIC_INVENTORY", default_value = "inventory")]
+    pub inventory_topic: String,
+    /// Topic of SessionSeen.
+    #[arg(long, env = "STOREPULSE_TOPIC_ACTIVITY", default_value = "activity")]
+    pub activity_topic: String,
+}
+
+impl KafkaArgs {
+    /// The typed settings.
+    pub fn settings(&self) -> KafkaSettings {
+        KafkaSettings {
+            brokers: self.brokers.clone(),
+            topics: Topics {
+                orders: self.orders_topic.clone(),
+                inventory: self.inventory_topic.clone(),
+                activity: self.activity_topic.clone(),
+            },
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 90s, 5m, 1h30m)"))
+}
+
+fn parse_start(s: &str) -> Result<i64, String> {
+    if s == "now" {
+        return Ok(SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_millis() as i64);
+    }
+    let time = humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?}: {e} (expected \"now\" or e.g. 2026-11-27T10:00:00Z)"))?;
+    let millis = time
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| format!("{s:?} is before the Unix epoch"))?
+        .as_millis();
+    i64::try_from(millis).map_err(|_| format!("{s:?} is too far in the future"))
+}
+
+/// Options of `storepulse simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Target records per second; 0 means as fast as the broker accepts.
+    #[arg(long, env = "STOREPULSE_SIM_RATE", default_value_t = 1000.0)]
+    rate: f64,
+    /// Stop after this many records.
+    #[arg(long, env = "STOREPULSE_SIM_COUNT")]
+    count: Option<u64>,
+    /// Stop after this long (e.g. 90s, 5m); without --count or --duration, runs until Ctrl-C.
+    #[arg(long, env = "STOREPULSE_SIM_DURATION", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Number of stores (1 to 8).
+    #[arg(long, env = "STOREPULSE_SIM_STORES", default_value_t = 3)]
+    stores: usize,
+    /// SKUs in each store's catalog.
+    #[arg(long, env = "STOREPULSE_SIM_SKUS", default_value_t = 40)]
+    skus: usize,
+    /// Partitions of topics this run creates.
+    #[arg(long, env = "STOREPULSE_SIM_PARTITIONS", default_value_t = 4)]
+    partitions: i32,
+    /// Random seed: the same seed (and start time and settings) gives the same records.
+    #[arg(long, env = "STOREPULSE_SIM_SEED", default_value_t = 1)]
+    seed: u64,
+    /// Event time of the first record: "now" or an RFC 3339 time.
+    #[arg(long, env = "STOREPULSE_SIM_START", default_value = "now", value_parser = parse_start)]
+    start: i64,
+    /// When the flash sale starts, in event time from the start.
+    #[arg(long, env = "STOREPULSE_SIM_FLASH_AT", default_value = "30s", value_parser = parse_duration)]
+    flash_sale_at: Duration,
+    /// How long the flash sale lasts, in event time.
+    #[arg(long, env = "STOREPULSE_SIM_FLASH_FOR", default_value = "2m", value_parser = parse_duration)]
+    flash_sale_for: Duration,
+    /// Discounted SKUs per store in the flash sale; 0 disables the sale.
+    #[arg(long, env = "STOREPULSE_SIM_FLASH_SKUS", default_value_t = 3)]
+    flash_skus: usize,
+    /// Let flash-sale SKUs be sold past zero stock (oversold).
+    #[arg(long, env = "STOREPULSE_SIM_OVERSELL")]
+    oversell: bool,
+    /// Do not create missing topics (production to a missing topic then fails).
+    #[arg(long)]
+    no_create_topics: bool,
+    /// How long a record may wait for delivery before it counts as failed.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    message_timeout: Duration,
+    /// No progress lines, only the final report.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl SimulateArgs {
+    fn options(&self) -> SimulateOptions {
+        let rate = (self.rate > 0.0).then_some(self.rate);
+        SimulateOptions {
+            scenario: ScenarioConfig {
+                seed: self.seed,
+                start_ms: self.start,
+                // Event time advances at the target rate (1000/s when unpaced), so the
+                // stream is the same however fast the broker takes it.
+                events_per_second: rate.unwrap_or(1000.0),
+                stores: self.stores,
+                skus_per_store: self.skus,
+                flash_sale: (self.flash_skus > 0).then_some(FlashSale {
+                    starts_after_ms: self.flash_sale_at.as_millis() as i64,
+                    duration_ms: self.flash_sale_for.as_millis() as i64,
+                    skus_per_store: self.flash_skus,
+                    oversell: self.oversell,
+                    discount_percent: 30,
+                }),
+            },
+            rate,
+            count: self.count,
+            duration: self.duration,
+            partitions: self.partitions,
+            create_topics: !self.no_create_topics,
+            message_timeout: self.message_timeout,
+            progress_every: (!self.quiet).then_some(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Runs a parsed command line until it finishes or `stop` is cancelled (Ctrl-C).
+pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Simulate(args) => simulate(args, stop).await,
+    }
+}
+
+async fn simulate(args: SimulateArgs, stop: CancellationToken) -> anyhow::Result<()> {
+    let settings = args.kafka.settings();
+    let options = args.options();
+    eprintln!(
+        "[simulate] {} stores x {} SKUs, seed {}, target {} to {} ({}, {}, {})",
+        options.scenario.stores,
+        options.scenario.skus_per_store,
+        options.scenario.seed,
+        options
+            .rate
+            .map_or("unpaced".to_owned(), |r| format!("{r} records/s")),
+        settings.brokers,
+        settings.topics.orders,
+        settings.topics.inventory,
+        settings.topics.activity,
+    );
+    let result = simulate::run(&settings, options, stop).await;
+    let report = match &result {
+        Ok(report) => report.clone(),
+        Err(simulate::SimulateError::Undelivered { report }) => report.clone(),
+        Err(_) => {
+            return result
+                .map(|_| ())
+                .context("simulation failed before producing");
+        }
+    };
+    println!(
+        "produced {} records in {:.1} s: {} acknowledged by kafka, {} failed, {:.0} records/s achieved (backpressure waits: {})",
+        report.produced,
+        report.elapsed.as_secs_f64(),
+        report.acked,
+        report.failed,
+        report.achieved_rate(),
+        report.backpressure_waits,
+    );
+    let watermark_settings = settings.clone();
+    if let Ok(totals) = tokio::task::spawn_blocking(move || {
+        watermark_settings.topics.all().map(|topic| {
+            (
+                topic.to_owned(),
+                kafka::total_records(&watermark_settings, topic),
+            )
+        })
+    })
+    .await
+    {
+        let line: Vec<String> = totals
+            .iter()
+            .map(|(topic, total)| match total {
+                Ok(n) => format!("{topic}={n}"),
+                Err(e) => format!("{topic}=? ({e})"),
+            })
+            .collect();
+        println!("records in kafka now (high watermarks): {}", line.join(" "));
+    }
+    result
+        .map(|_| ())
+        .context("simulation did not deliver every record")
+}

@@ -1,0 +1,434 @@
+//! Avro wire formats for [`Event`]s: bytes in a Kafka record value to a typed, validated
+//! event, and back.
+//!
+//! Two framings are accepted, told apart by the first byte:
+//!
+//! | framing | bytes | schema chosen by |
+//! |---|---|---|
+//! | Avro single-object encoding (default) | `C3 01`, 8-byte CRC-64-AVRO (Rabin) fingerprint, little-endian, of the writer schema's canonical form, then the datum | the fingerprint, among every version of every schema in `schemas/` |
+//! | Confluent Schema Registry | `00`, 4-byte big-endian schema id, then the datum | [`ConfluentIds`]: a configured map from registry id to one of our schema versions |
+//!
+//! The datum is decoded with the *writer's* schema version into the current Rust type:
+//! fields match by name, so a field added in a later version must carry a serde default
+//! (and an Avro default). Every schema version ever released stays in `schemas/` with an
+//! encoded fixture, and a unit test decodes each fixture, so a breaking change fails loudly.
+//!
+//! Decoding is the hot path: it uses `serde_avro_fast` (see `docs/benchmarks.md` for why);
+//! `apache-avro` is kept for cross-checks in tests and for the benchmark baseline.
+//! Pure: no I/O, no clock. Never panics on any input (a property test holds it to that).
+
+use super::{
+    Event, EventKind, InvalidEvent, OrderCancelled, OrderPlaced, SessionSeen, StockChanged,
+};
+use serde_avro_fast::Schema;
+use serde_avro_fast::de::{DeserializerConfig, DeserializerState};
+use serde_avro_fast::ser::SerializerConfig;
+use std::fmt;
+use std::str::FromStr;
+use thiserror::Error;
+
+/// Single-object encoding marker (Avro spec, "Single-object encoding").
+const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
+/// Marker + fingerprint.
+const SINGLE_OBJECT_HEADER_LEN: usize = 10;
+/// Confluent wire format: magic byte 0, then a 4-byte big-endian schema id.
+const CONFLUENT_MAGIC: u8 = 0;
+const CONFLUENT_HEADER_LEN: usize = 5;
+/// Upper bound on any array in a record (order lines). Arbitrary bytes can claim a length
+/// of billions; the decoder refuses before allocating.
+const MAX_SEQUENCE_LEN: usize = 10_000;
+
+/// Every schema file in `schemas/`, oldest version first per kind. A new version is appended
+/// here and never replaces an old one: old records in Kafka still name the old fingerprint.
+const SCHEMA_FILES: &[(EventKind, u32, &str)] = &[
+    (
+        EventKind::OrderPlaced,
+        1,
+        include_str!("../../schemas/order_placed/v1.avsc"),
+    ),
+    (
+        EventKind::OrderCancelled,
+        1,
+        include_str!("../../schemas/order_cancelled/v1.avsc"),
+    ),
+    (
+        EventKind::StockChanged,
+        1,
+        include_str!("../../schemas/stock_changed/v1.avsc"),
+    ),
+    (
+        EventKind::SessionSeen,
+        1,
+        include_str!("../../schemas/session_seen/v1.avsc"),
+    ),
+];
+
+/// Names one version of one schema: `order_placed.v1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SchemaId {
+    /// Which record.
+    pub kind: EventKind,
+    /// Its version, from 1.
+    pub version: u32,
+}
+
+impl fmt::Display for SchemaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.v{}", self.kind.schema_name(), self.version)
+    }
+}
+
+impl FromStr for SchemaId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, version) = s
+            .rsplit_once(".v")
+            .ok_or_else(|| format!("{s:?} is not of the form <schema>.v<version>"))?;
+        let kind = EventKind::ALL
+            .into_iter()
+            .find(|k| k.schema_name() == name)
+            .ok_or_else(|| format!("unknown schema {name:?}"))?;
+        let version = version
+            .parse()
+            .map_err(|_| format!("{version:?} is not a version number"))?;
+        Ok(SchemaId { kind, version })
+    }
+}
+
+/// One parsed schema version with its fingerprint.
+#[derive(Debug)]
+pub struct SchemaVersion {
+    /// Which schema and version.
+    pub id: SchemaId,
+    /// CRC-64-AVRO fingerprint of the parsing canonical form, as it appears on the wire.
+    pub fingerprint: [u8; 8],
+    /// The schema text as stored in `schemas/`.
+    pub text: &'static str,
+    schema: Schema,
+}
+
+/// Maps Confluent Schema Registry ids to our schema versions.
+///
+/// Written as `ID=SCHEMA.vN` pairs separated by commas, e.g.
+/// `17=order_placed.v1,18=order_cancelled.v1`; the empty string maps nothing (records in
+/// the Confluent framing are then rejected as unknown ids).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfluentIds(Vec<(u32, SchemaId)>);
+
+impl ConfluentIds {
+    /// The mapping as pairs.
+    pub fn pairs(&self) -> &[(u32, SchemaId)] {
+        &self.0
+    }
+}
+
+impl FromStr for ConfluentIds {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut pairs = Vec::new();
+        for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, schema) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not of the form ID=SCHEMA.vN"))?;
+            let id: u32 = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("{id:?} is not a registry id"))?;
+            if pairs.iter().any(|(known, _)| *known == id) {
+                return Err(format!("registry id {id} is mapped twice"));
+            }
+            pairs.push((id, schema.trim().parse()?));
+        }
+        Ok(ConfluentIds(pairs))
+    }
+}
+
+/// Why a record's bytes are not an event. Every variant is a poison record: the caller
+/// dead-letters it and moves on; none is worth a retry.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// Shorter than the framing's header.
+    #[error("record of {len} bytes is shorter than its {framing} header")]
+    TooShort {
+        /// Bytes present.
+        len: usize,
+        /// Which framing the first byte announced.
+        framing: &'static str,
+    },
+    /// Neither framing's marker.
+    #[error(
+        "unknown framing: first bytes {first:02x?} are neither C3 01 (single-object) nor 00 (Confluent)"
+    )]
+    UnknownFraming {
+        /// Up to two leading bytes.
+        first: Vec<u8>,
+    },
+    /// A single-object record whose fingerprint is none of our schema versions.
+    #[error("unknown schema fingerprint {fingerprint:016x}")]
+    UnknownFingerprint {
+        /// The fingerprint as a little-endian u64.
+        fingerprint: u64,
+    },
+    /// A Confluent record whose registry id is not configured.
+    #[error("confluent schema id {id} is not mapped to a storepulse schema")]
+    UnknownConfluentId {
+        /// The registry id.
+        id: u32,
+    },
+    /// The datum does not decode with the schema the header named.
+    #[error("malformed {schema} datum: {reason}")]
+    Malformed {
+        /// The writer schema.
+        schema: SchemaId,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// Decodes, but breaks a rule the schema cannot express.
+    #[error("invalid {schema} event: {source}")]
+    Invalid {
+        /// The writer schema.
+        schema: SchemaId,
+        /// Which rule.
+        source: InvalidEvent,
+    },
+}
+
+impl DecodeError {
+    /// A short, stable label for metrics and dead-letter headers.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DecodeError::TooShort { .. } => "too_short",
+            DecodeError::UnknownFraming { .. } => "unknown_framing",
+            DecodeError::UnknownFingerprint { .. } => "unknown_fingerprint",
+            DecodeError::UnknownConfluentId { .. } => "unknown_confluent_id",
+            DecodeError::Malformed { .. } => "malformed",
+            DecodeError::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+/// Why an event could not be encoded (only a schema/type mismatch, i.e. a bug).
+#[derive(Debug, Error)]
+#[error("cannot encode {schema}: {reason}")]
+pub struct EncodeError {
+    schema: SchemaId,
+    reason: String,
+}
+
+/// Why the schemas could not be loaded or a configuration is inconsistent.
+#[derive(Debug, Error)]
+pub enum SchemaError {
+    /// A schema file does not parse.
+    #[error("schema {schema} does not parse: {reason}")]
+    Parse {
+        /// Which file.
+        schema: SchemaId,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A Confluent id maps to a schema version we do not have.
+    #[error("confluent id {id} maps to {schema}, which is not in schemas/")]
+    UnknownMappedSchema {
+        /// The registry id.
+        id: u32,
+        /// The missing version.
+        schema: SchemaId,
+    },
+}
+
+/// The decoder/encoder: every schema version, by fingerprint and by Confluent id.
+///
+/// Built once at start-up ([`Codec::new`]) and shared read-only.
+#[derive(Debug)]
+pub struct Codec {
+    versions: Vec<SchemaVersion>,
+    /// `(little-endian fingerprint, index into versions)`; a linear scan over a handful of
+    /// u64s beats hashing.
+    by_fingerprint: Vec<(u64, usize)>,
+    by_confluent_id: Vec<(u32, usize)>,
+}
+
+impl Codec {
+    /// Parses every schema in `schemas/` and resolves the Confluent id mapping.
+    pub fn new(confluent: &ConfluentIds) -> Result<Self, SchemaError> {
+        let mut versions = Vec::with_capacity(SCHEMA_FILES.len());
+        for &(kind, version, text) in SCHEMA_FILES {
+            let id = SchemaId { kind, version };
+            let schema: Schema =
+                text.parse()
+                    .map_err(
+                        |e: serde_avro_fast::schema::SchemaError| SchemaError::Parse {
+                            schema: id,
+                            reason: e.to_string(),
+                        },
+                    )?;
+            versions.push(SchemaVersion {
+                id,
+                fingerprint: *schema.rabin_fingerprint(),
+                text,
+                schema,
+            });
+        }
+        let by_fingerprint = versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (u64::from_le_bytes(v.fingerprint), i))
+            .collect();
+        let mut by_confluent_id = Vec::new();
+        for &(registry_id, schema) in confluent.pairs() {
+            let index = versions.iter().position(|v| v.id == schema).ok_or(
+                SchemaError::UnknownMappedSchema {
+                    id: registry_id,
+                    schema,
+                },
+            )?;
+            by_confluent_id.push((registry_id, index));
+        }
+        Ok(Codec {
+            versions,
+            by_fingerprint,
+            by_confluent_id,
+        })
+    }
+
+    /// Every known schema version, oldest first per kind.
+    pub fn versions(&self) -> &[SchemaVersion] {
+        &self.versions
+    }
+
+    /// The newest version of a kind: what [`Codec::encode`] writes.
+    pub fn current(&self, kind: EventKind) -> &SchemaVersion {
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.id.kind == kind)
+            .unwrap_or_else(|| unreachable!("SCHEMA_FILES has a version of every kind"))
+    }
+
+    /// Decodes and validates one record value.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        let (version, datum) = self.frame(bytes)?;
+        let event = decode_datum(version, datum)?;
+        event.validate().map_err(|source| DecodeError::Invalid {
+            schema: version.id,
+            source,
+        })?;
+        Ok(event)
+    }
+
+    /// Reads the framing header and finds the writer schema.
+    fn frame<'b>(&self, bytes: &'b [u8]) -> Result<(&SchemaVersion, &'b [u8]), DecodeError> {
+        match bytes {
+            [0xC3, 0x01, ..] => {
+                let header =
+                    bytes
+                        .get(..SINGLE_OBJECT_HEADER_LEN)
+                        .ok_or(DecodeError::TooShort {
+                            len: bytes.len(),
+                            framing: "single-object",
+                        })?;
+                let mut fingerprint = [0u8; 8];
+                fingerprint.copy_from_slice(&header[SINGLE_OBJECT_MARKER.len()..]);
+                let fingerprint = u64::from_le_bytes(fingerprint);
+                let index = self
+                    .by_fingerprint
+                    .iter()
+                    .find(|(f, _)| *f == fingerprint)
+                    .map(|&(_, i)| i)
+                    .ok_or(DecodeError::UnknownFingerprint { fingerprint })?;
+                Ok((&self.versions[index], &bytes[SINGLE_OBJECT_HEADER_LEN..]))
+            }
+            [CONFLUENT_MAGIC, ..] => {
+                let header = bytes
+                    .get(..CONFLUENT_HEADER_LEN)
+                    .ok_or(DecodeError::TooShort {
+                        len: bytes.len(),
+                        framing: "confluent",
+                    })?;
+                let id = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                let index = self
+                    .by_confluent_id
+                    .iter()
+                    .find(|(known, _)| *known == id)
+                    .map(|&(_, i)| i)
+                    .ok_or(DecodeError::UnknownConfluentId { id })?;
+                Ok((&self.versions[index], &bytes[CONFLUENT_HEADER_LEN..]))
+            }
+            _ => Err(DecodeError::UnknownFraming {
+                first: bytes.iter().take(2).copied().collect(),
+            }),
+        }
+    }
+
+    /// Encodes in single-object encoding with the current schema of the event's kind.
+    pub fn encode(&self, event: &Event) -> Result<Vec<u8>, EncodeError> {
+        let version = self.current(event.kind());
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(&SINGLE_OBJECT_MARKER);
+        out.extend_from_slice(&version.fingerprint);
+        encode_datum(version, event, out)
+    }
+
+    /// Encodes in the Confluent framing under `registry_id` (for tests and interop tools);
+    /// the datum is written with the current schema of the event's kind.
+    pub fn encode_confluent(
+        &self,
+        registry_id: u32,
+        event: &Event,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let version = self.current(event.kind());
+        let mut out = Vec::with_capacity(128);
+        out.push(CONFLUENT_MAGIC);
+        out.extend_from_slice(&registry_id.to_be_bytes());
+        encode_datum(version, event, out)
+    }
+}
+
+fn decode_datum(version: &SchemaVersion, datum: &[u8]) -> Result<Event, DecodeError> {
+    fn typed<'a, T: serde::Deserialize<'a>>(
+        version: &SchemaVersion,
+        datum: &'a [u8],
+    ) -> Result<T, DecodeError> {
+        let mut config = DeserializerConfig::new(&version.schema);
+        config.max_seq_size = MAX_SEQUENCE_LEN;
+        let mut state = DeserializerState::with_config(
+            serde_avro_fast::de::read::SliceRead::new(datum),
+            config,
+        );
+        T::deserialize(state.deserializer()).map_err(|e| DecodeError::Malformed {
+            schema: version.id,
+            reason: e.to_string(),
+        })
+    }
+    Ok(match version.id.kind {
+        EventKind::OrderPlaced => Event::OrderPlaced(typed::<OrderPlaced>(version, datum)?),
+        EventKind::OrderCancelled => {
+            Event::OrderCancelled(typed::<OrderCancelled>(version, datum)?)
+        }
+        EventKind::StockChanged => Event::StockChanged(typed::<StockChanged>(version, datum)?),
+        EventKind::SessionSeen => Event::SessionSeen(typed::<SessionSeen>(version, datum)?),
+    })
+}
+
+fn encode_datum(
+    version: &SchemaVersion,
+    event: &Event,
+    out: Vec<u8>,
+) -> Result<Vec<u8>, EncodeError> {
+    let config = &mut SerializerConfig::new(&version.schema);
+    let result = match event {
+        Event::OrderPlaced(e) => serde_avro_fast::to_datum(e, out, config),
+        Event::OrderCancelled(e) => serde_avro_fast::to_datum(e, out, config),
+        Event::StockChanged(e) => serde_avro_fast::to_datum(e, out, config),
+        Event::SessionSeen(e) => serde_avro_fast::to_datum(e, out, config),
+    };
+    result.map_err(|e| EncodeError {
+        schema: version.id,
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! Kafka connection settings and everything that turns them into rdkafka configuration.
+//!
+//! This is the one place typed settings become librdkafka's string map, so the timeout
+//! invariants live here, next to the values. Shell: talks to the broker (topic admin,
+//! watermarks); knows nothing about events.
+
+use crate::events::TopicRole;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Default broker address: the local stack's (`scripts/stack`).
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:19092";
+
+/// The names of the three topics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    /// `OrderPlaced`, `OrderCancelled`.
+    pub orders: String,
+    /// `StockChanged`.
+    pub inventory: String,
+    /// `SessionSeen`.
+    pub activity: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            orders: "orders".into(),
+            inventory: "inventory".into(),
+            activity: "activity".into(),
+        }
+    }
+}
+
+impl Topics {
+    /// The topic of a role.
+    pub fn name(&self, role: TopicRole) -> &str {
+        match role {
+            TopicRole::Orders => &self.orders,
+            TopicRole::Inventory => &self.inventory,
+            TopicRole::Activity => &self.activity,
+        }
+    }
+
+    /// All three names, in [`TopicRole::ALL`] order.
+    pub fn all(&self) -> [&str; 3] {
+        TopicRole::ALL.map(|role| self.name(role))
+    }
+}
+
+/// Where the broker is and which topics to use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Topic names.
+    pub topics: Topics,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: DEFAULT_BROKERS.into(),
+            topics: Topics::default(),
+        }
+    }
+}
+
+/// A failed conversation with the broker.
+#[derive(Debug, Error)]
+pub enum KafkaError {
+    /// A client could not be created from the configuration.
+    #[error("invalid kafka client configuration: {0}")]
+    Config(#[source] rdkafka::error::KafkaError),
+    /// The broker refused an operation on a topic (creating it, reading its metadata).
+    #[error("topic {topic}: {code}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        code: RDKafkaErrorCode,
+    },
+    /// A request got no answer (broker down or unreachable).
+    #[error("kafka request failed: {0}")]
+    Request(#[source] rdkafka::error::KafkaError),
+}
+
+/// Settings every client shares.
+fn base_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("client.id", "storepulse")
+        // The local stack listens on IPv4 loopback only; skip futile ::1 attempts.
+        .set("broker.address.family", "v4");
+    config
+}
+
+/// Producer settings for durable, ordered, complete delivery.
+///
+/// Invariants: `message.timeout.ms` bounds how long a record may wait for delivery
+/// (queueing + retries) before its delivery report says it failed; it must exceed
+/// `request.timeout.ms` or retries never happen. Idempotence keeps per-partition order
+/// through retries, which the per-SKU stock history relies on.
+pub fn producer_config(settings: &KafkaSettings, message_timeout: Duration) -> ClientConfig {
+    let message_timeout_ms = message_timeout.as_millis().max(1_000);
+    let request_timeout_ms = (message_timeout_ms / 2).clamp(500, 30_000);
+    let mut config = base_config(settings);
+    config
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
+        // Small batching delay: throughput without adding visible latency.
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("request.timeout.ms", request_timeout_ms.to_string())
+        .set("message.timeout.ms", message_timeout_ms.to_string());
+    config
+}
+
+/// Creates each topic that does not exist yet, with `partitions` partitions and one
+/// replica (the local stack is a single broker). Returns the topics it created.
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    partitions: i32,
+) -> Result<Vec<String>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(settings).create().map_err(KafkaError::Config)?;
+    let new_topics: Vec<NewTopic<'_>> = settings
+        .topics
+        .all()
+        .into_iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new()
+        .request_timeout(Some(Duration::from_secs(15)))
+        .operation_timeout(Some(Duration::from_secs(15)));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(KafkaError::Request)?;
+    let mut created = Vec::new();
+    for result in results {
+        match result {
+            Ok(topic) => created.push(topic),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaError::Topic { topic, code }),
+        }
+    }
+    Ok(created)
+}
+
+/// The sum over all partitions of `topic` of the high watermark: how many records the
+/// topic holds (from its creation, ignoring retention). Blocking: call from a blocking
+/// thread.
+pub fn total_records(settings: &KafkaSettings, topic: &str) -> Result<i64, KafkaError> {
+    let consumer: BaseConsumer = base_config(settings)
+        .set("group.id", "storepulse-watermarks")
+        .create()
+        .map_err(KafkaError::Config)?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(KafkaError::Request)?;
+    let mut total = 0;
+    for t in metadata.topics() {
+        if let Some(code) = t.error() {
+            return Err(KafkaError::Topic {
+                topic: topic.to_owned(),
+                code: code.into(),
+            });
+        }
+        for p in t.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .map_err(KafkaError::Request)?;
+            debug_assert!(low <= high);
+            total += high;
+        }
+    }
+    Ok(total)
+}

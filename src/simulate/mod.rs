@@ -1,0 +1,272 @@
+//! `storepulse simulate`: produces a [`scenario::Scenario`] to the real broker at a target
+//! rate, and accounts for every record.
+//!
+//! Shell around the pure generator: the only clock here paces the production. Every record
+//! is either acknowledged by the broker or counted as failed; a run with failures ends in
+//! an error (non-zero exit) rather than a quiet shortfall. Each record carries a W3C
+//! `traceparent` header so a later trace can start at the producer.
+
+pub mod scenario;
+
+use crate::events::{Codec, EncodeError};
+use crate::kafka::{self, KafkaError, KafkaSettings};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use scenario::{Phase, Scenario, ScenarioConfig};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+/// How a simulation run is bounded and paced, beyond the scenario itself.
+#[derive(Clone, Debug)]
+pub struct SimulateOptions {
+    /// What to generate.
+    pub scenario: ScenarioConfig,
+    /// Target records per second of wall-clock time; `None` produces as fast as the
+    /// broker accepts.
+    pub rate: Option<f64>,
+    /// Stop after this many records.
+    pub count: Option<u64>,
+    /// Stop after this much wall-clock time.
+    pub duration: Option<Duration>,
+    /// Partitions for topics this run creates.
+    pub partitions: i32,
+    /// Create missing topics first (admin API).
+    pub create_topics: bool,
+    /// How long a record may wait for delivery before it counts as failed.
+    pub message_timeout: Duration,
+    /// Print a progress line this often (to stderr); `None` is quiet.
+    pub progress_every: Option<Duration>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// Records handed to the producer.
+    pub produced: u64,
+    /// Records the broker acknowledged.
+    pub acked: u64,
+    /// Records whose delivery failed (or never completed before the final flush).
+    pub failed: u64,
+    /// The first delivery error, if any.
+    pub first_error: Option<String>,
+    /// Wall-clock time from the first record to the end of the flush.
+    pub elapsed: Duration,
+    /// Times the producer's queue was full and production waited for the broker.
+    pub backpressure_waits: u64,
+}
+
+impl Report {
+    /// Acknowledged records per second of wall-clock time.
+    pub fn achieved_rate(&self) -> f64 {
+        self.acked as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Why a simulation could not run, or did not deliver everything.
+#[derive(Debug, Error)]
+pub enum SimulateError {
+    /// The scenario settings are out of range.
+    #[error("invalid scenario: {0}")]
+    InvalidScenario(String),
+    /// The schemas did not load (a build defect).
+    #[error("failed to load schemas: {0}")]
+    Schemas(#[from] crate::events::codec::SchemaError),
+    /// A generated event did not encode (a defect).
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// Talking to the broker failed before production started.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// Some records were not delivered. The report says how many.
+    #[error("{} of {} records were not delivered (first error: {})", report.failed, report.produced, report.first_error.as_deref().unwrap_or("none reported"))]
+    Undelivered {
+        /// What the run did.
+        report: Report,
+    },
+}
+
+/// Counts delivery reports; runs on the producer's polling thread.
+#[derive(Default)]
+struct DeliveryCounter {
+    acked: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+        match result {
+            Ok(_) => {
+                self.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((error, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut first) = self.first_error.lock() {
+                    first.get_or_insert_with(|| error.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// A W3C trace context header value with random ids (never all-zero) and the sampled flag.
+fn traceparent(rng: &mut ChaCha8Rng) -> String {
+    let trace_id: u128 = rng.random::<u128>().max(1);
+    let span_id: u64 = rng.random::<u64>().max(1);
+    format!("00-{trace_id:032x}-{span_id:016x}-01")
+}
+
+/// Produces the scenario until its count or duration is reached, or `stop` is cancelled;
+/// then flushes and reports. Errors if any record was not delivered.
+pub async fn run(
+    settings: &KafkaSettings,
+    options: SimulateOptions,
+    stop: CancellationToken,
+) -> Result<Report, SimulateError> {
+    options
+        .scenario
+        .validate()
+        .map_err(SimulateError::InvalidScenario)?;
+    let codec = Codec::new(&Default::default())?;
+    if options.create_topics {
+        let created = kafka::ensure_topics(settings, options.partitions).await?;
+        if !created.is_empty() {
+            tracing::info!(topics = ?created, partitions = options.partitions, "created topics");
+        }
+    }
+    let producer: ThreadedProducer<DeliveryCounter> =
+        kafka::producer_config(settings, options.message_timeout)
+            .create_with_context(DeliveryCounter::default())
+            .map_err(KafkaError::Config)?;
+    let counter: Arc<DeliveryCounter> = Arc::clone(producer.context());
+
+    let mut scenario = Scenario::new(options.scenario.clone());
+    let mut trace_rng = ChaCha8Rng::seed_from_u64(options.scenario.seed ^ 0x7472_6163_6570_6172);
+    let count = options.count.unwrap_or(u64::MAX);
+    let started = Instant::now();
+    let mut produced: u64 = 0;
+    let mut backpressure_waits: u64 = 0;
+    let mut next_progress = options.progress_every.map(|every| started + every);
+
+    'production: while produced < count && !stop.is_cancelled() {
+        let elapsed = started.elapsed();
+        if options.duration.is_some_and(|limit| elapsed >= limit) {
+            break;
+        }
+        // Records due by now at the target rate; with no rate, a batch at a time.
+        let due = match options.rate {
+            Some(rate) => ((elapsed.as_secs_f64() * rate) as u64).min(count),
+            None => (produced + 10_000).min(count),
+        };
+        while produced < due {
+            let event = scenario.next().unwrap_or_else(|| unreachable!("endless"));
+            let payload = codec.encode(&event)?;
+            let topic = settings.topics.name(event.kind().topic_role());
+            let trace = traceparent(&mut trace_rng);
+            let mut record = BaseRecord::to(topic)
+                .key(event.key())
+                .payload(&payload)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: Some(trace.as_str()),
+                }));
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // The broker is slower than the target rate: wait, never drop.
+                        backpressure_waits += 1;
+                        record = back;
+                        if stop.is_cancelled() {
+                            break 'production;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((error, _)) => {
+                        counter.failed.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut first) = counter.first_error.lock() {
+                            first.get_or_insert_with(|| error.to_string());
+                        }
+                        break;
+                    }
+                }
+            }
+            produced += 1;
+        }
+        if let Some(at) = next_progress.filter(|at| Instant::now() >= *at) {
+            print_progress(started, produced, &counter, scenario.phase());
+            next_progress = options.progress_every.map(|every| at + every);
+        }
+        match options.rate {
+            Some(rate) => {
+                let next_due = Duration::from_secs_f64((produced + 1) as f64 / rate);
+                let wait = next_due.saturating_sub(started.elapsed());
+                tokio::select! {
+                    () = tokio::time::sleep(wait.clamp(Duration::from_micros(200), Duration::from_millis(50))) => {}
+                    () = stop.cancelled() => {}
+                }
+            }
+            None => tokio::task::yield_now().await,
+        }
+    }
+
+    // Every record gets its delivery report within message.timeout.ms; wait a bit longer.
+    let flush_timeout = options.message_timeout + Duration::from_secs(5);
+    let flushed = tokio::task::spawn_blocking(move || {
+        let result = producer.flush(flush_timeout);
+        (producer, result)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("flush thread panicked: {e}"));
+    let acked = counter.acked.load(Ordering::Relaxed);
+    let mut failed = counter.failed.load(Ordering::Relaxed);
+    let mut first_error = counter.first_error.lock().ok().and_then(|e| e.clone());
+    if let (_, Err(e)) = &flushed {
+        // Records still in flight after the flush have no report: count them as failed.
+        failed = produced.saturating_sub(acked);
+        first_error.get_or_insert_with(|| format!("flush did not complete: {e}"));
+    }
+    drop(flushed);
+    let report = Report {
+        produced,
+        acked,
+        failed,
+        first_error,
+        elapsed: started.elapsed(),
+        backpressure_waits,
+    };
+    if options.progress_every.is_some() {
+        print_progress(started, produced, &counter, scenario.phase());
+    }
+    if report.failed > 0 || report.acked < report.produced {
+        return Err(SimulateError::Undelivered { report });
+    }
+    Ok(report)
+}
+
+fn print_progress(started: Instant, produced: u64, counter: &DeliveryCounter, phase: Phase) {
+    let elapsed = started.elapsed().as_secs_f64();
+    let acked = counter.acked.load(Ordering::Relaxed);
+    let phase = match phase {
+        Phase::Baseline => "baseline",
+        Phase::FlashSale => "FLASH SALE",
+        Phase::AfterSale => "after the sale",
+    };
+    eprintln!(
+        "[simulate] {elapsed:7.1} s  produced {produced:>9}  in kafka (acked) {acked:>9}  failed {:>5}  {:>8.0} records/s  {phase}",
+        counter.failed.load(Ordering::Relaxed),
+        acked as f64 / elapsed.max(1e-9),
+    );
+}
