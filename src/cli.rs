@@ -3,6 +3,7 @@
 //! Every option also reads an environment variable (`STOREPULSE_…`), listed in `--help` and
 //! in the README. Parsing is pure; `run` is the only part that does anything.
 
+use crate::events::{Codec, ConfluentIds};
 use crate::kafka::{self, KafkaSettings, Topics};
 use crate::simulate::scenario::{FlashSale, ScenarioConfig};
 use crate::simulate::{self, SimulateOptions};
@@ -25,6 +26,16 @@ pub struct Cli {
 pub enum Command {
     /// Produce realistic flash-sale traffic (orders, stock, sessions) to Kafka.
     Simulate(SimulateArgs),
+    /// List the event schemas with their wire fingerprints and Confluent registry ids.
+    Schemas(SchemasArgs),
+}
+
+/// Options of `storepulse schemas`.
+#[derive(Debug, Args)]
+pub struct SchemasArgs {
+    /// Confluent Schema Registry ids mapped to schema versions: `17=order_placed.v1,...`.
+    #[arg(long, env = "STOREPULSE_CONFLUENT_IDS", default_value = "")]
+    confluent_ids: ConfluentIds,
 }
 
 /// Broker and topic names, shared by every subcommand that talks to Kafka.
@@ -165,7 +176,42 @@ impl SimulateArgs {
 pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
     match cli.command {
         Command::Simulate(args) => simulate(args, stop).await,
+        Command::Schemas(args) => schemas(&args),
     }
+}
+
+fn schemas(args: &SchemasArgs) -> anyhow::Result<()> {
+    let codec = Codec::new(&args.confluent_ids).context("schemas do not load")?;
+    println!(
+        "{:<20} {:<10} {:<25} confluent id",
+        "schema", "topic", "fingerprint (wire, hex)"
+    );
+    for version in codec.versions() {
+        let fingerprint: Vec<String> = version
+            .fingerprint
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let registry_ids: Vec<String> = args
+            .confluent_ids
+            .pairs()
+            .iter()
+            .filter(|(_, id)| *id == version.id)
+            .map(|(registry_id, _)| registry_id.to_string())
+            .collect();
+        println!(
+            "{:<20} {:<10} {:<25} {}",
+            version.id.to_string(),
+            format!("{:?}", version.id.kind.topic_role()).to_lowercase(),
+            fingerprint.join(" "),
+            if registry_ids.is_empty() {
+                "-".to_owned()
+            } else {
+                registry_ids.join(",")
+            }
+        );
+    }
+    Ok(())
 }
 
 async fn simulate(args: SimulateArgs, stop: CancellationToken) -> anyhow::Result<()> {

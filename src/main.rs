@@ -11,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "storepulse=info,warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = storepulse::cli::Cli::parse();
     let stop = CancellationToken::new();

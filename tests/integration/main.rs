@@ -1,1 +1,11 @@
+//! Integration tests against the real local stack (`scripts/stack up`): a real Kafka broker
+//! and a real PostgreSQL. One test binary; every test uses its own topics.
+//!
+//! Connection settings come from `STOREPULSE_KAFKA_BROKERS` and `STOREPULSE_DATABASE_URL`,
+//! defaulting to the local stack's addresses. `scripts/test` starts the stack first.
 
+mod cli;
+mod helpers;
+mod postgres;
+mod simulate;
+mod stack;

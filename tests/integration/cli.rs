@@ -1,0 +1,32 @@
+//! The `storepulse` command line outside of Kafka: schema listing and argument errors.
+
+use std::process::Command;
+
+fn storepulse(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args(args)
+        .env_remove("STOREPULSE_CONFLUENT_IDS")
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn schemas_lists_every_version_with_its_wire_fingerprint_and_registry_id() {
+    let out = storepulse(&["schemas", "--confluent-ids", "17=order_placed.v1"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let order = text
+        .lines()
+        .find(|l| l.starts_with("order_placed.v1"))
+        .expect("order_placed is listed");
+    assert!(order.contains("fd b2 1a 58 9b 6a be 66"), "{order}");
+    assert!(order.trim_end().ends_with("17"), "{order}");
+    assert_eq!(text.lines().count(), 5, "a header and four schemas: {text}");
+}
+
+#[test]
+fn a_confluent_mapping_to_an_unknown_schema_is_refused_with_a_reason() {
+    let out = storepulse(&["schemas", "--confluent-ids", "17=refund_issued.v1"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown schema \"refund_issued\""));
+}
