@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Produce realistic flash-sale traffic (orders, stock, sessions) to Kafka.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
     /// List the event schemas with their wire fingerprints and Confluent registry ids.
     Schemas(SchemasArgs),
 }
@@ -175,7 +175,7 @@ impl SimulateArgs {
 /// Runs a parsed command line until it finishes or `stop` is cancelled (Ctrl-C).
 pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
     match cli.command {
-        Command::Simulate(args) => simulate(args, stop).await,
+        Command::Simulate(args) => simulate(*args, stop).await,
         Command::Schemas(args) => schemas(&args),
     }
 }
