@@ -91,7 +91,7 @@ async fn simulated_records_round_trip_through_kafka_exactly() {
         .collect();
     let codec = Codec::new(&Default::default()).expect("schemas load");
     let mut seen = vec![false; expected.len()];
-    let mut last_index_per_partition: HashMap<(String, i32), usize> = HashMap::new();
+    let mut last_index_per_partition: HashMap<(String, i32), (i64, usize)> = HashMap::new();
     let mut partition_of_sku: HashMap<String, i32> = HashMap::new();
     for record in &records {
         let event = codec.decode(&record.payload).expect("every record decodes");
@@ -108,12 +108,20 @@ async fn simulated_records_round_trip_through_kafka_exactly() {
         );
         let trace = record.traceparent.as_deref().expect("traceparent header");
         assert!(is_traceparent(trace), "W3C traceparent: {trace}");
-        // Within a partition, records are in generation order.
-        let last = last_index_per_partition
+        // Within a partition, offsets are dense from 0 and follow generation order.
+        let (next_offset, last_index) = last_index_per_partition
             .entry((record.topic.clone(), record.partition))
-            .or_insert(0);
-        assert!(index >= *last, "partition order follows generation order");
-        *last = index;
+            .or_insert((0, 0));
+        assert_eq!(
+            record.offset, *next_offset,
+            "no offset skipped or read twice"
+        );
+        assert!(
+            index >= *last_index,
+            "partition order follows generation order"
+        );
+        *next_offset += 1;
+        *last_index = index;
         if event.kind().topic_role() == TopicRole::Inventory {
             let partition = *partition_of_sku
                 .entry(record.key.clone())
