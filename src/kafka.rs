@@ -126,10 +126,12 @@ pub fn producer_config(settings: &KafkaSettings, message_timeout: Duration) -> C
 }
 
 /// Creates each topic that does not exist yet, with `partitions` partitions and one
-/// replica (the local stack is a single broker). Returns the topics it created.
+/// replica (the local stack is a single broker). Returns the topics it created. A broker
+/// that does not answer within `timeout` is an error.
 pub async fn ensure_topics(
     settings: &KafkaSettings,
     partitions: i32,
+    timeout: Duration,
 ) -> Result<Vec<String>, KafkaError> {
     let admin: AdminClient<DefaultClientContext> =
         base_config(settings).create().map_err(KafkaError::Config)?;
@@ -140,8 +142,8 @@ pub async fn ensure_topics(
         .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
         .collect();
     let options = AdminOptions::new()
-        .request_timeout(Some(Duration::from_secs(15)))
-        .operation_timeout(Some(Duration::from_secs(15)));
+        .request_timeout(Some(timeout))
+        .operation_timeout(Some(timeout));
     let results = admin
         .create_topics(&new_topics, &options)
         .await

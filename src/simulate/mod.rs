@@ -141,7 +141,9 @@ pub async fn run(
         .map_err(SimulateError::InvalidScenario)?;
     let codec = Codec::new(&Default::default())?;
     if options.create_topics {
-        let created = kafka::ensure_topics(settings, options.partitions).await?;
+        // A broker that cannot create topics within the delivery timeout cannot take records.
+        let timeout = options.message_timeout.min(Duration::from_secs(30));
+        let created = kafka::ensure_topics(settings, options.partitions, timeout).await?;
         if !created.is_empty() {
             tracing::info!(topics = ?created, partitions = options.partitions, "created topics");
         }

@@ -4,6 +4,7 @@
 //! Connection settings come from `STOREPULSE_KAFKA_BROKERS` and `STOREPULSE_DATABASE_URL`,
 //! defaulting to the local stack's addresses. `scripts/test` starts the stack first.
 
+mod architecture;
 mod cli;
 mod helpers;
 mod postgres;

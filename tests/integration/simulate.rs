@@ -169,6 +169,22 @@ async fn producing_to_a_missing_topic_counts_every_failure_and_errors() {
 }
 
 #[tokio::test]
+async fn an_unreachable_broker_is_a_clear_error_not_a_hang() {
+    let mut settings = fresh_topics("unreachable");
+    // Nothing listens on port 1 of the loopback.
+    settings.brokers = "127.0.0.1:1".into();
+    let mut options = options(15, 10);
+    options.message_timeout = Duration::from_secs(2);
+    let error = simulate::run(&settings, options, CancellationToken::new())
+        .await
+        .expect_err("no broker, no simulation");
+    assert!(
+        matches!(error, SimulateError::Kafka(_)),
+        "a kafka error before producing, got {error}"
+    );
+}
+
+#[tokio::test]
 async fn a_cancelled_run_flushes_what_it_produced() {
     let settings = fresh_topics("cancelled");
     let mut options = options(14, u64::MAX);
