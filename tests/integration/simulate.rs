@@ -203,33 +203,27 @@ async fn a_cancelled_run_flushes_what_it_produced() {
     assert_eq!(report.acked, report.produced);
 }
 
-fn storepulse(args: &[&str]) -> std::process::Output {
+/// Runs `storepulse simulate ARGS` on fresh topics, named through the environment
+/// variables (which the binary reads), against the broker under test.
+fn simulate_cli(name: &str, args: &[&str]) -> std::process::Output {
+    let topics = fresh_topics(name).topics;
     Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .arg("simulate")
         .args(args)
         .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
+        .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
+        .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
+        .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity)
         .output()
         .expect("the binary runs")
 }
 
 #[test]
 fn the_cli_reports_what_reached_kafka() {
-    let settings = fresh_topics("cli");
-    let out = storepulse(&[
-        "simulate",
-        "--count",
-        "400",
-        "--rate",
-        "0",
-        "--quiet",
-        "--seed",
-        "5",
-        "--orders-topic",
-        &settings.topics.orders,
-        "--inventory-topic",
-        &settings.topics.inventory,
-        "--activity-topic",
-        &settings.topics.activity,
-    ]);
+    let out = simulate_cli(
+        "cli",
+        &["--count", "400", "--rate", "0", "--quiet", "--seed", "5"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -246,6 +240,10 @@ fn the_cli_reports_what_reached_kafka() {
         .lines()
         .find(|l| l.starts_with("records in kafka now"))
         .expect("watermark line");
+    assert!(
+        line.contains("test-cli-"),
+        "the topics from the environment: {line}"
+    );
     let total: i64 = line
         .split_whitespace()
         .filter_map(|w| w.split_once('=').and_then(|(_, n)| n.parse::<i64>().ok()))
@@ -255,22 +253,17 @@ fn the_cli_reports_what_reached_kafka() {
 
 #[test]
 fn the_cli_exits_non_zero_when_records_are_not_delivered() {
-    let settings = fresh_topics("cli-missing");
-    let out = storepulse(&[
-        "simulate",
-        "--count",
-        "5",
-        "--quiet",
-        "--no-create-topics",
-        "--message-timeout",
-        "2s",
-        "--orders-topic",
-        &settings.topics.orders,
-        "--inventory-topic",
-        &settings.topics.inventory,
-        "--activity-topic",
-        &settings.topics.activity,
-    ]);
+    let out = simulate_cli(
+        "cli-missing",
+        &[
+            "--count",
+            "5",
+            "--quiet",
+            "--no-create-topics",
+            "--message-timeout",
+            "2s",
+        ],
+    );
     assert!(!out.status.success(), "undelivered records fail the run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -281,7 +274,7 @@ fn the_cli_exits_non_zero_when_records_are_not_delivered() {
 
 #[test]
 fn the_cli_rejects_an_impossible_scenario_with_a_reason() {
-    let out = storepulse(&["simulate", "--stores", "12", "--count", "1"]);
+    let out = simulate_cli("cli-stores", &["--stores", "12", "--count", "1"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
