@@ -7,6 +7,7 @@
 //!
 //! Functional core (no I/O, no clock, no randomness of its own):
 //! - [`events`]: the event types, Avro schemas (`schemas/`) and the codec.
+//! - [`aggregate`]: the materialized view: `State::apply`, positions, JSON views.
 //! - [`simulate::scenario`]: the deterministic flash-sale generator.
 //!
 //! Imperative shell (one external system per module):
@@ -14,6 +15,7 @@
 //! - [`simulate`]: produces a scenario to the real broker.
 //! - [`cli`]: the `storepulse` command line.
 
+pub mod aggregate;
 pub mod cli;
 pub mod events;
 pub mod kafka;

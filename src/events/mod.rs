@@ -69,7 +69,7 @@ string_newtype!(
 pub type EventTimeMillis = i64;
 
 /// The three topics storepulse reads, by role. Their names are configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum TopicRole {
     /// `OrderPlaced`, `OrderCancelled`; key: order id.
     Orders,

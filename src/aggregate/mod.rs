@@ -1,0 +1,293 @@
+//! The materialized view: exact rolling aggregates per store, built by applying decoded
+//! events with their Kafka positions.
+//!
+//! Pure core: no I/O, no clock, no randomness. Time comes from the events (`occurred_at`);
+//! "now" for every window is the newest event time seen for that store.
+//!
+//! # The determinism rule
+//!
+//! The state is a function of the *set* of records applied: any interleaving of the same
+//! records that keeps each partition's order ends in the same `State` (a property test
+//! checks it). What makes that hold:
+//! - Windows (per-minute buckets, 15-minute SKU sales, 5-minute active users, held days)
+//!   are cut relative to the newest event time, which only grows, and are pruned
+//!   eagerly whenever it moves: an entry exists iff its time is inside the window of the
+//!   final newest time. A record too old for a window is not added to it (it would be
+//!   pruned anyway); it still counts where its day is held.
+//! - Everything else is a commutative merge (counters, sums, HyperLogLog sketches, top-k
+//!   by a total order) or follows one partition's order (a SKU's stock: `inventory` is
+//!   keyed by SKU).
+//! - Duplicate `event_id`s are recognised per partition: a redelivery carries the same
+//!   key, so it lands in the same partition, whose order is fixed. Each partition keeps
+//!   the ids of its last `dedup_window` of event time (relative to that partition's
+//!   newest event, never to other partitions', which a catch-up reads at other speeds),
+//!   bounded by `dedup_capacity`. The windows are part of the state and checkpointed.
+//!
+//! "Late" (older than `allowed_lateness` behind the newest event) is reported in the
+//! outcome for a metric only; it never changes how a record is applied, or the rule above
+//! would break.
+
+mod hll;
+pub mod position;
+mod store;
+pub mod view;
+
+pub use hll::HyperLogLog;
+pub use position::{Layout, PartitionKey, Position, PositionError, RecordRef};
+pub use store::StoreState;
+
+use crate::events::{Event, Sku, StoreId};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// Business settings of the aggregates. Changing them changes results, not the state's
+/// format.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AggregateConfig {
+    /// Time zone per store id for "today"; stores not listed use `default_time_zone`.
+    pub time_zones: BTreeMap<String, Tz>,
+    /// Time zone of stores not in `time_zones`.
+    pub default_time_zone: Tz,
+    /// A SKU below this level is low on stock.
+    pub low_stock_threshold: i64,
+    /// Per-SKU thresholds, by SKU id.
+    pub low_stock_overrides: BTreeMap<String, i64>,
+    /// A SKU projected to sell out within this many minutes raises an alert.
+    pub sell_out_alert_minutes: i64,
+    /// Calendar days held per store (today and the days before it).
+    pub days_held: i32,
+    /// Event-time span, per partition, over which duplicate event ids are recognised.
+    pub dedup_window_ms: i64,
+    /// Most event ids remembered per partition (a bound on memory).
+    pub dedup_capacity: usize,
+    /// Records older than this behind the newest event time are reported as late.
+    pub allowed_lateness_ms: i64,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        AggregateConfig {
+            time_zones: BTreeMap::new(),
+            default_time_zone: Tz::UTC,
+            low_stock_threshold: 10,
+            low_stock_overrides: BTreeMap::new(),
+            sell_out_alert_minutes: 10,
+            days_held: 2,
+            dedup_window_ms: 10 * 60_000,
+            dedup_capacity: 200_000,
+            allowed_lateness_ms: 5 * 60_000,
+        }
+    }
+}
+
+impl AggregateConfig {
+    /// The time zone of a store.
+    pub fn time_zone(&self, store: &StoreId) -> Tz {
+        self.time_zones
+            .get(store.as_str())
+            .copied()
+            .unwrap_or(self.default_time_zone)
+    }
+
+    /// The low-stock threshold of a SKU.
+    pub fn threshold(&self, sku: &Sku) -> i64 {
+        self.low_stock_overrides
+            .get(sku.as_str())
+            .copied()
+            .unwrap_or(self.low_stock_threshold)
+    }
+}
+
+/// What applying one record did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The event changed the state.
+    Applied,
+    /// Its `event_id` was already applied within the dedup window: nothing changed.
+    Duplicate,
+    /// The position already covers this record (a replay): nothing changed.
+    AlreadyApplied,
+}
+
+/// The outcome of [`State::apply`], for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Applied, duplicate or replay.
+    pub applied: Applied,
+    /// Older than the allowed lateness behind the newest event time (metric only).
+    pub late: bool,
+}
+
+/// What changed per store since the accumulator was last cleared: the input of a delta
+/// frame. Accumulated across many `apply` calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Per store.
+    pub stores: BTreeMap<StoreId, StoreChanges>,
+}
+
+/// What changed in one store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreChanges {
+    /// Day totals (orders, revenue, cancellations, average order value, active users).
+    pub totals: bool,
+    /// Per-minute buckets touched (minute index since the epoch).
+    pub minutes: BTreeSet<i64>,
+    /// The recent-orders list.
+    pub recent_orders: bool,
+    /// SKUs whose stock, sales or alerts may have changed.
+    pub skus: BTreeSet<Sku>,
+}
+
+impl Changes {
+    /// True if nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.stores.is_empty()
+    }
+
+    fn store(&mut self, store: &StoreId) -> &mut StoreChanges {
+        if !self.stores.contains_key(store) {
+            self.stores.insert(store.clone(), StoreChanges::default());
+        }
+        self.stores
+            .get_mut(store)
+            .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+}
+
+/// Event ids applied within one partition's dedup window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Dedup {
+    /// Newest event time in this partition.
+    newest: i64,
+    /// xxh3 of the event id → its event time.
+    seen: HashMap<u64, i64>,
+    /// The same entries ordered for eviction.
+    by_time: BTreeSet<(i64, u64)>,
+}
+
+impl Dedup {
+    /// Records `id`; false if it was already there.
+    fn first_sighting(&mut self, id: &str, time: i64, config: &AggregateConfig) -> bool {
+        let hash = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
+        if self.seen.contains_key(&hash) {
+            return false;
+        }
+        self.newest = self.newest.max(time);
+        let cutoff = self.newest.saturating_sub(config.dedup_window_ms);
+        if time >= cutoff {
+            self.seen.insert(hash, time);
+            self.by_time.insert((time, hash));
+        }
+        while let Some(&(oldest, oldest_hash)) = self.by_time.first() {
+            if oldest >= cutoff && self.by_time.len() <= config.dedup_capacity {
+                break;
+            }
+            self.by_time.pop_first();
+            self.seen.remove(&oldest_hash);
+        }
+        true
+    }
+}
+
+/// The whole materialized view: every store's aggregates, the dedup window and the
+/// position they reflect. One writer (the ingest task) owns it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    stores: BTreeMap<StoreId, StoreState>,
+    dedup: BTreeMap<PartitionKey, Dedup>,
+    position: Position,
+    /// Newest event time applied, over all stores (0 before any).
+    newest_event_time: i64,
+    #[serde(skip)]
+    config: Arc<AggregateConfig>,
+}
+
+impl State {
+    /// An empty state.
+    pub fn new(config: Arc<AggregateConfig>) -> Self {
+        State {
+            stores: BTreeMap::new(),
+            dedup: BTreeMap::new(),
+            position: Position::default(),
+            newest_event_time: 0,
+            config,
+        }
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &Arc<AggregateConfig> {
+        &self.config
+    }
+
+    /// Replaces the settings (after restoring a checkpoint, which does not carry them).
+    pub fn set_config(&mut self, config: Arc<AggregateConfig>) {
+        self.config = config;
+    }
+
+    /// The position after the last applied record.
+    pub fn position(&self) -> &Position {
+        &self.position
+    }
+
+    /// Newest event time applied (milliseconds since the epoch; 0 before any).
+    pub fn newest_event_time(&self) -> i64 {
+        self.newest_event_time
+    }
+
+    /// Every store seen, by id.
+    pub fn stores(&self) -> &BTreeMap<StoreId, StoreState> {
+        &self.stores
+    }
+
+    /// Moves the position past a record that carries no event (a poison record sent to
+    /// the dead-letter topic), so the partition keeps moving.
+    pub fn skip(&mut self, at: RecordRef) {
+        self.position.advance_past(at);
+    }
+
+    /// Applies one event read at `at`, recording what changed into `changes`.
+    pub fn apply(&mut self, event: &Event, at: RecordRef, changes: &mut Changes) -> Outcome {
+        if self.position.covers(at) {
+            return Outcome {
+                applied: Applied::AlreadyApplied,
+                late: false,
+            };
+        }
+        self.position.advance_past(at);
+        let time = event.occurred_at();
+        let late = time
+            < self
+                .newest_event_time
+                .saturating_sub(self.config.allowed_lateness_ms);
+        self.newest_event_time = self.newest_event_time.max(time);
+        if !self.dedup.entry(at.partition).or_default().first_sighting(
+            event.event_id(),
+            time,
+            &self.config,
+        ) {
+            return Outcome {
+                applied: Applied::Duplicate,
+                late,
+            };
+        }
+        let store_id = event.store_id();
+        if !self.stores.contains_key(store_id) {
+            self.stores.insert(store_id.clone(), StoreState::default());
+        }
+        let store = self
+            .stores
+            .get_mut(store_id)
+            .unwrap_or_else(|| unreachable!("inserted above"));
+        store.apply(event, at, &self.config, changes.store(store_id));
+        Outcome {
+            applied: Applied::Applied,
+            late,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

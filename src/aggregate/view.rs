@@ -1,0 +1,467 @@
+//! Views: the JSON shape of the aggregates, as `/api/snapshot` serves them, per store and
+//! rolled up over all stores. Computed from a [`State`] on demand; nothing here is state.
+//!
+//! Money is `{"currency": "EUR", "minor": 1234}` (integer minor units); times are RFC 3339
+//! UTC strings plus `_ms` epoch milliseconds where a client computes with them.
+//!
+//! Pure: "now" is the newest event time of the state, never the clock.
+
+use super::store::{
+    ACTIVE_WINDOW_MINUTES, MINUTES_KEPT, SALES_WINDOW_MINUTES, StockEntry, local_day,
+};
+use super::{HyperLogLog, Layout, State, StoreState, hll};
+use crate::events::{Channel, StoreId};
+use chrono::{DateTime, NaiveDate, SecondsFormat};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// An amount of money.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Money {
+    /// ISO-4217 code.
+    pub currency: String,
+    /// Integer minor units.
+    pub minor: i64,
+}
+
+/// One minute of the last hour.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MinuteView {
+    /// Start of the minute, RFC 3339.
+    pub minute: String,
+    /// Orders placed in it.
+    pub orders: u64,
+    /// Their totals.
+    pub revenue: Vec<Money>,
+}
+
+/// A recent order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OrderView {
+    /// Store of the order.
+    pub store_id: String,
+    /// The order.
+    pub order_id: String,
+    /// Customer display name.
+    pub customer_name: String,
+    /// Total.
+    pub total: Money,
+    /// Units over all lines.
+    pub items: i64,
+    /// Where it was placed.
+    pub channel: Channel,
+    /// Event time, RFC 3339.
+    pub occurred_at: String,
+    /// Cancelled since.
+    pub cancelled: bool,
+}
+
+/// Distinct visitors.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ActiveUsers {
+    /// In the last 5 minutes of event time.
+    pub last_5_minutes: u64,
+    /// Today (store's calendar day).
+    pub today: u64,
+    /// HyperLogLog estimate: standard error as a fraction.
+    pub standard_error: f64,
+}
+
+/// A SKU's stock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StockView {
+    /// Store of the SKU.
+    pub store_id: String,
+    /// SKU id.
+    pub sku: String,
+    /// Product name.
+    pub name: String,
+    /// Level; negative is oversold.
+    pub level: i64,
+}
+
+/// A SKU low on stock, with its sales velocity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LowStockView {
+    /// Store of the SKU.
+    pub store_id: String,
+    /// SKU id.
+    pub sku: String,
+    /// Product name.
+    pub name: String,
+    /// Level.
+    pub level: i64,
+    /// Its threshold.
+    pub threshold: i64,
+    /// Units ordered in the last 15 minutes of event time.
+    pub sold_last_15m: i64,
+    /// Minutes until sold out at that velocity; `null` when nothing sells.
+    pub minutes_to_sell_out: Option<i64>,
+    /// When it sells out at that velocity, RFC 3339; `null` when nothing sells.
+    pub projected_sell_out_at: Option<String>,
+}
+
+/// A top seller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TopProduct {
+    /// Store of the SKU.
+    pub store_id: String,
+    /// SKU id.
+    pub sku: String,
+    /// Product name.
+    pub name: String,
+    /// Units ordered in the last 15 minutes.
+    pub units: i64,
+}
+
+/// Kinds of alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// Stock below zero.
+    Oversold,
+    /// Projected to sell out within the configured minutes.
+    SellOutImminent,
+    /// Stock under the threshold.
+    LowStock,
+}
+
+/// An active alert. Its id is derived from the SKU and the record that started the
+/// condition, so a replay or a restart shows the same alert with the same id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AlertView {
+    /// Stable id.
+    pub id: String,
+    /// What it is about.
+    pub kind: AlertKind,
+    /// Store of the SKU.
+    pub store_id: String,
+    /// SKU id.
+    pub sku: String,
+    /// Product name.
+    pub name: String,
+    /// Level now.
+    pub level: i64,
+    /// Event time of the record that started the condition, RFC 3339.
+    pub since: String,
+}
+
+/// The aggregates of one store, or of all stores rolled up.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StoreView {
+    /// The store's local date that "today" means; `null` in the all-stores rollup (each
+    /// store counts its own today).
+    pub day: Option<String>,
+    /// Time zone of "today"; `null` in the rollup.
+    pub time_zone: Option<String>,
+    /// Orders placed today.
+    pub orders_today: u64,
+    /// Revenue of today's orders net of their cancellations, per currency.
+    pub revenue_today: Vec<Money>,
+    /// Cancellations today.
+    pub cancelled_today: u64,
+    /// Gross revenue / orders today, per currency, rounded down to a minor unit.
+    pub average_order_value: Vec<Money>,
+    /// The last 60 minutes, oldest first, every minute present.
+    pub per_minute: Vec<MinuteView>,
+    /// The 20 newest orders, newest first.
+    pub recent_orders: Vec<OrderView>,
+    /// Distinct visitors.
+    pub active_users: ActiveUsers,
+    /// Every SKU's level, by store and SKU.
+    pub stock: Vec<StockView>,
+    /// SKUs at or above zero and under their threshold, soonest sell-out first.
+    pub low_stock: Vec<LowStockView>,
+    /// SKUs below zero, most oversold first.
+    pub oversold: Vec<StockView>,
+    /// The 10 SKUs with most units ordered in the last 15 minutes.
+    pub top_products: Vec<TopProduct>,
+    /// Active alerts, oversold first.
+    pub alerts: Vec<AlertView>,
+}
+
+/// A whole snapshot: the position it reflects and the views.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// Encoded position (the same form as SSE event ids).
+    pub position: String,
+    /// Newest event time applied, RFC 3339 (`null` before any event).
+    pub as_of: Option<String>,
+    /// The same, epoch milliseconds (0 before any event).
+    pub as_of_ms: i64,
+    /// Per store, by store id.
+    pub stores: BTreeMap<String, StoreView>,
+    /// All stores rolled up; absent in a single-store snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_stores: Option<StoreView>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn money(amounts: &BTreeMap<String, i64>) -> Vec<Money> {
+    amounts
+        .iter()
+        .map(|(currency, minor)| Money {
+            currency: currency.clone(),
+            minor: *minor,
+        })
+        .collect()
+}
+
+fn add_amounts(into: &mut BTreeMap<String, i64>, from: &BTreeMap<String, i64>) {
+    for (currency, minor) in from {
+        *into.entry(currency.clone()).or_default() += minor;
+    }
+}
+
+/// Accumulates one or more stores into a view.
+#[derive(Default)]
+struct Rollup {
+    orders: u64,
+    orders_by_currency: BTreeMap<String, u64>,
+    gross: BTreeMap<String, i64>,
+    net: BTreeMap<String, i64>,
+    cancelled: u64,
+    visitors_today: HyperLogLog,
+    visitors_now: HyperLogLog,
+    minutes: BTreeMap<i64, (u64, BTreeMap<String, i64>)>,
+    newest_minute: i64,
+    orders_list: Vec<(i64, String, OrderView)>,
+    stock: Vec<StockView>,
+    low_stock: Vec<LowStockView>,
+    oversold: Vec<StockView>,
+    top: Vec<TopProduct>,
+    alerts: Vec<AlertView>,
+}
+
+impl Rollup {
+    fn add(&mut self, store_id: &StoreId, store: &StoreState, state: &State) {
+        let config = state.config();
+        let tz = config.time_zone(store_id);
+        let today = store.today(tz);
+        if let Some(day) = store.days.get(&today) {
+            self.orders += day.orders;
+            for (currency, n) in &day.orders_by_currency {
+                *self.orders_by_currency.entry(currency.clone()).or_default() += n;
+            }
+            add_amounts(&mut self.gross, &day.gross_revenue);
+            add_amounts(&mut self.net, &day.net_revenue);
+            self.cancelled += day.cancelled;
+            self.visitors_today.merge(&day.visitors);
+        }
+        let newest_minute = store.newest_minute();
+        for (minute, sketch) in &store.active {
+            if *minute > newest_minute - ACTIVE_WINDOW_MINUTES {
+                self.visitors_now.merge(sketch);
+            }
+        }
+        self.newest_minute = self.newest_minute.max(newest_minute);
+        for (minute, totals) in &store.minutes {
+            let entry = self.minutes.entry(*minute).or_default();
+            entry.0 += totals.orders;
+            add_amounts(&mut entry.1, &totals.revenue);
+        }
+        for order in &store.recent_orders {
+            self.orders_list.push((
+                order.occurred_at,
+                order.event_id.clone(),
+                OrderView {
+                    store_id: store_id.to_string(),
+                    order_id: order.order_id.to_string(),
+                    customer_name: order.customer_name.clone(),
+                    total: Money {
+                        currency: order.currency.clone(),
+                        minor: order.total_minor,
+                    },
+                    items: order.items,
+                    channel: order.channel,
+                    occurred_at: rfc3339(order.occurred_at),
+                    cancelled: order.cancelled,
+                },
+            ));
+        }
+        let mut skus: Vec<(&crate::events::Sku, &StockEntry)> = store.stock.iter().collect();
+        skus.sort_by(|a, b| a.0.cmp(b.0));
+        for (sku, entry) in skus {
+            let stock = StockView {
+                store_id: store_id.to_string(),
+                sku: sku.to_string(),
+                name: entry.name.clone(),
+                level: entry.level,
+            };
+            let threshold = config.threshold(sku);
+            let sold = store.sales.get(sku).map_or(0, |s| s.units());
+            // Velocity over the whole window: units per minute = sold / 15.
+            let minutes_to_sell_out =
+                (sold > 0 && entry.level > 0).then(|| entry.level * SALES_WINDOW_MINUTES / sold);
+            if entry.level < 0 {
+                self.oversold.push(stock.clone());
+            } else if entry.level < threshold {
+                self.low_stock.push(LowStockView {
+                    store_id: stock.store_id.clone(),
+                    sku: stock.sku.clone(),
+                    name: stock.name.clone(),
+                    level: entry.level,
+                    threshold,
+                    sold_last_15m: sold,
+                    minutes_to_sell_out,
+                    projected_sell_out_at: minutes_to_sell_out
+                        .map(|m| rfc3339(store.newest_event_time + m * 60_000)),
+                });
+            }
+            let mut alert = |kind: AlertKind, prefix: &str, since: super::store::Trigger| {
+                self.alerts.push(AlertView {
+                    id: format!("{prefix}:{store_id}:{sku}:{}", since.record),
+                    kind,
+                    store_id: stock.store_id.clone(),
+                    sku: stock.sku.clone(),
+                    name: stock.name.clone(),
+                    level: entry.level,
+                    since: rfc3339(since.at),
+                });
+            };
+            if let Some(since) = entry.oversold_since {
+                alert(AlertKind::Oversold, "oversold", since);
+            } else if let Some(since) = entry.low_since {
+                alert(AlertKind::LowStock, "low_stock", since);
+            }
+            if minutes_to_sell_out.is_some_and(|m| m < config.sell_out_alert_minutes) {
+                alert(AlertKind::SellOutImminent, "sell_out", entry.run_since);
+            }
+            self.stock.push(stock);
+        }
+        for (sku, sales) in &store.sales {
+            self.top.push(TopProduct {
+                store_id: store_id.to_string(),
+                sku: sku.to_string(),
+                name: store
+                    .stock
+                    .get(sku)
+                    .map_or_else(|| sales.name.clone(), |s| s.name.clone()),
+                units: sales.units(),
+            });
+        }
+    }
+
+    fn finish(mut self, day: Option<String>, time_zone: Option<String>) -> StoreView {
+        let per_minute = (self.newest_minute - MINUTES_KEPT + 1..=self.newest_minute)
+            .map(|minute| {
+                let (orders, revenue) = self.minutes.remove(&minute).unwrap_or_default();
+                MinuteView {
+                    minute: rfc3339(minute * 60_000),
+                    orders,
+                    revenue: money(&revenue),
+                }
+            })
+            .collect();
+        self.orders_list
+            .sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        self.orders_list.truncate(super::store::RECENT_ORDERS);
+        self.low_stock.sort_by(|a, b| {
+            let key = |l: &LowStockView| (l.minutes_to_sell_out.unwrap_or(i64::MAX), l.level);
+            key(a)
+                .cmp(&key(b))
+                .then_with(|| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)))
+        });
+        self.oversold.sort_by(|a, b| {
+            a.level
+                .cmp(&b.level)
+                .then_with(|| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)))
+        });
+        self.top.sort_by(|a, b| {
+            b.units
+                .cmp(&a.units)
+                .then_with(|| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)))
+        });
+        self.top.truncate(10);
+        self.alerts
+            .sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+        let average_order_value = self
+            .gross
+            .iter()
+            .filter_map(|(currency, gross)| {
+                let orders = *self.orders_by_currency.get(currency)?;
+                (orders > 0).then(|| Money {
+                    currency: currency.clone(),
+                    minor: gross.div_euclid(orders as i64),
+                })
+            })
+            .collect();
+        StoreView {
+            day,
+            time_zone,
+            orders_today: self.orders,
+            revenue_today: money(&self.net),
+            cancelled_today: self.cancelled,
+            average_order_value,
+            per_minute,
+            recent_orders: self.orders_list.into_iter().map(|(_, _, o)| o).collect(),
+            active_users: ActiveUsers {
+                last_5_minutes: self.visitors_now.estimate(),
+                today: self.visitors_today.estimate(),
+                standard_error: hll::STANDARD_ERROR,
+            },
+            stock: self.stock,
+            low_stock: self.low_stock,
+            oversold: self.oversold,
+            top_products: self.top,
+            alerts: self.alerts,
+        }
+    }
+}
+
+fn day_string(day: i32) -> String {
+    (NaiveDate::default() + chrono::Days::new(u64::try_from(day).unwrap_or(0))).to_string()
+}
+
+impl State {
+    /// The view of one store, if it has been seen.
+    pub fn store_view(&self, store_id: &StoreId) -> Option<StoreView> {
+        let store = self.stores().get(store_id)?;
+        let tz = self.config().time_zone(store_id);
+        let mut rollup = Rollup::default();
+        rollup.add(store_id, store, self);
+        Some(rollup.finish(
+            Some(day_string(local_day(tz, store.newest_event_time))),
+            Some(tz.name().to_owned()),
+        ))
+    }
+
+    /// All stores rolled up.
+    pub fn all_stores_view(&self) -> StoreView {
+        let mut rollup = Rollup::default();
+        for (id, store) in self.stores() {
+            rollup.add(id, store, self);
+        }
+        rollup.finish(None, None)
+    }
+
+    /// A snapshot of every store and the rollup, or of one store (`None` if unknown).
+    pub fn snapshot(&self, layout: &Layout, store: Option<&StoreId>) -> Option<Snapshot> {
+        let (stores, all_stores) = match store {
+            Some(id) => {
+                let view = self.store_view(id)?;
+                (BTreeMap::from([(id.to_string(), view)]), None)
+            }
+            None => (
+                self.stores()
+                    .keys()
+                    .filter_map(|id| Some((id.to_string(), self.store_view(id)?)))
+                    .collect(),
+                Some(self.all_stores_view()),
+            ),
+        };
+        let newest = self.newest_event_time();
+        Some(Snapshot {
+            position: layout.encode(self.position()),
+            as_of: (newest > 0).then(|| rfc3339(newest)),
+            as_of_ms: newest,
+            stores,
+            all_stores,
+        })
+    }
+}
