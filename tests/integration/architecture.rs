@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-/// Files of the core: decoding, validation, samples, the scenario generator.
+/// Files of the core: decoding, validation, samples, the aggregates, the scenario generator.
 const CORE: &[&str] = &[
     "src/events",
+    "src/aggregate",
     "src/simulate/scenario.rs",
     "src/simulate/scenario",
 ];
