@@ -3,12 +3,16 @@
 //! Every option also reads an environment variable (`STOREPULSE_…`), listed in `--help` and
 //! in the README. Parsing is pure; `run` is the only part that does anything.
 
+use crate::app;
+use crate::checkpoint::CheckpointStore;
+use crate::config::Settings;
 use crate::events::{Codec, ConfluentIds};
 use crate::kafka::{self, KafkaSettings, Topics};
 use crate::simulate::scenario::{FlashSale, ScenarioConfig};
 use crate::simulate::{self, SimulateOptions};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +32,37 @@ pub enum Command {
     Simulate(Box<SimulateArgs>),
     /// List the event schemas with their wire fingerprints and Confluent registry ids.
     Schemas(SchemasArgs),
+    /// Consume the topics into live aggregates, checkpoint them, serve the HTTP API.
+    Serve(ConfigArgs),
+    /// Apply the checkpoint store's database migrations.
+    Migrate(ConfigArgs),
+}
+
+/// Where the settings of `serve` and `migrate` come from.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// A TOML file overriding config/default.toml; environment variables override both.
+    #[arg(long, env = "STOREPULSE_CONFIG")]
+    config: Option<std::path::PathBuf>,
+}
+
+impl ConfigArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let text = match &self.config {
+            Some(path) => Some((
+                path.display().to_string(),
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            )),
+            None => None,
+        };
+        let environment: HashMap<String, String> = std::env::vars().collect();
+        Ok(Settings::load(
+            text.as_ref()
+                .map(|(name, text)| (name.as_str(), text.as_str())),
+            &environment,
+        )?)
+    }
 }
 
 /// Options of `storepulse schemas`.
@@ -177,6 +212,19 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
     match cli.command {
         Command::Simulate(args) => simulate(*args, stop).await,
         Command::Schemas(args) => schemas(&args),
+        Command::Serve(args) => app::serve(args.settings()?, stop).await,
+        Command::Migrate(args) => {
+            let settings = args.settings()?;
+            CheckpointStore::connect_lazy(
+                &settings.checkpoint.database_url,
+                &settings.kafka.group_id,
+            )?
+            .migrate()
+            .await
+            .context("migrations failed")?;
+            println!("migrations applied to {}", settings.checkpoint.database_url);
+            Ok(())
+        }
     }
 }
 

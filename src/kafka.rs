@@ -125,20 +125,19 @@ pub fn producer_config(settings: &KafkaSettings, message_timeout: Duration) -> C
     config
 }
 
-/// Creates each topic that does not exist yet, with `partitions` partitions and one
+/// Creates each of `names` that does not exist yet, with `partitions` partitions and one
 /// replica (the local stack is a single broker). Returns the topics it created. A broker
 /// that does not answer within `timeout` is an error.
 pub async fn ensure_topics(
     settings: &KafkaSettings,
+    names: &[&str],
     partitions: i32,
     timeout: Duration,
 ) -> Result<Vec<String>, KafkaError> {
     let admin: AdminClient<DefaultClientContext> =
         base_config(settings).create().map_err(KafkaError::Config)?;
-    let new_topics: Vec<NewTopic<'_>> = settings
-        .topics
-        .all()
-        .into_iter()
+    let new_topics: Vec<NewTopic<'_>> = names
+        .iter()
         .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
         .collect();
     let options = AdminOptions::new()
@@ -157,6 +156,91 @@ pub async fn ensure_topics(
         }
     }
     Ok(created)
+}
+
+/// Consumer settings for the ingest loop.
+///
+/// Offsets are assigned explicitly from the checkpoint and committed only after a
+/// checkpoint (for lag tools); nothing is auto-committed or auto-stored. Latency:
+/// `fetch.wait.max.ms` bounds how long the broker holds a fetch when there is no data
+/// (default 500 ms, far too slow for a live dashboard). Memory: the prefetch queue is
+/// bounded (librdkafka's defaults buffer up to 64 MiB per partition set).
+pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+    let mut config = base_config(settings);
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.min.bytes", "1")
+        .set("fetch.error.backoff.ms", "50")
+        .set("queued.min.messages", "20000")
+        .set("queued.max.messages.kbytes", "32768")
+        .set("socket.nagle.disable", "true");
+    config
+}
+
+/// Partition count of each topic; `None` for a topic that does not exist (yet).
+/// Blocking: call from a blocking thread.
+pub fn partition_counts(
+    settings: &KafkaSettings,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<Vec<Option<i32>>, KafkaError> {
+    let consumer: BaseConsumer = base_config(settings)
+        .set("group.id", "storepulse-metadata")
+        .create()
+        .map_err(KafkaError::Config)?;
+    let metadata = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(KafkaError::Request)?;
+    Ok(topics
+        .iter()
+        .map(|name| {
+            metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == *name && t.error().is_none())
+                .map(|t| t.partitions().len() as i32)
+                .filter(|count| *count > 0)
+        })
+        .collect())
+}
+
+/// Asks the broker for partitions' high watermarks (their ends), with one long-lived client.
+pub struct WatermarkProbe {
+    consumer: BaseConsumer,
+}
+
+impl WatermarkProbe {
+    /// A probe for `settings`' broker.
+    pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
+        Ok(WatermarkProbe {
+            consumer: base_config(settings)
+                .set("group.id", "storepulse-watermarks")
+                .create()
+                .map_err(KafkaError::Config)?,
+        })
+    }
+
+    /// The high watermark of each `(topic, partition)`. Blocking.
+    pub fn highs(
+        &self,
+        partitions: &[(String, i32)],
+        timeout: Duration,
+    ) -> Result<Vec<i64>, KafkaError> {
+        partitions
+            .iter()
+            .map(|(topic, partition)| {
+                self.consumer
+                    .fetch_watermarks(topic, *partition, timeout)
+                    .map(|(_, high)| high)
+                    .map_err(KafkaError::Request)
+            })
+            .collect()
+    }
 }
 
 /// The sum over all partitions of `topic` of the high watermark: how many records the

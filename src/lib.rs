@@ -12,11 +12,22 @@
 //!
 //! Imperative shell (one external system per module):
 //! - [`kafka`]: the only place typed settings become rdkafka configuration.
+//! - [`ingest`]: the consumer thread that owns the state; dead-letters poison records.
+//! - [`checkpoint`]: the PostgreSQL checkpoint store (the only SQL).
+//! - [`http`]: the axum API (the only axum code).
 //! - [`simulate`]: produces a scenario to the real broker.
+//! - [`config`], [`metrics`]: settings and counters.
+//! - [`app`]: wires `serve` together, owns start-up and shutdown order.
 //! - [`cli`]: the `storepulse` command line.
 
 pub mod aggregate;
+pub mod app;
+pub mod checkpoint;
 pub mod cli;
+pub mod config;
 pub mod events;
+pub mod http;
+pub mod ingest;
 pub mod kafka;
+pub mod metrics;
 pub mod simulate;

@@ -16,13 +16,19 @@ async fn main() -> anyhow::Result<()> {
     let cli = storepulse::cli::Cli::parse();
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
+    // SIGINT (Ctrl-C) or SIGTERM: finish cleanly; a second signal aborts.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("[storepulse] interrupted: finishing cleanly (Ctrl-C again to abort)");
-            on_signal.cancel();
-            if tokio::signal::ctrl_c().await.is_ok() {
+        for attempt in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            if attempt == 1 {
                 std::process::exit(130);
             }
+            eprintln!("[storepulse] stopping: finishing cleanly (signal again to abort)");
+            on_signal.cancel();
         }
     });
     storepulse::cli::run(cli, stop).await

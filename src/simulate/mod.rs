@@ -143,7 +143,8 @@ pub async fn run(
     if options.create_topics {
         // A broker that cannot create topics within the delivery timeout cannot take records.
         let timeout = options.message_timeout.min(Duration::from_secs(30));
-        let created = kafka::ensure_topics(settings, options.partitions, timeout).await?;
+        let names = settings.topics.all();
+        let created = kafka::ensure_topics(settings, &names, options.partitions, timeout).await?;
         if !created.is_empty() {
             tracing::info!(topics = ?created, partitions = options.partitions, "created topics");
         }

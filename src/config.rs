@@ -1,0 +1,391 @@
+//! Settings of `storepulse serve`: one tree, loaded from the defaults in
+//! `config/default.toml` (compiled in), an optional TOML file, and `STOREPULSE_…`
+//! environment variables, in that order of precedence (last wins).
+//!
+//! Loading takes the environment as a map, so tests never touch the process environment.
+//! Unknown keys in a file are an error, never ignored.
+
+use crate::aggregate::AggregateConfig;
+use crate::events::ConfluentIds;
+use crate::kafka::{KafkaSettings, Topics};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+use thiserror::Error;
+
+/// The defaults, documented in place.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Environment variables and the setting each one sets.
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    ("STOREPULSE_KAFKA_BROKERS", "kafka.brokers"),
+    ("STOREPULSE_GROUP_ID", "kafka.group_id"),
+    ("STOREPULSE_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
+    ("STOREPULSE_CONFLUENT_IDS", "kafka.confluent_ids"),
+    ("STOREPULSE_TOPIC_ORDERS", "kafka.topics.orders"),
+    ("STOREPULSE_TOPIC_INVENTORY", "kafka.topics.inventory"),
+    ("STOREPULSE_TOPIC_ACTIVITY", "kafka.topics.activity"),
+    ("STOREPULSE_DATABASE_URL", "checkpoint.database_url"),
+    ("STOREPULSE_CHECKPOINT_INTERVAL", "checkpoint.interval"),
+    ("STOREPULSE_CHECKPOINT_KEEP", "checkpoint.keep"),
+    ("STOREPULSE_MIGRATE_ON_START", "checkpoint.migrate_on_start"),
+    ("STOREPULSE_HTTP_ADDR", "http.addr"),
+    ("STOREPULSE_READY_MAX_LAG", "ready.max_lag"),
+    (
+        "STOREPULSE_LOW_STOCK_THRESHOLD",
+        "aggregate.low_stock_threshold",
+    ),
+    (
+        "STOREPULSE_SELL_OUT_ALERT_MINUTES",
+        "aggregate.sell_out_alert_minutes",
+    ),
+    (
+        "STOREPULSE_DEFAULT_TIME_ZONE",
+        "aggregate.default_time_zone",
+    ),
+];
+
+/// Why settings could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A TOML document does not parse.
+    #[error("{source_name}: {message}")]
+    Parse {
+        /// Which document.
+        source_name: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is of the right type but not acceptable.
+    #[error("setting {key}: {message}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+}
+
+/// `[kafka]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Consumer group and checkpoint namespace.
+    pub group_id: String,
+    /// Dead-letter topic.
+    pub dead_letter_topic: String,
+    /// Confluent id mapping.
+    pub confluent_ids: String,
+    /// Topic names.
+    pub topics: TopicsSection,
+}
+
+/// `[kafka.topics]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsSection {
+    /// Orders topic.
+    pub orders: String,
+    /// Inventory topic.
+    pub inventory: String,
+    /// Activity topic.
+    pub activity: String,
+}
+
+/// `[checkpoint]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Postgres URL.
+    pub database_url: String,
+    /// Interval between checkpoints.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Checkpoints kept.
+    pub keep: i64,
+    /// Run migrations on start.
+    pub migrate_on_start: bool,
+}
+
+/// `[http]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Listen address.
+    pub addr: SocketAddr,
+}
+
+/// `[ready]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadySection {
+    /// Most records behind the partition ends that still count as caught up.
+    pub max_lag: i64,
+}
+
+/// `[aggregate]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSection {
+    /// Low-stock threshold.
+    pub low_stock_threshold: i64,
+    /// Sell-out alert horizon.
+    pub sell_out_alert_minutes: i64,
+    /// Time zone of unlisted stores.
+    pub default_time_zone: String,
+    /// Lateness that counts as late.
+    #[serde(deserialize_with = "duration")]
+    pub allowed_lateness: Duration,
+    /// Dedup window.
+    #[serde(deserialize_with = "duration")]
+    pub dedup_window: Duration,
+    /// Dedup capacity per partition.
+    pub dedup_capacity: usize,
+    /// Days held.
+    pub days_held: i32,
+    /// Store time zones.
+    pub time_zones: BTreeMap<String, String>,
+    /// Per-SKU thresholds.
+    pub low_stock_overrides: BTreeMap<String, i64>,
+}
+
+/// Every setting of `serve`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Kafka.
+    pub kafka: KafkaSection,
+    /// Checkpoints.
+    pub checkpoint: CheckpointSection,
+    /// HTTP.
+    pub http: HttpSection,
+    /// Readiness.
+    pub ready: ReadySection,
+    /// Business rules.
+    pub aggregate: AggregateSection,
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(overlay)) => {
+                merge(existing, overlay);
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+fn parse(source_name: &str, text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        source_name: source_name.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+impl Settings {
+    /// Defaults, then `file` (name and TOML text) if given, then the environment.
+    pub fn load(
+        file: Option<(&str, &str)>,
+        environment: &HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut table = parse("config/default.toml", DEFAULTS)?;
+        if let Some((name, text)) = file {
+            merge(&mut table, parse(name, text)?);
+        }
+        for (variable, key) in ENVIRONMENT {
+            let Some(raw) = environment.get(*variable) else {
+                continue;
+            };
+            // Typed as the default is: a number stays a number, a flag a flag.
+            let path: Vec<&str> = key.split('.').collect();
+            let mut node = &mut table;
+            for part in &path[..path.len() - 1] {
+                node = node
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: key.to_string(),
+                        message: "not a section".into(),
+                    })?;
+            }
+            let last = path[path.len() - 1];
+            let value = match node.get(last) {
+                Some(toml::Value::Integer(_)) => raw.trim().parse().map(toml::Value::Integer).ok(),
+                Some(toml::Value::Boolean(_)) => raw.trim().parse().map(toml::Value::Boolean).ok(),
+                _ => Some(toml::Value::String(raw.clone())),
+            }
+            .ok_or_else(|| ConfigError::Invalid {
+                key: key.to_string(),
+                message: format!("{variable}={raw:?} is not of the setting's type"),
+            })?;
+            node.insert(last.to_owned(), value);
+        }
+        let settings: Settings =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    source_name: file.map_or("environment", |(name, _)| name).to_owned(),
+                    message: e.to_string(),
+                })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.aggregate_config()?;
+        self.confluent_ids()?;
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.checkpoint.interval < Duration::from_millis(100) {
+            return Err(invalid("checkpoint.interval", "must be at least 100ms"));
+        }
+        if self.checkpoint.keep < 1 {
+            return Err(invalid("checkpoint.keep", "must be at least 1"));
+        }
+        if self.aggregate.days_held < 1 {
+            return Err(invalid("aggregate.days_held", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The Kafka connection settings.
+    pub fn kafka(&self) -> KafkaSettings {
+        KafkaSettings {
+            brokers: self.kafka.brokers.clone(),
+            topics: Topics {
+                orders: self.kafka.topics.orders.clone(),
+                inventory: self.kafka.topics.inventory.clone(),
+                activity: self.kafka.topics.activity.clone(),
+            },
+        }
+    }
+
+    /// The Confluent id mapping.
+    pub fn confluent_ids(&self) -> Result<ConfluentIds, ConfigError> {
+        self.kafka
+            .confluent_ids
+            .parse()
+            .map_err(|message| ConfigError::Invalid {
+                key: "kafka.confluent_ids".into(),
+                message,
+            })
+    }
+
+    /// The business rules.
+    pub fn aggregate_config(&self) -> Result<AggregateConfig, ConfigError> {
+        let a = &self.aggregate;
+        let zone = |key: String, name: &str| {
+            name.parse::<chrono_tz::Tz>()
+                .map_err(|_| ConfigError::Invalid {
+                    key,
+                    message: format!("{name:?} is not an IANA time zone"),
+                })
+        };
+        let mut time_zones = BTreeMap::new();
+        for (store, name) in &a.time_zones {
+            time_zones.insert(
+                store.clone(),
+                zone(format!("aggregate.time_zones.{store}"), name)?,
+            );
+        }
+        Ok(AggregateConfig {
+            time_zones,
+            default_time_zone: zone("aggregate.default_time_zone".into(), &a.default_time_zone)?,
+            low_stock_threshold: a.low_stock_threshold,
+            low_stock_overrides: a.low_stock_overrides.clone(),
+            sell_out_alert_minutes: a.sell_out_alert_minutes,
+            days_held: a.days_held,
+            dedup_window_ms: a.dedup_window.as_millis() as i64,
+            dedup_capacity: a.dedup_capacity,
+            allowed_lateness_ms: a.allowed_lateness.as_millis() as i64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_defaults_load_and_point_at_the_local_stack() {
+        let s = Settings::load(None, &HashMap::new()).expect("defaults load");
+        assert_eq!(s.kafka.brokers, "127.0.0.1:19092");
+        assert_eq!(s.checkpoint.interval, Duration::from_secs(5));
+        let a = s.aggregate_config().expect("valid");
+        assert_eq!(a.time_zone(&"store-tokyo".into()), chrono_tz::Asia::Tokyo);
+        assert_eq!(a.low_stock_threshold, 10);
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_the_environment_overrides_both() {
+        let file = "[kafka]\nbrokers = \"kafka:9092\"\n[ready]\nmax_lag = 5\n[aggregate.low_stock_overrides]\n\"BER-0001\" = 25\n";
+        let s = Settings::load(
+            Some(("test.toml", file)),
+            &env(&[
+                ("STOREPULSE_READY_MAX_LAG", "7"),
+                ("STOREPULSE_HTTP_ADDR", "0.0.0.0:9000"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.kafka.brokers, "kafka:9092");
+        assert_eq!(s.ready.max_lag, 7);
+        assert_eq!(s.http.addr.port(), 9000);
+        assert_eq!(s.kafka.group_id, "storepulse", "untouched defaults stay");
+        assert_eq!(
+            s.aggregate_config()
+                .expect("valid")
+                .threshold(&"BER-0001".into()),
+            25
+        );
+    }
+
+    #[test]
+    fn unknown_keys_bad_types_and_bad_values_are_errors_with_the_key() {
+        let unknown = Settings::load(
+            Some(("x.toml", "[kafka]\nbrokerz = \"x\"\n")),
+            &HashMap::new(),
+        );
+        assert!(
+            unknown
+                .expect_err("rejected")
+                .to_string()
+                .contains("brokerz")
+        );
+        let bad_number = Settings::load(None, &env(&[("STOREPULSE_READY_MAX_LAG", "lots")]));
+        assert!(
+            bad_number
+                .expect_err("rejected")
+                .to_string()
+                .contains("ready.max_lag")
+        );
+        let bad_zone = Settings::load(
+            None,
+            &env(&[("STOREPULSE_DEFAULT_TIME_ZONE", "Mars/Olympus")]),
+        );
+        assert!(bad_zone.expect_err("rejected").to_string().contains("IANA"));
+        let bad_duration =
+            Settings::load(None, &env(&[("STOREPULSE_CHECKPOINT_INTERVAL", "often")]));
+        assert!(bad_duration.is_err());
+    }
+}

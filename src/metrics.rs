@@ -1,0 +1,175 @@
+//! Process metrics: plain atomic counters and gauges, rendered in the Prometheus text
+//! format at `/metrics`. Written from the ingest thread and the checkpoint writer, read by
+//! HTTP; no locks.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Every decode error label, in a fixed order (see `DecodeError::label`).
+pub const DECODE_ERROR_LABELS: [&str; 6] = [
+    "too_short",
+    "unknown_framing",
+    "unknown_fingerprint",
+    "unknown_confluent_id",
+    "malformed",
+    "invalid",
+];
+
+/// The metrics of one process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Records read, per topic role (orders, inventory, activity).
+    pub records: [AtomicU64; 3],
+    /// Events applied.
+    pub applied: AtomicU64,
+    /// Duplicate event ids skipped.
+    pub duplicates: AtomicU64,
+    /// Events later than the allowed lateness.
+    pub late: AtomicU64,
+    /// Poison records, per decode error label.
+    pub decode_errors: [AtomicU64; 6],
+    /// Poison records delivered to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Poison records the dead-letter topic did not take (they stay in their source topic).
+    pub dead_letter_failures: AtomicU64,
+    /// Consumer errors reported by the client.
+    pub consumer_errors: AtomicU64,
+    /// Checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Checkpoint attempts that failed.
+    pub checkpoint_failures: AtomicU64,
+    /// Duration of the last checkpoint, microseconds.
+    pub checkpoint_last_micros: AtomicU64,
+    /// Size of the last checkpoint's state, bytes.
+    pub checkpoint_last_bytes: AtomicU64,
+    /// Records between the position and the partition ends (-1 unknown).
+    pub consumer_lag: AtomicI64,
+    /// Newest event time applied, epoch ms.
+    pub newest_event_time_ms: AtomicI64,
+    /// Snapshots served from cache / serialised.
+    pub snapshots_cached: AtomicU64,
+    /// Snapshots serialised.
+    pub snapshots_built: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(
+                out,
+                "# HELP storepulse_{name} {help}\n# TYPE storepulse_{name} counter"
+            );
+            for (labels, value) in samples {
+                let _ = writeln!(out, "storepulse_{name}{labels} {value}");
+            }
+        };
+        counter(
+            "records_total",
+            "Kafka records read, by topic role.",
+            &[
+                ("{topic=\"orders\"}", get(&self.records[0])),
+                ("{topic=\"inventory\"}", get(&self.records[1])),
+                ("{topic=\"activity\"}", get(&self.records[2])),
+            ],
+        );
+        counter(
+            "events_applied_total",
+            "Events applied to the aggregates.",
+            &[("", get(&self.applied))],
+        );
+        counter(
+            "duplicate_events_total",
+            "Events skipped as duplicates of an applied event id.",
+            &[("", get(&self.duplicates))],
+        );
+        counter(
+            "late_events_total",
+            "Events older than the allowed lateness behind the newest event.",
+            &[("", get(&self.late))],
+        );
+        let labels: Vec<String> = DECODE_ERROR_LABELS
+            .iter()
+            .map(|l| format!("{{reason=\"{l}\"}}"))
+            .collect();
+        let samples: Vec<(&str, u64)> = labels
+            .iter()
+            .zip(&self.decode_errors)
+            .map(|(l, c)| (l.as_str(), get(c)))
+            .collect();
+        counter(
+            "poison_records_total",
+            "Records that did not decode or validate, by reason.",
+            &samples,
+        );
+        counter(
+            "dead_lettered_total",
+            "Poison records written to the dead-letter topic.",
+            &[("", get(&self.dead_lettered))],
+        );
+        counter(
+            "dead_letter_failures_total",
+            "Poison records the dead-letter topic did not take.",
+            &[("", get(&self.dead_letter_failures))],
+        );
+        counter(
+            "consumer_errors_total",
+            "Errors reported by the Kafka consumer.",
+            &[("", get(&self.consumer_errors))],
+        );
+        counter(
+            "checkpoints_total",
+            "Checkpoints written.",
+            &[("", get(&self.checkpoints))],
+        );
+        counter(
+            "checkpoint_failures_total",
+            "Checkpoint attempts that failed (retried with backoff).",
+            &[("", get(&self.checkpoint_failures))],
+        );
+        counter(
+            "snapshots_built_total",
+            "Snapshots serialised.",
+            &[("", get(&self.snapshots_built))],
+        );
+        counter(
+            "snapshots_cached_total",
+            "Snapshots served from the per-position cache.",
+            &[("", get(&self.snapshots_cached))],
+        );
+        let mut gauge = |name: &str, help: &str, value: i64| {
+            let _ = writeln!(
+                out,
+                "# HELP storepulse_{name} {help}\n# TYPE storepulse_{name} gauge\nstorepulse_{name} {value}"
+            );
+        };
+        gauge(
+            "consumer_lag_records",
+            "Records between the position and the partition ends (-1: unknown).",
+            self.consumer_lag.load(Ordering::Relaxed),
+        );
+        gauge(
+            "newest_event_time_ms",
+            "Newest event time applied, epoch milliseconds.",
+            self.newest_event_time_ms.load(Ordering::Relaxed),
+        );
+        gauge(
+            "checkpoint_last_duration_us",
+            "Duration of the last checkpoint transaction.",
+            get(&self.checkpoint_last_micros) as i64,
+        );
+        gauge(
+            "checkpoint_last_bytes",
+            "Size of the last checkpoint's state.",
+            get(&self.checkpoint_last_bytes) as i64,
+        );
+        out
+    }
+}
