@@ -111,3 +111,158 @@ pub fn consume_all(
     }
     records
 }
+
+/// A minimal HTTP/1.1 GET against the server under test: `(status, body)`.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("server accepts connections");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout is set");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request is written");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("response is read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, body.to_owned())
+}
+
+/// A `storepulse serve` process under test.
+pub struct Server {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+}
+
+impl Server {
+    /// Starts `serve` on `topics` with checkpoint group `group`, a free port and a short
+    /// checkpoint interval; returns once it listens.
+    pub fn start(topics: &Topics, group: &str, database_url: &str) -> Server {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+            .arg("serve")
+            .env("STOREPULSE_KAFKA_BROKERS", brokers())
+            .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
+            .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
+            .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity)
+            .env(
+                "STOREPULSE_DEAD_LETTER_TOPIC",
+                format!("{}-dlq", topics.orders),
+            )
+            .env("STOREPULSE_GROUP_ID", group)
+            .env("STOREPULSE_DATABASE_URL", database_url)
+            .env("STOREPULSE_HTTP_ADDR", "127.0.0.1:0")
+            .env("STOREPULSE_CHECKPOINT_INTERVAL", "300ms")
+            .env("RUST_LOG", "storepulse=warn,warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("serve starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("serve prints its address");
+        let address = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .expect("an address")
+            .to_owned();
+        assert!(address.contains(':'), "unexpected first line: {line:?}");
+        Server { child, address }
+    }
+
+    /// GET `path`.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.address, path)
+    }
+
+    /// Waits until the snapshot's position covers `records` records in total, then returns
+    /// the snapshot (all stores).
+    pub fn snapshot_at(&self, records: i64, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get("/api/snapshot");
+            if status == 200 {
+                let snapshot: serde_json::Value =
+                    serde_json::from_str(&body).expect("snapshot is JSON");
+                if position_total(&snapshot) >= records {
+                    return snapshot;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not reach {records} records in {timeout:?} (last: {status} {})",
+                &body[..body.len().min(300)]
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM, and wait; returns whether it exited successfully.
+    pub fn terminate(mut self) -> bool {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        self.child.wait().expect("exits").success()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of the next offsets in an encoded snapshot position.
+pub fn position_total(snapshot: &serde_json::Value) -> i64 {
+    snapshot["position"]
+        .as_str()
+        .and_then(|p| p.split_once(':'))
+        .map(|(_, offsets)| {
+            offsets
+                .split(',')
+                .filter_map(|o| o.parse::<i64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Produces raw record values with keys, waiting for every delivery.
+pub fn produce_raw(records: &[(&str, String, Vec<u8>)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("broker.address.family", "v4")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    for (topic, key, value) in records {
+        producer
+            .send(BaseRecord::to(topic).key(key).payload(value))
+            .expect("queued");
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("every record is delivered");
+}

@@ -8,5 +8,6 @@ mod architecture;
 mod cli;
 mod helpers;
 mod postgres;
+mod serve;
 mod simulate;
 mod stack;

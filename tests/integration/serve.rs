@@ -1,0 +1,477 @@
+//! `storepulse serve` against the real broker and database: exact numbers, dead letters,
+//! crashes at random points, a clean restart, and PostgreSQL going away and coming back.
+
+use crate::helpers::{self, Server, database_url, fresh_topics, position_total, produce_raw};
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use storepulse::events::{
+    Channel, Codec, Event, OrderCancelled, OrderLine, OrderPlaced, SessionSeen, StockChangeReason,
+    StockChanged,
+};
+use storepulse::kafka::{self, KafkaSettings};
+use storepulse::simulate::scenario::{FlashSale, ScenarioConfig};
+use storepulse::simulate::{self, SimulateOptions};
+use tokio_util::sync::CancellationToken;
+
+/// 2026-11-27T14:00:00Z: 15:00 in Berlin, 23:00 in Tokyo.
+const T0: i64 = 1_795_788_000_000;
+const MIN: i64 = 60_000;
+
+async fn create_topics(settings: &KafkaSettings) {
+    kafka::ensure_topics(settings, &settings.topics.all(), 3, Duration::from_secs(15))
+        .await
+        .expect("topics are created");
+}
+
+fn order(id: &str, store: &str, at: i64, total: i64, currency: &str) -> Event {
+    Event::OrderPlaced(OrderPlaced {
+        event_id: format!("ev-{id}"),
+        store_id: store.into(),
+        occurred_at: at,
+        order_id: id.into(),
+        customer_id: "cust-1".into(),
+        customer_name: "Noor Haddad".into(),
+        lines: vec![OrderLine {
+            sku: "BER-0001".into(),
+            name: "Merino Hoodie".into(),
+            quantity: 1,
+            unit_price_minor: total,
+        }],
+        total_minor: total,
+        currency: currency.into(),
+        channel: Channel::Web,
+    })
+}
+
+fn stock(id: &str, sku: &str, at: i64, level: i64) -> Event {
+    Event::StockChanged(StockChanged {
+        event_id: id.into(),
+        store_id: "store-berlin".into(),
+        occurred_at: at,
+        sku: sku.into(),
+        name: format!("Product {sku}"),
+        new_level: level,
+        delta: 0,
+        reason: StockChangeReason::Correction,
+    })
+}
+
+fn session(id: &str, at: i64, user: Option<&str>) -> Event {
+    Event::SessionSeen(SessionSeen {
+        event_id: format!("ev-{id}"),
+        store_id: "store-berlin".into(),
+        occurred_at: at,
+        session_id: id.into(),
+        user_id: user.map(str::to_owned),
+    })
+}
+
+fn money(list: &Value, currency: &str) -> Option<i64> {
+    list.as_array()?
+        .iter()
+        .find(|m| m["currency"] == currency)
+        .and_then(|m| m["minor"].as_i64())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_snapshot_equals_independently_computed_numbers_and_poison_goes_to_the_dead_letter_topic()
+ {
+    let settings = fresh_topics("exact");
+    create_topics(&settings).await;
+    let codec = Codec::new(&Default::default()).expect("schemas");
+    let encode = |e: &Event| codec.encode(e).expect("encodes");
+    let t = &settings.topics;
+    let b2 = order("b2", "store-berlin", T0 + 60 * MIN, 2_500, "EUR");
+    let mut invalid = order("bad", "store-berlin", T0 + 61 * MIN, 100, "EUR");
+    if let Event::OrderPlaced(o) = &mut invalid {
+        o.currency = "euro".into();
+    }
+    let events: Vec<(&str, Event)> = vec![
+        (
+            &t.orders,
+            order("b1", "store-berlin", T0 + 50 * MIN, 10_000, "EUR"),
+        ),
+        (&t.orders, b2.clone()),
+        (&t.orders, b2), // a redelivery: same event id, same key
+        (
+            &t.orders,
+            order("b3", "store-berlin", T0 + 70 * MIN, 4_000, "USD"),
+        ),
+        // 40 minutes older than the newest Berlin event: late, still today.
+        (
+            &t.orders,
+            order("b4", "store-berlin", T0 + 30 * MIN, 1_000, "EUR"),
+        ),
+        (
+            &t.orders,
+            Event::OrderCancelled(OrderCancelled {
+                event_id: "ev-cancel-b1".into(),
+                store_id: "store-berlin".into(),
+                occurred_at: T0 + 68 * MIN,
+                order_id: "b1".into(),
+                order_placed_at: T0 + 50 * MIN,
+                total_minor: 10_000,
+                currency: "EUR".into(),
+                reason: "customer request".into(),
+            }),
+        ),
+        // Tokyo: 23:10 on the 27th, then 00:05 and 00:06 on the 28th.
+        (
+            &t.orders,
+            order("t1", "store-tokyo", T0 + 10 * MIN, 1_500, "JPY"),
+        ),
+        (
+            &t.orders,
+            order("t2", "store-tokyo", T0 + 65 * MIN, 2_000, "JPY"),
+        ),
+        (
+            &t.orders,
+            order("t3", "store-tokyo", T0 + 66 * MIN, 3_000, "JPY"),
+        ),
+        (&t.inventory, stock("s1", "BER-0001", T0 + 40 * MIN, 50)),
+        (&t.inventory, stock("s2", "BER-0001", T0 + 69 * MIN, 5)),
+        (&t.inventory, stock("s3", "BER-0002", T0 + 40 * MIN, 3)),
+        (&t.inventory, stock("s4", "BER-0002", T0 + 69 * MIN, -2)),
+        (&t.inventory, stock("s5", "BER-0003", T0 + 40 * MIN, 100)),
+        (&t.activity, session("sess-1", T0 + 69 * MIN, Some("u1"))),
+        (&t.activity, session("sess-2", T0 + 69 * MIN, Some("u1"))),
+        (&t.activity, session("sess-3", T0 + 69 * MIN, None)),
+    ];
+    let mut records: Vec<(&str, String, Vec<u8>)> = events
+        .iter()
+        .map(|(topic, e)| (*topic, e.key().to_owned(), encode(e)))
+        .collect();
+    records.push((&t.orders, "junk".into(), b"not avro at all".to_vec()));
+    records.push((&t.orders, "bad".into(), encode(&invalid)));
+    let total = records.len() as i64;
+    produce_raw(&records);
+
+    let group = helpers::unique("exact-group");
+    let server = Server::start(&settings.topics, &group, &database_url());
+    let snapshot = tokio::task::spawn_blocking(move || {
+        let s = server.snapshot_at(total, Duration::from_secs(60));
+        (server, s)
+    })
+    .await
+    .expect("snapshot thread");
+    let (server, snapshot) = snapshot;
+    assert_eq!(
+        position_total(&snapshot),
+        total,
+        "every record, poison too, moved the position"
+    );
+
+    let berlin = &snapshot["stores"]["store-berlin"];
+    assert_eq!(berlin["day"], "2026-11-27");
+    assert_eq!(
+        berlin["orders_today"], 4,
+        "b1 b2 b3 b4; the redelivery counted once"
+    );
+    assert_eq!(berlin["cancelled_today"], 1);
+    assert_eq!(
+        money(&berlin["revenue_today"], "EUR"),
+        Some(10_000 + 2_500 + 1_000 - 10_000)
+    );
+    assert_eq!(money(&berlin["revenue_today"], "USD"), Some(4_000));
+    assert_eq!(
+        money(&berlin["average_order_value"], "EUR"),
+        Some(13_500 / 3)
+    );
+    let per_minute: i64 = berlin["per_minute"]
+        .as_array()
+        .expect("minutes")
+        .iter()
+        .map(|m| m["orders"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        per_minute, 4,
+        "all four within the last hour of Berlin's event time"
+    );
+    let recent = berlin["recent_orders"].as_array().expect("orders");
+    assert_eq!(recent.len(), 4);
+    assert_eq!(recent[0]["order_id"], "b3", "newest first");
+    assert!(
+        recent
+            .iter()
+            .any(|o| o["order_id"] == "b1" && o["cancelled"] == true)
+    );
+    assert_eq!(
+        berlin["active_users"]["today"], 2,
+        "u1 (two sessions) and sess-3"
+    );
+    let levels: Vec<(String, i64)> = berlin["stock"]
+        .as_array()
+        .expect("stock")
+        .iter()
+        .map(|s| {
+            (
+                s["sku"].as_str().unwrap_or("").to_owned(),
+                s["level"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        levels,
+        vec![
+            ("BER-0001".into(), 5),
+            ("BER-0002".into(), -2),
+            ("BER-0003".into(), 100)
+        ]
+    );
+    assert_eq!(berlin["low_stock"][0]["sku"], "BER-0001");
+    assert_eq!(berlin["low_stock"].as_array().map(Vec::len), Some(1));
+    assert_eq!(berlin["oversold"][0]["sku"], "BER-0002");
+
+    let tokyo = &snapshot["stores"]["store-tokyo"];
+    assert_eq!(
+        tokyo["day"], "2026-11-28",
+        "Tokyo's day rolled over by event time"
+    );
+    assert_eq!(tokyo["time_zone"], "Asia/Tokyo");
+    assert_eq!(tokyo["orders_today"], 2);
+    assert_eq!(money(&tokyo["revenue_today"], "JPY"), Some(5_000));
+
+    let all = &snapshot["all_stores"];
+    assert_eq!(all["orders_today"], 6);
+    assert_eq!(money(&all["revenue_today"], "JPY"), Some(5_000));
+    assert_eq!(all["cancelled_today"], 1);
+
+    let (status, single) = server.get("/api/snapshot?store=store-tokyo");
+    assert_eq!(status, 200);
+    let single: Value = serde_json::from_str(&single).expect("json");
+    assert!(single["all_stores"].is_null() && single["stores"]["store-berlin"].is_null());
+    assert_eq!(server.get("/api/snapshot?store=store-atlantis").0, 404);
+    assert_eq!(server.get("/api/snapshot?shop=x").0, 400);
+    assert_eq!(server.get("/healthz").0, 200);
+
+    let (_, metrics) = server.get("/metrics");
+    let metric = |name: &str| -> i64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert_eq!(metric("storepulse_duplicate_events_total"), 1);
+    assert!(metric("storepulse_late_events_total") >= 1);
+    assert_eq!(
+        metric("storepulse_poison_records_total{reason=\"unknown_framing\"}"),
+        1
+    );
+    assert_eq!(
+        metric("storepulse_poison_records_total{reason=\"invalid\"}"),
+        1
+    );
+
+    // Both poison records are in the dead-letter topic, bytes and origin intact.
+    let dlq = format!("{}-dlq", settings.topics.orders);
+    let dead = tokio::task::spawn_blocking(move || {
+        helpers::consume_all(&helpers::brokers(), &[&dlq], 2, Duration::from_secs(30))
+    })
+    .await
+    .expect("consumer thread");
+    let junk = dead
+        .iter()
+        .find(|r| r.key == "junk")
+        .expect("the junk record");
+    assert_eq!(junk.payload, b"not avro at all");
+    assert!(dead.iter().any(|r| r.key == "bad"));
+    assert!(server.terminate(), "SIGTERM exits 0");
+}
+
+/// Produces a seeded flash sale; returns how many records it produced.
+async fn produce_flash_sale(
+    settings: &KafkaSettings,
+    seed: u64,
+    count: u64,
+    rate: Option<f64>,
+) -> i64 {
+    let report = simulate::run(
+        settings,
+        SimulateOptions {
+            scenario: ScenarioConfig {
+                seed,
+                start_ms: T0,
+                events_per_second: 200.0,
+                stores: 3,
+                skus_per_store: 20,
+                flash_sale: Some(FlashSale {
+                    starts_after_ms: 5_000,
+                    duration_ms: 60_000,
+                    skus_per_store: 2,
+                    oversell: true,
+                    discount_percent: 30,
+                }),
+            },
+            rate,
+            count: Some(count),
+            duration: None,
+            partitions: 3,
+            create_topics: true,
+            message_timeout: Duration::from_secs(30),
+            progress_every: None,
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .expect("delivered");
+    report.acked as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_at_random_points_then_restarted_ends_equal_to_an_uninterrupted_run() {
+    let settings = fresh_topics("crash");
+    create_topics(&settings).await;
+    let group = helpers::unique("crash-group");
+    let url = database_url();
+    // The simulator runs while serve is killed and restarted.
+    let producer_settings = settings.clone();
+    let producing = tokio::spawn(async move {
+        produce_flash_sale(&producer_settings, 21, 12_000, Some(4_000.0)).await
+    });
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    for _ in 0..4 {
+        let server = Server::start(&settings.topics, &group, &url);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1_500))).await;
+        server.kill();
+    }
+    let total = producing.await.expect("producer task");
+    let topics = settings.topics.clone();
+    let url_after = url.clone();
+    let (restarted, fresh) = tokio::task::spawn_blocking(move || {
+        let server = Server::start(&topics, &group, &url_after);
+        let restarted = server.snapshot_at(total, Duration::from_secs(90));
+        // A clean restart too: SIGTERM writes a final checkpoint, the next start resumes it.
+        assert!(server.terminate(), "SIGTERM exits 0");
+        let server = Server::start(&topics, &group, &url_after);
+        let resumed = server.snapshot_at(total, Duration::from_secs(60));
+        assert_eq!(resumed, restarted, "a clean restart changes nothing");
+        drop(server);
+        // An uninterrupted run over the same records, from no checkpoint.
+        let fresh = Server::start(&topics, &helpers::unique("crash-fresh"), &url_after)
+            .snapshot_at(total, Duration::from_secs(90));
+        (restarted, fresh)
+    })
+    .await
+    .expect("server thread");
+    assert_eq!(position_total(&restarted), total);
+    assert_eq!(restarted, fresh, "crashes left no trace in the numbers");
+}
+
+fn stack(args: &[&str], dir: &std::path::Path, port: u16) -> std::process::Output {
+    Command::new("bash")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/stack"))
+        .args(args)
+        .env("STOREPULSE_STACK_DIR", dir)
+        .env("STOREPULSE_PG_PORT", port.to_string())
+        .output()
+        .expect("scripts/stack runs")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_going_away_delays_checkpoints_but_never_processing() {
+    // A PostgreSQL of this test's own, so stopping it disturbs no other test.
+    let dir = std::env::temp_dir().join(helpers::unique("pg"));
+    let port: u16 = 20_000 + (rand::random::<u16>() % 9_000);
+    let up = stack(&["up", "postgres"], &dir, port);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let url = format!("postgres://postgres@127.0.0.1:{port}/storepulse");
+
+    let settings = fresh_topics("pgdown");
+    create_topics(&settings).await;
+    let first = produce_flash_sale(&settings, 31, 3_000, None).await;
+    let group = helpers::unique("pgdown-group");
+    let server = Server::start(&settings.topics, &group, &url);
+    let metric = |server: &Server, name: &str| -> i64 {
+        let (_, text) = server.get("/metrics");
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1)
+    };
+    let server = tokio::task::spawn_blocking(move || {
+        server.snapshot_at(first, Duration::from_secs(60));
+        server
+    })
+    .await
+    .expect("thread");
+    wait_for(
+        || metric(&server, "storepulse_checkpoints_total") >= 1,
+        "a first checkpoint",
+    )
+    .await;
+
+    let down = stack(&["down", "postgres"], &dir, port);
+    assert!(down.status.success());
+    let more = produce_flash_sale(&settings, 32, 2_000, None).await;
+    let (server, during) = tokio::task::spawn_blocking(move || {
+        let s = server.snapshot_at(first + more, Duration::from_secs(60));
+        (server, s)
+    })
+    .await
+    .expect("thread");
+    assert_eq!(
+        position_total(&during),
+        first + more,
+        "processing went on without postgres"
+    );
+    wait_for(
+        || metric(&server, "storepulse_checkpoint_failures_total") >= 1,
+        "a failed checkpoint",
+    )
+    .await;
+    let (status, body) = server.get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    let readiness: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(readiness["checkpoint_store"]["ready"], false);
+    assert_eq!(readiness["consumer"]["ready"], true);
+
+    let up = stack(&["up", "postgres"], &dir, port);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let written = metric(&server, "storepulse_checkpoints_total");
+    wait_for(
+        || metric(&server, "storepulse_checkpoints_total") > written,
+        "checkpoints to resume",
+    )
+    .await;
+    wait_for(|| server.get("/readyz").0 == 200, "ready again").await;
+    // The checkpoint written after the outage restores the same numbers on a restart.
+    let (restored, position) = tokio::task::spawn_blocking(move || {
+        server.kill();
+        let server = Server::start(&settings.topics, &group, &url);
+        let (_, metrics) = server.get("/metrics");
+        let s = server.snapshot_at(first + more, Duration::from_secs(60));
+        (s, metrics)
+    })
+    .await
+    .expect("thread");
+    assert_eq!(restored, during, "exact across the outage and a restart");
+    assert!(
+        position.contains("storepulse_events_applied_total"),
+        "{position}"
+    );
+    let _ = stack(&["clean"], &dir, port);
+}
+
+async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    for _ in 0..150 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
