@@ -290,9 +290,13 @@ struct Writer {
     stop: CancellationToken,
 }
 
+/// Longest wait between checkpoint attempts while the store is down: a returning database
+/// is noticed within this long.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
 /// Writes the newest frozen checkpoint whenever it changes; on failure retries with
-/// exponential backoff (0.5 s to 30 s), always with the newest one. On stop, writes what is
-/// newest once more and returns.
+/// exponential backoff (0.5 s to [`MAX_BACKOFF`]), always with the newest one. On stop,
+/// writes what is newest once more and returns.
 async fn checkpoint_writer(mut w: Writer) {
     let mut backoff = Duration::from_millis(500);
     let mut last_position: Option<String> = None;
@@ -335,7 +339,7 @@ async fn checkpoint_writer(mut w: Writer) {
                         () = tokio::time::sleep(backoff) => {}
                         () = w.stop.cancelled() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             }

@@ -467,7 +467,7 @@ async fn postgres_going_away_delays_checkpoints_but_never_processing() {
 }
 
 async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
-    for _ in 0..150 {
+    for _ in 0..300 {
         if condition() {
             return;
         }
