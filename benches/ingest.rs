@@ -1,0 +1,397 @@
+//! Ingest benchmark against the real local stack (`scripts/stack up` first):
+//!
+//! 1. Pre-fills three topics with N simulated events (once; reused while they hold N).
+//! 2. Catch-up from offset 0, alternating, R runs each:
+//!    - baseline: a bare rdkafka `BaseConsumer` that drains the same partitions and only
+//!      counts bytes;
+//!    - `storepulse serve` (the release binary, a fresh checkpoint group each run) until
+//!      its `/metrics` count every record.
+//!
+//!    Wall time and the process's CPU time (user + system, from /proc) for each.
+//! 3. Recovery: SIGKILL a caught-up `serve` (after a checkpoint), restart it, time until
+//!    `/readyz` answers 200.
+//! 4. A checkpoint of a state with 100 000 SKUs: serialisation, transaction and size.
+//!
+//! Prints Markdown for `docs/benchmarks.md`. Not a test: nothing here asserts a speed.
+//! Settings: `BENCH_EVENTS` (default 2 000 000), `BENCH_RUNS` (3), and the stack's
+//! `STOREPULSE_KAFKA_BROKERS` / `STOREPULSE_DATABASE_URL`.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::io::{BufRead, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use storepulse::aggregate::{AggregateConfig, Changes, Layout, PartitionKey, RecordRef, State};
+use storepulse::checkpoint::{CheckpointStore, Frozen};
+use storepulse::events::{Event, StockChangeReason, StockChanged, TopicRole};
+use storepulse::kafka::{self, KafkaSettings, Topics};
+use storepulse::simulate::scenario::{FlashSale, ScenarioConfig};
+use storepulse::simulate::{self, SimulateOptions};
+use tokio_util::sync::CancellationToken;
+
+const PARTITIONS: i32 = 4;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn brokers() -> String {
+    std::env::var("STOREPULSE_KAFKA_BROKERS").unwrap_or_else(|_| kafka::DEFAULT_BROKERS.into())
+}
+
+fn database_url() -> String {
+    std::env::var("STOREPULSE_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:15432/storepulse".into())
+}
+
+/// CPU seconds (user + system) of a process, from /proc (clock ticks of 10 ms).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields after the name: state is 0, utime is 11, stime is 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+async fn prefill(settings: &KafkaSettings, events: u64) {
+    let names = settings.topics.all();
+    kafka::ensure_topics(settings, &names, PARTITIONS, Duration::from_secs(15))
+        .await
+        .expect("topics");
+    let probe = settings.clone();
+    let held: i64 = tokio::task::spawn_blocking(move || {
+        probe
+            .topics
+            .all()
+            .iter()
+            .map(|t| kafka::total_records(&probe, t).expect("watermarks"))
+            .sum()
+    })
+    .await
+    .expect("thread");
+    if held == events as i64 {
+        eprintln!("[bench] topics already hold {events} events");
+        return;
+    }
+    assert_eq!(
+        held, 0,
+        "bench topics hold {held} records, not {events}: delete them or change BENCH_EVENTS"
+    );
+    eprintln!("[bench] producing {events} simulated events");
+    let report = simulate::run(
+        settings,
+        SimulateOptions {
+            scenario: ScenarioConfig {
+                seed: 7,
+                start_ms: 1_795_773_600_000,
+                events_per_second: 2_000.0,
+                stores: 8,
+                skus_per_store: 500,
+                flash_sale: Some(FlashSale {
+                    starts_after_ms: 60_000,
+                    duration_ms: 600_000,
+                    skus_per_store: 5,
+                    oversell: false,
+                    discount_percent: 30,
+                }),
+            },
+            rate: None,
+            count: Some(events),
+            duration: None,
+            partitions: PARTITIONS,
+            create_topics: false,
+            message_timeout: Duration::from_secs(120),
+            progress_every: Some(Duration::from_secs(5)),
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .expect("prefill delivered");
+    eprintln!(
+        "[bench] produced {} in {:.1} s",
+        report.acked,
+        report.elapsed.as_secs_f64()
+    );
+}
+
+/// Drains every partition from the beginning, counting bytes. Returns (wall, cpu) seconds.
+fn baseline(settings: &KafkaSettings, events: u64) -> (f64, f64) {
+    let pid = std::process::id();
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set(
+            "group.id",
+            format!("bench-baseline-{}", rand::random::<u32>()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("broker.address.family", "v4")
+        .set("fetch.wait.max.ms", "10")
+        .set("queued.min.messages", "20000")
+        .set("queued.max.messages.kbytes", "32768")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for topic in settings.topics.all() {
+        for partition in 0..PARTITIONS {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    let (mut count, mut bytes) = (0u64, 0usize);
+    while count < events {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            bytes += message.payload().map_or(0, <[u8]>::len);
+            count += 1;
+        }
+    }
+    std::hint::black_box(bytes);
+    let wall = started.elapsed().as_secs_f64();
+    drop(consumer);
+    (wall, cpu_seconds(pid) - cpu_before)
+}
+
+struct Serve {
+    child: Child,
+    address: String,
+}
+
+impl Serve {
+    fn start(topics: &Topics, group: &str, interval: &str) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+            .arg("serve")
+            .env("STOREPULSE_KAFKA_BROKERS", brokers())
+            .env("STOREPULSE_DATABASE_URL", database_url())
+            .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
+            .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
+            .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity)
+            .env("STOREPULSE_GROUP_ID", group)
+            .env("STOREPULSE_HTTP_ADDR", "127.0.0.1:0")
+            .env("STOREPULSE_CHECKPOINT_INTERVAL", interval)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("serve starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("address line");
+        let address = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        Serve { child, address }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let Ok(mut stream) = std::net::TcpStream::connect(&self.address) else {
+            return (0, String::new());
+        };
+        let _ = write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (
+            status,
+            text.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_owned())
+                .unwrap_or_default(),
+        )
+    }
+
+    fn metric(&self, name: &str) -> i64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<i64>().ok()))
+            .sum()
+    }
+
+    fn wait_for_records(&self, events: u64) {
+        while self.metric("storepulse_records_total") < events as i64 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Catch-up of `serve` from offset 0. Returns (wall, cpu) seconds.
+fn serve_catch_up(topics: &Topics, events: u64) -> (f64, f64) {
+    let started = Instant::now();
+    let serve = Serve::start(topics, &format!("bench-{}", rand::random::<u32>()), "5s");
+    serve.wait_for_records(events);
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(serve.child.id());
+    serve.kill();
+    (wall, cpu)
+}
+
+/// SIGKILL a caught-up serve after a checkpoint; time from restart to `/readyz` 200.
+fn recovery(topics: &Topics, events: u64) -> f64 {
+    let group = format!("bench-recovery-{}", rand::random::<u32>());
+    let serve = Serve::start(topics, &group, "1s");
+    serve.wait_for_records(events);
+    let written = serve.metric("storepulse_checkpoints_total");
+    while serve.metric("storepulse_checkpoints_total") <= written {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    serve.kill();
+    let started = Instant::now();
+    let serve = Serve::start(topics, &group, "1s");
+    while serve.get("/readyz").0 != 200 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    serve.kill();
+    elapsed
+}
+
+/// A state with `skus` SKUs (one store per 1000), checkpointed once.
+async fn checkpoint_cost(skus: usize) -> (f64, f64, usize) {
+    let layout = Layout::new(vec![
+        (TopicRole::Orders, "o".into(), 4),
+        (TopicRole::Inventory, "i".into(), 4),
+        (TopicRole::Activity, "a".into(), 4),
+    ]);
+    let mut state = State::new(Arc::new(AggregateConfig::default()));
+    let mut changes = Changes::default();
+    for i in 0..skus {
+        let event = Event::StockChanged(StockChanged {
+            event_id: format!("bench-{i}"),
+            store_id: format!("store-{:03}", i / 1_000).into(),
+            occurred_at: 1_795_773_600_000 + i as i64,
+            sku: format!("SKU-{i:07}").into(),
+            name: format!("Product number {i}"),
+            new_level: (i % 300) as i64,
+            delta: 1,
+            reason: StockChangeReason::Restock,
+        });
+        let at = RecordRef {
+            partition: PartitionKey {
+                role: TopicRole::Inventory,
+                partition: (i % 4) as i32,
+            },
+            offset: (i / 4) as i64,
+        };
+        state.apply(&event, at, &mut changes);
+    }
+    let started = Instant::now();
+    let frozen = Frozen::of(&state, &layout);
+    let freeze = started.elapsed().as_secs_f64();
+    let store = CheckpointStore::connect_lazy(&database_url(), "bench-checkpoint").expect("pool");
+    store.migrate().await.expect("migrations");
+    let written = store.write(&frozen, &layout, 1).await.expect("written");
+    (freeze, written.duration.as_secs_f64(), written.bytes)
+}
+
+#[tokio::main]
+async fn main() {
+    let events = env_or("BENCH_EVENTS", 2_000_000);
+    let runs = env_or("BENCH_RUNS", 3) as usize;
+    let settings = KafkaSettings {
+        brokers: brokers(),
+        topics: Topics {
+            orders: format!("bench-{events}-orders"),
+            inventory: format!("bench-{events}-inventory"),
+            activity: format!("bench-{events}-activity"),
+        },
+    };
+    prefill(&settings, events).await;
+
+    let (mut base_wall, mut base_cpu, mut serve_wall, mut serve_cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        let s = settings.clone();
+        let (wall, cpu) = tokio::task::spawn_blocking(move || baseline(&s, events))
+            .await
+            .expect("baseline");
+        eprintln!("[bench] run {run}: baseline {wall:.2} s wall, {cpu:.2} s cpu");
+        base_wall.push(wall);
+        base_cpu.push(cpu);
+        let topics = settings.topics.clone();
+        let (wall, cpu) = tokio::task::spawn_blocking(move || serve_catch_up(&topics, events))
+            .await
+            .expect("serve");
+        eprintln!("[bench] run {run}: serve {wall:.2} s wall, {cpu:.2} s cpu");
+        serve_wall.push(wall);
+        serve_cpu.push(cpu);
+    }
+    let topics = settings.topics.clone();
+    let recoveries: Vec<f64> =
+        tokio::task::spawn_blocking(move || (0..runs).map(|_| recovery(&topics, events)).collect())
+            .await
+            .expect("recovery");
+    let (freeze, write, bytes) = checkpoint_cost(100_000).await;
+
+    let rate = |wall: f64| events as f64 / wall;
+    let (bw, sw) = (median(base_wall.clone()), median(serve_wall.clone()));
+    let (bc, sc) = (median(base_cpu), median(serve_cpu));
+    println!("| path | events/s (median of {runs}) | wall s | CPU µs/event | ratio to baseline |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| bare rdkafka consumer (baseline) | {:.0} | {bw:.2} | {:.2} | 1.00 |",
+        rate(bw),
+        bc * 1e6 / events as f64
+    );
+    println!(
+        "| storepulse serve, catch-up from offset 0 | {:.0} | {sw:.2} | {:.2} | {:.2} |",
+        rate(sw),
+        sc * 1e6 / events as f64,
+        bw / sw
+    );
+    println!();
+    println!("runs (wall s): baseline {base_wall:.2?}, serve {serve_wall:.2?}");
+    println!();
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!(
+        "| SIGKILL → /readyz 200, {events} events in history (median of {runs}) | {:.2} s |",
+        median(recoveries.clone())
+    );
+    println!(
+        "| checkpoint of 100 000 SKUs: freeze (serialise) | {:.1} ms |",
+        freeze * 1e3
+    );
+    println!(
+        "| checkpoint of 100 000 SKUs: Postgres transaction | {:.1} ms |",
+        write * 1e3
+    );
+    println!(
+        "| checkpoint of 100 000 SKUs: size | {:.1} MB |",
+        bytes as f64 / 1e6
+    );
+    println!();
+    println!("recovery runs (s): {recoveries:.2?}");
+}
