@@ -2,8 +2,8 @@
 //!
 //! 1. Pre-fills three topics with N simulated events (once; reused while they hold N).
 //! 2. Catch-up from offset 0, alternating, R runs each:
-//!    - baseline: a bare rdkafka `BaseConsumer` that drains the same partitions and only
-//!      counts bytes;
+//!    - baseline: a bare rdkafka `BaseConsumer` with serve's consumer settings that drains
+//!      the same partitions and only counts bytes;
 //!    - `storepulse serve` (the release binary, a fresh checkpoint group each run) until
 //!      its `/metrics` count every record.
 //!
@@ -18,7 +18,7 @@
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use std::io::{BufRead, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -135,17 +135,9 @@ fn baseline(settings: &KafkaSettings, events: u64) -> (f64, f64) {
     let pid = std::process::id();
     let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
-        .set(
-            "group.id",
-            format!("bench-baseline-{}", rand::random::<u32>()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("broker.address.family", "v4")
-        .set("fetch.wait.max.ms", "10")
-        .set("queued.min.messages", "20000")
-        .set("queued.max.messages.kbytes", "32768")
+    // The same consumer settings as serve: the difference is the processing alone.
+    let group = format!("bench-baseline-{}", rand::random::<u32>());
+    let consumer: BaseConsumer = kafka::consumer_config(settings, &group)
         .create()
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();

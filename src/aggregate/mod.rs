@@ -39,7 +39,7 @@ pub use store::StoreState;
 use crate::events::{Event, Sku, StoreId};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// Business settings of the aggregates. Changing them changes results, not the state's
@@ -75,8 +75,8 @@ impl Default for AggregateConfig {
             low_stock_overrides: BTreeMap::new(),
             sell_out_alert_minutes: 10,
             days_held: 2,
-            dedup_window_ms: 10 * 60_000,
-            dedup_capacity: 200_000,
+            dedup_window_ms: 2 * 60_000,
+            dedup_capacity: 100_000,
             allowed_lateness_ms: 5 * 60_000,
         }
     }
@@ -157,35 +157,87 @@ impl Changes {
     }
 }
 
-/// Event ids applied within one partition's dedup window.
+/// Hashes a key that is already a uniform 64-bit hash (xxh3 of an event id) by taking it as
+/// it is.
+#[derive(Clone, Copy, Debug, Default)]
+struct PrehashedHasher(u64);
+
+impl std::hash::Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type PrehashedSet = HashSet<u64, std::hash::BuildHasherDefault<PrehashedHasher>>;
+
+/// Event ids applied within one partition's dedup window, oldest first in arrival order.
+/// Eviction is by arrival order: deterministic, because one partition's order is fixed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "DedupWire", into = "DedupWire")]
 struct Dedup {
     /// Newest event time in this partition.
     newest: i64,
-    /// xxh3 of the event id → its event time.
-    seen: HashMap<u64, i64>,
-    /// The same entries ordered for eviction.
-    by_time: BTreeSet<(i64, u64)>,
+    /// `(event time, xxh3 of the event id)`, in arrival order.
+    order: VecDeque<(i64, u64)>,
+    /// The hashes in `order`, for lookup.
+    seen: PrehashedSet,
+}
+
+/// What a checkpoint stores of a [`Dedup`]: the lookup set is rebuilt on load.
+#[derive(Serialize, Deserialize)]
+struct DedupWire {
+    newest: i64,
+    order: VecDeque<(i64, u64)>,
+}
+
+impl From<DedupWire> for Dedup {
+    fn from(wire: DedupWire) -> Self {
+        let seen = wire.order.iter().map(|(_, hash)| *hash).collect();
+        Dedup {
+            newest: wire.newest,
+            order: wire.order,
+            seen,
+        }
+    }
+}
+
+impl From<Dedup> for DedupWire {
+    fn from(dedup: Dedup) -> Self {
+        DedupWire {
+            newest: dedup.newest,
+            order: dedup.order,
+        }
+    }
 }
 
 impl Dedup {
     /// Records `id`; false if it was already there.
     fn first_sighting(&mut self, id: &str, time: i64, config: &AggregateConfig) -> bool {
         let hash = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
-        if self.seen.contains_key(&hash) {
+        if self.seen.contains(&hash) {
             return false;
         }
         self.newest = self.newest.max(time);
         let cutoff = self.newest.saturating_sub(config.dedup_window_ms);
         if time >= cutoff {
-            self.seen.insert(hash, time);
-            self.by_time.insert((time, hash));
+            self.seen.insert(hash);
+            self.order.push_back((time, hash));
         }
-        while let Some(&(oldest, oldest_hash)) = self.by_time.first() {
-            if oldest >= cutoff && self.by_time.len() <= config.dedup_capacity {
+        while let Some(&(oldest, oldest_hash)) = self.order.front() {
+            if oldest >= cutoff && self.order.len() <= config.dedup_capacity {
                 break;
             }
-            self.by_time.pop_first();
+            self.order.pop_front();
             self.seen.remove(&oldest_hash);
         }
         true

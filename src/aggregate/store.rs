@@ -131,6 +131,43 @@ impl SkuSales {
     }
 }
 
+/// The UTC bounds of the last local day computed, so most events skip the time zone
+/// lookup. A cache, not state: never serialised, always equal.
+#[derive(Clone, Debug, Default)]
+pub struct DayCache {
+    start: i64,
+    end: i64,
+    day: i32,
+}
+
+impl PartialEq for DayCache {
+    fn eq(&self, _: &DayCache) -> bool {
+        true
+    }
+}
+
+impl DayCache {
+    fn day(&mut self, tz: Tz, time: i64) -> i32 {
+        if self.start <= time && time < self.end {
+            return self.day;
+        }
+        let day = local_day(tz, time);
+        let midnight = |d: i32| {
+            let date = NaiveDate::default() + chrono::Days::new(u64::try_from(d).ok()?);
+            tz.from_local_datetime(&date.and_hms_opt(0, 0, 0)?)
+                .earliest()
+                .map(|t| t.timestamp_millis())
+        };
+        if let (Some(start), Some(end)) = (midnight(day), midnight(day + 1))
+            && start <= time
+            && time < end
+        {
+            *self = DayCache { start, end, day };
+        }
+        day
+    }
+}
+
 /// One store's aggregates.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoreState {
@@ -148,6 +185,8 @@ pub struct StoreState {
     pub sales: HashMap<Sku, SkuSales>,
     /// Visitors per minute in the last [`ACTIVE_WINDOW_MINUTES`].
     pub active: BTreeMap<i64, HyperLogLog>,
+    #[serde(skip)]
+    day_cache: DayCache,
 }
 
 impl StoreState {
@@ -184,7 +223,7 @@ impl StoreState {
             return;
         }
         let old_minute = self.newest_minute();
-        let old_day = local_day(tz, self.newest_event_time);
+        let old_day = self.day_cache.day(tz, self.newest_event_time);
         self.newest_event_time = time;
         let minute = self.newest_minute();
         if minute != old_minute {
@@ -196,7 +235,7 @@ impl StoreState {
                 !sales.minutes.is_empty()
             });
         }
-        let day = local_day(tz, time);
+        let day = self.day_cache.day(tz, time);
         if day != old_day {
             self.days = self.days.split_off(&(day - config.days_held + 1));
         }
@@ -204,8 +243,9 @@ impl StoreState {
 
     /// The totals of the day of `time`, if that day is held.
     fn day_mut(&mut self, tz: Tz, time: i64, config: &AggregateConfig) -> Option<&mut DayTotals> {
-        let day = local_day(tz, time);
-        (day > self.today(tz) - config.days_held).then(|| self.days.entry(day).or_default())
+        let day = self.day_cache.day(tz, time);
+        let today = self.day_cache.day(tz, self.newest_event_time);
+        (day > today - config.days_held).then(|| self.days.entry(day).or_default())
     }
 
     fn in_window(&self, time: i64, minutes: i64) -> bool {
@@ -242,7 +282,9 @@ impl StoreState {
                     sales.name.clone_from(&line.name);
                 }
                 *sales.minutes.entry(minute).or_default() += i64::from(line.quantity);
-                changes.skus.insert(line.sku.clone());
+                if !changes.skus.contains(&line.sku) {
+                    changes.skus.insert(line.sku.clone());
+                }
             }
         }
         let recent = RecentOrder {
@@ -348,7 +390,9 @@ impl StoreState {
                 }
             }
         }
-        changes.skus.insert(s.sku.clone());
+        if !changes.skus.contains(&s.sku) {
+            changes.skus.insert(s.sku.clone());
+        }
     }
 
     fn session_seen(

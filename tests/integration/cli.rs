@@ -30,3 +30,33 @@ fn a_confluent_mapping_to_an_unknown_schema_is_refused_with_a_reason() {
     assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown schema \"refund_issued\""));
 }
+
+#[test]
+fn migrate_applies_the_migrations_and_is_idempotent() {
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+            .arg("migrate")
+            .env("STOREPULSE_DATABASE_URL", crate::helpers::database_url())
+            .output()
+            .expect("the binary runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
+    }
+}
+
+#[test]
+fn serve_refuses_a_config_file_with_an_unknown_key() {
+    let path = std::env::temp_dir().join(format!("storepulse-{}.toml", rand::random::<u32>()));
+    std::fs::write(&path, "[kafka]\nbrokerz = \"x\"\n").expect("written");
+    let out = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .expect("the binary runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("brokerz"));
+}

@@ -475,3 +475,43 @@ async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
     }
     panic!("timed out waiting for {what}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_of_another_format_is_ignored_and_the_state_rebuilt_from_kafka() {
+    use sqlx::Connection;
+    let settings = fresh_topics("format");
+    create_topics(&settings).await;
+    let total = produce_flash_sale(&settings, 41, 1_500, None).await;
+    let group = helpers::unique("format-group");
+    let url = database_url();
+    let topics = settings.topics.clone();
+    let (group_used, expected) = {
+        let (g, u) = (group.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            let server = Server::start(&topics, &g, &u);
+            let snapshot = server.snapshot_at(total, Duration::from_secs(60));
+            assert!(server.terminate(), "a final checkpoint on SIGTERM");
+            (g, snapshot)
+        })
+        .await
+        .expect("thread")
+    };
+    // Make every checkpoint of the group look like an older format with unreadable state.
+    let mut db = sqlx::PgConnection::connect(&url).await.expect("postgres");
+    let changed = sqlx::query(
+        "UPDATE checkpoints SET format_version = 0, state = '\\x00ff' WHERE group_name = $1",
+    )
+    .bind(&group_used)
+    .execute(&mut db)
+    .await
+    .expect("update")
+    .rows_affected();
+    assert!(changed >= 1, "serve wrote checkpoints");
+    let topics = settings.topics.clone();
+    let rebuilt = tokio::task::spawn_blocking(move || {
+        Server::start(&topics, &group, &url).snapshot_at(total, Duration::from_secs(60))
+    })
+    .await
+    .expect("thread");
+    assert_eq!(rebuilt, expected, "rebuilt from kafka, not misread");
+}
