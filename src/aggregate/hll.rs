@@ -38,9 +38,18 @@ impl Default for HyperLogLog {
 }
 
 impl HyperLogLog {
+    /// The hash [`HyperLogLog::insert`] uses, to add one item to several sketches.
+    pub fn hash(item: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(item.as_bytes())
+    }
+
     /// Adds an item.
     pub fn insert(&mut self, item: &str) {
-        let hash = xxhash_rust::xxh3::xxh3_64(item.as_bytes());
+        self.insert_hash(Self::hash(item));
+    }
+
+    /// Adds an item by its [`HyperLogLog::hash`].
+    pub fn insert_hash(&mut self, hash: u64) {
         let index = (hash >> (64 - PRECISION)) as usize;
         // Rank of the first set bit in the remaining 52 bits (1-based), capped.
         let rest = hash << PRECISION;

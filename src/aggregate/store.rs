@@ -272,12 +272,18 @@ impl StoreState {
         if self.in_window(o.occurred_at, MINUTES_KEPT) {
             let bucket = self.minutes.entry(minute).or_default();
             bucket.orders += 1;
-            *bucket.revenue.entry(o.currency.clone()).or_default() += o.total_minor;
+            add(&mut bucket.revenue, &o.currency, o.total_minor);
             changes.minutes.insert(minute);
         }
         if self.in_window(o.occurred_at, SALES_WINDOW_MINUTES) {
             for line in &o.lines {
-                let sales = self.sales.entry(line.sku.clone()).or_default();
+                if !self.sales.contains_key(&line.sku) {
+                    self.sales.insert(line.sku.clone(), SkuSales::default());
+                }
+                let sales = self
+                    .sales
+                    .get_mut(&line.sku)
+                    .unwrap_or_else(|| unreachable!("inserted above"));
                 if sales.name.is_empty() {
                     sales.name.clone_from(&line.name);
                 }
@@ -326,7 +332,7 @@ impl StoreState {
             changes.totals = true;
         }
         if let Some(day) = self.day_mut(tz, c.order_placed_at, config) {
-            *day.net_revenue.entry(c.currency.clone()).or_default() -= c.total_minor;
+            add(&mut day.net_revenue, &c.currency, -c.total_minor);
             changes.totals = true;
         }
         // The order and its cancellation share a partition (key: order id), so the order
@@ -402,17 +408,27 @@ impl StoreState {
         config: &AggregateConfig,
         changes: &mut StoreChanges,
     ) {
-        let visitor = s.user_id.as_deref().unwrap_or(&s.session_id);
+        let visitor = HyperLogLog::hash(s.user_id.as_deref().unwrap_or(&s.session_id));
         if let Some(day) = self.day_mut(tz, s.occurred_at, config) {
-            day.visitors.insert(visitor);
+            day.visitors.insert_hash(visitor);
             changes.totals = true;
         }
         if self.in_window(s.occurred_at, ACTIVE_WINDOW_MINUTES) {
             self.active
                 .entry(minute_of(s.occurred_at))
                 .or_default()
-                .insert(visitor);
+                .insert_hash(visitor);
             changes.totals = true;
+        }
+    }
+}
+
+/// Adds to a per-currency entry, allocating the key only the first time.
+fn add<V: Default + std::ops::AddAssign>(map: &mut BTreeMap<String, V>, key: &str, value: V) {
+    match map.get_mut(key) {
+        Some(entry) => *entry += value,
+        None => {
+            map.insert(key.to_owned(), value);
         }
     }
 }
