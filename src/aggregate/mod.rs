@@ -148,12 +148,7 @@ impl Changes {
     }
 
     fn store(&mut self, store: &StoreId) -> &mut StoreChanges {
-        if !self.stores.contains_key(store) {
-            self.stores.insert(store.clone(), StoreChanges::default());
-        }
-        self.stores
-            .get_mut(store)
-            .unwrap_or_else(|| unreachable!("inserted above"))
+        get_or_insert(&mut self.stores, store)
     }
 }
 
@@ -179,6 +174,16 @@ impl std::hash::Hasher for PrehashedHasher {
 }
 
 type PrehashedSet = HashSet<u64, std::hash::BuildHasherDefault<PrehashedHasher>>;
+
+/// The entry of `key`, inserted with its default first if missing: one lookup when present,
+/// and the key is cloned only when it is inserted.
+fn get_or_insert<'m, V: Default>(map: &'m mut BTreeMap<StoreId, V>, key: &StoreId) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.clone(), V::default());
+    }
+    map.get_mut(key)
+        .unwrap_or_else(|| unreachable!("inserted above"))
+}
 
 /// Event ids applied within one partition's dedup window, oldest first in arrival order.
 /// Eviction is by arrival order: deterministic, because one partition's order is fixed.
@@ -326,13 +331,7 @@ impl State {
             };
         }
         let store_id = event.store_id();
-        if !self.stores.contains_key(store_id) {
-            self.stores.insert(store_id.clone(), StoreState::default());
-        }
-        let store = self
-            .stores
-            .get_mut(store_id)
-            .unwrap_or_else(|| unreachable!("inserted above"));
+        let store = get_or_insert(&mut self.stores, store_id);
         store.apply(event, at, &self.config, changes.store(store_id));
         Outcome {
             applied: Applied::Applied,
