@@ -377,6 +377,10 @@ async fn postgres_going_away_delays_checkpoints_but_never_processing() {
     // A PostgreSQL of this test's own, so stopping it disturbs no other test.
     let dir = std::env::temp_dir().join(helpers::unique("pg"));
     let port: u16 = 20_000 + (rand::random::<u16>() % 9_000);
+    let _cleanup = PrivateStack {
+        dir: dir.clone(),
+        port,
+    };
     let up = stack(&["up", "postgres"], &dir, port);
     assert!(
         up.status.success(),
@@ -463,7 +467,18 @@ async fn postgres_going_away_delays_checkpoints_but_never_processing() {
         position.contains("storepulse_events_applied_total"),
         "{position}"
     );
-    let _ = stack(&["clean"], &dir, port);
+}
+
+/// Stops and deletes a test's own PostgreSQL, also when the test fails.
+struct PrivateStack {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        let _ = stack(&["clean"], &self.dir, self.port);
+    }
 }
 
 async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
