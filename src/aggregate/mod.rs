@@ -21,7 +21,8 @@
 //!   key, so it lands in the same partition, whose order is fixed. Each partition keeps
 //!   the ids of its last `dedup_window` of event time (relative to that partition's
 //!   newest event, never to other partitions', which a catch-up reads at other speeds),
-//!   bounded by `dedup_capacity`. The windows are part of the state and checkpointed.
+//!   at most `dedup_capacity` of them, evicted in arrival order. The windows are part of
+//!   the state and checkpointed.
 //!
 //! "Late" (older than `allowed_lateness` behind the newest event) is reported in the
 //! outcome for a metric only; it never changes how a record is applied, or the rule above
