@@ -16,11 +16,16 @@ use crate::http::{self, AppState};
 use crate::ingest::{Ingest, Status};
 use crate::kafka::{self, KafkaSettings};
 use crate::metrics::Metrics;
+use crate::stream::LogLimits;
 use anyhow::Context;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// Frames a subscriber may be behind before it is sent a snapshot instead (its bounded
+/// queue).
+const FRAME_QUEUE: usize = 256;
 use tokio_util::sync::CancellationToken;
 
 /// Runs `serve` until `stop` is cancelled (or the ingest loop fails).
@@ -43,12 +48,20 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
     let address = listener.local_addr()?;
     println!("storepulse serving on http://{address}");
     tracing::info!(%address, "http listening");
+    // Subscribers get receivers from the ingest thread; this sender lives there.
+    let (frames_tx, _) = broadcast::channel(FRAME_QUEUE);
     let router = http::app(AppState {
         requests: request_tx,
         status: status_rx,
         checkpoints: store.clone(),
         metrics: Arc::clone(&metrics),
         max_lag: settings.ready.max_lag,
+        stream: http::StreamSettings {
+            heartbeat: settings.stream.heartbeat,
+            resume_wait: settings.stream.resume_wait,
+            max_subscribers: settings.stream.max_subscribers,
+        },
+        stop: stop.clone(),
     });
     let http_stop = stop.clone();
     let server = tokio::spawn(async move {
@@ -108,6 +121,12 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
         status: status_tx,
         metrics: Arc::clone(&metrics),
         stop: ingest_stop.clone(),
+        frame_interval: settings.stream.frame_interval,
+        log_limits: LogLimits {
+            frames: settings.stream.log_max_frames,
+            bytes: settings.stream.log_max_bytes,
+        },
+        frames: frames_tx,
     };
     let done = ingest_done.clone();
     let ingest_thread = std::thread::Builder::new()

@@ -32,6 +32,11 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_MIGRATE_ON_START", "checkpoint.migrate_on_start"),
     ("STOREPULSE_HTTP_ADDR", "http.addr"),
     ("STOREPULSE_READY_MAX_LAG", "ready.max_lag"),
+    ("STOREPULSE_FRAME_INTERVAL", "stream.frame_interval"),
+    ("STOREPULSE_HEARTBEAT", "stream.heartbeat"),
+    ("STOREPULSE_RESUME_WAIT", "stream.resume_wait"),
+    ("STOREPULSE_MAX_SUBSCRIBERS", "stream.max_subscribers"),
+    ("STOREPULSE_LOG_MAX_FRAMES", "stream.log_max_frames"),
     (
         "STOREPULSE_LOW_STOCK_THRESHOLD",
         "aggregate.low_stock_threshold",
@@ -123,6 +128,27 @@ pub struct HttpSection {
     pub addr: SocketAddr,
 }
 
+/// `[stream]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    /// Shortest time between frames under load.
+    #[serde(deserialize_with = "duration")]
+    pub frame_interval: Duration,
+    /// Interval of progress events.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat: Duration,
+    /// Frames held for resume.
+    pub log_max_frames: usize,
+    /// Bytes held for resume.
+    pub log_max_bytes: usize,
+    /// Longest wait for a client id that is ahead.
+    #[serde(deserialize_with = "duration")]
+    pub resume_wait: Duration,
+    /// Most concurrent streams.
+    pub max_subscribers: usize,
+}
+
 /// `[ready]`
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +195,8 @@ pub struct Settings {
     pub http: HttpSection,
     /// Readiness.
     pub ready: ReadySection,
+    /// The live stream.
+    pub stream: StreamSection,
     /// Business rules.
     pub aggregate: AggregateSection,
 }

@@ -5,9 +5,12 @@
 
 use crate::checkpoint::CheckpointStore;
 use crate::events::StoreId;
+use crate::ingest::Subscription;
 use crate::ingest::{Request, Status};
 use crate::metrics::Metrics;
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -15,8 +18,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -31,6 +37,21 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Most records behind that still count as ready.
     pub max_lag: i64,
+    /// Live-stream settings.
+    pub stream: StreamSettings,
+    /// Cancelled on shutdown: open streams end so the server can stop.
+    pub stop: CancellationToken,
+}
+
+/// Settings of `/api/stream`.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamSettings {
+    /// Interval of id-less progress events.
+    pub heartbeat: Duration,
+    /// Longest wait for a client whose id is ahead (rule 4).
+    pub resume_wait: Duration,
+    /// Most concurrent streams.
+    pub max_subscribers: usize,
 }
 
 /// An error response: a status and a reason, as JSON.
@@ -51,6 +72,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/api/snapshot", get(snapshot))
+        .route("/api/stream", get(stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -131,6 +153,189 @@ async fn snapshot(
             ),
         }),
     }
+}
+
+/// Query of `/api/stream`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// One store's stream.
+    store: Option<String>,
+    /// The last event id seen, for clients that cannot send `Last-Event-ID`.
+    since: Option<String>,
+}
+
+/// Counts an open stream; the count drops when the stream ends.
+struct SubscriberGuard(Arc<Metrics>);
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn subscribe(
+    app: &AppState,
+    store: Option<StoreId>,
+    since: Option<String>,
+) -> Result<Subscription, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    let unavailable = || ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        reason: "the ingest loop is not running".into(),
+    };
+    app.requests
+        .send(Request::Subscribe {
+            store,
+            since,
+            reply,
+        })
+        .await
+        .map_err(|_| unavailable())?;
+    tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|_| unavailable())
+}
+
+/// `GET /api/stream`: Server-Sent Events, resumable by `Last-Event-ID` (docs/api.md).
+async fn stream(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        reason: e.body_text(),
+    })?;
+    if !app.status.borrow().assigned {
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "starting: partitions are not assigned yet (see /readyz)".into(),
+        });
+    }
+    let open = app.metrics.subscribers.fetch_add(1, Ordering::Relaxed);
+    let guard = SubscriberGuard(Arc::clone(&app.metrics));
+    if open >= app.stream.max_subscribers as i64 {
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            Json(json!({ "error": "too many open streams; retry later" })),
+        )
+            .into_response());
+    }
+    let store = query.store.map(StoreId);
+    // A header that is not text is as good as a malformed id: it gets a resync snapshot.
+    let since = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned())
+        .or(query.since);
+    let mut subscription = subscribe(&app, store.clone(), since.clone()).await?;
+    if let Subscription::Ahead { wanted } = &subscription {
+        // Rule 4: wait (bounded) until this process has caught up with what the client
+        // has already shown, then a snapshot; on timeout a resync snapshot.
+        let mut status = app.status.clone();
+        let wanted = wanted.clone();
+        let caught_up = tokio::time::timeout(
+            app.stream.resume_wait,
+            status.wait_for(|s| {
+                wanted
+                    .compare(&s.position)
+                    .is_some_and(|o| o != std::cmp::Ordering::Greater)
+            }),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        subscription = subscribe(&app, store.clone(), None).await?;
+        if !caught_up && let Subscription::Snapshot { event, bytes, .. } = &mut subscription {
+            *event = "resync";
+            *bytes = rename_event(bytes, "resync");
+        }
+    }
+    let (first, mut live): (Vec<Bytes>, _) = match subscription {
+        Subscription::Snapshot { bytes, live, .. } => (vec![bytes], live),
+        Subscription::Replay { frames, live } => (
+            frames
+                .iter()
+                .filter_map(|f| f.bytes_for(store.as_ref()).cloned())
+                .collect(),
+            live,
+        ),
+        Subscription::UnknownStore => {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                reason: "no events for that store yet".into(),
+            });
+        }
+        Subscription::Ahead { .. } => unreachable!("asked without an id"),
+    };
+    let heartbeat = app.stream.heartbeat;
+    let stop = app.stop.clone();
+    let body = async_stream::stream! {
+        let _guard = guard;
+        // Reconnect within a second after a drop.
+        yield Ok::<Bytes, std::convert::Infallible>(Bytes::from_static(b"retry: 1000\n\n"));
+        // Batched: everything pending goes out in one write.
+        yield Ok(Bytes::from(first.concat()));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(frame) => {
+                        let mut batch: Vec<Bytes> = frame.bytes_for(store.as_ref()).cloned().into_iter().collect();
+                        while let Ok(more) = live.try_recv() {
+                            batch.extend(more.bytes_for(store.as_ref()).cloned());
+                        }
+                        if !batch.is_empty() {
+                            yield Ok(Bytes::from(batch.concat()));
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        // Too slow for the queue: a fresh snapshot instead of a backlog.
+                        Metrics::inc(&app.metrics.lagged_subscribers);
+                        match subscribe(&app, store.clone(), None).await {
+                            Ok(Subscription::Snapshot { bytes, live: fresh, .. }) => {
+                                live = fresh;
+                                yield Ok(bytes);
+                            }
+                            _ => break,
+                        }
+                    }
+                    Err(RecvError::Closed) => break,
+                },
+                _ = ticker.tick() => {
+                    let status = app.status.borrow().clone();
+                    let lag = app.metrics.consumer_lag.load(Ordering::Relaxed);
+                    let progress = json!({ "as_of_ms": status.newest_event_time, "lag": lag });
+                    yield Ok(Bytes::from(crate::stream::sse_event("progress", None, progress.to_string().as_bytes())));
+                }
+                () = stop.cancelled() => break,
+            }
+        }
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache, no-transform"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// The same SSE event under another event name.
+fn rename_event(event: &Bytes, name: &str) -> Bytes {
+    let text = event.as_ref();
+    let rest = text
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(&text[..0], |i| &text[i..]);
+    let mut out = Vec::with_capacity(text.len() + 8);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(rest);
+    Bytes::from(out)
 }
 
 async fn healthz() -> Json<serde_json::Value> {

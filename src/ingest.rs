@@ -13,6 +13,8 @@ use crate::checkpoint::Frozen;
 use crate::events::{Codec, StoreId, TopicRole};
 use crate::kafka::{self, KafkaSettings};
 use crate::metrics::{DECODE_ERROR_LABELS, Metrics};
+use crate::stream::{Frame, FrameLog, LogLimits, sse_event};
+use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// A request to the state's owner.
@@ -34,6 +36,46 @@ pub enum Request {
         /// Where the JSON goes.
         reply: oneshot::Sender<Option<Arc<Vec<u8>>>>,
     },
+    /// A live subscription: what to send first, and the frames after it.
+    Subscribe {
+        /// Scope.
+        store: Option<StoreId>,
+        /// The client's last event id, if any.
+        since: Option<String>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Subscription>,
+    },
+}
+
+/// The start of a live subscription, decided by the resume rules (docs/api.md). The
+/// receiver is subscribed in the same step as the start is chosen, so nothing is missed
+/// and nothing is sent twice.
+#[derive(Debug)]
+pub enum Subscription {
+    /// Rules 1, 3 and 5: a snapshot (`event` is `snapshot`, or `resync` when the id was not
+    /// understood), then the frames received.
+    Snapshot {
+        /// `snapshot` or `resync`.
+        event: &'static str,
+        /// The encoded SSE event.
+        bytes: Bytes,
+        /// Frames after it.
+        live: broadcast::Receiver<Arc<Frame>>,
+    },
+    /// Rule 2: the frames after the client's id, then the frames received.
+    Replay {
+        /// Frames after the client's id (all scopes; filter by scope when sending).
+        frames: Vec<Arc<Frame>>,
+        /// Frames after those.
+        live: broadcast::Receiver<Arc<Frame>>,
+    },
+    /// Rule 4: the client has seen a position this process has not reached.
+    Ahead {
+        /// The client's position.
+        wanted: Position,
+    },
+    /// No event of that store yet.
+    UnknownStore,
 }
 
 /// What the ingest loop reports about itself.
@@ -75,6 +117,12 @@ pub struct Ingest {
     pub metrics: Arc<Metrics>,
     /// Stop reading (then a final checkpoint is frozen).
     pub stop: CancellationToken,
+    /// Shortest time between frames under load.
+    pub frame_interval: Duration,
+    /// Bounds of the frame log.
+    pub log_limits: LogLimits,
+    /// Where frames are published.
+    pub frames: broadcast::Sender<Arc<Frame>>,
 }
 
 struct DeadLetterContext {
@@ -151,6 +199,9 @@ impl Ingest {
         let mut next_checkpoint = Instant::now() + self.checkpoint_interval;
         let mut next_status = Instant::now();
         let mut applied_since_cache = false;
+        let mut log = FrameLog::new(self.log_limits);
+        let mut seq: u64 = 0;
+        let mut last_frame = Instant::now() - self.frame_interval;
 
         while !self.stop.is_cancelled() {
             // Read a batch: block briefly for the first record, then take what is queued.
@@ -256,11 +307,31 @@ impl Ingest {
             }
             if applied_since_cache {
                 cache.clear();
-                changes = Changes::default();
                 applied_since_cache = false;
             }
+            if !changes.is_empty() && last_frame.elapsed() >= self.frame_interval {
+                self.emit_frame(&mut seq, &mut changes, &mut log);
+                last_frame = Instant::now();
+            }
             while let Ok(request) = self.requests.try_recv() {
-                let Request::Snapshot { store, reply } = request;
+                let (store, reply) = match request {
+                    Request::Snapshot { store, reply } => (store, reply),
+                    Request::Subscribe {
+                        store,
+                        since,
+                        reply,
+                    } => {
+                        // Pending changes go out first, so the snapshot's position is the
+                        // last frame's id: the next frame is new to this subscriber.
+                        if !changes.is_empty() {
+                            self.emit_frame(&mut seq, &mut changes, &mut log);
+                            last_frame = Instant::now();
+                        }
+                        let subscription = self.subscribe(store, since, &log, &mut cache);
+                        let _ = reply.send(subscription);
+                        continue;
+                    }
+                };
                 let json = match cache.get(&store) {
                     Some(json) => {
                         Metrics::inc(&self.metrics.snapshots_cached);
@@ -313,6 +384,105 @@ impl Ingest {
             tracing::error!(error = %error, "dead-letter records still queued at shutdown");
         }
         Ok(last)
+    }
+
+    /// Builds the frame of the pending changes, logs it and publishes it.
+    fn emit_frame(&self, seq: &mut u64, changes: &mut Changes, log: &mut FrameLog) {
+        *seq += 1;
+        let frame = Arc::new(self.build_frame(*seq, changes));
+        *changes = Changes::default();
+        log.push(Arc::clone(&frame));
+        self.metrics
+            .frame_log_bytes
+            .store(log.bytes() as u64, Ordering::Relaxed);
+        Metrics::inc(&self.metrics.frames);
+        // Never waits: a subscriber that falls behind gets `Lagged`, then a snapshot.
+        let _ = self.frames.send(frame);
+    }
+
+    /// Serialises the delta of `changes` once for all stores and once per changed store.
+    fn build_frame(&self, seq: u64, changes: &Changes) -> Frame {
+        let delta = self.state.delta(&self.layout, changes);
+        let encode = |value: &crate::aggregate::view::Delta| {
+            let json = serde_json::to_vec(value)
+                .unwrap_or_else(|e| panic!("a delta always serialises: {e}"));
+            Bytes::from(sse_event("delta", Some(&delta.position), &json))
+        };
+        let all = encode(&delta);
+        let per_store: HashMap<StoreId, Bytes> = delta
+            .stores
+            .iter()
+            .map(|(id, view)| {
+                let scoped = crate::aggregate::view::Delta {
+                    position: delta.position.clone(),
+                    as_of: delta.as_of.clone(),
+                    as_of_ms: delta.as_of_ms,
+                    stores: std::collections::BTreeMap::from([(id.clone(), view.clone())]),
+                    all_stores: None,
+                };
+                (StoreId(id.clone()), encode(&scoped))
+            })
+            .collect();
+        let size = all.len() + per_store.values().map(Bytes::len).sum::<usize>();
+        Frame {
+            seq,
+            id: delta.position.clone(),
+            all,
+            per_store,
+            size,
+        }
+    }
+
+    /// Chooses where a subscription starts (the resume rules), in the same step as it
+    /// subscribes to the frames that follow.
+    fn subscribe(
+        &mut self,
+        store: Option<StoreId>,
+        since: Option<String>,
+        log: &FrameLog,
+        cache: &mut HashMap<Option<StoreId>, Arc<Vec<u8>>>,
+    ) -> Subscription {
+        let mut event = "snapshot";
+        if let Some(since) = since {
+            match self.layout.decode(&since) {
+                Ok(wanted) => {
+                    if let Some(frames) = log.after(&since) {
+                        return Subscription::Replay {
+                            frames,
+                            live: self.frames.subscribe(),
+                        };
+                    }
+                    if wanted
+                        .compare(self.state.position())
+                        .is_none_or(|o| o == std::cmp::Ordering::Greater)
+                    {
+                        return Subscription::Ahead { wanted };
+                    }
+                }
+                Err(_) => event = "resync",
+            }
+        }
+        let json = match cache.get(&store) {
+            Some(json) => Arc::clone(json),
+            None => {
+                let Some(snapshot) = self.state.snapshot(&self.layout, store.as_ref()) else {
+                    return Subscription::UnknownStore;
+                };
+                Metrics::inc(&self.metrics.snapshots_built);
+                let json = Arc::new(
+                    serde_json::to_vec(&snapshot)
+                        .unwrap_or_else(|e| panic!("a snapshot always serialises: {e}")),
+                );
+                cache.insert(store, Arc::clone(&json));
+                json
+            }
+        };
+        let id = self.layout.encode(self.state.position());
+        Subscription::Snapshot {
+            event,
+            bytes: Bytes::from(sse_event(event, Some(&id), &json)),
+            live: self.frames.subscribe(),
+        }
     }
 
     fn publish_status(&self) {

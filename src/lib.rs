@@ -9,6 +9,7 @@
 //! - [`events`]: the event types, Avro schemas (`schemas/`) and the codec.
 //! - [`aggregate`]: the materialized view: `State::apply`, positions, JSON views.
 //! - [`simulate::scenario`]: the deterministic flash-sale generator.
+//! - [`stream`]: SSE framing, frames and the frame log.
 //!
 //! Imperative shell (one external system per module):
 //! - [`kafka`]: the only place typed settings become rdkafka configuration.
@@ -31,3 +32,4 @@ pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod simulate;
+pub mod stream;

@@ -50,6 +50,14 @@ pub struct Metrics {
     pub snapshots_cached: AtomicU64,
     /// Snapshots serialised.
     pub snapshots_built: AtomicU64,
+    /// Delta frames built.
+    pub frames: AtomicU64,
+    /// Bytes held by the frame log.
+    pub frame_log_bytes: AtomicU64,
+    /// Live streams open now.
+    pub subscribers: AtomicI64,
+    /// Streams that fell behind the frames and got a snapshot.
+    pub lagged_subscribers: AtomicU64,
 }
 
 impl Metrics {
@@ -144,6 +152,16 @@ impl Metrics {
             "Snapshots served from the per-position cache.",
             &[("", get(&self.snapshots_cached))],
         );
+        counter(
+            "frames_total",
+            "Delta frames built (each serialised once for every subscriber).",
+            &[("", get(&self.frames))],
+        );
+        counter(
+            "lagged_subscribers_total",
+            "Streams that fell behind and were sent a snapshot.",
+            &[("", get(&self.lagged_subscribers))],
+        );
         let mut gauge = |name: &str, help: &str, value: i64| {
             let _ = writeln!(
                 out,
@@ -169,6 +187,16 @@ impl Metrics {
             "checkpoint_last_bytes",
             "Size of the last checkpoint's state.",
             get(&self.checkpoint_last_bytes) as i64,
+        );
+        gauge(
+            "frame_log_bytes",
+            "Bytes held by the frame log.",
+            get(&self.frame_log_bytes) as i64,
+        );
+        gauge(
+            "subscribers",
+            "Live streams open now.",
+            self.subscribers.load(Ordering::Relaxed),
         );
         out
     }

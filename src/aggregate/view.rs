@@ -465,3 +465,55 @@ impl State {
         })
     }
 }
+
+/// A live update: for each store that changed, its view with only the changed SKUs in
+/// `stock` (every other field carries its full, absolute value, so applying a delta twice
+/// is harmless); and the rollup likewise.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Delta {
+    /// The position after this delta (the SSE id).
+    pub position: String,
+    /// Newest event time applied, RFC 3339.
+    pub as_of: Option<String>,
+    /// The same, epoch milliseconds.
+    pub as_of_ms: i64,
+    /// Per changed store.
+    pub stores: BTreeMap<String, StoreView>,
+    /// The rollup, with the changed SKUs of every store in `stock`; absent in a
+    /// store-scoped delta.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_stores: Option<StoreView>,
+}
+
+impl State {
+    /// The delta for `changes` (which must not be empty), positioned at the current position.
+    pub fn delta(&self, layout: &Layout, changes: &super::Changes) -> Delta {
+        let keep_changed = |view: &mut StoreView| {
+            view.stock.retain(|s| {
+                changes
+                    .stores
+                    .get(&StoreId(s.store_id.clone()))
+                    .is_some_and(|c| c.skus.contains(&crate::events::Sku(s.sku.clone())))
+            });
+        };
+        let stores = changes
+            .stores
+            .keys()
+            .filter_map(|id| {
+                let mut view = self.store_view(id)?;
+                keep_changed(&mut view);
+                Some((id.to_string(), view))
+            })
+            .collect();
+        let mut all_stores = self.all_stores_view();
+        keep_changed(&mut all_stores);
+        let newest = self.newest_event_time();
+        Delta {
+            position: layout.encode(self.position()),
+            as_of: (newest > 0).then(|| rfc3339(newest)),
+            as_of_ms: newest,
+            stores,
+            all_stores: Some(all_stores),
+        }
+    }
+}

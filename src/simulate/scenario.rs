@@ -237,7 +237,11 @@ impl Scenario {
         if let Err(problem) = config.validate() {
             panic!("invalid scenario configuration: {problem}");
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        // The start time is part of the seed: two runs with the same seed but another start
+        // produce other event ids, which dedup would otherwise drop as redeliveries.
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            config.seed ^ (config.start_ms as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let flash_skus = config.flash_sale.as_ref().map_or(0, |s| s.skus_per_store);
         let stores = STORES[..config.stores]
             .iter()

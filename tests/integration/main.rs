@@ -11,3 +11,4 @@ mod postgres;
 mod serve;
 mod simulate;
 mod stack;
+mod stream;

@@ -1,0 +1,350 @@
+//! The live stream against the real stack: a client that applies the snapshot and the
+//! deltas ends equal to `/api/snapshot`; it resumes by `Last-Event-ID` without a gap or a
+//! duplicate (rule 2), gets a snapshot when the log has moved past its id (rule 3), and a
+//! `resync` snapshot for ids it sent that mean nothing here (rule 5).
+
+use crate::helpers::{self, Server, database_url, fresh_topics, position_total};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::time::{Duration, Instant};
+use storepulse::kafka::{self, KafkaSettings};
+use storepulse::simulate::scenario::ScenarioConfig;
+use storepulse::simulate::{self, SimulateOptions};
+use tokio_util::sync::CancellationToken;
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+struct Sse {
+    event: String,
+    id: Option<String>,
+    data: String,
+}
+
+/// A plain SSE client over HTTP/1.0 (the body is the raw stream until close).
+struct SseClient {
+    reader: BufReader<std::net::TcpStream>,
+}
+
+impl SseClient {
+    fn connect(address: &str, path: &str, last_event_id: Option<&[u8]>) -> SseClient {
+        let mut stream = std::net::TcpStream::connect(address).expect("connects");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n").into_bytes();
+        if let Some(id) = last_event_id {
+            request.extend_from_slice(b"Last-Event-ID: ");
+            request.extend_from_slice(id);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"\r\n");
+        stream.write_all(&request).expect("request written");
+        let mut reader = BufReader::new(stream);
+        let mut status = String::new();
+        reader.read_line(&mut status).expect("status line");
+        assert!(status.contains(" 200 "), "stream answered {status:?}");
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).expect("header");
+            if header == "\r\n" || header.is_empty() {
+                break;
+            }
+        }
+        SseClient { reader }
+    }
+
+    /// The next event with data (comments and `retry:` are skipped).
+    fn next(&mut self) -> Sse {
+        let (mut event, mut id, mut data) = (String::from("message"), None, String::new());
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("stream line");
+            assert!(n > 0, "stream ended");
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                if !data.is_empty() {
+                    return Sse { event, id, data };
+                }
+                continue;
+            }
+            if let Some(v) = line.strip_prefix("event: ") {
+                event = v.to_owned();
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = Some(v.to_owned());
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data.push_str(v);
+            }
+        }
+    }
+}
+
+/// What a dashboard holds: the snapshot with every delta applied (absolute values replace,
+/// `stock` merges by store and SKU).
+fn apply_delta(view: &mut Value, delta: &Value) {
+    fn merge_store(target: &mut Value, part: &Value) {
+        for (field, value) in part.as_object().expect("a view") {
+            if field == "stock" {
+                let stock = target["stock"].as_array_mut().expect("stock");
+                for item in value.as_array().expect("stock") {
+                    match stock
+                        .iter_mut()
+                        .find(|s| s["store_id"] == item["store_id"] && s["sku"] == item["sku"])
+                    {
+                        Some(existing) => *existing = item.clone(),
+                        None => stock.push(item.clone()),
+                    }
+                }
+            } else {
+                target[field] = value.clone();
+            }
+        }
+    }
+    for (store, part) in delta["stores"].as_object().expect("stores") {
+        match view["stores"].get_mut(store) {
+            Some(existing) => merge_store(existing, part),
+            None => view["stores"][store] = part.clone(),
+        }
+    }
+    if let Some(all) = delta.get("all_stores") {
+        merge_store(&mut view["all_stores"], all);
+    }
+    for field in ["position", "as_of", "as_of_ms"] {
+        view[field] = delta[field].clone();
+    }
+}
+
+fn sorted_stock(mut view: Value) -> Value {
+    let sort = |v: &mut Value| {
+        if let Some(stock) = v.get_mut("stock").and_then(Value::as_array_mut) {
+            stock.sort_by_key(|s| format!("{}/{}", s["store_id"], s["sku"]));
+        }
+    };
+    if let Some(stores) = view["stores"].as_object_mut() {
+        stores.values_mut().for_each(sort);
+    }
+    sort(&mut view["all_stores"]);
+    view
+}
+
+async fn produce(
+    settings: &KafkaSettings,
+    seed: u64,
+    start_ms: i64,
+    count: u64,
+    rate: Option<f64>,
+) -> i64 {
+    simulate::run(
+        settings,
+        SimulateOptions {
+            scenario: ScenarioConfig {
+                seed,
+                start_ms,
+                events_per_second: 500.0,
+                stores: 2,
+                skus_per_store: 12,
+                flash_sale: None,
+            },
+            rate,
+            count: Some(count),
+            duration: None,
+            partitions: 2,
+            create_topics: true,
+            message_timeout: Duration::from_secs(30),
+            progress_every: None,
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .expect("delivered")
+    .acked as i64
+}
+
+const START: i64 = 1_795_788_000_000;
+
+/// Reads until an event whose position covers `total` records; returns the events.
+fn read_until(client: &mut SseClient, total: i64) -> Vec<Sse> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut events = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "stream did not reach {total} records"
+        );
+        let event = client.next();
+        let reached = event.event != "progress"
+            && position_total(&serde_json::json!({ "position": event.id })) >= total;
+        events.push(event);
+        if reached {
+            return events;
+        }
+    }
+}
+
+fn check_and_apply(view: &mut Option<Value>, events: &[Sse]) {
+    let mut last: Option<i64> = view.as_ref().map(position_total);
+    for event in events {
+        let data: Value = serde_json::from_str(&event.data).expect("json data");
+        match event.event.as_str() {
+            "snapshot" | "resync" => *view = Some(data),
+            "delta" => apply_delta(view.as_mut().expect("a delta follows a snapshot"), &data),
+            "progress" => continue,
+            other => panic!("unexpected event {other}"),
+        }
+        let position = position_total(&serde_json::json!({ "position": event.id }));
+        if let Some(last) = last {
+            assert!(
+                position > last || event.event != "delta",
+                "ids only move forward"
+            );
+        }
+        last = Some(position);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_applying_the_stream_ends_equal_to_the_snapshot_and_resumes_without_gaps() {
+    let settings = fresh_topics("stream");
+    kafka::ensure_topics(
+        &settings,
+        &settings.topics.all(),
+        2,
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("topics");
+    let first = produce(&settings, 1, START, 1_000, None).await;
+    let server = Server::start(
+        &settings.topics,
+        &helpers::unique("stream"),
+        &database_url(),
+    );
+    let address = server.address.clone();
+    let server = tokio::task::spawn_blocking(move || {
+        server.snapshot_at(first, Duration::from_secs(60));
+        server
+    })
+    .await
+    .expect("thread");
+
+    // A client connects; more records arrive while it reads.
+    let mut client = SseClient::connect(&address, "/api/stream", None);
+    let opening = client.next();
+    assert_eq!(opening.event, "snapshot");
+    let producing = {
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            produce(&settings, 2, START + 10 * 60_000, 1_500, Some(1_500.0)).await
+        })
+    };
+    let mut view = Some(serde_json::from_str::<Value>(&opening.data).expect("json"));
+    // Part of the way, the client drops; it resumes with the id of the last frame it saw.
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let event = tokio::task::block_in_place(|| client.next());
+        if event.event == "delta" {
+            seen.push(event);
+        }
+    }
+    check_and_apply(&mut view, &seen);
+    let last_id = seen.last().and_then(|e| e.id.clone()).expect("an id");
+    drop(client);
+    let second = producing.await.expect("producer");
+    let total = first + second;
+    let events = tokio::task::block_in_place(|| {
+        let mut resumed = SseClient::connect(&address, "/api/stream", Some(last_id.as_bytes()));
+        read_until(&mut resumed, total)
+    });
+    assert_eq!(
+        events[0].event, "delta",
+        "rule 2: the frames after the id, no snapshot"
+    );
+    check_and_apply(&mut view, &events);
+    let (_, body) = server.get("/api/snapshot");
+    let snapshot: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(position_total(&snapshot), total);
+    assert_eq!(
+        sorted_stock(view.expect("a view")),
+        sorted_stock(snapshot),
+        "snapshot + deltas = the snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_that_mean_nothing_here_get_a_resync_and_a_moved_log_a_snapshot() {
+    let settings = fresh_topics("stream-ids");
+    kafka::ensure_topics(
+        &settings,
+        &settings.topics.all(),
+        2,
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("topics");
+    let first = produce(&settings, 3, START, 500, None).await;
+    let server = Server::start(&settings.topics, &helpers::unique("ids"), &database_url());
+    let address = server.address.clone();
+    let snapshot = tokio::task::spawn_blocking(move || {
+        let s = server.snapshot_at(first, Duration::from_secs(60));
+        (server, s)
+    })
+    .await
+    .expect("thread");
+    let (server, snapshot) = snapshot;
+    let position = snapshot["position"].as_str().expect("position").to_owned();
+    let (tag, offsets) = position.split_once(':').expect("tagged");
+    let negative = format!("{tag}:{}", offsets.replace(',', ",-"));
+    let huge = "9".repeat(100_000);
+    let hostile: Vec<Vec<u8>> = vec![
+        b"garbage".to_vec(),
+        b"deadbeef:1,2,3".to_vec(),
+        negative.into_bytes(),
+        huge.into_bytes(),
+        vec![0xff, 0xfe, b':', b'1'],
+    ];
+    tokio::task::block_in_place(|| {
+        for id in &hostile {
+            let mut client = SseClient::connect(&address, "/api/stream", Some(id));
+            let first = client.next();
+            assert_eq!(
+                first.event,
+                "resync",
+                "id {:?}",
+                String::from_utf8_lossy(&id[..id.len().min(40)])
+            );
+            assert_eq!(first.id.as_deref(), Some(position.as_str()));
+        }
+        // `?since=` works like the header; a store-scoped stream carries that store only.
+        // A valid id of this layout, behind, that is no frame's id: a snapshot (rule 3).
+        let mut numbers: Vec<i64> = offsets
+            .split(',')
+            .map(|o| o.parse().expect("offset"))
+            .collect();
+        let largest = (0..numbers.len())
+            .max_by_key(|i| numbers[*i])
+            .expect("partitions");
+        numbers[largest] -= 1;
+        let behind = format!(
+            "{tag}:{}",
+            numbers
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut scoped = SseClient::connect(
+            &address,
+            &format!("/api/stream?store=store-berlin&since={behind}"),
+            None,
+        );
+        let first = scoped.next();
+        assert_eq!(
+            first.event, "snapshot",
+            "rule 3: not a frame id here, so a snapshot"
+        );
+        let data: Value = serde_json::from_str(&first.data).expect("json");
+        assert_eq!(data["stores"].as_object().map(|s| s.len()), Some(1));
+        assert!(data["stores"]["store-berlin"].is_object());
+    });
+    assert_eq!(server.get("/api/stream?store=store-atlantis").0, 404);
+    assert_eq!(server.get("/api/stream?shop=1").0, 400);
+}
