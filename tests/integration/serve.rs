@@ -439,13 +439,14 @@ async fn postgres_going_away_delays_checkpoints_but_never_processing() {
     assert_eq!(readiness["checkpoint_store"]["ready"], false);
     assert_eq!(readiness["consumer"]["ready"], true);
 
+    // Read before the database returns: no checkpoint can be written until it does.
+    let written = metric(&server, "storepulse_checkpoints_total");
     let up = stack(&["up", "postgres"], &dir, port);
     assert!(
         up.status.success(),
         "{}",
         String::from_utf8_lossy(&up.stderr)
     );
-    let written = metric(&server, "storepulse_checkpoints_total");
     wait_for(
         || metric(&server, "storepulse_checkpoints_total") > written,
         "checkpoints to resume",
