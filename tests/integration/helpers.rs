@@ -147,6 +147,16 @@ impl Server {
     /// Starts `serve` on `topics` with checkpoint group `group`, a free port and a short
     /// checkpoint interval; returns once it listens.
     pub fn start(topics: &Topics, group: &str, database_url: &str) -> Server {
+        Server::start_with(topics, group, database_url, &[])
+    }
+
+    /// [`Server::start`] with more environment (later settings win).
+    pub fn start_with(
+        topics: &Topics,
+        group: &str,
+        database_url: &str,
+        environment: &[(&str, &str)],
+    ) -> Server {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
             .arg("serve")
@@ -163,6 +173,7 @@ impl Server {
             .env("STOREPULSE_HTTP_ADDR", "127.0.0.1:0")
             .env("STOREPULSE_CHECKPOINT_INTERVAL", "300ms")
             .env("RUST_LOG", "storepulse=warn,warn")
+            .envs(environment.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()

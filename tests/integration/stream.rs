@@ -27,6 +27,18 @@ struct SseClient {
 
 impl SseClient {
     fn connect(address: &str, path: &str, last_event_id: Option<&[u8]>) -> SseClient {
+        // A process that is still assigning its partitions answers 503: try again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match SseClient::try_connect(address, path, last_event_id) {
+                Some(client) => return client,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                None => panic!("{path} never answered 200"),
+            }
+        }
+    }
+
+    fn try_connect(address: &str, path: &str, last_event_id: Option<&[u8]>) -> Option<SseClient> {
         let mut stream = std::net::TcpStream::connect(address).expect("connects");
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -42,6 +54,9 @@ impl SseClient {
         let mut reader = BufReader::new(stream);
         let mut status = String::new();
         reader.read_line(&mut status).expect("status line");
+        if status.contains(" 503 ") {
+            return None;
+        }
         assert!(status.contains(" 200 "), "stream answered {status:?}");
         loop {
             let mut header = String::new();
@@ -50,7 +65,7 @@ impl SseClient {
                 break;
             }
         }
-        SseClient { reader }
+        Some(SseClient { reader })
     }
 
     /// The next event with data (comments and `retry:` are skipped).
@@ -347,4 +362,86 @@ async fn ids_that_mean_nothing_here_get_a_resync_and_a_moved_log_a_snapshot() {
     });
     assert_eq!(server.get("/api/stream?store=store-atlantis").0, 404);
     assert_eq!(server.get("/api/stream?shop=1").0, 400);
+}
+
+/// Reads a whole stream until `total` records, applying it; returns the view and last id.
+fn follow(address: &str, since: Option<&str>, total: i64) -> (Vec<Sse>, Value) {
+    let mut client = SseClient::connect(address, "/api/stream", since.map(str::as_bytes));
+    let events = read_until(&mut client, total);
+    let mut view = None;
+    check_and_apply(&mut view, &events);
+    (events, view.expect("a snapshot came first"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_ahead_of_a_restarted_process_waits_and_never_steps_back_and_may_resume_on_a_replica()
+ {
+    let settings = fresh_topics("stream-ahead");
+    kafka::ensure_topics(
+        &settings,
+        &settings.topics.all(),
+        2,
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("topics");
+    let total = produce(&settings, 5, START, 20_000, None).await;
+    let group = helpers::unique("ahead");
+    let topics = settings.topics.clone();
+    tokio::task::spawn_blocking(move || {
+        // No checkpoint is written before the kill: the restart begins at offset 0, far
+        // behind what the client has shown. Heartbeats every second end a quiet wait.
+        let environment = [
+            ("STOREPULSE_CHECKPOINT_INTERVAL", "1h"),
+            ("STOREPULSE_HEARTBEAT", "1s"),
+        ];
+        let server = Server::start_with(&topics, &group, &database_url(), &environment);
+        server.snapshot_at(total, Duration::from_secs(60));
+        let (_, shown) = follow(&server.address, None, total);
+        let last_id = shown["position"].as_str().expect("position").to_owned();
+        server.kill();
+
+        // Rule 4: the restarted process is behind the client's id; it waits until it has
+        // caught up and then sends a snapshot (or, if it caught up first and the id is its
+        // newest frame, nothing to replay). Never a resync, never older numbers.
+        for (name, server) in [
+            (
+                "restarted",
+                Server::start_with(&topics, &group, &database_url(), &environment),
+            ),
+            (
+                "replica",
+                Server::start_with(
+                    &topics,
+                    &helpers::unique("replica"),
+                    &database_url(),
+                    &environment,
+                ),
+            ),
+        ] {
+            let mut client =
+                SseClient::connect(&server.address, "/api/stream", Some(last_id.as_bytes()));
+            let first = client.next();
+            match first.event.as_str() {
+                "snapshot" => {
+                    let after: Value = serde_json::from_str(&first.data).expect("json");
+                    assert!(
+                        position_total(&after) >= total,
+                        "{name}: never older than shown"
+                    );
+                    assert_eq!(sorted_stock(after), sorted_stock(shown.clone()), "{name}");
+                }
+                "progress" => {} // already exactly where the client is: nothing to send
+                other => panic!("{name}: expected a snapshot, got {other}"),
+            }
+            let (_, view) = follow(&server.address, None, total);
+            assert_eq!(
+                sorted_stock(view),
+                sorted_stock(shown.clone()),
+                "{name} agrees"
+            );
+        }
+    })
+    .await
+    .expect("thread");
 }
