@@ -445,3 +445,78 @@ async fn a_client_ahead_of_a_restarted_process_waits_and_never_steps_back_and_ma
     .await
     .expect("thread");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_reads_nothing_falls_back_to_a_snapshot_and_others_get_every_frame() {
+    let settings = fresh_topics("stream-slow");
+    kafka::ensure_topics(
+        &settings,
+        &settings.topics.all(),
+        2,
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("topics");
+    let first = produce(&settings, 7, START, 200, None).await;
+    let environment = [("STOREPULSE_FRAME_INTERVAL", "2ms")];
+    let server = Server::start_with(
+        &settings.topics,
+        &helpers::unique("slow"),
+        &database_url(),
+        &environment,
+    );
+    let address = server.address.clone();
+    let server = tokio::task::spawn_blocking(move || {
+        server.snapshot_at(first, Duration::from_secs(60));
+        server
+    })
+    .await
+    .expect("thread");
+    let (mut slow, fast) = tokio::task::block_in_place(|| {
+        (
+            SseClient::connect(&address, "/api/stream", None),
+            SseClient::connect(&address, "/api/stream", None),
+        )
+    });
+    // Many frames while the slow client reads nothing at all and the other reads along.
+    let total = first + 30_000;
+    let fast_reader = tokio::task::spawn_blocking(move || {
+        let mut fast = fast;
+        read_until(&mut fast, total)
+    });
+    let more = produce(&settings, 8, START + 60_000, 30_000, Some(6_000.0)).await;
+    assert_eq!(first + more, total);
+    let fast_events = fast_reader.await.expect("reader");
+    let slow_events = tokio::task::block_in_place(|| read_until(&mut slow, total));
+    let mut view = None;
+    check_and_apply(&mut view, &fast_events);
+    assert_eq!(
+        fast_events.iter().filter(|e| e.event == "snapshot").count(),
+        1,
+        "the reading client never needed another snapshot"
+    );
+    let mut slow_view = None;
+    check_and_apply(&mut slow_view, &slow_events);
+    let (_, body) = server.get("/metrics");
+    let lagged = body
+        .lines()
+        .find(|l| l.starts_with("storepulse_lagged_subscribers_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<i64>().ok())
+        .expect("metric");
+    assert!(lagged >= 1, "the idle client fell behind the frames");
+    assert!(
+        slow_events.iter().skip(1).any(|e| e.event == "snapshot"),
+        "a lagged client gets a snapshot instead of a backlog"
+    );
+    let (_, body) = server.get("/api/snapshot");
+    let snapshot: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        sorted_stock(view.expect("view")),
+        sorted_stock(snapshot.clone())
+    );
+    assert_eq!(
+        sorted_stock(slow_view.expect("view")),
+        sorted_stock(snapshot)
+    );
+}
