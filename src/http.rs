@@ -255,9 +255,8 @@ async fn stream(
     let (first, mut live): (Vec<Bytes>, _) = match subscription {
         Subscription::Snapshot { bytes, live, .. } => (vec![bytes], live),
         Subscription::Replay { frames, live } => (
-            frames
-                .iter()
-                .filter_map(|f| f.bytes_for(store.as_ref()).cloned())
+            crate::stream::pending_bytes(&frames, store.as_ref())
+                .into_iter()
                 .collect(),
             live,
         ),
@@ -282,12 +281,16 @@ async fn stream(
             tokio::select! {
                 received = live.recv() => match received {
                     Ok(frame) => {
-                        let mut batch: Vec<Bytes> = frame.bytes_for(store.as_ref()).cloned().into_iter().collect();
+                        // Behind by a few frames: one conflated delta instead of a backlog.
+                        let mut pending = vec![frame];
                         while let Ok(more) = live.try_recv() {
-                            batch.extend(more.bytes_for(store.as_ref()).cloned());
+                            pending.push(more);
                         }
-                        if !batch.is_empty() {
-                            yield Ok(Bytes::from(batch.concat()));
+                        if pending.len() > 1 {
+                            Metrics::inc(&app.metrics.conflated_writes);
+                        }
+                        if let Some(bytes) = crate::stream::pending_bytes(&pending, store.as_ref()) {
+                            yield Ok(bytes);
                         }
                     }
                     Err(RecvError::Lagged(_)) => {

@@ -430,6 +430,7 @@ impl Ingest {
             all,
             per_store,
             size,
+            delta: Arc::new(delta),
         }
     }
 

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub subscribers: AtomicI64,
     /// Streams that fell behind the frames and got a snapshot.
     pub lagged_subscribers: AtomicU64,
+    /// Writes that conflated several pending frames into one delta.
+    pub conflated_writes: AtomicU64,
 }
 
 impl Metrics {
@@ -156,6 +158,11 @@ impl Metrics {
             "frames_total",
             "Delta frames built (each serialised once for every subscriber).",
             &[("", get(&self.frames))],
+        );
+        counter(
+            "conflated_writes_total",
+            "Writes that conflated a slow stream's pending frames into one delta.",
+            &[("", get(&self.conflated_writes))],
         );
         counter(
             "lagged_subscribers_total",

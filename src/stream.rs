@@ -4,6 +4,7 @@
 //! No I/O: the ingest thread builds frames and pushes them here; the HTTP layer writes the
 //! bytes. Every frame is serialised once and shared by every subscriber (`Arc` bytes).
 
+use crate::aggregate::view::Delta;
 use crate::events::StoreId;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -39,6 +40,8 @@ pub struct Frame {
     pub per_store: HashMap<StoreId, Bytes>,
     /// Bytes held (for the log's bound).
     pub size: usize,
+    /// The delta itself, for conflating a slow subscriber's pending frames.
+    pub delta: Arc<Delta>,
 }
 
 impl Frame {
@@ -47,6 +50,39 @@ impl Frame {
         match scope {
             None => Some(&self.all),
             Some(store) => self.per_store.get(store),
+        }
+    }
+}
+
+/// The bytes for a subscriber of `scope` that has `frames` pending (oldest first): the
+/// frame's shared bytes when it is one, else one conflated delta (latest value of every
+/// field, stock merged by SKU) with the newest frame's id. `None` if none concerns it.
+pub fn pending_bytes(frames: &[Arc<Frame>], scope: Option<&StoreId>) -> Option<Bytes> {
+    let relevant: Vec<&Arc<Frame>> = frames
+        .iter()
+        .filter(|f| f.bytes_for(scope).is_some())
+        .collect();
+    match relevant.as_slice() {
+        [] => None,
+        [one] => one.bytes_for(scope).cloned(),
+        [first, rest @ ..] => {
+            let pick = |f: &Frame| match scope {
+                None => Some(f.delta.as_ref().clone()),
+                Some(store) => f.delta.scoped(store),
+            };
+            let mut merged = pick(first)?;
+            for frame in rest {
+                if let Some(later) = pick(frame) {
+                    merged.absorb(&later);
+                }
+            }
+            let json = serde_json::to_vec(&merged)
+                .unwrap_or_else(|e| panic!("a delta always serialises: {e}"));
+            Some(Bytes::from(sse_event(
+                "delta",
+                Some(&merged.position),
+                &json,
+            )))
         }
     }
 }
@@ -132,6 +168,13 @@ mod tests {
             all: Bytes::new(),
             per_store: HashMap::new(),
             size,
+            delta: Arc::new(Delta {
+                position: format!("t:{seq}"),
+                as_of: None,
+                as_of_ms: 0,
+                stores: Default::default(),
+                all_stores: None,
+            }),
         })
     }
 

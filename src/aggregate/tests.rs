@@ -517,3 +517,35 @@ fn a_channel_survives_into_the_view() {
         Channel::Pos
     );
 }
+
+#[test]
+fn a_conflated_delta_holds_the_latest_values_and_every_changed_sku() {
+    let layout = layout();
+    let mut feed = Feed::new();
+    feed.apply(stock("s1", "BER-0001", SAMPLE_TIME, 50, 50));
+    feed.apply(order("o1", "store-berlin", SAMPLE_TIME, 1_000, "EUR"));
+    let first = feed.state.delta(&layout, &feed.changes);
+    feed.changes = Changes::default();
+    feed.apply(stock("s2", "BER-0002", SAMPLE_TIME + 1, 7, 7));
+    feed.apply(stock("s3", "BER-0001", SAMPLE_TIME + 2, 49, -1));
+    feed.apply(order("o2", "store-berlin", SAMPLE_TIME + 3, 2_000, "EUR"));
+    let second = feed.state.delta(&layout, &feed.changes);
+    let mut conflated = first.clone();
+    conflated.absorb(&second);
+    assert_eq!(conflated.position, second.position);
+    let berlin = &conflated.stores["store-berlin"];
+    assert_eq!(berlin.orders_today, 2);
+    let levels: Vec<(&str, i64)> = berlin
+        .stock
+        .iter()
+        .map(|s| (s.sku.as_str(), s.level))
+        .collect();
+    assert_eq!(levels, vec![("BER-0001", 49), ("BER-0002", 7)]);
+    assert_eq!(
+        conflated
+            .scoped(&"store-berlin".into())
+            .map(|d| d.stores.len()),
+        Some(1)
+    );
+    assert!(conflated.scoped(&"store-nyc".into()).is_none());
+}

@@ -517,3 +517,58 @@ impl State {
         }
     }
 }
+
+impl StoreView {
+    /// Takes a later view of the same scope: every field is the later one's, except
+    /// `stock`, which keeps earlier SKUs that the later view does not list.
+    pub fn absorb(&mut self, later: &StoreView) {
+        let mut stock = std::mem::take(&mut self.stock);
+        *self = later.clone();
+        for item in stock.drain(..) {
+            if !self
+                .stock
+                .iter()
+                .any(|s| s.store_id == item.store_id && s.sku == item.sku)
+            {
+                self.stock.push(item);
+            }
+        }
+        self.stock
+            .sort_by(|a, b| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)));
+    }
+}
+
+impl Delta {
+    /// Folds a later delta into this one: the result applied alone equals applying both in
+    /// order (the conflation of a slow client's pending frames).
+    pub fn absorb(&mut self, later: &Delta) {
+        for (store, view) in &later.stores {
+            match self.stores.get_mut(store) {
+                Some(existing) => existing.absorb(view),
+                None => {
+                    self.stores.insert(store.clone(), view.clone());
+                }
+            }
+        }
+        match (&mut self.all_stores, &later.all_stores) {
+            (Some(mine), Some(theirs)) => mine.absorb(theirs),
+            (mine @ None, Some(theirs)) => *mine = Some(theirs.clone()),
+            _ => {}
+        }
+        self.position.clone_from(&later.position);
+        self.as_of.clone_from(&later.as_of);
+        self.as_of_ms = later.as_of_ms;
+    }
+
+    /// The part of this delta a subscriber of one store receives, if it concerns it.
+    pub fn scoped(&self, store: &StoreId) -> Option<Delta> {
+        let view = self.stores.get(store.as_str())?;
+        Some(Delta {
+            position: self.position.clone(),
+            as_of: self.as_of.clone(),
+            as_of_ms: self.as_of_ms,
+            stores: BTreeMap::from([(store.to_string(), view.clone())]),
+            all_stores: None,
+        })
+    }
+}
