@@ -17,3 +17,19 @@ ensure_build_tools() {
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends build-essential >&2
     fi
 }
+
+# The browser tests: Debian's Chromium and playwright-core from npm (never a browser
+# download of playwright's own).
+ensure_browser_tools() {
+    if [ ! -x /usr/bin/chromium ]; then
+        [ "$(id -u)" = 0 ] || { echo "chromium is needed (apt-get install chromium)" >&2; exit 1; }
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >&2
+    fi
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        [ "$(id -u)" = 0 ] || { echo "node and npm are needed (apt-get install nodejs npm)" >&2; exit 1; }
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >&2
+    fi
+    if [ ! -d "$repo/tests/browser/node_modules/playwright-core" ]; then
+        (cd "$repo/tests/browser" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    fi
+}
