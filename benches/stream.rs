@@ -1,0 +1,240 @@
+//! End-to-end latency of the live stream against the real local stack (`scripts/stack up`
+//! first): the simulator produces in real time (event time = wall clock, paced), `serve`
+//! turns the records into frames, and N SSE clients on loopback parse every frame. The
+//! latency of a frame is the wall clock when a client has parsed it minus the frame's
+//! `as_of_ms` (the event time of its newest record, i.e. when that record was produced).
+//!
+//! Baseline in the same run: a bare rdkafka consumer on the same topics, latency = wall
+//! clock at consumption minus the record's event time: what Kafka itself costs.
+//!
+//! Prints Markdown for `docs/benchmarks.md`. Not a test: nothing here asserts a speed.
+//! Settings: `BENCH_CLIENTS` (default 1000), `BENCH_SECONDS` (15), `BENCH_RATE` (2000/s).
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::io::{BufRead, Read};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use storepulse::events::Codec;
+use storepulse::kafka::{self, KafkaSettings, Topics};
+use storepulse::simulate::scenario::ScenarioConfig;
+use storepulse::simulate::{self, SimulateOptions};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return -1;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Reads one SSE client until `stop`, recording the latency of every delta it parses.
+async fn client(address: String, latencies: Arc<Mutex<Vec<i64>>>, stop: CancellationToken) {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await else {
+        return;
+    };
+    let request = format!("GET /api/stream HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let mut event = String::new();
+    let mut mine = Vec::new();
+    loop {
+        line.clear();
+        tokio::select! {
+            read = reader.read_line(&mut line) => {
+                if read.unwrap_or(0) == 0 { break; }
+            }
+            () = stop.cancelled() => break,
+        }
+        if let Some(name) = line.strip_prefix("event: ") {
+            event = name.trim().to_owned();
+        } else if let Some(data) = line.strip_prefix("data: ")
+            && event == "delta"
+        {
+            let parsed: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+            if let Some(as_of) = parsed["as_of_ms"].as_i64() {
+                mine.push(now_ms() - as_of);
+            }
+        }
+    }
+    if let Ok(mut all) = latencies.lock() {
+        all.extend(mine);
+    }
+}
+
+/// A bare consumer from the end of the topics; latency per record.
+fn bare_consumer(settings: KafkaSettings, stop: CancellationToken) -> Vec<i64> {
+    let codec = Codec::new(&Default::default()).expect("schemas");
+    let consumer: BaseConsumer = kafka::consumer_config(&settings, "bench-latency-baseline")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for topic in settings.topics.all() {
+        for partition in 0..4 {
+            assignment
+                .add_partition_offset(topic, partition, Offset::End)
+                .expect("partition");
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut latencies = Vec::new();
+    while !stop.is_cancelled() {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(50))
+            && let Ok(event) = codec.decode(message.payload().unwrap_or_default())
+        {
+            latencies.push(now_ms() - event.occurred_at());
+        }
+    }
+    latencies
+}
+
+#[tokio::main]
+async fn main() {
+    let clients = setting("BENCH_CLIENTS", 1_000) as usize;
+    let seconds = setting("BENCH_SECONDS", 15);
+    let rate = setting("BENCH_RATE", 2_000) as f64;
+    let suffix: u32 = rand::random();
+    let settings = KafkaSettings {
+        brokers: std::env::var("STOREPULSE_KAFKA_BROKERS")
+            .unwrap_or_else(|_| kafka::DEFAULT_BROKERS.into()),
+        topics: Topics {
+            orders: format!("bench-latency-{suffix}-orders"),
+            inventory: format!("bench-latency-{suffix}-inventory"),
+            activity: format!("bench-latency-{suffix}-activity"),
+        },
+    };
+    kafka::ensure_topics(
+        &settings,
+        &settings.topics.all(),
+        4,
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("topics");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .arg("serve")
+        .env("STOREPULSE_TOPIC_ORDERS", &settings.topics.orders)
+        .env("STOREPULSE_TOPIC_INVENTORY", &settings.topics.inventory)
+        .env("STOREPULSE_TOPIC_ACTIVITY", &settings.topics.activity)
+        .env("STOREPULSE_GROUP_ID", format!("bench-latency-{suffix}"))
+        .env("STOREPULSE_HTTP_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut line = String::new();
+    std::io::BufReader::new(serve.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address");
+    let address = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    // Wait until serve has its partitions (the stream answers 200).
+    for _ in 0..100 {
+        let ready = std::net::TcpStream::connect(&address).is_ok_and(|mut s| {
+            use std::io::Write;
+            let _ = write!(s, "GET /readyz HTTP/1.0\r\n\r\n");
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            text.contains(" 200 ")
+        });
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let stop = CancellationToken::new();
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        tasks.push(tokio::spawn(client(
+            address.clone(),
+            Arc::clone(&latencies),
+            stop.clone(),
+        )));
+    }
+    let baseline = {
+        let (settings, stop) = (settings.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || bare_consumer(settings, stop))
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = simulate::run(
+        &settings,
+        SimulateOptions {
+            scenario: ScenarioConfig {
+                seed: suffix.into(),
+                start_ms: now_ms(),
+                events_per_second: rate,
+                stores: 3,
+                skus_per_store: 40,
+                flash_sale: None,
+            },
+            rate: Some(rate),
+            count: None,
+            duration: Some(Duration::from_secs(seconds)),
+            partitions: 4,
+            create_topics: false,
+            message_timeout: Duration::from_secs(30),
+            progress_every: None,
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .expect("produced");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut base = baseline.await.expect("baseline");
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let mut frames = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    frames.sort_unstable();
+    base.sort_unstable();
+    println!(
+        "{} records at {rate}/s for {seconds} s; {clients} SSE clients; {} frame deliveries",
+        report.acked,
+        frames.len()
+    );
+    println!();
+    println!("| path | p50 ms | p99 ms | p99.9 ms | samples |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| bare consumer (record produced → consumed) | {} | {} | {} | {} |",
+        percentile(&base, 0.5),
+        percentile(&base, 0.99),
+        percentile(&base, 0.999),
+        base.len()
+    );
+    println!(
+        "| storepulse (newest record of a frame produced → frame parsed by a client) | {} | {} | {} | {} |",
+        percentile(&frames, 0.5),
+        percentile(&frames, 0.99),
+        percentile(&frames, 0.999),
+        frames.len()
+    );
+}
