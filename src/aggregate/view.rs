@@ -466,24 +466,11 @@ impl State {
     }
 }
 
-/// A live update: for each store that changed, its view with only the changed SKUs in
-/// `stock` (every other field carries its full, absolute value, so applying a delta twice
-/// is harmless); and the rollup likewise.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Delta {
-    /// The position after this delta (the SSE id).
-    pub position: String,
-    /// Newest event time applied, RFC 3339.
-    pub as_of: Option<String>,
-    /// The same, epoch milliseconds.
-    pub as_of_ms: i64,
-    /// Per changed store.
-    pub stores: BTreeMap<String, StoreView>,
-    /// The rollup, with the changed SKUs of every store in `stock`; absent in a
-    /// store-scoped delta.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub all_stores: Option<StoreView>,
-}
+/// A live update has the shape of a [`Snapshot`]: for each store that changed, its view
+/// with only the changed SKUs in `stock` (every other field carries its full, absolute
+/// value, so applying a delta twice is harmless), and the rollup likewise (absent in a
+/// store-scoped delta). `position` is the position after it (the SSE id).
+pub type Delta = Snapshot;
 
 impl State {
     /// The delta for `changes` (which must not be empty), positioned at the current position.

@@ -176,6 +176,35 @@ async fn produce(
 
 const START: i64 = 1_795_788_000_000;
 
+/// Fresh topics holding `count` simulated records, and a server that has applied them all.
+async fn caught_up_server(
+    name: &str,
+    seed: u64,
+    count: u64,
+    environment: &'static [(&'static str, &'static str)],
+) -> (KafkaSettings, Server, i64) {
+    let settings = fresh_topics(name);
+    kafka::ensure_topics(
+        &settings,
+        &settings.topics.all(),
+        2,
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("topics");
+    let first = produce(&settings, seed, START, count, None).await;
+    let topics = settings.topics.clone();
+    let group = helpers::unique(name);
+    let server = tokio::task::spawn_blocking(move || {
+        let server = Server::start_with(&topics, &group, &database_url(), environment);
+        server.snapshot_at(first, Duration::from_secs(60));
+        server
+    })
+    .await
+    .expect("thread");
+    (settings, server, first)
+}
+
 /// Reads until an event whose position covers `total` records; returns the events.
 fn read_until(client: &mut SseClient, total: i64) -> Vec<Sse> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -218,28 +247,8 @@ fn check_and_apply(view: &mut Option<Value>, events: &[Sse]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_applying_the_stream_ends_equal_to_the_snapshot_and_resumes_without_gaps() {
-    let settings = fresh_topics("stream");
-    kafka::ensure_topics(
-        &settings,
-        &settings.topics.all(),
-        2,
-        Duration::from_secs(15),
-    )
-    .await
-    .expect("topics");
-    let first = produce(&settings, 1, START, 1_000, None).await;
-    let server = Server::start(
-        &settings.topics,
-        &helpers::unique("stream"),
-        &database_url(),
-    );
+    let (settings, server, first) = caught_up_server("stream", 1, 1_000, &[]).await;
     let address = server.address.clone();
-    let server = tokio::task::spawn_blocking(move || {
-        server.snapshot_at(first, Duration::from_secs(60));
-        server
-    })
-    .await
-    .expect("thread");
 
     // A client connects; more records arrive while it reads.
     let mut client = SseClient::connect(&address, "/api/stream", None);
@@ -286,25 +295,9 @@ async fn a_client_applying_the_stream_ends_equal_to_the_snapshot_and_resumes_wit
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ids_that_mean_nothing_here_get_a_resync_and_a_moved_log_a_snapshot() {
-    let settings = fresh_topics("stream-ids");
-    kafka::ensure_topics(
-        &settings,
-        &settings.topics.all(),
-        2,
-        Duration::from_secs(15),
-    )
-    .await
-    .expect("topics");
-    let first = produce(&settings, 3, START, 500, None).await;
-    let server = Server::start(&settings.topics, &helpers::unique("ids"), &database_url());
+    let (_settings, server, first) = caught_up_server("stream-ids", 3, 500, &[]).await;
     let address = server.address.clone();
-    let snapshot = tokio::task::spawn_blocking(move || {
-        let s = server.snapshot_at(first, Duration::from_secs(60));
-        (server, s)
-    })
-    .await
-    .expect("thread");
-    let (server, snapshot) = snapshot;
+    let snapshot = server.snapshot_at(first, Duration::from_secs(60));
     let position = snapshot["position"].as_str().expect("position").to_owned();
     let (tag, offsets) = position.split_once(':').expect("tagged");
     let negative = format!("{tag}:{}", offsets.replace(',', ",-"));
@@ -448,30 +441,14 @@ async fn a_client_ahead_of_a_restarted_process_waits_and_never_steps_back_and_ma
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_reads_nothing_falls_back_to_a_snapshot_and_others_get_every_frame() {
-    let settings = fresh_topics("stream-slow");
-    kafka::ensure_topics(
-        &settings,
-        &settings.topics.all(),
-        2,
-        Duration::from_secs(15),
+    let (settings, server, first) = caught_up_server(
+        "stream-slow",
+        7,
+        200,
+        &[("STOREPULSE_FRAME_INTERVAL", "2ms")],
     )
-    .await
-    .expect("topics");
-    let first = produce(&settings, 7, START, 200, None).await;
-    let environment = [("STOREPULSE_FRAME_INTERVAL", "2ms")];
-    let server = Server::start_with(
-        &settings.topics,
-        &helpers::unique("slow"),
-        &database_url(),
-        &environment,
-    );
+    .await;
     let address = server.address.clone();
-    let server = tokio::task::spawn_blocking(move || {
-        server.snapshot_at(first, Duration::from_secs(60));
-        server
-    })
-    .await
-    .expect("thread");
     let (mut slow, fast) = tokio::task::block_in_place(|| {
         (
             SseClient::connect(&address, "/api/stream", None),
