@@ -4,11 +4,13 @@
 //!
 //! Run: `cargo bench --bench apply`. Not a test: nothing here asserts a speed.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 use storepulse::aggregate::{AggregateConfig, Changes, PartitionKey, RecordRef, State};
 use storepulse::events::{Codec, Event};
-use storepulse::simulate::scenario::{FlashSale, Scenario, ScenarioConfig};
+use storepulse::simulate::scenario::Scenario;
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -20,20 +22,7 @@ fn setting(name: &str, default: usize) -> usize {
 fn main() {
     let (events, runs) = (setting("BENCH_EVENTS", 500_000), setting("BENCH_RUNS", 5));
     let codec = Codec::new(&Default::default()).expect("schemas");
-    let scenario = Scenario::new(ScenarioConfig {
-        seed: 7,
-        start_ms: 1_795_773_600_000,
-        events_per_second: 2_000.0,
-        stores: 8,
-        skus_per_store: 500,
-        flash_sale: Some(FlashSale {
-            starts_after_ms: 60_000,
-            duration_ms: 600_000,
-            skus_per_store: 5,
-            oversell: false,
-            discount_percent: 30,
-        }),
-    });
+    let scenario = Scenario::new(common::catalog(7, 1_795_773_600_000));
     let mut next = [[0i64; 4]; 3];
     let records: Vec<(RecordRef, Vec<u8>)> = scenario
         .take(events)

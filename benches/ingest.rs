@@ -16,18 +16,18 @@
 //! Settings: `BENCH_EVENTS` (default 2 000 000), `BENCH_RUNS` (3), and the stack's
 //! `STOREPULSE_KAFKA_BROKERS` / `STOREPULSE_DATABASE_URL`.
 
+mod common;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use std::io::{BufRead, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storepulse::aggregate::{AggregateConfig, Changes, Layout, PartitionKey, RecordRef, State};
 use storepulse::checkpoint::{CheckpointStore, Frozen};
 use storepulse::events::{Event, StockChangeReason, StockChanged, TopicRole};
 use storepulse::kafka::{self, KafkaSettings, Topics};
-use storepulse::simulate::scenario::{FlashSale, ScenarioConfig};
 use storepulse::simulate::{self, SimulateOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -97,20 +97,7 @@ async fn prefill(settings: &KafkaSettings, events: u64) {
     let report = simulate::run(
         settings,
         SimulateOptions {
-            scenario: ScenarioConfig {
-                seed: 7,
-                start_ms: 1_795_773_600_000,
-                events_per_second: 2_000.0,
-                stores: 8,
-                skus_per_store: 500,
-                flash_sale: Some(FlashSale {
-                    starts_after_ms: 60_000,
-                    duration_ms: 600_000,
-                    skus_per_store: 5,
-                    oversell: false,
-                    discount_percent: 30,
-                }),
-            },
+            scenario: common::catalog(7, 1_795_773_600_000),
             rate: None,
             count: Some(events),
             duration: None,
@@ -169,54 +156,21 @@ struct Serve {
 
 impl Serve {
     fn start(topics: &Topics, group: &str, interval: &str) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
-            .arg("serve")
-            .env("STOREPULSE_KAFKA_BROKERS", brokers())
-            .env("STOREPULSE_DATABASE_URL", database_url())
-            .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
-            .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
-            .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity)
-            .env("STOREPULSE_GROUP_ID", group)
-            .env("STOREPULSE_HTTP_ADDR", "127.0.0.1:0")
-            .env("STOREPULSE_CHECKPOINT_INTERVAL", interval)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("serve starts");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("address line");
-        let address = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let database_url = database_url();
+        let (child, address) = common::spawn_serve(
+            topics,
+            group,
+            &[
+                ("STOREPULSE_KAFKA_BROKERS", &brokers()),
+                ("STOREPULSE_DATABASE_URL", &database_url),
+                ("STOREPULSE_CHECKPOINT_INTERVAL", interval),
+            ],
+        );
         Serve { child, address }
     }
 
     fn get(&self, path: &str) -> (u16, String) {
-        let Ok(mut stream) = std::net::TcpStream::connect(&self.address) else {
-            return (0, String::new());
-        };
-        let _ = write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        );
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text);
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (
-            status,
-            text.split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_owned())
-                .unwrap_or_default(),
-        )
+        common::http_get(&self.address, path)
     }
 
     fn metric(&self, name: &str) -> i64 {

@@ -10,11 +10,11 @@
 //! Prints Markdown for `docs/benchmarks.md`. Not a test: nothing here asserts a speed.
 //! Settings: `BENCH_CLIENTS` (default 1000), `BENCH_SECONDS` (15), `BENCH_RATE` (2000/s).
 
+mod common;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use std::io::{BufRead, Read};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use storepulse::events::Codec;
@@ -130,36 +130,11 @@ async fn main() {
     )
     .await
     .expect("topics");
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_storepulse"))
-        .arg("serve")
-        .env("STOREPULSE_TOPIC_ORDERS", &settings.topics.orders)
-        .env("STOREPULSE_TOPIC_INVENTORY", &settings.topics.inventory)
-        .env("STOREPULSE_TOPIC_ACTIVITY", &settings.topics.activity)
-        .env("STOREPULSE_GROUP_ID", format!("bench-latency-{suffix}"))
-        .env("STOREPULSE_HTTP_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let mut line = String::new();
-    std::io::BufReader::new(serve.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address");
-    let address = line
-        .trim()
-        .rsplit("http://")
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let (mut serve, address) =
+        common::spawn_serve(&settings.topics, &format!("bench-latency-{suffix}"), &[]);
     // Wait until serve has its partitions (the stream answers 200).
     for _ in 0..100 {
-        let ready = std::net::TcpStream::connect(&address).is_ok_and(|mut s| {
-            use std::io::Write;
-            let _ = write!(s, "GET /readyz HTTP/1.0\r\n\r\n");
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            text.contains(" 200 ")
-        });
+        let ready = common::http_get(&address, "/readyz").0 == 200;
         if ready {
             break;
         }

@@ -1,0 +1,74 @@
+//! Shared by the benchmark binaries: the benchmark catalog, a `serve` process, a tiny HTTP
+//! client. Each binary uses part of it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, Read, Write};
+use std::process::{Child, Command, Stdio};
+use storepulse::kafka::Topics;
+use storepulse::simulate::scenario::{FlashSale, ScenarioConfig};
+
+/// The benchmarks' shop: 8 stores × 500 SKUs, a 10-minute flash sale on 5 SKUs each.
+pub fn catalog(seed: u64, start_ms: i64) -> ScenarioConfig {
+    ScenarioConfig {
+        seed,
+        start_ms,
+        events_per_second: 2_000.0,
+        stores: 8,
+        skus_per_store: 500,
+        flash_sale: Some(FlashSale {
+            starts_after_ms: 60_000,
+            duration_ms: 600_000,
+            skus_per_store: 5,
+            oversell: false,
+            discount_percent: 30,
+        }),
+    }
+}
+
+/// Starts the release `storepulse serve` on `topics` with checkpoint group `group` and a
+/// free port (plus `environment`); returns the process and its `host:port`.
+pub fn spawn_serve(topics: &Topics, group: &str, environment: &[(&str, &str)]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .arg("serve")
+        .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
+        .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
+        .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity)
+        .env("STOREPULSE_GROUP_ID", group)
+        .env("STOREPULSE_HTTP_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .envs(environment.iter().copied())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address line");
+    let address = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    (child, address)
+}
+
+/// `GET path` over HTTP/1.0: `(status, body)`; `(0, "")` if nothing answers.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return (0, String::new());
+    };
+    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
