@@ -162,7 +162,9 @@ pub struct StoreView {
     pub cancelled_today: u64,
     /// Gross revenue / orders today, per currency, rounded down to a minor unit.
     pub average_order_value: Vec<Money>,
-    /// The last 60 minutes, oldest first, every minute present.
+    /// Start of the per-minute window: the 60 minutes ending at the newest event's minute.
+    pub per_minute_from: String,
+    /// Minutes of the window that have orders, oldest first (a minute absent had none).
     pub per_minute: Vec<MinuteView>,
     /// The 20 newest orders, newest first.
     pub recent_orders: Vec<OrderView>,
@@ -348,14 +350,14 @@ impl Rollup {
     }
 
     fn finish(mut self, day: Option<String>, time_zone: Option<String>) -> StoreView {
-        let per_minute = (self.newest_minute - MINUTES_KEPT + 1..=self.newest_minute)
-            .map(|minute| {
-                let (orders, revenue) = self.minutes.remove(&minute).unwrap_or_default();
-                MinuteView {
-                    minute: rfc3339(minute * 60_000),
-                    orders,
-                    revenue: money(&revenue),
-                }
+        let from = self.newest_minute - MINUTES_KEPT + 1;
+        let per_minute = self
+            .minutes
+            .range(from..)
+            .map(|(minute, (orders, revenue))| MinuteView {
+                minute: rfc3339(minute * 60_000),
+                orders: *orders,
+                revenue: money(revenue),
             })
             .collect();
         self.orders_list
@@ -398,6 +400,7 @@ impl Rollup {
             revenue_today: money(&self.net),
             cancelled_today: self.cancelled,
             average_order_value,
+            per_minute_from: rfc3339(from * 60_000),
             per_minute,
             recent_orders: self.orders_list.into_iter().map(|(_, _, o)| o).collect(),
             active_users: ActiveUsers {
@@ -466,34 +469,183 @@ impl State {
     }
 }
 
-/// A live update has the shape of a [`Snapshot`]: for each store that changed, its view
-/// with only the changed SKUs in `stock` (every other field carries its full, absolute
-/// value, so applying a delta twice is harmless), and the rollup likewise (absent in a
-/// store-scoped delta). `position` is the position after it (the SSE id).
-pub type Delta = Snapshot;
+/// What changed in one store (or the rollup), as absolute values. Counters are always
+/// present, and so are the bounded lists (`low_stock`, `oversold`, `top_products`,
+/// `alerts`: projections move with every event); `per_minute` lists the changed minutes
+/// (merged by minute; a client drops minutes before `per_minute_from`), `stock` the changed
+/// SKUs (merged by store and SKU), `recent_orders` comes whole when it changed. Applying a
+/// delta twice is harmless.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StoreDelta {
+    /// As in [`StoreView`].
+    pub day: Option<String>,
+    /// As in [`StoreView`].
+    pub time_zone: Option<String>,
+    /// As in [`StoreView`].
+    pub orders_today: u64,
+    /// As in [`StoreView`].
+    pub revenue_today: Vec<Money>,
+    /// As in [`StoreView`].
+    pub cancelled_today: u64,
+    /// As in [`StoreView`].
+    pub average_order_value: Vec<Money>,
+    /// As in [`StoreView`].
+    pub active_users: ActiveUsers,
+    /// As in [`StoreView`]: a client drops minutes older than this.
+    pub per_minute_from: String,
+    /// The minutes that changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_minute: Option<Vec<MinuteView>>,
+    /// The whole list, when it changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recent_orders: Option<Vec<OrderView>>,
+    /// The SKUs that changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stock: Option<Vec<StockView>>,
+    /// The whole list (it moves with every event: projections are relative to "now").
+    pub low_stock: Vec<LowStockView>,
+    /// The whole list (it moves with every event: projections are relative to "now").
+    pub oversold: Vec<StockView>,
+    /// The whole list (it moves with every event: projections are relative to "now").
+    pub top_products: Vec<TopProduct>,
+    /// The whole list (it moves with every event: projections are relative to "now").
+    pub alerts: Vec<AlertView>,
+}
+
+/// A live update: the position after it (the SSE id) and, per changed store and for the
+/// rollup (absent in a store-scoped delta), what changed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Delta {
+    /// The position after this delta.
+    pub position: String,
+    /// Newest event time applied, RFC 3339.
+    pub as_of: Option<String>,
+    /// The same, epoch milliseconds.
+    pub as_of_ms: i64,
+    /// Per changed store.
+    pub stores: BTreeMap<String, StoreDelta>,
+    /// The rollup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_stores: Option<StoreDelta>,
+}
+
+/// Which parts of a view a delta carries.
+#[derive(Clone, Copy, Debug, Default)]
+struct Touched {
+    minutes: bool,
+    recent_orders: bool,
+    skus: bool,
+}
+
+impl StoreDelta {
+    fn of(
+        view: StoreView,
+        touched: Touched,
+        minutes: &dyn Fn(&str) -> bool,
+        sku: &dyn Fn(&StockView) -> bool,
+    ) -> StoreDelta {
+        StoreDelta {
+            day: view.day,
+            time_zone: view.time_zone,
+            orders_today: view.orders_today,
+            revenue_today: view.revenue_today,
+            cancelled_today: view.cancelled_today,
+            average_order_value: view.average_order_value,
+            active_users: view.active_users,
+            per_minute_from: view.per_minute_from,
+            per_minute: touched.minutes.then(|| {
+                view.per_minute
+                    .into_iter()
+                    .filter(|m| minutes(&m.minute))
+                    .collect()
+            }),
+            recent_orders: touched.recent_orders.then_some(view.recent_orders),
+            stock: touched
+                .skus
+                .then(|| view.stock.into_iter().filter(|s| sku(s)).collect()),
+            low_stock: view.low_stock,
+            oversold: view.oversold,
+            top_products: view.top_products,
+            alerts: view.alerts,
+        }
+    }
+
+    /// Folds a later delta of the same scope into this one.
+    pub fn absorb(&mut self, later: &StoreDelta) {
+        let per_minute = self.per_minute.take();
+        let stock = self.stock.take();
+        let mut merged = later.clone();
+        if let Some(earlier) = per_minute {
+            let minutes = merged.per_minute.get_or_insert_with(Vec::new);
+            for m in earlier {
+                if !minutes.iter().any(|n| n.minute == m.minute) {
+                    minutes.push(m);
+                }
+            }
+            minutes.retain(|m| m.minute >= merged.per_minute_from);
+            minutes.sort_by(|a, b| a.minute.cmp(&b.minute));
+        }
+        if let Some(earlier) = stock {
+            let list = merged.stock.get_or_insert_with(Vec::new);
+            for item in earlier {
+                if !list
+                    .iter()
+                    .any(|s| s.store_id == item.store_id && s.sku == item.sku)
+                {
+                    list.push(item);
+                }
+            }
+            list.sort_by(|a, b| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)));
+        }
+        if merged.recent_orders.is_none() {
+            merged.recent_orders = self.recent_orders.take();
+        }
+        *self = merged;
+    }
+}
 
 impl State {
     /// The delta for `changes` (which must not be empty), positioned at the current position.
     pub fn delta(&self, layout: &Layout, changes: &super::Changes) -> Delta {
-        let keep_changed = |view: &mut StoreView| {
-            view.stock.retain(|s| {
+        let minute_names = |minutes: &std::collections::BTreeSet<i64>| -> Vec<String> {
+            minutes.iter().map(|m| rfc3339(m * 60_000)).collect()
+        };
+        let mut all_touched = Touched::default();
+        let mut all_minutes = std::collections::BTreeSet::new();
+        let stores = changes
+            .stores
+            .iter()
+            .filter_map(|(id, change)| {
+                let touched = Touched {
+                    minutes: !change.minutes.is_empty(),
+                    recent_orders: change.recent_orders,
+                    skus: !change.skus.is_empty(),
+                };
+                all_touched.minutes |= touched.minutes;
+                all_touched.recent_orders |= touched.recent_orders;
+                all_touched.skus |= touched.skus;
+                all_minutes.extend(change.minutes.iter().copied());
+                let names = minute_names(&change.minutes);
+                let view = self.store_view(id)?;
+                let delta =
+                    StoreDelta::of(view, touched, &|m| names.iter().any(|n| n == m), &|s| {
+                        change.skus.contains(&crate::events::Sku(s.sku.clone()))
+                    });
+                Some((id.to_string(), delta))
+            })
+            .collect();
+        let names = minute_names(&all_minutes);
+        let all_stores = StoreDelta::of(
+            self.all_stores_view(),
+            all_touched,
+            &|m| names.iter().any(|n| n == m),
+            &|s| {
                 changes
                     .stores
                     .get(&StoreId(s.store_id.clone()))
                     .is_some_and(|c| c.skus.contains(&crate::events::Sku(s.sku.clone())))
-            });
-        };
-        let stores = changes
-            .stores
-            .keys()
-            .filter_map(|id| {
-                let mut view = self.store_view(id)?;
-                keep_changed(&mut view);
-                Some((id.to_string(), view))
-            })
-            .collect();
-        let mut all_stores = self.all_stores_view();
-        keep_changed(&mut all_stores);
+            },
+        );
         let newest = self.newest_event_time();
         Delta {
             position: layout.encode(self.position()),
@@ -502,26 +654,6 @@ impl State {
             stores,
             all_stores: Some(all_stores),
         }
-    }
-}
-
-impl StoreView {
-    /// Takes a later view of the same scope: every field is the later one's, except
-    /// `stock`, which keeps earlier SKUs that the later view does not list.
-    pub fn absorb(&mut self, later: &StoreView) {
-        let mut stock = std::mem::take(&mut self.stock);
-        *self = later.clone();
-        for item in stock.drain(..) {
-            if !self
-                .stock
-                .iter()
-                .any(|s| s.store_id == item.store_id && s.sku == item.sku)
-            {
-                self.stock.push(item);
-            }
-        }
-        self.stock
-            .sort_by(|a, b| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)));
     }
 }
 

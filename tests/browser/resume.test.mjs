@@ -81,12 +81,22 @@ test('a browser EventSource resumes through a serve crash without stepping back'
       window.__view = null;
       const merge = (target, part) => {
         for (const [field, value] of Object.entries(part)) {
-          if (field !== 'stock') { target[field] = value; continue; }
-          for (const item of value) {
-            const i = target.stock.findIndex((s) => s.store_id === item.store_id && s.sku === item.sku);
-            if (i >= 0) target.stock[i] = item; else target.stock.push(item);
+          if (field === 'stock') {
+            for (const item of value) {
+              const i = target.stock.findIndex((s) => s.store_id === item.store_id && s.sku === item.sku);
+              if (i >= 0) target.stock[i] = item; else target.stock.push(item);
+            }
+          } else if (field === 'per_minute') {
+            for (const item of value) {
+              const i = target.per_minute.findIndex((m) => m.minute === item.minute);
+              if (i >= 0) target.per_minute[i] = item; else target.per_minute.push(item);
+            }
+            target.per_minute.sort((a, b) => a.minute.localeCompare(b.minute));
+          } else {
+            target[field] = value;
           }
         }
+        target.per_minute = target.per_minute.filter((m) => m.minute >= target.per_minute_from);
       };
       const source = new EventSource('/api/stream');
       const take = (kind) => (e) => {

@@ -93,31 +93,53 @@ impl SseClient {
     }
 }
 
-/// What a dashboard holds: the snapshot with every delta applied (absolute values replace,
-/// `stock` merges by store and SKU).
+/// What a dashboard holds: the snapshot with every delta applied (fields present replace,
+/// `stock` merges by store and SKU, `per_minute` merges by minute and drops minutes before
+/// `per_minute_from`).
 fn apply_delta(view: &mut Value, delta: &Value) {
     fn merge_store(target: &mut Value, part: &Value) {
         for (field, value) in part.as_object().expect("a view") {
-            if field == "stock" {
-                let stock = target["stock"].as_array_mut().expect("stock");
-                for item in value.as_array().expect("stock") {
-                    match stock
-                        .iter_mut()
-                        .find(|s| s["store_id"] == item["store_id"] && s["sku"] == item["sku"])
-                    {
-                        Some(existing) => *existing = item.clone(),
-                        None => stock.push(item.clone()),
+            match field.as_str() {
+                "stock" => {
+                    let stock = target["stock"].as_array_mut().expect("stock");
+                    for item in value.as_array().expect("stock") {
+                        match stock
+                            .iter_mut()
+                            .find(|s| s["store_id"] == item["store_id"] && s["sku"] == item["sku"])
+                        {
+                            Some(existing) => *existing = item.clone(),
+                            None => stock.push(item.clone()),
+                        }
                     }
                 }
-            } else {
-                target[field] = value.clone();
+                "per_minute" => {
+                    let minutes = target["per_minute"].as_array_mut().expect("minutes");
+                    for item in value.as_array().expect("minutes") {
+                        match minutes.iter_mut().find(|m| m["minute"] == item["minute"]) {
+                            Some(existing) => *existing = item.clone(),
+                            None => minutes.push(item.clone()),
+                        }
+                    }
+                    minutes.sort_by_key(|m| m["minute"].as_str().unwrap_or("").to_owned());
+                }
+                _ => target[field] = value.clone(),
             }
         }
+        // Minutes that left the window go (fields were applied in any order above).
+        let from = target["per_minute_from"].as_str().unwrap_or("").to_owned();
+        target["per_minute"]
+            .as_array_mut()
+            .expect("minutes")
+            .retain(|m| {
+                m["minute"]
+                    .as_str()
+                    .is_some_and(|minute| minute >= from.as_str())
+            });
     }
     for (store, part) in delta["stores"].as_object().expect("stores") {
         match view["stores"].get_mut(store) {
             Some(existing) => merge_store(existing, part),
-            None => view["stores"][store] = part.clone(),
+            None => panic!("a delta for a store the snapshot did not have: {store}"),
         }
     }
     if let Some(all) = delta.get("all_stores") {
