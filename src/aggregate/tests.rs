@@ -142,19 +142,19 @@ fn orders_revenue_cancellations_and_average_order_value_count_today() {
         10_000,
     ));
     let v = feed.view("store-berlin");
-    assert_eq!(v.day.as_deref(), Some("2026-11-27"));
-    assert_eq!(v.orders_today, 3);
-    assert_eq!(v.cancelled_today, 1);
+    assert_eq!(v.counters.day.as_deref(), Some("2026-11-27"));
+    assert_eq!(v.counters.orders_today, 3);
+    assert_eq!(v.counters.cancelled_today, 1);
     let amount =
         |list: &[view::Money], c: &str| list.iter().find(|m| m.currency == c).map(|m| m.minor);
     assert_eq!(
-        amount(&v.revenue_today, "EUR"),
+        amount(&v.counters.revenue_today, "EUR"),
         Some(5_001),
         "net of the cancellation"
     );
-    assert_eq!(amount(&v.revenue_today, "USD"), Some(700));
+    assert_eq!(amount(&v.counters.revenue_today, "USD"), Some(700));
     assert_eq!(
-        amount(&v.average_order_value, "EUR"),
+        amount(&v.counters.average_order_value, "EUR"),
         Some(7_500),
         "gross / orders, floored"
     );
@@ -174,7 +174,10 @@ fn the_day_rolls_over_by_event_time_in_the_store_time_zone() {
     // 2026-11-27T14:59:00Z is 23:59 in Tokyo; a minute later it is the 28th there.
     let before_midnight = SAMPLE_TIME + 4 * 60 * MINUTE + 59 * MINUTE;
     feed.apply(order("t1", "store-tokyo", before_midnight, 1_500, "JPY"));
-    assert_eq!(feed.view("store-tokyo").day.as_deref(), Some("2026-11-27"));
+    assert_eq!(
+        feed.view("store-tokyo").counters.day.as_deref(),
+        Some("2026-11-27")
+    );
     feed.apply(order(
         "t2",
         "store-tokyo",
@@ -183,9 +186,9 @@ fn the_day_rolls_over_by_event_time_in_the_store_time_zone() {
         "JPY",
     ));
     let v = feed.view("store-tokyo");
-    assert_eq!(v.day.as_deref(), Some("2026-11-28"));
-    assert_eq!(v.time_zone.as_deref(), Some("Asia/Tokyo"));
-    assert_eq!(v.orders_today, 1);
+    assert_eq!(v.counters.day.as_deref(), Some("2026-11-28"));
+    assert_eq!(v.counters.time_zone.as_deref(), Some("Asia/Tokyo"));
+    assert_eq!(v.counters.orders_today, 1);
     // A late order for the 27th still counts in the 27th, which is held, not today.
     feed.apply(order(
         "t0",
@@ -196,7 +199,7 @@ fn the_day_rolls_over_by_event_time_in_the_store_time_zone() {
     ));
     let state_day_27 = &feed.state.stores()[&"store-tokyo".into()].days;
     assert_eq!(state_day_27.values().map(|d| d.orders).sum::<u64>(), 3);
-    assert_eq!(feed.view("store-tokyo").orders_today, 1);
+    assert_eq!(feed.view("store-tokyo").counters.orders_today, 1);
 }
 
 #[test]
@@ -213,7 +216,7 @@ fn the_per_minute_window_keeps_the_last_hour_and_ignores_older_records() {
     let v = feed.view("store-berlin");
     assert_eq!(v.per_minute.len(), 2, "minutes with orders only");
     assert_eq!(
-        v.per_minute_from, v.per_minute[0].minute,
+        v.counters.per_minute_from, v.per_minute[0].minute,
         "a is in the oldest kept minute"
     );
     assert_eq!(v.per_minute[1].orders, 1);
@@ -231,7 +234,10 @@ fn the_per_minute_window_keeps_the_last_hour_and_ignores_older_records() {
         2,
         "a and d fell out"
     );
-    assert_eq!(v.orders_today, 4, "but all four are today's orders");
+    assert_eq!(
+        v.counters.orders_today, 4,
+        "but all four are today's orders"
+    );
 }
 
 #[test]
@@ -250,33 +256,36 @@ fn low_stock_oversold_and_sell_out_alerts_have_stable_ids() {
     }
     feed.apply(stock("s2", "BER-0001", SAMPLE_TIME + 14 * MINUTE, 8, -22));
     let v = feed.view("store-berlin");
-    let low = &v.low_stock[0];
+    let low = &v.lists.low_stock[0];
     assert_eq!(
         (low.sku.as_str(), low.level, low.sold_last_15m),
         ("BER-0001", 8, 30)
     );
     assert_eq!(low.minutes_to_sell_out, Some(4));
-    let kinds: Vec<view::AlertKind> = v.alerts.iter().map(|a| a.kind).collect();
+    let kinds: Vec<view::AlertKind> = v.lists.alerts.iter().map(|a| a.kind).collect();
     assert_eq!(
         kinds,
         vec![view::AlertKind::SellOutImminent, view::AlertKind::LowStock]
     );
-    let low_id = v.alerts[1].id.clone();
+    let low_id = v.lists.alerts[1].id.clone();
     assert_eq!(low_id, "low_stock:store-berlin:BER-0001:inventory-0@1");
     // Falling further keeps the same low-stock episode; going below zero is oversold.
     feed.apply(stock("s3", "BER-0001", SAMPLE_TIME + 14 * MINUTE, 2, -6));
-    assert_eq!(feed.view("store-berlin").alerts[1].id, low_id);
+    assert_eq!(feed.view("store-berlin").lists.alerts[1].id, low_id);
     feed.apply(stock("s4", "BER-0001", SAMPLE_TIME + 14 * MINUTE, -3, -5));
     let v = feed.view("store-berlin");
-    assert_eq!(v.oversold[0].level, -3);
+    assert_eq!(v.lists.oversold[0].level, -3);
     assert_eq!(
-        v.alerts[0].id,
+        v.lists.alerts[0].id,
         "oversold:store-berlin:BER-0001:inventory-0@3"
     );
-    assert!(v.low_stock.is_empty(), "oversold is not also listed as low");
+    assert!(
+        v.lists.low_stock.is_empty(),
+        "oversold is not also listed as low"
+    );
     // A restock clears both.
     feed.apply(stock("s5", "BER-0001", SAMPLE_TIME + 14 * MINUTE, 100, 103));
-    assert!(feed.view("store-berlin").alerts.is_empty());
+    assert!(feed.view("store-berlin").lists.alerts.is_empty());
 }
 
 #[test]
@@ -285,7 +294,7 @@ fn per_sku_threshold_overrides_apply() {
     feed.apply(stock("s1", "BER-0042", SAMPLE_TIME, 5, 5));
     feed.apply(stock("s2", "BER-0043", SAMPLE_TIME, 5, 5));
     let v = feed.view("store-berlin");
-    let low: Vec<&str> = v.low_stock.iter().map(|l| l.sku.as_str()).collect();
+    let low: Vec<&str> = v.lists.low_stock.iter().map(|l| l.sku.as_str()).collect();
     assert_eq!(low, vec!["BER-0043"], "BER-0042's threshold is 3");
 }
 
@@ -304,7 +313,7 @@ fn a_duplicate_event_id_is_applied_once_and_a_replayed_record_not_at_all() {
     };
     let outcome = feed.state.apply(&o, at, &mut Changes::default());
     assert_eq!(outcome.applied, Applied::AlreadyApplied);
-    assert_eq!(feed.view("store-berlin").orders_today, 1);
+    assert_eq!(feed.view("store-berlin").counters.orders_today, 1);
 }
 
 #[test]
@@ -318,7 +327,7 @@ fn a_duplicated_stock_change_keeps_the_original_as_the_setter() {
     );
     let v = feed.view("store-berlin");
     assert_eq!(
-        v.alerts[0].id,
+        v.lists.alerts[0].id,
         "low_stock:store-berlin:BER-0001:inventory-0@0"
     );
 }
@@ -331,8 +340,8 @@ fn active_users_count_signed_in_users_once_across_sessions() {
     feed.apply(session("sess-3", SAMPLE_TIME + 2, None));
     feed.apply(session("sess-4", SAMPLE_TIME - 10 * MINUTE, None));
     let v = feed.view("store-berlin");
-    assert_eq!(v.active_users.today, 3);
-    assert_eq!(v.active_users.last_5_minutes, 2);
+    assert_eq!(v.counters.active_users.today, 3);
+    assert_eq!(v.counters.active_users.last_5_minutes, 2);
 }
 
 #[test]
@@ -348,7 +357,7 @@ fn late_records_are_reported_but_applied_like_any_other() {
     let outcome = feed.apply(order("old", "store-berlin", SAMPLE_TIME, 100, "EUR"));
     assert!(outcome.late);
     assert_eq!(outcome.applied, Applied::Applied);
-    assert_eq!(feed.view("store-berlin").orders_today, 2);
+    assert_eq!(feed.view("store-berlin").counters.orders_today, 2);
 }
 
 #[test]
@@ -537,7 +546,7 @@ fn a_conflated_delta_holds_the_latest_values_and_every_changed_sku() {
     conflated.absorb(&second);
     assert_eq!(conflated.position, second.position);
     let berlin = &conflated.stores["store-berlin"];
-    assert_eq!(berlin.orders_today, 2);
+    assert_eq!(berlin.counters.orders_today, 2);
     let levels: Vec<(&str, i64)> = berlin
         .stock
         .iter()

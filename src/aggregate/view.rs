@@ -149,6 +149,23 @@ pub struct AlertView {
 /// The aggregates of one store, or of all stores rolled up.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StoreView {
+    /// Today's counters (flattened into the view's JSON).
+    #[serde(flatten)]
+    pub counters: DayCounters,
+    /// Minutes of the window that have orders, oldest first (a minute absent had none).
+    pub per_minute: Vec<MinuteView>,
+    /// The 20 newest orders, newest first.
+    pub recent_orders: Vec<OrderView>,
+    /// Every SKU's level, by store and SKU.
+    pub stock: Vec<StockView>,
+    /// The stock lists (flattened into the view's JSON).
+    #[serde(flatten)]
+    pub lists: SkuLists,
+}
+
+/// The counters of "today", shared by a view and a delta (a delta always carries them).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DayCounters {
     /// The store's local date that "today" means; `null` in the all-stores rollup (each
     /// store counts its own today).
     pub day: Option<String>,
@@ -162,16 +179,16 @@ pub struct StoreView {
     pub cancelled_today: u64,
     /// Gross revenue / orders today, per currency, rounded down to a minor unit.
     pub average_order_value: Vec<Money>,
-    /// Start of the per-minute window: the 60 minutes ending at the newest event's minute.
-    pub per_minute_from: String,
-    /// Minutes of the window that have orders, oldest first (a minute absent had none).
-    pub per_minute: Vec<MinuteView>,
-    /// The 20 newest orders, newest first.
-    pub recent_orders: Vec<OrderView>,
     /// Distinct visitors.
     pub active_users: ActiveUsers,
-    /// Every SKU's level, by store and SKU.
-    pub stock: Vec<StockView>,
+    /// Start of the per-minute window: the 60 minutes ending at the newest event's minute.
+    pub per_minute_from: String,
+}
+
+/// The bounded SKU lists, shared by a view and a delta (a delta always carries them whole:
+/// projections move with every event).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SkuLists {
     /// SKUs at or above zero and under their threshold, soonest sell-out first.
     pub low_stock: Vec<LowStockView>,
     /// SKUs below zero, most oversold first.
@@ -394,25 +411,29 @@ impl Rollup {
             })
             .collect();
         StoreView {
-            day,
-            time_zone,
-            orders_today: self.orders,
-            revenue_today: money(&self.net),
-            cancelled_today: self.cancelled,
-            average_order_value,
-            per_minute_from: rfc3339(from * 60_000),
+            counters: DayCounters {
+                day,
+                time_zone,
+                orders_today: self.orders,
+                revenue_today: money(&self.net),
+                cancelled_today: self.cancelled,
+                average_order_value,
+                active_users: ActiveUsers {
+                    last_5_minutes: self.visitors_now.estimate(),
+                    today: self.visitors_today.estimate(),
+                    standard_error: hll::STANDARD_ERROR,
+                },
+                per_minute_from: rfc3339(from * 60_000),
+            },
             per_minute,
             recent_orders: self.orders_list.into_iter().map(|(_, _, o)| o).collect(),
-            active_users: ActiveUsers {
-                last_5_minutes: self.visitors_now.estimate(),
-                today: self.visitors_today.estimate(),
-                standard_error: hll::STANDARD_ERROR,
-            },
             stock: self.stock,
-            low_stock: self.low_stock,
-            oversold: self.oversold,
-            top_products: self.top,
-            alerts: self.alerts,
+            lists: SkuLists {
+                low_stock: self.low_stock,
+                oversold: self.oversold,
+                top_products: self.top,
+                alerts: self.alerts,
+            },
         }
     }
 }
@@ -477,22 +498,9 @@ impl State {
 /// delta twice is harmless.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StoreDelta {
-    /// As in [`StoreView`].
-    pub day: Option<String>,
-    /// As in [`StoreView`].
-    pub time_zone: Option<String>,
-    /// As in [`StoreView`].
-    pub orders_today: u64,
-    /// As in [`StoreView`].
-    pub revenue_today: Vec<Money>,
-    /// As in [`StoreView`].
-    pub cancelled_today: u64,
-    /// As in [`StoreView`].
-    pub average_order_value: Vec<Money>,
-    /// As in [`StoreView`].
-    pub active_users: ActiveUsers,
-    /// As in [`StoreView`]: a client drops minutes older than this.
-    pub per_minute_from: String,
+    /// Always (flattened into the delta's JSON).
+    #[serde(flatten)]
+    pub counters: DayCounters,
     /// The minutes that changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_minute: Option<Vec<MinuteView>>,
@@ -502,14 +510,9 @@ pub struct StoreDelta {
     /// The SKUs that changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stock: Option<Vec<StockView>>,
-    /// The whole list (it moves with every event: projections are relative to "now").
-    pub low_stock: Vec<LowStockView>,
-    /// The whole list (it moves with every event: projections are relative to "now").
-    pub oversold: Vec<StockView>,
-    /// The whole list (it moves with every event: projections are relative to "now").
-    pub top_products: Vec<TopProduct>,
-    /// The whole list (it moves with every event: projections are relative to "now").
-    pub alerts: Vec<AlertView>,
+    /// Always, whole (flattened into the delta's JSON).
+    #[serde(flatten)]
+    pub lists: SkuLists,
 }
 
 /// A live update: the position after it (the SSE id) and, per changed store and for the
@@ -545,14 +548,7 @@ impl StoreDelta {
         sku: &dyn Fn(&StockView) -> bool,
     ) -> StoreDelta {
         StoreDelta {
-            day: view.day,
-            time_zone: view.time_zone,
-            orders_today: view.orders_today,
-            revenue_today: view.revenue_today,
-            cancelled_today: view.cancelled_today,
-            average_order_value: view.average_order_value,
-            active_users: view.active_users,
-            per_minute_from: view.per_minute_from,
+            counters: view.counters,
             per_minute: touched.minutes.then(|| {
                 view.per_minute
                     .into_iter()
@@ -563,10 +559,7 @@ impl StoreDelta {
             stock: touched
                 .skus
                 .then(|| view.stock.into_iter().filter(|s| sku(s)).collect()),
-            low_stock: view.low_stock,
-            oversold: view.oversold,
-            top_products: view.top_products,
-            alerts: view.alerts,
+            lists: view.lists,
         }
     }
 
@@ -582,7 +575,7 @@ impl StoreDelta {
                     minutes.push(m);
                 }
             }
-            minutes.retain(|m| m.minute >= merged.per_minute_from);
+            minutes.retain(|m| m.minute >= merged.counters.per_minute_from);
             minutes.sort_by(|a, b| a.minute.cmp(&b.minute));
         }
         if let Some(earlier) = stock {
