@@ -12,6 +12,7 @@ use crate::aggregate::{Layout, State};
 use crate::checkpoint::{CheckpointStore, Frozen};
 use crate::config::Settings;
 use crate::events::{Codec, TopicRole};
+use crate::http::listener::{Connection, StreamListener};
 use crate::http::{self, AppState};
 use crate::ingest::{Ingest, Status};
 use crate::kafka::{self, KafkaSettings};
@@ -22,10 +23,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
-
-/// Frames a subscriber may be behind before it is sent a snapshot instead (its bounded
-/// queue).
-const FRAME_QUEUE: usize = 256;
 use tokio_util::sync::CancellationToken;
 
 /// Runs `serve` until `stop` is cancelled (or the ingest loop fails).
@@ -46,10 +43,12 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot listen on {}", settings.http.addr))?;
     let address = listener.local_addr()?;
+    let send_buffer = Some(settings.stream.socket_send_buffer).filter(|b| *b > 0);
+    let listener = StreamListener::new(listener, send_buffer);
     println!("storepulse serving on http://{address}");
     tracing::info!(%address, "http listening");
     // Subscribers get receivers from the ingest thread; this sender lives there.
-    let (frames_tx, _) = broadcast::channel(FRAME_QUEUE);
+    let (frames_tx, _) = broadcast::channel(settings.stream.queue_frames);
     let router = http::app(AppState {
         requests: request_tx,
         status: status_rx,
@@ -60,14 +59,18 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
             heartbeat: settings.stream.heartbeat,
             resume_wait: settings.stream.resume_wait,
             max_subscribers: settings.stream.max_subscribers,
+            stall_timeout: settings.stream.stall_timeout,
         },
         stop: stop.clone(),
     });
     let http_stop = stop.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<Connection>(),
+        )
+        .with_graceful_shutdown(async move { http_stop.cancelled().await })
+        .await
     });
 
     let mut migrated = !settings.checkpoint.migrate_on_start;
@@ -125,7 +128,9 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
         log_limits: LogLimits {
             frames: settings.stream.log_max_frames,
             bytes: settings.stream.log_max_bytes,
+            age_ms: u64::try_from(settings.stream.log_max_age.as_millis()).unwrap_or(u64::MAX),
         },
+        started: std::time::Instant::now(),
         frames: frames_tx,
     };
     let done = ingest_done.clone();

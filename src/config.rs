@@ -37,6 +37,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_RESUME_WAIT", "stream.resume_wait"),
     ("STOREPULSE_MAX_SUBSCRIBERS", "stream.max_subscribers"),
     ("STOREPULSE_LOG_MAX_FRAMES", "stream.log_max_frames"),
+    ("STOREPULSE_LOG_MAX_AGE", "stream.log_max_age"),
+    ("STOREPULSE_QUEUE_FRAMES", "stream.queue_frames"),
+    ("STOREPULSE_STALL_TIMEOUT", "stream.stall_timeout"),
+    ("STOREPULSE_SOCKET_SEND_BUFFER", "stream.socket_send_buffer"),
     (
         "STOREPULSE_LOW_STOCK_THRESHOLD",
         "aggregate.low_stock_threshold",
@@ -142,6 +146,16 @@ pub struct StreamSection {
     pub log_max_frames: usize,
     /// Bytes held for resume.
     pub log_max_bytes: usize,
+    /// Oldest frame held for resume.
+    #[serde(deserialize_with = "duration")]
+    pub log_max_age: Duration,
+    /// Frames a subscriber may be behind before it gets a snapshot instead.
+    pub queue_frames: usize,
+    /// A client that reads nothing for this long is disconnected ("0s": never).
+    #[serde(deserialize_with = "duration")]
+    pub stall_timeout: Duration,
+    /// `SO_SNDBUF` of every accepted connection; 0 keeps the kernel's autotuning.
+    pub socket_send_buffer: usize,
     /// Longest wait for a client id that is ahead.
     #[serde(deserialize_with = "duration")]
     pub resume_wait: Duration,
@@ -286,6 +300,9 @@ impl Settings {
         }
         if self.aggregate.days_held < 1 {
             return Err(invalid("aggregate.days_held", "must be at least 1"));
+        }
+        if self.stream.queue_frames < 1 {
+            return Err(invalid("stream.queue_frames", "must be at least 1"));
         }
         Ok(())
     }

@@ -121,6 +121,8 @@ pub struct Ingest {
     pub frame_interval: Duration,
     /// Bounds of the frame log.
     pub log_limits: LogLimits,
+    /// The zero of frame build times (the log's age bound).
+    pub started: Instant,
     /// Where frames are published.
     pub frames: broadcast::Sender<Arc<Frame>>,
 }
@@ -430,6 +432,7 @@ impl Ingest {
             all,
             per_store,
             size,
+            built_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             delta: Arc::new(delta),
         }
     }

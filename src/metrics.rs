@@ -60,6 +60,8 @@ pub struct Metrics {
     pub lagged_subscribers: AtomicU64,
     /// Writes that conflated several pending frames into one delta.
     pub conflated_writes: AtomicU64,
+    /// Streams closed because the client took nothing for the stall timeout.
+    pub stalled_disconnects: AtomicU64,
 }
 
 impl Metrics {
@@ -168,6 +170,11 @@ impl Metrics {
             "lagged_subscribers_total",
             "Streams that fell behind and were sent a snapshot.",
             &[("", get(&self.lagged_subscribers))],
+        );
+        counter(
+            "stalled_disconnects_total",
+            "Streams closed because the client read nothing for the stall timeout.",
+            &[("", get(&self.stalled_disconnects))],
         );
         let mut gauge = |name: &str, help: &str, value: i64| {
             let _ = writeln!(

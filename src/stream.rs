@@ -40,6 +40,9 @@ pub struct Frame {
     pub per_store: HashMap<StoreId, Bytes>,
     /// Bytes held (for the log's bound).
     pub size: usize,
+    /// When it was built, in milliseconds of the builder's monotonic clock (for the log's
+    /// age bound; this module reads no clock).
+    pub built_ms: u64,
     /// The delta itself, for conflating a slow subscriber's pending frames.
     pub delta: Arc<Delta>,
 }
@@ -94,6 +97,8 @@ pub struct LogLimits {
     pub frames: usize,
     /// Most bytes held.
     pub bytes: usize,
+    /// Oldest frame held, in milliseconds before the newest.
+    pub age_ms: u64,
 }
 
 /// The newest frames, by sequence; a client whose last id is here resumes without a
@@ -119,10 +124,15 @@ impl FrameLog {
 
     /// Appends a frame, dropping the oldest beyond the limits.
     pub fn push(&mut self, frame: Arc<Frame>) {
+        let newest_ms = frame.built_ms;
         self.bytes += frame.size;
         self.by_id.insert(frame.id.clone(), frame.seq);
         self.frames.push_back(frame);
-        while self.frames.len() > self.limits.frames.max(1) || self.bytes > self.limits.bytes {
+        let too_old = |f: &Frame| newest_ms.saturating_sub(f.built_ms) > self.limits.age_ms;
+        while self.frames.len() > self.limits.frames.max(1)
+            || self.bytes > self.limits.bytes
+            || self.frames.front().is_some_and(|f| too_old(f))
+        {
             let Some(old) = self.frames.pop_front() else {
                 break;
             };
@@ -168,6 +178,7 @@ mod tests {
             all: Bytes::new(),
             per_store: HashMap::new(),
             size,
+            built_ms: seq * 1_000,
             delta: Arc::new(Delta {
                 position: format!("t:{seq}"),
                 as_of: None,
@@ -195,6 +206,7 @@ mod tests {
         let mut log = FrameLog::new(LogLimits {
             frames: 3,
             bytes: 1_000,
+            age_ms: 60_000,
         });
         for seq in 1..=5 {
             log.push(frame(seq, 10));
@@ -213,10 +225,23 @@ mod tests {
         let mut small = FrameLog::new(LogLimits {
             frames: 100,
             bytes: 25,
+            age_ms: 60_000,
         });
         for seq in 1..=5 {
             small.push(frame(seq, 10));
         }
         assert_eq!((small.len(), small.bytes()), (2, 20));
+        // Frames one second apart; a log of 2.5 s holds the newest three.
+        let mut young = FrameLog::new(LogLimits {
+            frames: 100,
+            bytes: 1_000,
+            age_ms: 2_500,
+        });
+        for seq in 1..=5 {
+            young.push(frame(seq, 10));
+        }
+        assert_eq!(young.len(), 3);
+        assert!(young.after("t:2").is_none(), "too old");
+        assert!(young.after("t:3").is_some());
     }
 }

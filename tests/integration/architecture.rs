@@ -9,6 +9,7 @@ const CORE: &[&str] = &[
     "src/events",
     "src/aggregate",
     "src/simulate/scenario.rs",
+    "src/stream.rs",
     "src/simulate/scenario",
 ];
 

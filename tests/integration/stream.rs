@@ -27,10 +27,20 @@ struct SseClient {
 
 impl SseClient {
     fn connect(address: &str, path: &str, last_event_id: Option<&[u8]>) -> SseClient {
+        SseClient::connect_with(address, path, last_event_id, None)
+    }
+
+    /// Connects with a fixed `SO_RCVBUF` (a client whose kernel buffers little).
+    fn connect_with(
+        address: &str,
+        path: &str,
+        last_event_id: Option<&[u8]>,
+        receive_buffer: Option<usize>,
+    ) -> SseClient {
         // A process that is still assigning its partitions answers 503: try again.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match SseClient::try_connect(address, path, last_event_id) {
+            match SseClient::try_connect(address, path, last_event_id, receive_buffer) {
                 Some(client) => return client,
                 None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
                 None => panic!("{path} never answered 200"),
@@ -38,8 +48,24 @@ impl SseClient {
         }
     }
 
-    fn try_connect(address: &str, path: &str, last_event_id: Option<&[u8]>) -> Option<SseClient> {
-        let mut stream = std::net::TcpStream::connect(address).expect("connects");
+    fn try_connect(
+        address: &str,
+        path: &str,
+        last_event_id: Option<&[u8]>,
+        receive_buffer: Option<usize>,
+    ) -> Option<SseClient> {
+        let target: std::net::SocketAddr = address.parse().expect("an ip:port address");
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(target),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        if let Some(bytes) = receive_buffer {
+            socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        }
+        socket.connect(&target.into()).expect("connects");
+        let mut stream: std::net::TcpStream = socket.into();
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
@@ -70,15 +96,24 @@ impl SseClient {
 
     /// The next event with data (comments and `retry:` are skipped).
     fn next(&mut self) -> Sse {
+        self.try_next().expect("stream ended")
+    }
+
+    /// The next event with data, or `None` when the server closed the stream.
+    fn try_next(&mut self) -> Option<Sse> {
         let (mut event, mut id, mut data) = (String::from("message"), None, String::new());
         loop {
             let mut line = String::new();
-            let n = self.reader.read_line(&mut line).expect("stream line");
-            assert!(n > 0, "stream ended");
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("stream line: {e}"),
+            }
             let line = line.trim_end_matches('\n');
             if line.is_empty() {
                 if !data.is_empty() {
-                    return Sse { event, id, data };
+                    return Some(Sse { event, id, data });
                 }
                 continue;
             }
@@ -461,53 +496,78 @@ async fn a_client_ahead_of_a_restarted_process_waits_and_never_steps_back_and_ma
     .expect("thread");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_client_that_reads_nothing_falls_back_to_a_snapshot_and_others_get_every_frame() {
-    let (settings, server, first) = caught_up_server(
-        "stream-slow",
-        7,
-        200,
-        &[("STOREPULSE_FRAME_INTERVAL", "2ms")],
-    )
-    .await;
-    let address = server.address.clone();
-    let (mut slow, fast) = tokio::task::block_in_place(|| {
-        (
-            SseClient::connect(&address, "/api/stream", None),
-            SseClient::connect(&address, "/api/stream", None),
-        )
-    });
-    // Many frames while the slow client reads nothing at all and the other reads along.
+/// Room for about 16 KB in the kernel on each side, so a client that stops reading blocks
+/// the server's writes after a few frames rather than after megabytes.
+const SMALL_BUFFERS: [(&str, &str); 2] = [
+    ("STOREPULSE_FRAME_INTERVAL", "2ms"),
+    ("STOREPULSE_SOCKET_SEND_BUFFER", "8192"),
+];
+const SMALL_RECEIVE_BUFFER: Option<usize> = Some(8192);
+
+fn counter(server: &Server, name: &str) -> i64 {
+    let (_, body) = server.get("/metrics");
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or_else(|| panic!("metric {name}"))
+}
+
+/// Produces 30 000 more records while `fast` reads along; returns its events and the total.
+async fn produce_while_reading(
+    settings: &KafkaSettings,
+    fast: SseClient,
+    first: i64,
+) -> (Vec<Sse>, i64) {
     let total = first + 30_000;
     let fast_reader = tokio::task::spawn_blocking(move || {
         let mut fast = fast;
         read_until(&mut fast, total)
     });
-    let more = produce(&settings, 8, START + 60_000, 30_000, Some(6_000.0)).await;
+    let more = produce(settings, 8, START + 60_000, 30_000, Some(6_000.0)).await;
     assert_eq!(first + more, total);
     let fast_events = fast_reader.await.expect("reader");
-    let slow_events = tokio::task::block_in_place(|| read_until(&mut slow, total));
-    let mut view = None;
-    check_and_apply(&mut view, &fast_events);
     assert_eq!(
         fast_events.iter().filter(|e| e.event == "snapshot").count(),
         1,
         "the reading client never needed another snapshot"
     );
+    (fast_events, total)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_falls_behind_the_queue_gets_a_snapshot_not_a_backlog() {
+    let environment: &'static [(&str, &str)] = &[
+        SMALL_BUFFERS[0],
+        SMALL_BUFFERS[1],
+        ("STOREPULSE_QUEUE_FRAMES", "8"),
+        ("STOREPULSE_STALL_TIMEOUT", "0s"),
+    ];
+    let (settings, server, first) = caught_up_server("stream-slow", 7, 200, environment).await;
+    let address = server.address.clone();
+    let (mut slow, fast) = tokio::task::block_in_place(|| {
+        (
+            SseClient::connect_with(&address, "/api/stream", None, SMALL_RECEIVE_BUFFER),
+            SseClient::connect(&address, "/api/stream", None),
+        )
+    });
+    // Hundreds of frames while the slow client reads nothing and the other reads along:
+    // the slow one's socket fills, its queue of 8 frames overflows.
+    let (fast_events, total) = produce_while_reading(&settings, fast, first).await;
+    let slow_events = tokio::task::block_in_place(|| read_until(&mut slow, total));
+    let mut view = None;
+    check_and_apply(&mut view, &fast_events);
     let mut slow_view = None;
     check_and_apply(&mut slow_view, &slow_events);
-    let (_, body) = server.get("/metrics");
-    let lagged = body
-        .lines()
-        .find(|l| l.starts_with("storepulse_lagged_subscribers_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<i64>().ok())
-        .expect("metric");
-    assert!(lagged >= 1, "the idle client fell behind the frames");
+    assert!(
+        counter(&server, "storepulse_lagged_subscribers_total") >= 1,
+        "the idle client fell behind the frames"
+    );
     assert!(
         slow_events.iter().skip(1).any(|e| e.event == "snapshot"),
         "a lagged client gets a snapshot instead of a backlog"
     );
+    assert_eq!(counter(&server, "storepulse_stalled_disconnects_total"), 0);
     let (_, body) = server.get("/api/snapshot");
     let snapshot: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(
@@ -516,6 +576,68 @@ async fn a_client_that_reads_nothing_falls_back_to_a_snapshot_and_others_get_eve
     );
     assert_eq!(
         sorted_stock(slow_view.expect("view")),
+        sorted_stock(snapshot)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_reads_nothing_is_disconnected_and_resumes_exactly_by_its_last_id() {
+    let environment: &'static [(&str, &str)] = &[
+        SMALL_BUFFERS[0],
+        SMALL_BUFFERS[1],
+        ("STOREPULSE_STALL_TIMEOUT", "1s"),
+    ];
+    let (settings, server, first) = caught_up_server("stream-stall", 9, 200, environment).await;
+    let address = server.address.clone();
+    let (mut stalled, fast) = tokio::task::block_in_place(|| {
+        (
+            SseClient::connect_with(&address, "/api/stream", None, SMALL_RECEIVE_BUFFER),
+            SseClient::connect(&address, "/api/stream", None),
+        )
+    });
+    // Five seconds of frames; the stalled client takes nothing, so after a second of a
+    // blocked socket the server closes it.
+    let (fast_events, total) = produce_while_reading(&settings, fast, first).await;
+    assert!(
+        counter(&server, "storepulse_stalled_disconnects_total") >= 1,
+        "the client that read nothing was disconnected"
+    );
+    // It reads what its socket held, finds the end, and reconnects with its last id, as an
+    // EventSource does: the frames after it (rule 2), no snapshot, and ends exact.
+    let mut events = Vec::new();
+    tokio::task::block_in_place(|| {
+        while let Some(event) = stalled.try_next() {
+            events.push(event);
+        }
+    });
+    let last_id = events
+        .iter()
+        .rev()
+        .find_map(|e| e.id.clone())
+        .expect("the opening snapshot had an id");
+    let resumed = tokio::task::block_in_place(|| {
+        let mut client = SseClient::connect(&address, "/api/stream", Some(last_id.as_bytes()));
+        read_until(&mut client, total)
+    });
+    assert!(
+        resumed
+            .iter()
+            .all(|e| e.event != "snapshot" && e.event != "resync"),
+        "resumed from the frame log, without a snapshot"
+    );
+    events.extend(resumed);
+    let mut view = None;
+    check_and_apply(&mut view, &events);
+    let mut fast_view = None;
+    check_and_apply(&mut fast_view, &fast_events);
+    let (_, body) = server.get("/api/snapshot");
+    let snapshot: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        sorted_stock(view.expect("view")),
+        sorted_stock(snapshot.clone())
+    );
+    assert_eq!(
+        sorted_stock(fast_view.expect("view")),
         sorted_stock(snapshot)
     );
 }

@@ -1,4 +1,5 @@
-//! The HTTP API (axum): snapshots, health, readiness and metrics. The only axum code.
+//! The HTTP API (axum): snapshots, the live stream, health, readiness and metrics. The only
+//! axum code (with `listener`, which owns the sockets).
 //!
 //! Handlers never touch the state: a snapshot is requested from the ingest thread, which
 //! serialises it once per (position, scope) and caches it.
@@ -8,21 +9,25 @@ use crate::events::StoreId;
 use crate::ingest::Subscription;
 use crate::ingest::{Request, Status};
 use crate::metrics::Metrics;
+use axum::Extension;
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use listener::{Connection, KillSwitch};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+
+pub mod listener;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -52,6 +57,8 @@ pub struct StreamSettings {
     pub resume_wait: Duration,
     /// Most concurrent streams.
     pub max_subscribers: usize,
+    /// A client that takes nothing from its socket for this long is disconnected.
+    pub stall_timeout: Duration,
 }
 
 /// An error response: a status and a reason, as JSON.
@@ -202,6 +209,7 @@ async fn subscribe(
 /// `GET /api/stream`: Server-Sent Events, resumable by `Last-Event-ID` (docs/api.md).
 async fn stream(
     State(app): State<AppState>,
+    connection: Option<Extension<ConnectInfo<Connection>>>,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -271,12 +279,19 @@ async fn stream(
     };
     let heartbeat = app.stream.heartbeat;
     let stop = app.stop.clone();
+    let stall = StallWatch::start(
+        connection.map(|Extension(ConnectInfo(c))| c.kill),
+        app.stream.stall_timeout,
+        Arc::clone(&app.metrics),
+    );
     let body = async_stream::stream! {
         let _guard = guard;
         // Reconnect within a second after a drop.
         yield Ok::<Bytes, std::convert::Infallible>(Bytes::from_static(b"retry: 1000\n\n"));
         // Batched: everything pending goes out in one write.
+        stall.offered();
         yield Ok(Bytes::from(first.concat()));
+        stall.taken();
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         loop {
             tokio::select! {
@@ -291,7 +306,9 @@ async fn stream(
                             Metrics::inc(&app.metrics.conflated_writes);
                         }
                         if let Some(bytes) = crate::stream::pending_bytes(&pending, store.as_ref()) {
+                            stall.offered();
                             yield Ok(bytes);
+                            stall.taken();
                         }
                     }
                     Err(RecvError::Lagged(_)) => {
@@ -300,7 +317,9 @@ async fn stream(
                         match subscribe(&app, store.clone(), None).await {
                             Ok(Subscription::Snapshot { bytes, live: fresh, .. }) => {
                                 live = fresh;
+                                stall.offered();
                                 yield Ok(bytes);
+                                stall.taken();
                             }
                             _ => break,
                         }
@@ -311,7 +330,9 @@ async fn stream(
                     let status = app.status.borrow().clone();
                     let lag = app.metrics.consumer_lag.load(Ordering::Relaxed);
                     let progress = json!({ "as_of_ms": status.newest_event_time, "lag": lag });
+                    stall.offered();
                     yield Ok(Bytes::from(crate::stream::sse_event("progress", None, progress.to_string().as_bytes())));
+                    stall.taken();
                 }
                 () = stop.cancelled() => break,
             }
@@ -326,6 +347,73 @@ async fn stream(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// Disconnects a client that stops taking bytes: hyper polls a body only when the socket
+/// has room, so a chunk offered and not taken for `timeout` means the client is not reading.
+/// The stream cannot end itself then (it is not polled), so a timer task flips the
+/// connection's kill switch; the client reconnects with its Last-Event-ID (rule 2 or 3).
+struct StallWatch {
+    /// Milliseconds since `epoch` when the pending chunk was offered; 0 when none is.
+    offered_at: Arc<AtomicU64>,
+    epoch: tokio::time::Instant,
+    watchdog: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl StallWatch {
+    fn start(kill: Option<KillSwitch>, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        let offered_at = Arc::new(AtomicU64::new(0));
+        let epoch = tokio::time::Instant::now();
+        let watchdog = kill.filter(|_| !timeout.is_zero()).map(|kill| {
+            let offered_at = Arc::clone(&offered_at);
+            tokio::spawn(async move {
+                let mut deadline = epoch + timeout;
+                loop {
+                    tokio::time::sleep_until(deadline).await;
+                    let since = offered_at.load(Ordering::Acquire);
+                    if since == 0 {
+                        deadline = tokio::time::Instant::now() + timeout;
+                        continue;
+                    }
+                    let stuck_from = epoch + Duration::from_millis(since);
+                    if stuck_from + timeout <= tokio::time::Instant::now() {
+                        Metrics::inc(&metrics.stalled_disconnects);
+                        tracing::info!(
+                            ?timeout,
+                            "disconnecting a stream client that stopped reading"
+                        );
+                        kill.kill();
+                        return;
+                    }
+                    deadline = stuck_from + timeout;
+                }
+            })
+        });
+        StallWatch {
+            offered_at,
+            epoch,
+            watchdog,
+        }
+    }
+
+    /// A chunk is handed to hyper.
+    fn offered(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.offered_at.store(ms.max(1), Ordering::Release);
+    }
+
+    /// hyper polled again: the chunk went into the connection's buffer.
+    fn taken(&self) {
+        self.offered_at.store(0, Ordering::Release);
+    }
+}
+
+impl Drop for StallWatch {
+    fn drop(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.abort();
+        }
+    }
 }
 
 /// The same SSE event under another event name.
