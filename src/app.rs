@@ -39,8 +39,7 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
     let (request_tx, request_rx) = mpsc::channel(1024);
     let (status_tx, status_rx) = watch::channel(Status::default());
     let status_watch = status_rx.clone();
-    let listener = tokio::net::TcpListener::bind(settings.http.addr)
-        .await
+    let listener = http::listener::bind(settings.http.addr)
         .with_context(|| format!("cannot listen on {}", settings.http.addr))?;
     let address = listener.local_addr()?;
     let send_buffer = Some(settings.stream.socket_send_buffer).filter(|b| *b > 0);

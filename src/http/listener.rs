@@ -17,6 +17,23 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Most connections waiting to be accepted. A reconnect storm (every dashboard of a
+/// restarted process at once) overflows tokio's default of 1024 into SYN retries of 1 s
+/// and more; the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds `addr` with `SO_REUSEADDR` and a deep accept queue.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Accepts TCP connections with `TCP_NODELAY` (frames are small and latency matters) and,
 /// when configured, a fixed send buffer (bounds the kernel memory a stalled client holds).
 pub struct StreamListener {

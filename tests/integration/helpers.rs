@@ -141,6 +141,8 @@ pub struct Server {
     child: std::process::Child,
     /// `127.0.0.1:PORT`.
     pub address: String,
+    /// Its checkpoint group.
+    pub group: String,
 }
 
 impl Server {
@@ -190,7 +192,11 @@ impl Server {
             .expect("an address")
             .to_owned();
         assert!(address.contains(':'), "unexpected first line: {line:?}");
-        Server { child, address }
+        Server {
+            child,
+            address,
+            group: group.to_owned(),
+        }
     }
 
     /// GET `path`.
