@@ -540,11 +540,11 @@ async fn produce_while_reading(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_client_that_falls_behind_the_queue_gets_a_snapshot_not_a_backlog() {
+async fn a_client_that_falls_behind_the_queue_gets_one_conflated_delta_not_a_backlog() {
     let environment: &'static [(&str, &str)] = &[
         SMALL_BUFFERS[0],
         SMALL_BUFFERS[1],
-        ("STOREPULSE_QUEUE_FRAMES", "8"),
+        ("STOREPULSE_QUEUE_FRAMES", "32"),
         ("STOREPULSE_STALL_TIMEOUT", "0s"),
     ];
     let (settings, server, first) = caught_up_server("stream-slow", 7, 200, environment).await;
@@ -556,7 +556,7 @@ async fn a_client_that_falls_behind_the_queue_gets_a_snapshot_not_a_backlog() {
         )
     });
     // Hundreds of frames while the slow client reads nothing and the other reads along:
-    // the slow one's socket fills, its queue of 8 frames overflows.
+    // the slow one's socket fills, its queue of 32 frames overflows.
     let (fast_events, total) = produce_while_reading(&settings, fast, first).await;
     let slow_events = tokio::task::block_in_place(|| read_until(&mut slow, total));
     let mut view = None;
@@ -567,9 +567,21 @@ async fn a_client_that_falls_behind_the_queue_gets_a_snapshot_not_a_backlog() {
         counter(&server, "storepulse_lagged_subscribers_total") >= 1,
         "the idle client fell behind the frames"
     );
+    // The frames it missed are still in the log: one conflated delta from its last frame
+    // (rule 2), no second snapshot, far fewer events than the reader got.
     assert!(
-        slow_events.iter().skip(1).any(|e| e.event == "snapshot"),
-        "a lagged client gets a snapshot instead of a backlog"
+        slow_events
+            .iter()
+            .skip(1)
+            .all(|e| e.event == "delta" || e.event == "progress"),
+        "a lagged client whose frames are in the log needs no snapshot"
+    );
+    let deltas = |events: &[Sse]| events.iter().filter(|e| e.event == "delta").count();
+    assert!(
+        deltas(&slow_events) < deltas(&fast_events),
+        "conflated: {} deltas for the lagged client, {} for the reader",
+        deltas(&slow_events),
+        deltas(&fast_events)
     );
     assert_eq!(counter(&server, "storepulse_stalled_disconnects_total"), 0);
     let (_, body) = server.get("/api/snapshot");

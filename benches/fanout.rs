@@ -1,0 +1,577 @@
+//! Fan-out, cost per dashboard and resume storm of the live stream, against the real local
+//! stack (`scripts/bench fanout` brings it up). Every server is a separate process, so its
+//! RSS and CPU (from `/proc`) are its own; the clients are tokio tasks in this process.
+//!
+//! 1. Fan-out: N idle SSE clients (server RSS per client), then records at a fixed rate
+//!    (deliveries/s, latency = parse time − the frame's `as_of_ms`, server CPU); the same
+//!    against the naive baseline in the same run: an axum `Sse` handler that serialises
+//!    every delta once per client and writes one event per delta through a tokio
+//!    broadcast (this binary, re-executed as `naive-server`, fed by one storepulse stream).
+//! 2. Cost per dashboard: server CPU for M dashboards on the stream vs the same M polling
+//!    `/api/snapshot` every second, at the same record rate.
+//! 3. Resume storm: M clients on the stream, `serve` SIGKILLed and restarted on the same
+//!    port from its checkpoint; time until every client has an event again.
+//!
+//! Prints Markdown for `docs/benchmarks.md`; asserts nothing about speed. Settings:
+//! `BENCH_CLIENTS` (10000), `BENCH_DASHBOARDS` (1000), `BENCH_SECONDS` (10),
+//! `BENCH_RATE` (200 records/s).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use storepulse::kafka::{self, KafkaSettings, Topics};
+use storepulse::simulate::scenario::ScenarioConfig;
+use storepulse::simulate::{self, SimulateOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What a group of clients saw.
+#[derive(Default)]
+struct Tally {
+    deliveries: AtomicU64,
+    bytes: AtomicU64,
+    connected: AtomicUsize,
+    /// Clients that received an event since `mark` was reset.
+    fresh: AtomicUsize,
+    latencies: std::sync::Mutex<Vec<i64>>,
+    recording: std::sync::atomic::AtomicBool,
+}
+
+/// A process's CPU seconds and RSS bytes, from `/proc`.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the command: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    (cpu, rss_kb * 1024)
+}
+
+/// An SSE client that reconnects with its last id; counts events, and records the latency
+/// of deltas while `tally.recording` is set. Finds fields by text, not by parsing JSON,
+/// so that ten thousand of them fit on the bench's cores.
+async fn sse_client(
+    address: String,
+    tally: Arc<Tally>,
+    seen_fresh: Arc<AtomicI64>,
+    stop: CancellationToken,
+) {
+    let mut last_id: Option<String> = None;
+    let mut my_mark = i64::MIN;
+    while !stop.is_cancelled() {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut request = format!("GET /api/stream HTTP/1.0\r\nHost: {address}\r\n");
+        if let Some(id) = &last_id {
+            request.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        request.push_str("\r\n");
+        if stream.write_all(request.as_bytes()).await.is_err() {
+            continue;
+        }
+        tally.connected.fetch_add(1, Ordering::Relaxed);
+        let mut buffer: Vec<u8> = Vec::with_capacity(16 * 1024);
+        let mut chunk = vec![0u8; 16 * 1024];
+        let mut header_done = false;
+        loop {
+            let read = tokio::select! {
+                read = stream.read(&mut chunk) => read.unwrap_or(0),
+                () = stop.cancelled() => 0,
+            };
+            if read == 0 {
+                break;
+            }
+            buffer.extend_from_slice(&chunk[..read]);
+            tally.bytes.fetch_add(read as u64, Ordering::Relaxed);
+            if !header_done {
+                match find(&buffer, b"\r\n\r\n") {
+                    Some(end) => {
+                        buffer.drain(..end + 4);
+                        header_done = true;
+                    }
+                    None => continue,
+                }
+            }
+            while let Some(end) = find(&buffer, b"\n\n") {
+                let event = &buffer[..end];
+                if let Some(id) = field(event, b"id: ") {
+                    last_id = Some(String::from_utf8_lossy(id).into_owned());
+                }
+                let mark = seen_fresh.load(Ordering::Relaxed);
+                if field(event, b"data: ").is_some() && mark != my_mark {
+                    my_mark = mark;
+                    tally.fresh.fetch_add(1, Ordering::Relaxed);
+                }
+                if field(event, b"event: ") == Some(b"delta") {
+                    tally.deliveries.fetch_add(1, Ordering::Relaxed);
+                    if tally.recording.load(Ordering::Relaxed)
+                        && let Some(as_of) = as_of_ms(event)
+                        && let Ok(mut all) = tally.latencies.lock()
+                    {
+                        all.push(now_ms() - as_of);
+                    }
+                }
+                buffer.drain(..end + 2);
+            }
+        }
+        tally.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn field<'a>(event: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    event
+        .split(|b| *b == b'\n')
+        .find_map(|line| line.strip_prefix(name))
+}
+
+fn as_of_ms(event: &[u8]) -> Option<i64> {
+    let data = field(event, b"data: ")?;
+    let at = find(data, b"\"as_of_ms\":")? + 11;
+    let digits: Vec<u8> = data[at..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return -1;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn produce(settings: &KafkaSettings, seed: u64, rate: f64, seconds: u64) -> u64 {
+    simulate::run(
+        settings,
+        SimulateOptions {
+            scenario: ScenarioConfig {
+                seed,
+                start_ms: now_ms(),
+                events_per_second: rate,
+                stores: 3,
+                skus_per_store: 40,
+                flash_sale: None,
+            },
+            rate: Some(rate),
+            count: None,
+            duration: Some(Duration::from_secs(seconds)),
+            partitions: 4,
+            create_topics: false,
+            message_timeout: Duration::from_secs(30),
+            progress_every: None,
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .expect("produced")
+    .acked
+}
+
+async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// One group of clients against `address`.
+struct Clients {
+    tally: Arc<Tally>,
+    mark: Arc<AtomicI64>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Clients {
+    /// `n` clients; waits until all are connected and, with `first_event`, until each has
+    /// had an event (the naive baseline sends nothing before its first delta).
+    async fn connect(address: &str, n: usize, first_event: bool) -> Clients {
+        let tally = Arc::new(Tally::default());
+        let mark = Arc::new(AtomicI64::new(0));
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::with_capacity(n);
+        for i in 0..n {
+            tasks.push(tokio::spawn(sse_client(
+                address.to_owned(),
+                Arc::clone(&tally),
+                Arc::clone(&mark),
+                stop.clone(),
+            )));
+            if i % 500 == 499 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let clients = Clients {
+            tally,
+            mark,
+            stop,
+            tasks,
+        };
+        let tally = Arc::clone(&clients.tally);
+        wait_for("clients", Duration::from_secs(120), || {
+            tally.connected.load(Ordering::Relaxed) >= n
+                && (!first_event || tally.fresh.load(Ordering::Relaxed) >= n)
+        })
+        .await;
+        clients
+    }
+
+    async fn close(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Fan-out numbers of one server.
+struct FanOut {
+    rss_per_client: f64,
+    deliveries_per_s: f64,
+    cpu_s: f64,
+    p50: i64,
+    p99: i64,
+    p999: i64,
+}
+
+async fn fan_out(
+    first_event: bool,
+    pid: u32,
+    address: &str,
+    settings: &KafkaSettings,
+    n: usize,
+    rate: f64,
+    seconds: u64,
+) -> FanOut {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, rss_before) = usage(pid);
+    let clients = Clients::connect(address, n, first_event).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (cpu_before, rss_idle) = usage(pid);
+    clients.tally.recording.store(true, Ordering::Relaxed);
+    let delivered_before = clients.tally.deliveries.load(Ordering::Relaxed);
+    let started = Instant::now();
+    produce(settings, rand::random(), rate, seconds).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (cpu_after, _) = usage(pid);
+    let delivered = clients.tally.deliveries.load(Ordering::Relaxed) - delivered_before;
+    let mut latencies = clients
+        .tally
+        .latencies
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    latencies.sort_unstable();
+    clients.close().await;
+    FanOut {
+        rss_per_client: rss_idle.saturating_sub(rss_before) as f64 / n as f64,
+        deliveries_per_s: delivered as f64 / elapsed,
+        cpu_s: cpu_after - cpu_before,
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        p999: percentile(&latencies, 0.999),
+    }
+}
+
+/// Server CPU seconds while `m` dashboards poll `/api/snapshot` every second.
+async fn polling_cpu(
+    pid: u32,
+    address: &str,
+    settings: &KafkaSettings,
+    m: usize,
+    rate: f64,
+    seconds: u64,
+) -> (f64, u64) {
+    let stop = CancellationToken::new();
+    let polls = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..m {
+        let (address, stop, polls) = (address.to_owned(), stop.clone(), Arc::clone(&polls));
+        tasks.push(tokio::spawn(async move {
+            // Spread over the second, as independent dashboards are.
+            tokio::time::sleep(Duration::from_millis((i as u64 * 1000) / m as u64)).await;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                if get_ok(&address, "/api/snapshot").await {
+                    polls.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (before, _) = usage(pid);
+    produce(settings, rand::random(), rate, seconds).await;
+    let (after, _) = usage(pid);
+    stop.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    (after - before, polls.load(Ordering::Relaxed))
+}
+
+/// `GET path` over HTTP/1.0, reading the whole body; true on a 200.
+async fn get_ok(address: &str, path: &str) -> bool {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else {
+        return false;
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body).await.is_ok() && body.starts_with(b"HTTP/1.1 200")
+        || body.starts_with(b"HTTP/1.0 200")
+}
+
+/// The naive baseline: one storepulse stream in, every delta re-serialised for every client.
+async fn naive_server(source: String) {
+    use axum::response::sse::{Event, Sse};
+    use tokio::sync::broadcast;
+    let (tx, _) = broadcast::channel::<Arc<serde_json::Value>>(1024);
+    let feed = tx.clone();
+    tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(&source)
+            .await
+            .expect("source");
+        let request = format!("GET /api/stream HTTP/1.0\r\nHost: {source}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("request");
+        let mut buffer = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let read = stream.read(&mut chunk).await.unwrap_or(0);
+            if read == 0 {
+                return;
+            }
+            buffer.extend_from_slice(&chunk[..read]);
+            while let Some(end) = find(&buffer, b"\n\n") {
+                let event = buffer[..end].to_vec();
+                buffer.drain(..end + 2);
+                if field(&event, b"event: ") == Some(b"delta")
+                    && let Some(data) = field(&event, b"data: ")
+                    && let Ok(value) = serde_json::from_slice(data)
+                {
+                    let _ = feed.send(Arc::new(value));
+                }
+            }
+        }
+    });
+    let router = axum::Router::new().route(
+        "/api/stream",
+        axum::routing::get(move || {
+            let mut rx = tx.subscribe();
+            async move {
+                let events = async_stream::stream! {
+                    loop {
+                        match rx.recv().await {
+                            Ok(delta) => {
+                                let json = serde_json::to_string(&*delta).unwrap_or_default();
+                                yield Ok::<Event, std::convert::Infallible>(Event::default().event("delta").data(json));
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(broadcast::error::RecvError::Closed) => break,
+                        }
+                    }
+                };
+                Sse::new(events)
+            }
+        }),
+    );
+    let listener =
+        storepulse::http::listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    println!(
+        "naive serving on http://{}",
+        listener.local_addr().expect("addr")
+    );
+    axum::serve(listener, router).await.expect("naive server");
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("naive-server") {
+        naive_server(args.get(2).cloned().expect("source address")).await;
+        return;
+    }
+    let n = setting("BENCH_CLIENTS", 10_000) as usize;
+    let m = setting("BENCH_DASHBOARDS", 1_000) as usize;
+    let seconds = setting("BENCH_SECONDS", 10);
+    let rate = setting("BENCH_RATE", 200) as f64;
+    let suffix: u32 = rand::random();
+    let settings = KafkaSettings {
+        brokers: std::env::var("STOREPULSE_KAFKA_BROKERS")
+            .unwrap_or_else(|_| kafka::DEFAULT_BROKERS.into()),
+        topics: Topics {
+            orders: format!("bench-fanout-{suffix}-orders"),
+            inventory: format!("bench-fanout-{suffix}-inventory"),
+            activity: format!("bench-fanout-{suffix}-activity"),
+        },
+    };
+    kafka::ensure_topics(
+        &settings,
+        &settings.topics.all(),
+        4,
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("topics");
+    produce(&settings, 1, rate, 2).await;
+    let group = format!("bench-fanout-{suffix}");
+    let environment = [("STOREPULSE_MAX_SUBSCRIBERS", "20000")];
+    let (mut serve, address) = common::spawn_serve(&settings.topics, &group, &environment);
+    wait_for("readiness", Duration::from_secs(60), || {
+        common::http_get(&address, "/readyz").0 == 200
+    })
+    .await;
+    let pid = serve.id();
+
+    // 1. Fan-out: storepulse, then the naive baseline fed by it.
+    let ours = fan_out(true, pid, &address, &settings, n, rate, seconds).await;
+    let mut naive = std::process::Command::new(std::env::current_exe().expect("self"))
+        .args(["naive-server", &address])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("naive server starts");
+    let naive_address = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(naive.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("address");
+        line.trim()
+            .rsplit("http://")
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let theirs = fan_out(
+        false,
+        naive.id(),
+        &naive_address,
+        &settings,
+        n,
+        rate,
+        seconds,
+    )
+    .await;
+    let _ = naive.kill();
+    let _ = naive.wait();
+
+    // 2. Cost per dashboard: the stream vs polling, M dashboards each.
+    let stream_cpu = {
+        let clients = Clients::connect(&address, m, true).await;
+        let (before, _) = usage(pid);
+        produce(&settings, rand::random(), rate, seconds).await;
+        let (after, _) = usage(pid);
+        clients.close().await;
+        after - before
+    };
+    let (poll_cpu, polls) = polling_cpu(pid, &address, &settings, m, rate, seconds).await;
+
+    // 3. Resume storm: M clients, SIGKILL, restart on the same port.
+    let storm = Clients::connect(&address, m, true).await;
+    produce(&settings, rand::random(), rate, 2).await;
+    tokio::time::sleep(Duration::from_secs(6)).await; // a checkpoint behind the clients
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let killed = Instant::now();
+    storm.mark.fetch_add(1, Ordering::Relaxed);
+    storm.tally.fresh.store(0, Ordering::Relaxed);
+    let restart_env = [
+        ("STOREPULSE_MAX_SUBSCRIBERS", "20000"),
+        ("STOREPULSE_HTTP_ADDR", address.as_str()),
+    ];
+    let (mut serve, _) = common::spawn_serve(&settings.topics, &group, &restart_env);
+    let listening = killed.elapsed();
+    let tally = Arc::clone(&storm.tally);
+    wait_for("the storm", Duration::from_secs(120), || {
+        tally.fresh.load(Ordering::Relaxed) >= m
+    })
+    .await;
+    let all_live = killed.elapsed();
+    storm.close().await;
+    let _ = serve.kill();
+    let _ = serve.wait();
+
+    println!("## Fan-out: {n} SSE clients, {rate} records/s for {seconds} s (3 stores × 40 SKUs)");
+    println!();
+    println!(
+        "| server | RSS per idle client | deliveries/s | server CPU s | p50 ms | p99 ms | p99.9 ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, f) in [
+        ("storepulse", &ours),
+        ("naive broadcast (baseline)", &theirs),
+    ] {
+        println!(
+            "| {name} | {:.1} KB | {:.0} | {:.2} | {} | {} | {} |",
+            f.rss_per_client / 1024.0,
+            f.deliveries_per_s,
+            f.cpu_s,
+            f.p50,
+            f.p99,
+            f.p999
+        );
+    }
+    println!();
+    println!("## Cost per dashboard: {m} dashboards, {rate} records/s for {seconds} s");
+    println!();
+    println!("| mode | server CPU s | ratio |");
+    println!("|---|---:|---:|");
+    println!("| SSE stream | {stream_cpu:.2} | 1 |");
+    println!(
+        "| polling /api/snapshot every 1 s ({polls} polls) | {poll_cpu:.2} | {:.1}× |",
+        poll_cpu / stream_cpu.max(0.01)
+    );
+    println!();
+    println!("## Resume storm: {m} clients, serve SIGKILLed and restarted on the same port");
+    println!();
+    println!("| kill → restarted process spawned | kill → every client has an event again |");
+    println!("|---:|---:|");
+    println!(
+        "| {} ms | {} ms |",
+        listening.as_millis(),
+        all_live.as_millis()
+    );
+}
