@@ -132,6 +132,10 @@ pub struct SimulateArgs {
     /// Target records per second; 0 means as fast as the broker accepts.
     #[arg(long, env = "STOREPULSE_SIM_RATE", default_value_t = 1000.0)]
     rate: f64,
+    /// Records per second of event time (default: --rate, or 1000 when --rate is 0). With
+    /// --rate 0, a low value writes history fast: `--count 3600 --event-rate 1` is an hour.
+    #[arg(long, env = "STOREPULSE_SIM_EVENT_RATE")]
+    event_rate: Option<f64>,
     /// Stop after this many records.
     #[arg(long, env = "STOREPULSE_SIM_COUNT")]
     count: Option<u64>,
@@ -185,7 +189,7 @@ impl SimulateArgs {
                 start_ms: self.start,
                 // Event time advances at the target rate (1000/s when unpaced), so the
                 // stream is the same however fast the broker takes it.
-                events_per_second: rate.unwrap_or(1000.0),
+                events_per_second: self.event_rate.or(rate).unwrap_or(1000.0),
                 stores: self.stores,
                 skus_per_store: self.skus,
                 flash_sale: (self.flash_skus > 0).then_some(FlashSale {

@@ -14,7 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use listener::{Connection, KillSwitch};
@@ -27,6 +27,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+mod dashboard;
 pub mod listener;
 
 /// What the handlers share.
@@ -77,22 +78,14 @@ impl IntoResponse for ApiError {
 /// The router, testable without a socket.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/", get(index))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/snapshot", get(snapshot))
         .route("/api/stream", get(stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(dashboard::routes())
         .with_state(state)
-}
-
-async fn index() -> Html<&'static str> {
-    Html(
-        "<!doctype html><title>storepulse</title><h1>storepulse</h1>\
-         <ul><li><a href=\"/api/snapshot\">/api/snapshot</a> (all stores; <code>?store=ID</code> for one)</li>\
-         <li><a href=\"/readyz\">/readyz</a></li><li><a href=\"/metrics\">/metrics</a></li></ul>",
-    )
 }
 
 /// Query of `/api/snapshot`.
@@ -288,40 +281,67 @@ async fn stream(
         let _guard = guard;
         // Reconnect within a second after a drop.
         yield Ok::<Bytes, std::convert::Infallible>(Bytes::from_static(b"retry: 1000\n\n"));
-        // Batched: everything pending goes out in one write.
-        stall.offered();
-        yield Ok(Bytes::from(first.concat()));
-        stall.taken();
+        // The shared bytes of the snapshot or of the (conflated) replay: never a copy.
+        for bytes in first {
+            stall.offered();
+            yield Ok(bytes);
+            stall.taken();
+        }
+        // The id of the newest frame sent (empty until one is): where a lag resumes from.
+        let mut last_sent = String::new();
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         loop {
             tokio::select! {
                 received = live.recv() => match received {
                     Ok(frame) => {
-                        // Behind by a few frames: one conflated delta instead of a backlog.
+                        // Behind by a few frames: their shared bytes in one write; further
+                        // behind: one conflated delta (serialised for this client alone).
                         let mut pending = vec![frame];
                         while let Ok(more) = live.try_recv() {
                             pending.push(more);
                         }
-                        if pending.len() > 1 {
+                        let relevant: Vec<&Bytes> = pending
+                            .iter()
+                            .filter_map(|f| f.bytes_for(store.as_ref()))
+                            .collect();
+                        let bytes = if relevant.len() > BATCH_FRAMES {
                             Metrics::inc(&app.metrics.conflated_writes);
+                            crate::stream::pending_bytes(&pending, store.as_ref())
+                        } else if relevant.len() > 1 {
+                            Some(Bytes::from(relevant.iter().flat_map(|b| b.iter().copied()).collect::<Vec<u8>>()))
+                        } else {
+                            relevant.first().map(|b| (*b).clone())
+                        };
+                        if let Some(last) = pending.last() {
+                            last_sent.clone_from(&last.id);
                         }
-                        if let Some(bytes) = crate::stream::pending_bytes(&pending, store.as_ref()) {
+                        if let Some(bytes) = bytes {
                             stall.offered();
                             yield Ok(bytes);
                             stall.taken();
                         }
                     }
                     Err(RecvError::Lagged(_)) => {
-                        // Too slow for the queue: a fresh snapshot instead of a backlog.
+                        // Too slow for the queue: the frames since the last one sent from
+                        // the log, conflated into one delta (rule 2); a snapshot if the log
+                        // no longer has them (rule 3).
                         Metrics::inc(&app.metrics.lagged_subscribers);
-                        match subscribe(&app, store.clone(), None).await {
-                            Ok(Subscription::Snapshot { bytes, live: fresh, .. }) => {
-                                live = fresh;
-                                stall.offered();
-                                yield Ok(bytes);
-                                stall.taken();
+                        let since = Some(last_sent.clone()).filter(|id| !id.is_empty());
+                        let (bytes, fresh) = match subscribe(&app, store.clone(), since).await {
+                            Ok(Subscription::Snapshot { bytes, live, .. }) => (Some(bytes), live),
+                            Ok(Subscription::Replay { frames, live }) => {
+                                if let Some(last) = frames.last() {
+                                    last_sent.clone_from(&last.id);
+                                }
+                                (crate::stream::pending_bytes(&frames, store.as_ref()), live)
                             }
                             _ => break,
+                        };
+                        live = fresh;
+                        if let Some(bytes) = bytes {
+                            stall.offered();
+                            yield Ok(bytes);
+                            stall.taken();
                         }
                     }
                     Err(RecvError::Closed) => break,
@@ -348,6 +368,9 @@ async fn stream(
     )
         .into_response())
 }
+
+/// A subscriber this many frames behind gets one conflated delta instead of the frames.
+const BATCH_FRAMES: usize = 32;
 
 /// Disconnects a client that stops taking bytes: hyper polls a body only when the socket
 /// has room, so a chunk offered and not taken for `timeout` means the client is not reading.
