@@ -8,7 +8,9 @@
 //!    every delta once per client and writes one event per delta through a tokio
 //!    broadcast (this binary, re-executed as `naive-server`, fed by one storepulse stream).
 //! 2. Cost per dashboard: server CPU for M dashboards on the stream vs the same M polling
-//!    `/api/snapshot` every second, at the same record rate.
+//!    `/api/snapshot` every second, at the same record rate, less the CPU of the same
+//!    records with no client (ingest). The stream twice: frames every 25 ms (default) and
+//!    every 1 s (as fresh as the polling).
 //! 3. Resume storm: M clients on the stream, `serve` SIGKILLed and restarted on the same
 //!    port from its checkpoint; time until every client has an event again.
 //!
@@ -498,16 +500,39 @@ async fn main() {
     let _ = naive.kill();
     let _ = naive.wait();
 
-    // 2. Cost per dashboard: the stream vs polling, M dashboards each.
-    let stream_cpu = {
-        let clients = Clients::connect(&address, m, true).await;
+    // 2. Cost per dashboard: the stream vs polling, M dashboards each, less ingest.
+    let stream_cpu = |pid: u32, address: String| {
+        let settings = settings.clone();
+        async move {
+            let clients = Clients::connect(&address, m, true).await;
+            let (before, _) = usage(pid);
+            produce(&settings, rand::random(), rate, seconds).await;
+            let (after, _) = usage(pid);
+            clients.close().await;
+            after - before
+        }
+    };
+    let ingest_cpu = {
         let (before, _) = usage(pid);
         produce(&settings, rand::random(), rate, seconds).await;
-        let (after, _) = usage(pid);
-        clients.close().await;
-        after - before
+        usage(pid).0 - before
     };
+    let fast_cpu = stream_cpu(pid, address.clone()).await - ingest_cpu;
     let (poll_cpu, polls) = polling_cpu(pid, &address, &settings, m, rate, seconds).await;
+    let poll_cpu = poll_cpu - ingest_cpu;
+    let slow_cpu = {
+        let environment = [("STOREPULSE_FRAME_INTERVAL", "1s")];
+        let (mut slow, slow_address) =
+            common::spawn_serve(&settings.topics, &format!("{group}-1s"), &environment);
+        wait_for("the 1 s server", Duration::from_secs(60), || {
+            common::http_get(&slow_address, "/readyz").0 == 200
+        })
+        .await;
+        let cpu = stream_cpu(slow.id(), slow_address).await - ingest_cpu;
+        let _ = slow.kill();
+        let _ = slow.wait();
+        cpu
+    };
 
     // 3. Resume storm: M clients, SIGKILL, restart on the same port.
     let storm = Clients::connect(&address, m, true).await;
@@ -557,13 +582,19 @@ async fn main() {
     println!();
     println!("## Cost per dashboard: {m} dashboards, {rate} records/s for {seconds} s");
     println!();
-    println!("| mode | server CPU s | ratio |");
+    println!("Ingest alone (no client): {ingest_cpu:.2} CPU s, subtracted from each row.");
+    println!();
+    println!("| mode | serving CPU s | polling ÷ this |");
     println!("|---|---:|---:|");
-    println!("| SSE stream | {stream_cpu:.2} | 1 |");
     println!(
-        "| polling /api/snapshot every 1 s ({polls} polls) | {poll_cpu:.2} | {:.1}× |",
-        poll_cpu / stream_cpu.max(0.01)
+        "| SSE, frames every 25 ms | {fast_cpu:.2} | {:.1}× |",
+        poll_cpu / fast_cpu.max(0.01)
     );
+    println!(
+        "| SSE, frames every 1 s | {slow_cpu:.2} | {:.1}× |",
+        poll_cpu / slow_cpu.max(0.01)
+    );
+    println!("| polling /api/snapshot every 1 s ({polls} polls) | {poll_cpu:.2} | 1 |");
     println!();
     println!("## Resume storm: {m} clients, serve SIGKILLed and restarted on the same port");
     println!();
