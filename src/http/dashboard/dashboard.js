@@ -212,7 +212,7 @@ function renderStock(v) {
     const kind = s.level < 0 ? 'oversold' : low.has(`${s.store_id}/${s.sku}`) ? 'low' : '';
     const bar = el('span', { class: 'bar' });
     bar.style.width = `${(Math.abs(s.level) / max) * 100}%`; // oversold: red, by how far
-    return el('li', { class: kind, title: `${s.sku} ${s.name}` }, el('span', {}, s.name), el('span', {}, bar), el('span', { class: 'n' }, number.format(s.level)));
+    return el('li', { class: kind, title: `${s.store_id} ${s.sku} ${s.name}` }, el('span', {}, `${s.name} · ${s.sku}`), el('span', {}, bar), el('span', { class: 'n' }, number.format(s.level)));
   }));
   const imminent = new Set(v.alerts.filter((a) => a.kind === 'sell_out_imminent').map((a) => `${a.store_id}/${a.sku}`));
   const rows = [
