@@ -163,14 +163,7 @@ fn field<'a>(event: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 fn as_of_ms(event: &[u8]) -> Option<i64> {
-    let data = field(event, b"data: ")?;
-    let at = find(data, b"\"as_of_ms\":")? + 11;
-    let digits: Vec<u8> = data[at..]
-        .iter()
-        .copied()
-        .take_while(u8::is_ascii_digit)
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
+    common::as_of_ms(field(event, b"data: ")?)
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {

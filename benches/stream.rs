@@ -44,7 +44,7 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Reads one SSE client until `stop`, recording the latency of every delta it parses.
+/// Reads one SSE client until `stop`, recording the latency of every delta it reads.
 async fn client(address: String, latencies: Arc<Mutex<Vec<i64>>>, stop: CancellationToken) {
     let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await else {
         return;
@@ -69,11 +69,9 @@ async fn client(address: String, latencies: Arc<Mutex<Vec<i64>>>, stop: Cancella
             event = name.trim().to_owned();
         } else if let Some(data) = line.strip_prefix("data: ")
             && event == "delta"
+            && let Some(as_of) = common::as_of_ms(data.as_bytes())
         {
-            let parsed: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
-            if let Some(as_of) = parsed["as_of_ms"].as_i64() {
-                mine.push(now_ms() - as_of);
-            }
+            mine.push(now_ms() - as_of);
         }
     }
     if let Ok(mut all) = latencies.lock() {

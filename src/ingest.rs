@@ -8,6 +8,7 @@
 //! the writer task through a `watch` (newest wins); after a write the writer sends the
 //! positions back and they are committed to the consumer group, for lag tools only.
 
+use crate::aggregate::view::SentLists;
 use crate::aggregate::{Applied, Changes, Layout, PartitionKey, Position, RecordRef, State};
 use crate::checkpoint::Frozen;
 use crate::events::{Codec, StoreId, TopicRole};
@@ -155,6 +156,14 @@ fn role_index(role: TopicRole) -> usize {
     }
 }
 
+/// The frames this process has built: their sequence, the log, and the lists their
+/// clients hold (so a frame carries only the lists that changed).
+struct Frames {
+    seq: u64,
+    log: FrameLog,
+    sent_lists: SentLists,
+}
+
 impl Ingest {
     /// Runs until `stop`; returns the final frozen checkpoint. Blocking: run on its own
     /// thread.
@@ -201,8 +210,11 @@ impl Ingest {
         let mut next_checkpoint = Instant::now() + self.checkpoint_interval;
         let mut next_status = Instant::now();
         let mut applied_since_cache = false;
-        let mut log = FrameLog::new(self.log_limits);
-        let mut seq: u64 = 0;
+        let mut frames = Frames {
+            seq: 0,
+            log: FrameLog::new(self.log_limits),
+            sent_lists: SentLists::new(),
+        };
         let mut last_frame = Instant::now() - self.frame_interval;
 
         while !self.stop.is_cancelled() {
@@ -312,7 +324,7 @@ impl Ingest {
                 applied_since_cache = false;
             }
             if !changes.is_empty() && last_frame.elapsed() >= self.frame_interval {
-                self.emit_frame(&mut seq, &mut changes, &mut log);
+                self.emit_frame(&mut frames, &mut changes);
                 last_frame = Instant::now();
             }
             while let Ok(request) = self.requests.try_recv() {
@@ -326,10 +338,10 @@ impl Ingest {
                         // Pending changes go out first, so the snapshot's position is the
                         // last frame's id: the next frame is new to this subscriber.
                         if !changes.is_empty() {
-                            self.emit_frame(&mut seq, &mut changes, &mut log);
+                            self.emit_frame(&mut frames, &mut changes);
                             last_frame = Instant::now();
                         }
-                        let subscription = self.subscribe(store, since, &log, &mut cache);
+                        let subscription = self.subscribe(store, since, &frames.log, &mut cache);
                         let _ = reply.send(subscription);
                         continue;
                     }
@@ -389,22 +401,24 @@ impl Ingest {
     }
 
     /// Builds the frame of the pending changes, logs it and publishes it.
-    fn emit_frame(&self, seq: &mut u64, changes: &mut Changes, log: &mut FrameLog) {
-        *seq += 1;
-        let frame = Arc::new(self.build_frame(*seq, changes));
+    fn emit_frame(&self, frames: &mut Frames, changes: &mut Changes) {
+        frames.seq += 1;
+        let frame = Arc::new(self.build_frame(frames.seq, changes, &mut frames.sent_lists));
         *changes = Changes::default();
-        log.push(Arc::clone(&frame));
+        frames.log.push(Arc::clone(&frame));
         self.metrics
             .frame_log_bytes
-            .store(log.bytes() as u64, Ordering::Relaxed);
+            .store(frames.log.bytes() as u64, Ordering::Relaxed);
         Metrics::inc(&self.metrics.frames);
-        // Never waits: a subscriber that falls behind gets `Lagged`, then a snapshot.
+        // Never waits: a subscriber that falls behind gets `Lagged`, then catches up from
+        // the log (or a snapshot).
         let _ = self.frames.send(frame);
     }
 
     /// Serialises the delta of `changes` once for all stores and once per changed store.
-    fn build_frame(&self, seq: u64, changes: &Changes) -> Frame {
-        let delta = self.state.delta(&self.layout, changes);
+    fn build_frame(&self, seq: u64, changes: &Changes, sent_lists: &mut SentLists) -> Frame {
+        let mut delta = self.state.delta(&self.layout, changes);
+        delta.omit_unchanged_lists(sent_lists);
         let encode = |value: &crate::aggregate::view::Delta| {
             let json = serde_json::to_vec(value)
                 .unwrap_or_else(|e| panic!("a delta always serialises: {e}"));

@@ -562,3 +562,56 @@ fn a_conflated_delta_holds_the_latest_values_and_every_changed_sku() {
     );
     assert!(conflated.scoped(&"store-nyc".into()).is_none());
 }
+
+#[test]
+fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
+    let layout = layout();
+    let mut sent = view::SentLists::new();
+    let mut feed = Feed::new();
+    feed.apply(stock("s1", "BER-0001", SAMPLE_TIME, 5, 5));
+    let mut first = feed.state.delta(&layout, &feed.changes);
+    first.omit_unchanged_lists(&mut sent);
+    let berlin = &first.stores["store-berlin"].lists;
+    assert!(
+        berlin.low_stock.is_some() && berlin.alerts.is_some() && berlin.top_products.is_some(),
+        "a scope's first delta carries every list"
+    );
+    // Another SKU's stock, well stocked: no list changes, none is sent.
+    feed.changes = Changes::default();
+    feed.apply(stock("s1b", "BER-0002", SAMPLE_TIME + 1, 80, 80));
+    let mut quiet = feed.state.delta(&layout, &feed.changes);
+    quiet.omit_unchanged_lists(&mut sent);
+    assert_eq!(
+        quiet.stores["store-berlin"].lists,
+        view::SkuListsDelta::default()
+    );
+    // An order of the low SKU: its velocity, so the low-stock list and top products move;
+    // the alerts and the oversold list stay.
+    feed.changes = Changes::default();
+    feed.apply(order("o1", "store-berlin", SAMPLE_TIME + 2, 1_000, "EUR"));
+    let mut second = feed.state.delta(&layout, &feed.changes);
+    second.omit_unchanged_lists(&mut sent);
+    let berlin = &second.stores["store-berlin"].lists;
+    assert!(berlin.low_stock.is_some());
+    assert_eq!(berlin.alerts, None);
+    assert_eq!(berlin.oversold, None);
+    assert!(berlin.top_products.is_some());
+    // Below zero: every list that moved is sent again.
+    feed.changes = Changes::default();
+    feed.apply(stock("s2", "BER-0001", SAMPLE_TIME + 3, -1, -6));
+    let mut third = feed.state.delta(&layout, &feed.changes);
+    third.omit_unchanged_lists(&mut sent);
+    let berlin = &third.stores["store-berlin"].lists;
+    assert!(berlin.oversold.as_ref().is_some_and(|o| o.len() == 1));
+    assert!(berlin.low_stock.as_ref().is_some_and(Vec::is_empty));
+    assert!(berlin.alerts.is_some());
+    // Conflated, the second and third hold the newest of each list, none lost.
+    let mut conflated = second.clone();
+    conflated.absorb(&third);
+    let lists = &conflated.stores["store-berlin"].lists;
+    assert_eq!(
+        lists.top_products,
+        second.stores["store-berlin"].lists.top_products
+    );
+    assert_eq!(lists.oversold, berlin.oversold);
+}

@@ -13,7 +13,7 @@ use super::{HyperLogLog, Layout, State, StoreState, hll};
 use crate::events::{Channel, StoreId};
 use chrono::{DateTime, NaiveDate, SecondsFormat};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// An amount of money.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -97,7 +97,8 @@ pub struct LowStockView {
     pub sold_last_15m: i64,
     /// Minutes until sold out at that velocity; `null` when nothing sells.
     pub minutes_to_sell_out: Option<i64>,
-    /// When it sells out at that velocity, RFC 3339; `null` when nothing sells.
+    /// When it sells out at that velocity (to the minute), RFC 3339; `null` when nothing
+    /// sells.
     pub projected_sell_out_at: Option<String>,
 }
 
@@ -185,8 +186,7 @@ pub struct DayCounters {
     pub per_minute_from: String,
 }
 
-/// The bounded SKU lists, shared by a view and a delta (a delta always carries them whole:
-/// projections move with every event).
+/// The bounded SKU lists of a view.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SkuLists {
     /// SKUs at or above zero and under their threshold, soonest sell-out first.
@@ -198,6 +198,78 @@ pub struct SkuLists {
     /// Active alerts, oversold first.
     pub alerts: Vec<AlertView>,
 }
+
+/// The bounded SKU lists in a delta: each whole, and only when it differs from the one
+/// last sent for the same scope (see [`Delta::omit_unchanged_lists`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SkuListsDelta {
+    /// See [`SkuLists::low_stock`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub low_stock: Option<Vec<LowStockView>>,
+    /// See [`SkuLists::oversold`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oversold: Option<Vec<StockView>>,
+    /// See [`SkuLists::top_products`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_products: Option<Vec<TopProduct>>,
+    /// See [`SkuLists::alerts`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Vec<AlertView>>,
+}
+
+impl SkuListsDelta {
+    fn all(lists: SkuLists) -> Self {
+        SkuListsDelta {
+            low_stock: Some(lists.low_stock),
+            oversold: Some(lists.oversold),
+            top_products: Some(lists.top_products),
+            alerts: Some(lists.alerts),
+        }
+    }
+
+    /// Keeps only the lists that differ from `sent`, and makes `sent` what the client now
+    /// holds.
+    fn omit_unchanged(&mut self, sent: &mut SkuLists) {
+        fn one<T: PartialEq + Clone>(list: &mut Option<Vec<T>>, sent: &mut Vec<T>) {
+            if let Some(new) = list {
+                if new == sent {
+                    *list = None;
+                } else {
+                    sent.clone_from(new);
+                }
+            }
+        }
+        one(&mut self.low_stock, &mut sent.low_stock);
+        one(&mut self.oversold, &mut sent.oversold);
+        one(&mut self.top_products, &mut sent.top_products);
+        one(&mut self.alerts, &mut sent.alerts);
+    }
+
+    fn whole(&self) -> Option<SkuLists> {
+        Some(SkuLists {
+            low_stock: self.low_stock.clone()?,
+            oversold: self.oversold.clone()?,
+            top_products: self.top_products.clone()?,
+            alerts: self.alerts.clone()?,
+        })
+    }
+
+    fn absorb(&mut self, later: SkuListsDelta) {
+        fn one<T>(mine: &mut Option<Vec<T>>, later: Option<Vec<T>>) {
+            if later.is_some() {
+                *mine = later;
+            }
+        }
+        one(&mut self.low_stock, later.low_stock);
+        one(&mut self.oversold, later.oversold);
+        one(&mut self.top_products, later.top_products);
+        one(&mut self.alerts, later.alerts);
+    }
+}
+
+/// The lists each scope's clients hold (key `None`: the all-stores rollup): the baseline
+/// of [`Delta::omit_unchanged_lists`], kept by whoever builds the frames.
+pub type SentLists = HashMap<Option<String>, SkuLists>;
 
 /// A whole snapshot: the position it reflects and the views.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -328,8 +400,11 @@ impl Rollup {
                     threshold,
                     sold_last_15m: sold,
                     minutes_to_sell_out,
-                    projected_sell_out_at: minutes_to_sell_out
-                        .map(|m| rfc3339(store.newest_event_time + m * 60_000)),
+                    // To the minute, like the velocity it comes from: so the list does not
+                    // change with every event of the store, and deltas can leave it out.
+                    projected_sell_out_at: minutes_to_sell_out.map(|m| {
+                        rfc3339(store.newest_event_time.div_euclid(60_000) * 60_000 + m * 60_000)
+                    }),
                 });
             }
             let mut alert = |kind: AlertKind, prefix: &str, since: super::store::Trigger| {
@@ -491,8 +566,8 @@ impl State {
 }
 
 /// What changed in one store (or the rollup), as absolute values. Counters are always
-/// present, and so are the bounded lists (`low_stock`, `oversold`, `top_products`,
-/// `alerts`: projections move with every event); `per_minute` lists the changed minutes
+/// present; each bounded list (`low_stock`, `oversold`, `top_products`, `alerts`) comes
+/// whole when it differs from the last one sent; `per_minute` lists the changed minutes
 /// (merged by minute; a client drops minutes before `per_minute_from`), `stock` the changed
 /// SKUs (merged by store and SKU), `recent_orders` comes whole when it changed. Applying a
 /// delta twice is harmless.
@@ -510,9 +585,9 @@ pub struct StoreDelta {
     /// The SKUs that changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stock: Option<Vec<StockView>>,
-    /// Always, whole (flattened into the delta's JSON).
+    /// The lists that changed, each whole (flattened into the delta's JSON).
     #[serde(flatten)]
-    pub lists: SkuLists,
+    pub lists: SkuListsDelta,
 }
 
 /// A live update: the position after it (the SSE id) and, per changed store and for the
@@ -559,7 +634,7 @@ impl StoreDelta {
             stock: touched
                 .skus
                 .then(|| view.stock.into_iter().filter(|s| sku(s)).collect()),
-            lists: view.lists,
+            lists: SkuListsDelta::all(view.lists),
         }
     }
 
@@ -593,6 +668,9 @@ impl StoreDelta {
         if merged.recent_orders.is_none() {
             merged.recent_orders = self.recent_orders.take();
         }
+        let later_lists = std::mem::take(&mut merged.lists);
+        merged.lists = std::mem::take(&mut self.lists);
+        merged.lists.absorb(later_lists);
         *self = merged;
     }
 }
@@ -670,6 +748,29 @@ impl Delta {
         self.position.clone_from(&later.position);
         self.as_of.clone_from(&later.as_of);
         self.as_of_ms = later.as_of_ms;
+    }
+
+    /// Drops every list that equals the one last sent for its scope (they change only with
+    /// their store's events, but most events leave most lists as they were) and records
+    /// what is sent. Every frame must pass through this once, in order, so that `sent` is
+    /// what a client that applied every frame holds.
+    pub fn omit_unchanged_lists(&mut self, sent: &mut SentLists) {
+        // A scope not sent before gets its lists whole: what a client holds then (from a
+        // snapshot, a checkpoint's state) is not known here.
+        let mut omit = |key: Option<String>, lists: &mut SkuListsDelta| match sent.get_mut(&key) {
+            Some(baseline) => lists.omit_unchanged(baseline),
+            None => {
+                if let Some(whole) = lists.whole() {
+                    sent.insert(key, whole);
+                }
+            }
+        };
+        for (store, delta) in &mut self.stores {
+            omit(Some(store.clone()), &mut delta.lists);
+        }
+        if let Some(all) = &mut self.all_stores {
+            omit(None, &mut all.lists);
+        }
     }
 
     /// The part of this delta a subscriber of one store receives, if it concerns it.

@@ -294,8 +294,9 @@ async fn stream(
             tokio::select! {
                 received = live.recv() => match received {
                     Ok(frame) => {
-                        // Behind by a few frames: their shared bytes in one write; further
-                        // behind: one conflated delta (serialised for this client alone).
+                        // Behind by a few small frames: their shared bytes in one write; by
+                        // more bytes than that: one conflated delta (serialised for this client
+                        // alone, and smaller than the frames it replaces).
                         let mut pending = vec![frame];
                         while let Ok(more) = live.try_recv() {
                             pending.push(more);
@@ -304,7 +305,8 @@ async fn stream(
                             .iter()
                             .filter_map(|f| f.bytes_for(store.as_ref()))
                             .collect();
-                        let bytes = if relevant.len() > BATCH_FRAMES {
+                        let pending_size: usize = relevant.iter().map(|b| b.len()).sum();
+                        let bytes = if relevant.len() > 1 && pending_size > BATCH_BYTES {
                             Metrics::inc(&app.metrics.conflated_writes);
                             crate::stream::pending_bytes(&pending, store.as_ref())
                         } else if relevant.len() > 1 {
@@ -369,8 +371,9 @@ async fn stream(
         .into_response())
 }
 
-/// A subscriber this many frames behind gets one conflated delta instead of the frames.
-const BATCH_FRAMES: usize = 32;
+/// A subscriber behind by more than this many bytes of frames gets one conflated delta
+/// instead of the frames.
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// Disconnects a client that stops taking bytes: hyper polls a body only when the socket
 /// has room, so a chunk offered and not taken for `timeout` means the client is not reading.
