@@ -183,6 +183,22 @@ async fn main() {
         let _ = task.await;
     }
     let mut base = baseline.await.expect("baseline");
+    let (_, metrics) = common::http_get(&address, "/metrics");
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    let built = metric("storepulse_frames_total");
+    println!(
+        "serve built {built} frames, {:.0} bytes each on average; {} conflated writes; {} lagged streams",
+        metric("storepulse_frame_bytes_total") / built.max(1.0),
+        metric("storepulse_conflated_writes_total"),
+        metric("storepulse_lagged_subscribers_total"),
+    );
     let _ = serve.kill();
     let _ = serve.wait();
     let mut frames = latencies.lock().map(|l| l.clone()).unwrap_or_default();

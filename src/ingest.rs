@@ -410,6 +410,9 @@ impl Ingest {
             .frame_log_bytes
             .store(frames.log.bytes() as u64, Ordering::Relaxed);
         Metrics::inc(&self.metrics.frames);
+        self.metrics
+            .frame_bytes
+            .fetch_add(frame.all.len() as u64, Ordering::Relaxed);
         // Never waits: a subscriber that falls behind gets `Lagged`, then catches up from
         // the log (or a snapshot).
         let _ = self.frames.send(frame);

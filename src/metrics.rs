@@ -52,6 +52,8 @@ pub struct Metrics {
     pub snapshots_built: AtomicU64,
     /// Delta frames built.
     pub frames: AtomicU64,
+    /// Bytes of the all-stores encoding of those frames.
+    pub frame_bytes: AtomicU64,
     /// Bytes held by the frame log.
     pub frame_log_bytes: AtomicU64,
     /// Live streams open now.
@@ -160,6 +162,11 @@ impl Metrics {
             "frames_total",
             "Delta frames built (each serialised once for every subscriber).",
             &[("", get(&self.frames))],
+        );
+        counter(
+            "frame_bytes_total",
+            "Bytes of the frames built, as an all-stores subscriber receives them.",
+            &[("", get(&self.frame_bytes))],
         );
         counter(
             "conflated_writes_total",
