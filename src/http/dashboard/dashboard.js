@@ -1,9 +1,11 @@
 // The live operations dashboard: one EventSource carries every widget. It applies the
 // stream exactly as docs/api.md says (snapshot/resync replace, deltas merge), lets the
-// browser reconnect with Last-Event-ID, and renders at most once per animation frame.
+// browser reconnect with Last-Event-ID, and renders at most five times a second, only the
+// parts whose data changed.
 
 const STALE_AFTER_MS = 40_000; // two heartbeats and a margin without any event
 const STALE_LAG = 1_000; // records behind the partition ends
+const RENDER_EVERY_MS = 200; // enough for people; frames arrive up to 40 times a second
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -32,6 +34,7 @@ function merge(target, part) {
         const i = target.stock.findIndex((s) => s.store_id === item.store_id && s.sku === item.sku);
         if (i >= 0) target.stock[i] = item; else target.stock.push(item);
       }
+      target.stock = [...target.stock]; // a new array: the stock widgets see it changed
     } else if (field === 'per_minute') {
       for (const item of value) {
         const i = target.per_minute.findIndex((m) => m.minute === item.minute);
@@ -109,10 +112,26 @@ function connect(since) {
 // ---- rendering -----------------------------------------------------------------------
 
 let pending = false;
+let renderedAt = 0;
 function schedule() {
   if (pending) return;
   pending = true;
-  requestAnimationFrame(() => { pending = false; render(); });
+  const wait = Math.max(0, renderedAt + RENDER_EVERY_MS - performance.now());
+  setTimeout(() => requestAnimationFrame(() => {
+    pending = false;
+    renderedAt = performance.now();
+    render();
+  }), wait);
+}
+
+// The data each widget last rendered: a widget whose inputs are the same objects is skipped
+// (a delta replaces what changed and leaves the rest as it was).
+const rendered = new Map();
+function changed(widget, ...inputs) {
+  const before = rendered.get(widget);
+  if (before && before.length === inputs.length && before.every((x, i) => x === inputs[i])) return false;
+  rendered.set(widget, inputs);
+  return true;
 }
 
 function setStatus(status) {
@@ -142,8 +161,15 @@ function money({ currency, minor }) {
   return formatter.format(minor / 10 ** digits);
 }
 
+const clocks = new Map(); // one formatter per time zone: building one is costly
 function time(iso, storeId) {
-  return new Intl.DateTimeFormat(undefined, { timeStyle: 'medium', timeZone: timeZoneOf(storeId) }).format(new Date(iso));
+  const zone = timeZoneOf(storeId);
+  let clock = clocks.get(zone);
+  if (!clock) {
+    clock = new Intl.DateTimeFormat(undefined, { timeStyle: 'medium', timeZone: zone });
+    clocks.set(zone, clock);
+  }
+  return clock.format(new Date(iso));
 }
 
 const number = new Intl.NumberFormat();
@@ -174,10 +200,10 @@ function render() {
   setOutput('aov', v.average_order_value.length ? v.average_order_value.map(money) : '–', v.average_order_value);
   setOutput('active-users', `${number.format(v.active_users.last_5_minutes)} / ${number.format(v.active_users.today)}`, v.active_users);
   setOutput('cancelled-today', number.format(v.cancelled_today), v.cancelled_today);
-  renderCharts(v);
-  renderStock(v);
-  renderLists(v);
-  renderAlerts(v);
+  if (changed('charts', v.per_minute, v.per_minute_from, v.revenue_today[0]?.currency)) renderCharts(v);
+  if (changed('stock', v.stock, v.low_stock, v.oversold, v.alerts)) renderStock(v);
+  if (changed('lists', v.top_products, v.recent_orders)) renderLists(v);
+  if (changed('alerts', v.alerts)) renderAlerts(v);
 }
 
 function bars(svg, from, points, label) {
