@@ -615,3 +615,103 @@ fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
     );
     assert_eq!(lists.oversold, berlin.oversold);
 }
+
+/// What a client holds of one scope's parts that deltas send only when they change.
+#[derive(Debug, Default, PartialEq)]
+struct Held {
+    recent_orders: Vec<view::OrderView>,
+    low_stock: Vec<view::LowStockView>,
+    oversold: Vec<view::StockView>,
+    top_products: Vec<view::TopProduct>,
+    alerts: Vec<view::AlertView>,
+}
+
+impl Held {
+    fn of(view: view::StoreView) -> Held {
+        Held {
+            recent_orders: view.recent_orders,
+            low_stock: view.lists.low_stock,
+            oversold: view.lists.oversold,
+            top_products: view.lists.top_products,
+            alerts: view.lists.alerts,
+        }
+    }
+
+    fn apply(&mut self, delta: &view::StoreDelta) {
+        self.recent_orders = view::upsert_orders(
+            Some(std::mem::take(&mut self.recent_orders)),
+            delta.recent_orders.clone(),
+        )
+        .unwrap_or_default();
+        let lists = delta.lists.clone();
+        if let Some(l) = lists.low_stock {
+            self.low_stock = l;
+        }
+        if let Some(l) = lists.oversold {
+            self.oversold = l;
+        }
+        if let Some(l) = lists.top_products {
+            self.top_products = l;
+        }
+        if let Some(l) = lists.alerts {
+            self.alerts = l;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    /// A client that starts from the views and applies every delta (lists only when they
+    /// changed, recent orders as upserts), one by one or conflated, holds what the state
+    /// shows after every frame.
+    #[test]
+    fn deltas_of_changed_parts_rebuild_the_views_exactly(
+        seed in 0u64..1_000,
+        frame_every in 1usize..40,
+        conflate in 1usize..4,
+    ) {
+        let layout = layout();
+        let lists = partitioned_stream(seed, 1_000);
+        let records: Vec<(Event, RecordRef)> = lists.into_iter().flatten().collect();
+        let mut state = State::new(config());
+        let mut sent = view::SentLists::new();
+        let mut held: std::collections::HashMap<Option<String>, Held> = Default::default();
+        let mut changes = Changes::default();
+        let mut pending: Option<view::Delta> = None;
+        let mut frames = 0usize;
+        for (i, (event, at)) in records.iter().enumerate() {
+            state.apply(event, *at, &mut changes);
+            if !(i + 1).is_multiple_of(frame_every) || changes.is_empty() {
+                continue;
+            }
+            let mut delta = state.delta(&layout, &changes);
+            changes = Changes::default();
+            delta.omit_unchanged_lists(&mut sent);
+            match pending.as_mut() {
+                Some(earlier) => earlier.absorb(&delta),
+                None => pending = Some(delta),
+            }
+            frames += 1;
+            if !frames.is_multiple_of(conflate) {
+                continue;
+            }
+            let Some(delta) = pending.take() else { continue };
+            for (store, part) in &delta.stores {
+                held.entry(Some(store.clone())).or_default().apply(part);
+            }
+            if let Some(all) = &delta.all_stores {
+                held.entry(None).or_default().apply(all);
+            }
+            if let Some(all) = held.get(&None) {
+                prop_assert_eq!(all, &Held::of(state.all_stores_view()));
+            }
+            for (store, holding) in &held {
+                if let Some(id) = store {
+                    let view = state.store_view(&StoreId(id.clone())).expect("a store seen");
+                    prop_assert_eq!(holding, &Held::of(view));
+                }
+            }
+        }
+    }
+}

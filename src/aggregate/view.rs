@@ -42,6 +42,9 @@ pub struct OrderView {
     pub store_id: String,
     /// The order.
     pub order_id: String,
+    /// The `OrderPlaced` event: the entry's identity, and the tie-break of its rank
+    /// (newest `occurred_at` first, then `event_id` ascending).
+    pub event_id: String,
     /// Customer display name.
     pub customer_name: String,
     /// Total.
@@ -267,9 +270,16 @@ impl SkuListsDelta {
     }
 }
 
-/// The lists each scope's clients hold (key `None`: the all-stores rollup): the baseline
-/// of [`Delta::omit_unchanged_lists`], kept by whoever builds the frames.
-pub type SentLists = HashMap<Option<String>, SkuLists>;
+/// What a scope's clients hold of the parts a delta sends only when they change.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    lists: SkuLists,
+    recent_orders: Option<Vec<OrderView>>,
+}
+
+/// Per scope (key `None`: the all-stores rollup), what its clients hold: the baseline of
+/// [`Delta::omit_unchanged_lists`], kept by whoever builds the frames.
+pub type SentLists = HashMap<Option<String>, Sent>;
 
 /// A whole snapshot: the position it reflects and the views.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -363,6 +373,7 @@ impl Rollup {
                 OrderView {
                     store_id: store_id.to_string(),
                     order_id: order.order_id.to_string(),
+                    event_id: order.event_id.clone(),
                     customer_name: order.customer_name.clone(),
                     total: Money {
                         currency: order.currency.clone(),
@@ -569,7 +580,8 @@ impl State {
 /// present; each bounded list (`low_stock`, `oversold`, `top_products`, `alerts`) comes
 /// whole when it differs from the last one sent; `per_minute` lists the changed minutes
 /// (merged by minute; a client drops minutes before `per_minute_from`), `stock` the changed
-/// SKUs (merged by store and SKU), `recent_orders` comes whole when it changed. Applying a
+/// SKUs (merged by store and SKU), `recent_orders` the orders new or changed since the last
+/// delta of the scope (upserted by event id, see [`upsert_orders`]). Applying a
 /// delta twice is harmless.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StoreDelta {
@@ -615,7 +627,51 @@ struct Touched {
     skus: bool,
 }
 
+/// The client's rule for `recent_orders` in a delta: upsert by `event_id`, rank newest
+/// first (ties by `event_id`), keep 20.
+pub fn upsert_orders(
+    held: Option<Vec<OrderView>>,
+    changed: Option<Vec<OrderView>>,
+) -> Option<Vec<OrderView>> {
+    let Some(changed) = changed else {
+        return held;
+    };
+    let mut list = held.unwrap_or_default();
+    for order in changed {
+        match list.iter_mut().find(|o| o.event_id == order.event_id) {
+            Some(existing) => *existing = order,
+            None => list.push(order),
+        }
+    }
+    list.sort_by(|a, b| {
+        b.occurred_at
+            .cmp(&a.occurred_at)
+            .then_with(|| a.event_id.cmp(&b.event_id))
+    });
+    list.truncate(super::store::RECENT_ORDERS);
+    Some(list)
+}
+
 impl StoreDelta {
+    /// Keeps only the recent orders that are new or changed against what the client holds
+    /// (`held`, a whole list), and makes `held` the new whole list. Before anything was
+    /// held (`None`) the list goes whole, and the client's upserts still end in it.
+    fn keep_new_orders(&mut self, held: &mut Option<Vec<OrderView>>) {
+        let Some(whole) = self.recent_orders.take() else {
+            return;
+        };
+        let new: Vec<OrderView> = match held.as_ref() {
+            Some(before) => whole
+                .iter()
+                .filter(|o| !before.contains(o))
+                .cloned()
+                .collect(),
+            None => whole.clone(),
+        };
+        *held = Some(whole);
+        self.recent_orders = (!new.is_empty()).then_some(new);
+    }
+
     fn of(
         view: StoreView,
         touched: Touched,
@@ -665,9 +721,7 @@ impl StoreDelta {
             }
             list.sort_by(|a, b| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)));
         }
-        if merged.recent_orders.is_none() {
-            merged.recent_orders = self.recent_orders.take();
-        }
+        merged.recent_orders = upsert_orders(self.recent_orders.take(), merged.recent_orders);
         let later_lists = std::mem::take(&mut merged.lists);
         merged.lists = std::mem::take(&mut self.lists);
         merged.lists.absorb(later_lists);
@@ -757,19 +811,28 @@ impl Delta {
     pub fn omit_unchanged_lists(&mut self, sent: &mut SentLists) {
         // A scope not sent before gets its lists whole: what a client holds then (from a
         // snapshot, a checkpoint's state) is not known here.
-        let mut omit = |key: Option<String>, lists: &mut SkuListsDelta| match sent.get_mut(&key) {
-            Some(baseline) => lists.omit_unchanged(baseline),
+        let mut omit = |key: Option<String>, delta: &mut StoreDelta| match sent.get_mut(&key) {
+            Some(baseline) => {
+                delta.lists.omit_unchanged(&mut baseline.lists);
+                delta.keep_new_orders(&mut baseline.recent_orders);
+            }
             None => {
-                if let Some(whole) = lists.whole() {
-                    sent.insert(key, whole);
+                if let Some(whole) = delta.lists.whole() {
+                    sent.insert(
+                        key,
+                        Sent {
+                            lists: whole,
+                            recent_orders: delta.recent_orders.clone(),
+                        },
+                    );
                 }
             }
         };
         for (store, delta) in &mut self.stores {
-            omit(Some(store.clone()), &mut delta.lists);
+            omit(Some(store.clone()), delta);
         }
         if let Some(all) = &mut self.all_stores {
-            omit(None, &mut all.lists);
+            omit(None, all);
         }
     }
 

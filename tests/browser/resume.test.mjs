@@ -44,6 +44,14 @@ test('a browser EventSource resumes through a serve crash without stepping back'
               if (i >= 0) target.per_minute[i] = item; else target.per_minute.push(item);
             }
             target.per_minute.sort((a, b) => a.minute.localeCompare(b.minute));
+          } else if (field === 'recent_orders') {
+            for (const item of value) {
+              const i = target.recent_orders.findIndex((o) => o.event_id === item.event_id);
+              if (i >= 0) target.recent_orders[i] = item; else target.recent_orders.push(item);
+            }
+            target.recent_orders.sort((a, b) => (a.occurred_at === b.occurred_at
+              ? (a.event_id < b.event_id ? -1 : 1) : (a.occurred_at < b.occurred_at ? 1 : -1)));
+            target.recent_orders.length = Math.min(target.recent_orders.length, 20);
           } else {
             target[field] = value;
           }

@@ -134,7 +134,7 @@ impl SseClient {
 
 /// What a dashboard holds: the snapshot with every delta applied (fields present replace,
 /// `stock` merges by store and SKU, `per_minute` merges by minute and drops minutes before
-/// `per_minute_from`).
+/// `per_minute_from`, `recent_orders` upserts by event id and keeps the newest 20).
 fn apply_delta(view: &mut Value, delta: &Value) {
     fn merge_store(target: &mut Value, part: &Value) {
         for (field, value) in part.as_object().expect("a view") {
@@ -160,6 +160,26 @@ fn apply_delta(view: &mut Value, delta: &Value) {
                         }
                     }
                     minutes.sort_by_key(|m| m["minute"].as_str().unwrap_or("").to_owned());
+                }
+                "recent_orders" => {
+                    // Upsert by event id, newest first (ties by event id), keep 20.
+                    let orders = target["recent_orders"].as_array_mut().expect("orders");
+                    for item in value.as_array().expect("orders") {
+                        match orders
+                            .iter_mut()
+                            .find(|o| o["event_id"] == item["event_id"])
+                        {
+                            Some(existing) => *existing = item.clone(),
+                            None => orders.push(item.clone()),
+                        }
+                    }
+                    let key = |o: &Value, f: &str| o[f].as_str().unwrap_or("").to_owned();
+                    orders.sort_by(|a, b| {
+                        key(b, "occurred_at")
+                            .cmp(&key(a, "occurred_at"))
+                            .then_with(|| key(a, "event_id").cmp(&key(b, "event_id")))
+                    });
+                    orders.truncate(20);
                 }
                 _ => target[field] = value.clone(),
             }

@@ -5,6 +5,7 @@
 
 const STALE_AFTER_MS = 40_000; // two heartbeats and a margin without any event
 const STALE_LAG = 1_000; // records behind the partition ends
+const RECENT_ORDERS = 20; // the length of a view's recent_orders
 const RENDER_EVERY_MS = 200; // enough for people; frames arrive up to 40 times a second
 const $ = (id) => document.getElementById(id);
 
@@ -41,6 +42,17 @@ function merge(target, part) {
         if (i >= 0) target.per_minute[i] = item; else target.per_minute.push(item);
       }
       target.per_minute.sort((a, b) => a.minute.localeCompare(b.minute));
+    } else if (field === 'recent_orders') {
+      // New or changed orders: upsert by event id, newest first (ties by event id), keep 20.
+      const orders = [...target.recent_orders];
+      for (const item of value) {
+        const i = orders.findIndex((o) => o.event_id === item.event_id);
+        if (i >= 0) orders[i] = item; else orders.push(item);
+      }
+      const byRank = (a, b) => (a.occurred_at === b.occurred_at
+        ? (a.event_id < b.event_id ? -1 : a.event_id > b.event_id ? 1 : 0)
+        : (a.occurred_at < b.occurred_at ? 1 : -1));
+      target.recent_orders = orders.sort(byRank).slice(0, RECENT_ORDERS);
     } else {
       target[field] = value;
     }
