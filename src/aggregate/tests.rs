@@ -699,6 +699,13 @@ proptest! {
             let Some(delta) = pending.take() else { continue };
             for (store, part) in &delta.stores {
                 held.entry(Some(store.clone())).or_default().apply(part);
+                // A store's recent orders are upserted into the rollup's too.
+                let all = held.entry(None).or_default();
+                all.recent_orders = view::upsert_orders(
+                    Some(std::mem::take(&mut all.recent_orders)),
+                    part.recent_orders.clone(),
+                )
+                .unwrap_or_default();
             }
             if let Some(all) = &delta.all_stores {
                 held.entry(None).or_default().apply(all);

@@ -771,6 +771,13 @@ impl State {
                     .is_some_and(|c| c.skus.contains(&crate::events::Sku(s.sku.clone())))
             },
         );
+        // The rollup's stock and recent orders follow from the stores' (a client applies
+        // each store's changes to the rollup too), so the rollup does not repeat them.
+        let all_stores = StoreDelta {
+            stock: None,
+            recent_orders: None,
+            ..all_stores
+        };
         let newest = self.newest_event_time();
         Delta {
             position: layout.encode(self.position()),

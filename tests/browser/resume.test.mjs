@@ -66,6 +66,10 @@ test('a browser EventSource resumes through a serve crash without stepping back'
           for (const [store, part] of Object.entries(data.stores)) {
             if (window.__view.stores[store]) merge(window.__view.stores[store], part);
             else window.__view.stores[store] = part;
+            const derived = {};
+            if (part.stock) derived.stock = part.stock;
+            if (part.recent_orders) derived.recent_orders = part.recent_orders;
+            merge(window.__view.all_stores, derived);
           }
           merge(window.__view.all_stores, data.all_stores);
           window.__view.position = data.position;

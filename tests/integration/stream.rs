@@ -134,7 +134,8 @@ impl SseClient {
 
 /// What a dashboard holds: the snapshot with every delta applied (fields present replace,
 /// `stock` merges by store and SKU, `per_minute` merges by minute and drops minutes before
-/// `per_minute_from`, `recent_orders` upserts by event id and keeps the newest 20).
+/// `per_minute_from`, `recent_orders` upserts by event id and keeps the newest 20; a
+/// store's `stock` and `recent_orders` apply to the rollup too).
 fn apply_delta(view: &mut Value, delta: &Value) {
     fn merge_store(target: &mut Value, part: &Value) {
         for (field, value) in part.as_object().expect("a view") {
@@ -199,6 +200,16 @@ fn apply_delta(view: &mut Value, delta: &Value) {
         match view["stores"].get_mut(store) {
             Some(existing) => merge_store(existing, part),
             None => panic!("a delta for a store the snapshot did not have: {store}"),
+        }
+        // The rollup's stock and recent orders follow from the stores' changes.
+        if view.get("all_stores").is_some() {
+            let mut derived = serde_json::Map::new();
+            for field in ["stock", "recent_orders"] {
+                if let Some(value) = part.get(field) {
+                    derived.insert(field.to_owned(), value.clone());
+                }
+            }
+            merge_store(&mut view["all_stores"], &Value::Object(derived));
         }
     }
     if let Some(all) = delta.get("all_stores") {

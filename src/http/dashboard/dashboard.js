@@ -64,6 +64,13 @@ function applyDelta(delta) {
   const view = state.view;
   for (const [store, part] of Object.entries(delta.stores ?? {})) {
     if (view.stores[store]) merge(view.stores[store], part); else view.stores[store] = part;
+    // The rollup's stock and recent orders follow from the stores' changes.
+    if (view.all_stores) {
+      const derived = {};
+      if (part.stock) derived.stock = part.stock;
+      if (part.recent_orders) derived.recent_orders = part.recent_orders;
+      merge(view.all_stores, derived);
+    }
   }
   if (delta.all_stores && view.all_stores) merge(view.all_stores, delta.all_stores);
   view.position = delta.position;
