@@ -8,7 +8,8 @@
 //! clock at consumption minus the record's event time: what Kafka itself costs.
 //!
 //! Prints Markdown for `docs/benchmarks.md`. Not a test: nothing here asserts a speed.
-//! Settings: `BENCH_CLIENTS` (default 1000), `BENCH_SECONDS` (15), `BENCH_RATE` (2000/s).
+//! Settings: `BENCH_CLIENTS` (default 1000), `BENCH_SECONDS` (15), `BENCH_RATE` (2000/s),
+//! `BENCH_FRAME_INTERVAL` (serve's `stream.frame_interval`; its default when unset).
 
 mod common;
 
@@ -128,8 +129,18 @@ async fn main() {
     )
     .await
     .expect("topics");
-    let (mut serve, address) =
-        common::spawn_serve(&settings.topics, &format!("bench-latency-{suffix}"), &[]);
+    // BENCH_FRAME_INTERVAL: serve's `stream.frame_interval` (its default, 25ms, if unset).
+    let frame_interval = std::env::var("BENCH_FRAME_INTERVAL").ok();
+    let environment: Vec<(&str, &str)> = frame_interval
+        .as_deref()
+        .map(|v| ("STOREPULSE_FRAME_INTERVAL", v))
+        .into_iter()
+        .collect();
+    let (mut serve, address) = common::spawn_serve(
+        &settings.topics,
+        &format!("bench-latency-{suffix}"),
+        &environment,
+    );
     // Wait until serve has its partitions (the stream answers 200).
     for _ in 0..100 {
         let ready = common::http_get(&address, "/readyz").0 == 200;
