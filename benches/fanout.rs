@@ -16,7 +16,7 @@
 //!
 //! Prints Markdown for `docs/benchmarks.md`; asserts nothing about speed. Settings:
 //! `BENCH_CLIENTS` (10000), `BENCH_DASHBOARDS` (1000), `BENCH_SECONDS` (10),
-//! `BENCH_RATE` (200 records/s).
+//! `BENCH_RATE` (200 records/s), `BENCH_BATCH_BYTES` (serve's `stream.batch_bytes`).
 
 mod common;
 
@@ -453,7 +453,12 @@ async fn main() {
     .expect("topics");
     produce(&settings, 1, rate, 2).await;
     let group = format!("bench-fanout-{suffix}");
-    let environment = [("STOREPULSE_MAX_SUBSCRIBERS", "20000")];
+    // BENCH_BATCH_BYTES: serve's `stream.batch_bytes` (its default when unset).
+    let batch_bytes = std::env::var("BENCH_BATCH_BYTES").ok();
+    let mut environment = vec![("STOREPULSE_MAX_SUBSCRIBERS", "20000")];
+    if let Some(bytes) = batch_bytes.as_deref() {
+        environment.push(("STOREPULSE_BATCH_BYTES", bytes));
+    }
     let (mut serve, address) = common::spawn_serve(&settings.topics, &group, &environment);
     wait_for("readiness", Duration::from_secs(60), || {
         common::http_get(&address, "/readyz").0 == 200
@@ -536,10 +541,8 @@ async fn main() {
     let killed = Instant::now();
     storm.mark.fetch_add(1, Ordering::Relaxed);
     storm.tally.fresh.store(0, Ordering::Relaxed);
-    let restart_env = [
-        ("STOREPULSE_MAX_SUBSCRIBERS", "20000"),
-        ("STOREPULSE_HTTP_ADDR", address.as_str()),
-    ];
+    let mut restart_env = environment.clone();
+    restart_env.push(("STOREPULSE_HTTP_ADDR", address.as_str()));
     let (mut serve, _) = common::spawn_serve(&settings.topics, &group, &restart_env);
     let listening = killed.elapsed();
     let tally = Arc::clone(&storm.tally);

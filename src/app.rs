@@ -59,6 +59,7 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
             resume_wait: settings.stream.resume_wait,
             max_subscribers: settings.stream.max_subscribers,
             stall_timeout: settings.stream.stall_timeout,
+            batch_bytes: settings.stream.batch_bytes,
         },
         stop: stop.clone(),
     });

@@ -60,6 +60,8 @@ pub struct StreamSettings {
     pub max_subscribers: usize,
     /// A client that takes nothing from its socket for this long is disconnected.
     pub stall_timeout: Duration,
+    /// A client behind by more than this many bytes of frames gets one conflated delta.
+    pub batch_bytes: usize,
 }
 
 /// An error response: a status and a reason, as JSON.
@@ -271,6 +273,7 @@ async fn stream(
         Subscription::Ahead { .. } => unreachable!("asked without an id"),
     };
     let heartbeat = app.stream.heartbeat;
+    let batch_bytes = app.stream.batch_bytes;
     let stop = app.stop.clone();
     let stall = StallWatch::start(
         connection.map(|Extension(ConnectInfo(c))| c.kill),
@@ -306,7 +309,7 @@ async fn stream(
                             .filter_map(|f| f.bytes_for(store.as_ref()))
                             .collect();
                         let pending_size: usize = relevant.iter().map(|b| b.len()).sum();
-                        let bytes = if relevant.len() > 1 && pending_size > BATCH_BYTES {
+                        let bytes = if relevant.len() > 1 && pending_size > batch_bytes {
                             Metrics::inc(&app.metrics.conflated_writes);
                             crate::stream::pending_bytes(&pending, store.as_ref())
                         } else if relevant.len() > 1 {
@@ -370,10 +373,6 @@ async fn stream(
     )
         .into_response())
 }
-
-/// A subscriber behind by more than this many bytes of frames gets one conflated delta
-/// instead of the frames.
-const BATCH_BYTES: usize = 64 * 1024;
 
 /// Disconnects a client that stops taking bytes: hyper polls a body only when the socket
 /// has room, so a chunk offered and not taken for `timeout` means the client is not reading.
