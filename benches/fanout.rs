@@ -22,25 +22,12 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use storepulse::kafka::{self, KafkaSettings, Topics};
+use std::time::{Duration, Instant};
+use storepulse::kafka::KafkaSettings;
 use storepulse::simulate::scenario::ScenarioConfig;
 use storepulse::simulate::{self, SimulateOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// What a group of clients saw.
 #[derive(Default)]
@@ -142,7 +129,7 @@ async fn sse_client(
                         && let Some(as_of) = as_of_ms(event)
                         && let Ok(mut all) = tally.latencies.lock()
                     {
-                        all.push(now_ms() - as_of);
+                        all.push(common::now_ms() - as_of);
                     }
                 }
                 buffer.drain(..end + 2);
@@ -166,20 +153,13 @@ fn as_of_ms(event: &[u8]) -> Option<i64> {
     common::as_of_ms(field(event, b"data: ")?)
 }
 
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return -1;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 async fn produce(settings: &KafkaSettings, seed: u64, rate: f64, seconds: u64) -> u64 {
     simulate::run(
         settings,
         SimulateOptions {
             scenario: ScenarioConfig {
                 seed,
-                start_ms: now_ms(),
+                start_ms: common::now_ms(),
                 events_per_second: rate,
                 stores: 3,
                 skus_per_store: 40,
@@ -303,9 +283,9 @@ async fn fan_out(
         rss_per_client: rss_idle.saturating_sub(rss_before) as f64 / n as f64,
         deliveries_per_s: delivered as f64 / elapsed,
         cpu_s: cpu_after - cpu_before,
-        p50: percentile(&latencies, 0.5),
-        p99: percentile(&latencies, 0.99),
-        p999: percentile(&latencies, 0.999),
+        p50: common::percentile(&latencies, 0.5),
+        p99: common::percentile(&latencies, 0.99),
+        p999: common::percentile(&latencies, 0.999),
     }
 }
 
@@ -429,28 +409,11 @@ async fn main() {
         naive_server(args.get(2).cloned().expect("source address")).await;
         return;
     }
-    let n = setting("BENCH_CLIENTS", 10_000) as usize;
-    let m = setting("BENCH_DASHBOARDS", 1_000) as usize;
-    let seconds = setting("BENCH_SECONDS", 10);
-    let rate = setting("BENCH_RATE", 200) as f64;
-    let suffix: u32 = rand::random();
-    let settings = KafkaSettings {
-        brokers: std::env::var("STOREPULSE_KAFKA_BROKERS")
-            .unwrap_or_else(|_| kafka::DEFAULT_BROKERS.into()),
-        topics: Topics {
-            orders: format!("bench-fanout-{suffix}-orders"),
-            inventory: format!("bench-fanout-{suffix}-inventory"),
-            activity: format!("bench-fanout-{suffix}-activity"),
-        },
-    };
-    kafka::ensure_topics(
-        &settings,
-        &settings.topics.all(),
-        4,
-        Duration::from_secs(15),
-    )
-    .await
-    .expect("topics");
+    let n = common::setting("BENCH_CLIENTS", 10_000) as usize;
+    let m = common::setting("BENCH_DASHBOARDS", 1_000) as usize;
+    let seconds = common::setting("BENCH_SECONDS", 10);
+    let rate = common::setting("BENCH_RATE", 200) as f64;
+    let (settings, suffix) = common::fresh_topics("bench-fanout").await;
     produce(&settings, 1, rate, 2).await;
     let group = format!("bench-fanout-{suffix}");
     // BENCH_BATCH_BYTES: serve's `stream.batch_bytes` (its default when unset).

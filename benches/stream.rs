@@ -17,33 +17,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use storepulse::events::Codec;
-use storepulse::kafka::{self, KafkaSettings, Topics};
+use storepulse::kafka::{self, KafkaSettings};
 use storepulse::simulate::scenario::ScenarioConfig;
 use storepulse::simulate::{self, SimulateOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return -1;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 /// Reads one SSE client until `stop`, recording the latency of every delta it reads.
 async fn client(address: String, latencies: Arc<Mutex<Vec<i64>>>, stop: CancellationToken) {
@@ -72,7 +52,7 @@ async fn client(address: String, latencies: Arc<Mutex<Vec<i64>>>, stop: Cancella
             && event == "delta"
             && let Some(as_of) = common::as_of_ms(data.as_bytes())
         {
-            mine.push(now_ms() - as_of);
+            mine.push(common::now_ms() - as_of);
         }
     }
     if let Ok(mut all) = latencies.lock() {
@@ -100,7 +80,7 @@ fn bare_consumer(settings: KafkaSettings, stop: CancellationToken) -> Vec<i64> {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(50))
             && let Ok(event) = codec.decode(message.payload().unwrap_or_default())
         {
-            latencies.push(now_ms() - event.occurred_at());
+            latencies.push(common::now_ms() - event.occurred_at());
         }
     }
     latencies
@@ -108,27 +88,10 @@ fn bare_consumer(settings: KafkaSettings, stop: CancellationToken) -> Vec<i64> {
 
 #[tokio::main]
 async fn main() {
-    let clients = setting("BENCH_CLIENTS", 1_000) as usize;
-    let seconds = setting("BENCH_SECONDS", 15);
-    let rate = setting("BENCH_RATE", 2_000) as f64;
-    let suffix: u32 = rand::random();
-    let settings = KafkaSettings {
-        brokers: std::env::var("STOREPULSE_KAFKA_BROKERS")
-            .unwrap_or_else(|_| kafka::DEFAULT_BROKERS.into()),
-        topics: Topics {
-            orders: format!("bench-latency-{suffix}-orders"),
-            inventory: format!("bench-latency-{suffix}-inventory"),
-            activity: format!("bench-latency-{suffix}-activity"),
-        },
-    };
-    kafka::ensure_topics(
-        &settings,
-        &settings.topics.all(),
-        4,
-        Duration::from_secs(15),
-    )
-    .await
-    .expect("topics");
+    let clients = common::setting("BENCH_CLIENTS", 1_000) as usize;
+    let seconds = common::setting("BENCH_SECONDS", 15);
+    let rate = common::setting("BENCH_RATE", 2_000) as f64;
+    let (settings, suffix) = common::fresh_topics("bench-latency").await;
     // BENCH_FRAME_INTERVAL: serve's `stream.frame_interval` (its default, 25ms, if unset).
     let frame_interval = std::env::var("BENCH_FRAME_INTERVAL").ok();
     let environment: Vec<(&str, &str)> = frame_interval
@@ -170,7 +133,7 @@ async fn main() {
         SimulateOptions {
             scenario: ScenarioConfig {
                 seed: suffix.into(),
-                start_ms: now_ms(),
+                start_ms: common::now_ms(),
                 events_per_second: rate,
                 stores: 3,
                 skus_per_store: 40,
@@ -225,16 +188,16 @@ async fn main() {
     println!("|---|---:|---:|---:|---:|");
     println!(
         "| bare consumer (record produced → consumed) | {} | {} | {} | {} |",
-        percentile(&base, 0.5),
-        percentile(&base, 0.99),
-        percentile(&base, 0.999),
+        common::percentile(&base, 0.5),
+        common::percentile(&base, 0.99),
+        common::percentile(&base, 0.999),
         base.len()
     );
     println!(
         "| storepulse (newest record of a frame produced → frame parsed by a client) | {} | {} | {} | {} |",
-        percentile(&frames, 0.5),
-        percentile(&frames, 0.99),
-        percentile(&frames, 0.999),
+        common::percentile(&frames, 0.5),
+        common::percentile(&frames, 0.99),
+        common::percentile(&frames, 0.999),
         frames.len()
     );
 }

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, Read, Write};
 use std::process::{Child, Command, Stdio};
-use storepulse::kafka::Topics;
+use storepulse::kafka::{self, KafkaSettings, Topics};
 use storepulse::simulate::scenario::{FlashSale, ScenarioConfig};
 
 /// The benchmarks' shop: 8 stores × 500 SKUs, a 10-minute flash sale on 5 SKUs each.
@@ -83,4 +83,51 @@ pub fn as_of_ms(data: &[u8]) -> Option<i64> {
         .ok()?
         .parse()
         .ok()
+}
+
+/// A `BENCH_*` setting, or its default.
+pub fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Wall clock, epoch milliseconds (event times of a real-time run are on the same clock).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The `p` quantile of sorted samples (-1 when there are none).
+pub fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return -1;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Three new topics `<prefix>-<random>-{orders,inventory,activity}` of 4 partitions on the
+/// broker of `STOREPULSE_KAFKA_BROKERS`; returns their settings and the random suffix.
+pub async fn fresh_topics(prefix: &str) -> (KafkaSettings, u32) {
+    let suffix: u32 = rand::random();
+    let settings = KafkaSettings {
+        brokers: std::env::var("STOREPULSE_KAFKA_BROKERS")
+            .unwrap_or_else(|_| kafka::DEFAULT_BROKERS.into()),
+        topics: Topics {
+            orders: format!("{prefix}-{suffix}-orders"),
+            inventory: format!("{prefix}-{suffix}-inventory"),
+            activity: format!("{prefix}-{suffix}-activity"),
+        },
+    };
+    kafka::ensure_topics(
+        &settings,
+        &settings.topics.all(),
+        4,
+        std::time::Duration::from_secs(15),
+    )
+    .await
+    .expect("topics");
+    (settings, suffix)
 }

@@ -6,10 +6,11 @@
 //   STOREPULSE_BIN=target/debug/storepulse node --test tests/browser/
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { environment, simulate as run, freePort, startServe, waitFor, total, launch, crashNoise } from './support.mjs';
+import {
+  bin, environment, simulate as run, freePort, startServe, killServe, waitFor, total, launch, crashNoise,
+} from './support.mjs';
 
 const env = environment('browser');
-const bin = process.env.STOREPULSE_BIN;
 const simulate = (count, seed, start) => run(env, ['--count', String(count), '--rate', '0',
   '--seed', String(seed), '--start', start, '--stores', '2', '--skus', '10']);
 
@@ -85,8 +86,7 @@ test('a browser EventSource resumes through a serve crash without stepping back'
     simulate(1000, 2, '2026-11-27T14:05:00Z');
     await waitFor('live deltas', async () => (await lastTotal()) >= 2500);
 
-    serve.kill('SIGKILL');
-    await new Promise((r) => serve.once('exit', r));
+    await killServe(serve);
     await waitFor('the browser to notice', async () => (await page.evaluate(() => window.__errors)) > 0);
     serve = startServe(env, port);
     simulate(1000, 3, '2026-11-27T14:10:00Z');
@@ -111,6 +111,6 @@ test('a browser EventSource resumes through a serve crash without stepping back'
     assert.deepEqual(consoleErrors.filter((t) => !crashNoise.some((e) => t.includes(e))), []);
   } finally {
     await browser.close();
-    serve.kill('SIGKILL');
+    await killServe(serve);
   }
 });

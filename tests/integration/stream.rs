@@ -548,6 +548,32 @@ fn counter(server: &Server, name: &str) -> i64 {
         .unwrap_or_else(|| panic!("metric {name}"))
 }
 
+/// A client whose kernel buffers little and that will read nothing for a while, and one
+/// that reads along.
+fn idle_and_reading_clients(address: &str) -> (SseClient, SseClient) {
+    tokio::task::block_in_place(|| {
+        (
+            SseClient::connect_with(address, "/api/stream", None, SMALL_RECEIVE_BUFFER),
+            SseClient::connect(address, "/api/stream", None),
+        )
+    })
+}
+
+/// Every client's events, checked and applied from its snapshot, end at `/api/snapshot`.
+fn assert_each_ends_at_the_snapshot(server: &Server, clients: &[&[Sse]]) {
+    let (_, body) = server.get("/api/snapshot");
+    let snapshot: Value = serde_json::from_str(&body).expect("json");
+    for (i, events) in clients.iter().enumerate() {
+        let mut view = None;
+        check_and_apply(&mut view, events);
+        assert_eq!(
+            sorted_stock(view.expect("a snapshot came first")),
+            sorted_stock(snapshot.clone()),
+            "client {i}"
+        );
+    }
+}
+
 /// Produces 30 000 more records while `fast` reads along; returns its events and the total.
 async fn produce_while_reading(
     settings: &KafkaSettings,
@@ -580,20 +606,11 @@ async fn a_client_that_falls_behind_the_queue_gets_one_conflated_delta_not_a_bac
     ];
     let (settings, server, first) = caught_up_server("stream-slow", 7, 200, environment).await;
     let address = server.address.clone();
-    let (mut slow, fast) = tokio::task::block_in_place(|| {
-        (
-            SseClient::connect_with(&address, "/api/stream", None, SMALL_RECEIVE_BUFFER),
-            SseClient::connect(&address, "/api/stream", None),
-        )
-    });
+    let (mut slow, fast) = idle_and_reading_clients(&address);
     // Hundreds of frames while the slow client reads nothing and the other reads along:
     // the slow one's socket fills, its queue of 32 frames overflows.
     let (fast_events, total) = produce_while_reading(&settings, fast, first).await;
     let slow_events = tokio::task::block_in_place(|| read_until(&mut slow, total));
-    let mut view = None;
-    check_and_apply(&mut view, &fast_events);
-    let mut slow_view = None;
-    check_and_apply(&mut slow_view, &slow_events);
     assert!(
         counter(&server, "storepulse_lagged_subscribers_total") >= 1,
         "the idle client fell behind the frames"
@@ -615,16 +632,7 @@ async fn a_client_that_falls_behind_the_queue_gets_one_conflated_delta_not_a_bac
         deltas(&fast_events)
     );
     assert_eq!(counter(&server, "storepulse_stalled_disconnects_total"), 0);
-    let (_, body) = server.get("/api/snapshot");
-    let snapshot: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(
-        sorted_stock(view.expect("view")),
-        sorted_stock(snapshot.clone())
-    );
-    assert_eq!(
-        sorted_stock(slow_view.expect("view")),
-        sorted_stock(snapshot)
-    );
+    assert_each_ends_at_the_snapshot(&server, &[&fast_events, &slow_events]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -636,12 +644,7 @@ async fn a_client_that_reads_nothing_is_disconnected_and_resumes_exactly_by_its_
     ];
     let (settings, server, first) = caught_up_server("stream-stall", 9, 200, environment).await;
     let address = server.address.clone();
-    let (mut stalled, fast) = tokio::task::block_in_place(|| {
-        (
-            SseClient::connect_with(&address, "/api/stream", None, SMALL_RECEIVE_BUFFER),
-            SseClient::connect(&address, "/api/stream", None),
-        )
-    });
+    let (mut stalled, fast) = idle_and_reading_clients(&address);
     // Five seconds of frames; the stalled client takes nothing, so after a second of a
     // blocked socket the server closes it.
     let (fast_events, total) = produce_while_reading(&settings, fast, first).await;
@@ -673,20 +676,7 @@ async fn a_client_that_reads_nothing_is_disconnected_and_resumes_exactly_by_its_
         "resumed from the frame log, without a snapshot"
     );
     events.extend(resumed);
-    let mut view = None;
-    check_and_apply(&mut view, &events);
-    let mut fast_view = None;
-    check_and_apply(&mut fast_view, &fast_events);
-    let (_, body) = server.get("/api/snapshot");
-    let snapshot: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(
-        sorted_stock(view.expect("view")),
-        sorted_stock(snapshot.clone())
-    );
-    assert_eq!(
-        sorted_stock(fast_view.expect("view")),
-        sorted_stock(snapshot)
-    );
+    assert_each_ends_at_the_snapshot(&server, &[&fast_events, &events]);
 }
 
 /// One of many concurrent clients: an EventSource in miniature over tokio, which reconnects
