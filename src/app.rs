@@ -2,32 +2,68 @@
 //!
 //! Start: HTTP first (health answers while the rest starts), migrations, the dead-letter
 //! topic, the partition layout (waiting for the topics to exist), the newest checkpoint,
-//! then the ingest thread and the checkpoint writer. A dependency that is down delays,
-//! and shows in `/readyz`; it never crashes the process.
+//! then the ingest thread, the checkpoint writer and the lag monitor. A dependency that is
+//! down delays, and shows in `/readyz`; it never crashes the process.
 //!
-//! Stop (SIGINT/SIGTERM): stop consuming, freeze a final checkpoint and write it, stop
-//! HTTP, exit 0.
+//! Every task is spawned on one [`TaskTracker`] and stopped through one tree of
+//! [`CancellationToken`]s, each stage's token a child of the next one's, so cancelling a
+//! stage also stops every stage before it. Stop (SIGINT/SIGTERM, or the ingest loop
+//! ending), in this order, each joined before the next:
+//! 1. HTTP: stop accepting, end the open streams (clients resume by id elsewhere or later);
+//! 2. ingest: stop consuming, freeze the final checkpoint;
+//! 3. checkpoint writer: write it (bounded by [`FINAL_CHECKPOINT_WAIT`]);
+//! 4. lag monitor;
+//!
+//! then exit 0 (non-zero if ingest failed).
 
-use crate::aggregate::{Layout, State};
-use crate::checkpoint::{CheckpointStore, Frozen};
+use crate::aggregate::{AggregateConfig, Layout, PartitionKey, State};
+use crate::checkpoint::{CheckpointError, CheckpointStore, Frozen};
 use crate::config::Settings;
 use crate::events::{Codec, TopicRole};
 use crate::http::listener::{Connection, StreamListener};
 use crate::http::{self, AppState};
-use crate::ingest::{Ingest, Status};
+use crate::ingest::{Engine, EngineSettings, Ingest, Outputs, Status};
 use crate::kafka::{self, KafkaSettings};
+use crate::live::LogLimits;
 use crate::metrics::Metrics;
-use crate::stream::LogLimits;
 use anyhow::Context;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Longest the final checkpoint may take at shutdown.
+pub const FINAL_CHECKPOINT_WAIT: Duration = Duration::from_secs(15);
+
+/// The shutdown stages, in order. Each token is a child of the next stage's.
+struct Stages {
+    http: CancellationToken,
+    ingest: CancellationToken,
+    writer: CancellationToken,
+    monitor: CancellationToken,
+}
+
+impl Stages {
+    fn new() -> Stages {
+        let monitor = CancellationToken::new();
+        let writer = monitor.child_token();
+        let ingest = writer.child_token();
+        let http = ingest.child_token();
+        Stages {
+            http,
+            ingest,
+            writer,
+            monitor,
+        }
+    }
+}
 
 /// Runs `serve` until `stop` is cancelled (or the ingest loop fails).
 pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
-    let kafka_settings = settings.kafka();
+    let tasks = TaskTracker::new();
+    let stages = Stages::new();
     let codec = Codec::new(&settings.confluent_ids()?).context("schemas")?;
     let aggregate = Arc::new(settings.aggregate_config()?);
     let metrics = Arc::new(Metrics::default());
@@ -35,149 +71,100 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
     let store =
         CheckpointStore::connect_lazy(&settings.checkpoint.database_url, &settings.kafka.group_id)
             .context("checkpoint store settings")?;
-
     let (request_tx, request_rx) = mpsc::channel(1024);
     let (status_tx, status_rx) = watch::channel(Status::default());
-    let status_watch = status_rx.clone();
-    let listener = http::listener::bind(settings.http.addr)
-        .with_context(|| format!("cannot listen on {}", settings.http.addr))?;
-    let address = listener.local_addr()?;
-    let send_buffer = Some(settings.stream.socket_send_buffer).filter(|b| *b > 0);
-    let listener = StreamListener::new(listener, send_buffer);
-    println!("storepulse serving on http://{address}");
-    tracing::info!(%address, "http listening");
-    // Subscribers get receivers from the ingest thread; this sender lives there.
+    // Subscribers get receivers from the ingest engine, which holds this sender.
     let (frames_tx, _) = broadcast::channel(settings.stream.queue_frames);
-    let router = http::app(AppState {
+    let http_app = AppState {
         requests: request_tx,
-        status: status_rx,
+        status: status_rx.clone(),
         checkpoints: store.clone(),
         metrics: Arc::clone(&metrics),
         max_lag: settings.ready.max_lag,
-        stream: http::StreamSettings {
-            heartbeat: settings.stream.heartbeat,
-            resume_wait: settings.stream.resume_wait,
-            max_subscribers: settings.stream.max_subscribers,
-            stall_timeout: settings.stream.stall_timeout,
-            batch_bytes: settings.stream.batch_bytes,
-        },
-        stop: stop.clone(),
-    });
-    let http_stop = stop.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<Connection>(),
-        )
-        .with_graceful_shutdown(async move { http_stop.cancelled().await })
-        .await
-    });
+        stream: Arc::new(settings.stream.clone()),
+        stop: stages.http.clone(),
+    };
+    let server = tasks.spawn(run_http(start_http(&settings)?, http_app));
 
-    let mut migrated = !settings.checkpoint.migrate_on_start;
-    if !migrated {
-        match store.migrate().await {
-            Ok(()) => migrated = true,
-            Err(error) => {
-                tracing::warn!(error = %error, "migrations failed; retried before the first checkpoint")
-            }
-        }
-    }
-    let dead_letter = settings.kafka.dead_letter_topic.clone();
-    if let Err(error) =
-        kafka::ensure_topics(&kafka_settings, &[&dead_letter], 1, Duration::from_secs(10)).await
-    {
-        tracing::warn!(error = %error, topic = %dead_letter, "could not create the dead-letter topic");
-    }
+    let migrated = migrate_early(&settings, &store).await;
+    let kafka_settings = settings.kafka();
+    ensure_dead_letter_topic(&kafka_settings, &settings.kafka.dead_letter_topic).await;
     let Some(layout) = wait_for_layout(&kafka_settings, &stop).await else {
-        return finish_http(server).await;
+        return stop_early(stages, tasks, server).await;
     };
-    let state = match store.load_newest(&layout, Arc::clone(&aggregate)).await {
-        Ok(Some((id, state))) => {
-            tracing::info!(checkpoint = id, position = %layout.encode(state.position()), "restored checkpoint");
-            state
-        }
-        Ok(None) => {
-            tracing::info!("no checkpoint: reading every partition from the beginning");
-            State::new(Arc::clone(&aggregate))
-        }
-        Err(error) => {
-            tracing::warn!(error = %error, "checkpoint store unavailable at start: rebuilding from kafka");
-            State::new(Arc::clone(&aggregate))
-        }
-    };
+    let state = restore(&store, &layout, &aggregate).await;
 
     let (checkpoint_tx, checkpoint_rx) = watch::channel(None);
     let (written_tx, written_rx) = mpsc::unbounded_channel();
-    let ingest_stop = CancellationToken::new();
-    let ingest_done = CancellationToken::new();
-    let ingest = Ingest {
-        kafka: kafka_settings,
-        group_id: settings.kafka.group_id.clone(),
-        dead_letter_topic: dead_letter,
-        codec,
-        layout: layout.clone(),
+    let engine = Engine::new(
         state,
-        checkpoint_interval: settings.checkpoint.interval,
-        checkpoints: checkpoint_tx,
+        layout.clone(),
+        codec,
+        engine_settings(&settings),
+        Outputs {
+            frames: frames_tx,
+            checkpoints: checkpoint_tx,
+            status: status_tx,
+            metrics: Arc::clone(&metrics),
+        },
+    );
+    let ingest = Ingest {
+        kafka: kafka_settings.clone(),
+        group_id: settings.kafka.group_id.clone(),
+        dead_letter_topic: settings.kafka.dead_letter_topic.clone(),
+        engine,
         written: written_rx,
         requests: request_rx,
-        status: status_tx,
-        metrics: Arc::clone(&metrics),
-        stop: ingest_stop.clone(),
-        frame_interval: settings.stream.frame_interval,
-        log_limits: LogLimits {
-            frames: settings.stream.log_max_frames,
-            bytes: settings.stream.log_max_bytes,
-            age_ms: u64::try_from(settings.stream.log_max_age.as_millis()).unwrap_or(u64::MAX),
-        },
-        started: std::time::Instant::now(),
-        frames: frames_tx,
+        stop: stages.ingest.clone(),
     };
-    let done = ingest_done.clone();
-    let ingest_thread = std::thread::Builder::new()
-        .name("ingest".into())
-        .spawn(move || {
-            let result = ingest.run();
-            done.cancel();
-            result
-        })
-        .context("cannot start the ingest thread")?;
-    tokio::spawn(monitor_lag(
-        settings.kafka(),
-        layout.clone(),
-        status_watch,
-        Arc::clone(&metrics),
-        ingest_done.clone(),
-    ));
-    let writer_stop = CancellationToken::new();
-    let writer = tokio::spawn(checkpoint_writer(Writer {
+    let mut ingest = tasks.spawn_blocking(move || ingest.run());
+    let writer = tasks.spawn(checkpoint_writer(Writer {
         store,
-        layout,
+        layout: layout.clone(),
         keep: settings.checkpoint.keep,
         frozen: checkpoint_rx,
         written: written_tx,
-        metrics,
+        metrics: Arc::clone(&metrics),
         migrated,
-        stop: writer_stop.clone(),
+        stop: stages.writer.clone(),
     }));
+    let monitor = tasks.spawn(monitor_lag(
+        kafka_settings,
+        layout,
+        status_rx,
+        metrics,
+        stages.monitor.clone(),
+    ));
+    tasks.close();
 
-    tokio::select! {
-        () = stop.cancelled() => tracing::info!("stopping: final checkpoint"),
-        () = ingest_done.cancelled() => tracing::error!("the ingest loop ended"),
-    }
-    ingest_stop.cancel();
-    let ingest_result = tokio::task::spawn_blocking(move || ingest_thread.join())
-        .await
-        .context("joining the ingest thread")?;
-    writer_stop.cancel();
-    if tokio::time::timeout(Duration::from_secs(15), writer)
+    let ingest_result = tokio::select! {
+        () = stop.cancelled() => {
+            tracing::info!("stopping: http, then ingest and the final checkpoint");
+            None
+        }
+        result = &mut ingest => {
+            tracing::error!("the ingest loop ended");
+            Some(result)
+        }
+    };
+    stages.http.cancel();
+    let http_result = server.await.context("http task")?;
+    stages.ingest.cancel();
+    let ingest_result = match ingest_result {
+        Some(result) => result,
+        None => ingest.await,
+    };
+    stages.writer.cancel();
+    if tokio::time::timeout(FINAL_CHECKPOINT_WAIT, writer)
         .await
         .is_err()
     {
-        tracing::error!("the final checkpoint did not finish in 15 s");
+        tracing::error!(wait = ?FINAL_CHECKPOINT_WAIT, "the final checkpoint did not finish in time");
     }
-    stop.cancel();
-    finish_http(server).await?;
+    stages.monitor.cancel();
+    let _ = monitor.await;
+    tasks.wait().await;
+    http_result.context("http server")?;
     match ingest_result {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(error).context("ingest failed"),
@@ -185,8 +172,97 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
     }
 }
 
-async fn finish_http(server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
-    server.await.context("http task")?.context("http server")
+/// Binds the HTTP listener (printing its address: scripts and tests read that line).
+fn start_http(settings: &Settings) -> anyhow::Result<StreamListener> {
+    let listener = http::listener::bind(settings.http.addr)
+        .with_context(|| format!("cannot listen on {}", settings.http.addr))?;
+    let address = listener.local_addr()?;
+    let send_buffer = Some(settings.stream.socket_send_buffer).filter(|b| *b > 0);
+    println!("storepulse serving on http://{address}");
+    tracing::info!(%address, "http listening");
+    Ok(StreamListener::new(listener, send_buffer))
+}
+
+/// Serves until the HTTP stage is cancelled; the open streams end on the same token.
+async fn run_http(listener: StreamListener, app: AppState) -> std::io::Result<()> {
+    let stop = app.stop.clone();
+    axum::serve(
+        listener,
+        http::app(app).into_make_service_with_connect_info::<Connection>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await })
+    .await
+}
+
+/// Stopped before ingest started: only HTTP runs.
+async fn stop_early(
+    stages: Stages,
+    tasks: TaskTracker,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
+    stages.monitor.cancel();
+    tasks.close();
+    let result = server.await.context("http task")?;
+    tasks.wait().await;
+    result.context("http server")
+}
+
+fn engine_settings(settings: &Settings) -> EngineSettings {
+    let stream = &settings.stream;
+    EngineSettings {
+        frame_interval: stream.frame_interval,
+        log_limits: LogLimits {
+            frames: stream.log_max_frames,
+            bytes: stream.log_max_bytes,
+            age_ms: u64::try_from(stream.log_max_age.as_millis()).unwrap_or(u64::MAX),
+        },
+        resume_wait: stream.resume_wait,
+        checkpoint_interval: settings.checkpoint.interval,
+    }
+}
+
+/// Applies the migrations at start if configured; `false` if they still have to run
+/// (the writer retries them before its first checkpoint).
+async fn migrate_early(settings: &Settings, store: &CheckpointStore) -> bool {
+    if !settings.checkpoint.migrate_on_start {
+        return true;
+    }
+    match store.migrate().await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(error = %error, "migrations failed; retried before the first checkpoint");
+            false
+        }
+    }
+}
+
+async fn ensure_dead_letter_topic(settings: &KafkaSettings, topic: &str) {
+    if let Err(error) = kafka::ensure_topics(settings, &[topic], 1, Duration::from_secs(10)).await {
+        tracing::warn!(error = %error, topic, "could not create the dead-letter topic");
+    }
+}
+
+/// The newest checkpoint's state, or an empty one (rebuilt from Kafka) when there is
+/// none, the store is down, or the checkpoint cannot be restored.
+async fn restore(
+    store: &CheckpointStore,
+    layout: &Layout,
+    aggregate: &Arc<AggregateConfig>,
+) -> State {
+    match store.load_newest(layout, Arc::clone(aggregate)).await {
+        Ok(Some((id, state))) => {
+            tracing::info!(checkpoint = id, position = %layout.encode(state.position()), "restored checkpoint");
+            return state;
+        }
+        Ok(None) => tracing::info!("no checkpoint: reading every partition from the beginning"),
+        Err(error @ CheckpointError::Corrupt { .. }) => {
+            tracing::error!(error = %error, "the newest checkpoint cannot be restored (a defect): rebuilding from kafka")
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "checkpoint store unavailable at start: rebuilding from kafka")
+        }
+    }
+    State::new(Arc::clone(aggregate))
 }
 
 /// Waits until the three topics exist, then returns their layout; `None` if stopped first.
@@ -249,21 +325,18 @@ async fn monitor_lag(
     layout: Layout,
     status: watch::Receiver<Status>,
     metrics: Arc<Metrics>,
-    done: CancellationToken,
+    stop: CancellationToken,
 ) {
-    let partitions: Vec<(String, i32, crate::aggregate::PartitionKey)> = layout
+    let partitions: Vec<(String, i32, PartitionKey)> = layout
         .topics()
         .iter()
         .flat_map(|(role, name, count)| {
             (0..*count).map(move |partition| {
-                (
-                    name.clone(),
+                let key = PartitionKey {
+                    role: *role,
                     partition,
-                    crate::aggregate::PartitionKey {
-                        role: *role,
-                        partition,
-                    },
-                )
+                };
+                (name.clone(), partition, key)
             })
         })
         .collect();
@@ -275,7 +348,7 @@ async fn monitor_lag(
         }
     };
     let names: Vec<(String, i32)> = partitions.iter().map(|(n, p, _)| (n.clone(), *p)).collect();
-    while !done.is_cancelled() {
+    while !stop.is_cancelled() {
         let position = status.borrow().position.clone();
         let probe_now = Arc::clone(&probe);
         let names_now = names.clone();
@@ -298,7 +371,7 @@ async fn monitor_lag(
         metrics.consumer_lag.store(lag, Ordering::Relaxed);
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = done.cancelled() => {}
+            () = stop.cancelled() => {}
         }
     }
 }
@@ -314,15 +387,23 @@ struct Writer {
     stop: CancellationToken,
 }
 
+/// First wait after a failed checkpoint.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
 /// Longest wait between checkpoint attempts while the store is down: a returning database
 /// is noticed within this long.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
+/// The wait after `current` failed too: doubling, capped at [`MAX_BACKOFF`].
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(MAX_BACKOFF)
+}
+
 /// Writes the newest frozen checkpoint whenever it changes; on failure retries with
-/// exponential backoff (0.5 s to [`MAX_BACKOFF`]), always with the newest one. On stop,
-/// writes what is newest once more and returns.
+/// exponential backoff ([`FIRST_BACKOFF`] to [`MAX_BACKOFF`]), always with the newest one.
+/// On stop, writes what is newest once more and returns.
 async fn checkpoint_writer(mut w: Writer) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = FIRST_BACKOFF;
     let mut last_position: Option<String> = None;
     loop {
         let finishing = w.stop.is_cancelled();
@@ -330,26 +411,10 @@ async fn checkpoint_writer(mut w: Writer) {
         if let Some(frozen) =
             frozen.filter(|f| last_position.as_deref() != Some(f.position.as_str()))
         {
-            let result = async {
-                if !w.migrated {
-                    w.store.migrate().await?;
-                    w.migrated = true;
-                }
-                w.store.write(&frozen, &w.layout, w.keep).await
-            }
-            .await;
-            match result {
-                Ok(written) => {
-                    Metrics::inc(&w.metrics.checkpoints);
-                    w.metrics
-                        .checkpoint_last_micros
-                        .store(written.duration.as_micros() as u64, Ordering::Relaxed);
-                    w.metrics
-                        .checkpoint_last_bytes
-                        .store(written.bytes as u64, Ordering::Relaxed);
-                    tracing::debug!(id = written.id, bytes = written.bytes, duration = ?written.duration, "checkpoint written");
+            match w.write(&frozen).await {
+                Ok(()) => {
                     last_position = Some(frozen.position.clone());
-                    backoff = Duration::from_millis(500);
+                    backoff = FIRST_BACKOFF;
                     let _ = w.written.send(frozen);
                 }
                 Err(error) => {
@@ -363,7 +428,7 @@ async fn checkpoint_writer(mut w: Writer) {
                         () = tokio::time::sleep(backoff) => {}
                         () = w.stop.cancelled() => {}
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = next_backoff(backoff);
                     continue;
                 }
             }
@@ -375,5 +440,96 @@ async fn checkpoint_writer(mut w: Writer) {
             changed = w.frozen.changed() => if changed.is_err() && !w.stop.is_cancelled() { return },
             () = w.stop.cancelled() => {}
         }
+    }
+}
+
+impl Writer {
+    /// One checkpoint transaction (migrating first if that is still owed), with metrics.
+    async fn write(&mut self, frozen: &Frozen) -> Result<(), CheckpointError> {
+        if !self.migrated {
+            self.store.migrate().await?;
+            self.migrated = true;
+        }
+        let written = self.store.write(frozen, &self.layout, self.keep).await?;
+        Metrics::inc(&self.metrics.checkpoints);
+        self.metrics
+            .checkpoint_last_micros
+            .store(written.duration.as_micros() as u64, Ordering::Relaxed);
+        self.metrics
+            .checkpoint_last_bytes
+            .store(written.bytes as u64, Ordering::Relaxed);
+        tracing::debug!(id = written.id, bytes = written.bytes, duration = ?written.duration, "checkpoint written");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::TopicRole;
+
+    #[test]
+    fn backoff_doubles_from_half_a_second_to_eight() {
+        let mut waits = vec![FIRST_BACKOFF];
+        for _ in 0..6 {
+            waits.push(next_backoff(*waits.last().expect("one")));
+        }
+        let secs: Vec<f64> = waits.iter().map(Duration::as_secs_f64).collect();
+        assert_eq!(secs, [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]);
+    }
+
+    #[test]
+    fn cancelling_a_stage_stops_every_stage_before_it_and_none_after() {
+        let stages = Stages::new();
+        stages.ingest.cancel();
+        assert!(stages.http.is_cancelled() && stages.ingest.is_cancelled());
+        assert!(!stages.writer.is_cancelled() && !stages.monitor.is_cancelled());
+        stages.monitor.cancel();
+        assert!(stages.writer.is_cancelled());
+    }
+
+    /// With the database down, a checkpoint fails and counts; stopped while backing off, the
+    /// writer tries once more and returns (paused time: no backoff is slept for real).
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_database_is_retried_with_backoff_and_the_writer_still_stops() {
+        let layout = Layout::new(vec![
+            (TopicRole::Orders, "o".into(), 1),
+            (TopicRole::Inventory, "i".into(), 1),
+            (TopicRole::Activity, "a".into(), 1),
+        ]);
+        // Nothing listens on port 1: every attempt fails at once.
+        let store = CheckpointStore::connect_lazy("postgres://postgres@127.0.0.1:1/none", "g")
+            .expect("a lazy pool");
+        let state = State::new(Arc::new(AggregateConfig::default()));
+        let (frozen_tx, frozen) = watch::channel(Some(Arc::new(Frozen::of(&state, &layout))));
+        let (written, mut written_rx) = mpsc::unbounded_channel();
+        let metrics = Arc::new(Metrics::default());
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(checkpoint_writer(Writer {
+            store,
+            layout,
+            keep: 3,
+            frozen,
+            written,
+            metrics: Arc::clone(&metrics),
+            migrated: true,
+            stop: stop.clone(),
+        }));
+        let failures = || metrics.checkpoint_failures.load(Ordering::Relaxed);
+        for _ in 0..600 {
+            if failures() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(failures() >= 1, "the first attempt failed");
+        // Stopped while backing off: one last attempt, then it returns (no endless retry).
+        stop.cancel();
+        drop(frozen_tx);
+        tokio::time::timeout(Duration::from_secs(30), writer)
+            .await
+            .expect("the writer stops")
+            .expect("no panic");
+        assert!(written_rx.try_recv().is_err(), "nothing was written");
     }
 }

@@ -10,11 +10,8 @@ use crate::aggregate::{AggregateConfig, Layout, State};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+pub use storepulse_core::checkpoint::{FORMAT_VERSION, FormatError, Frozen};
 use thiserror::Error;
-
-/// Version of the serialised `State`. Bump it whenever a serialised type in `aggregate`
-/// changes shape; older checkpoints are then ignored and the state is rebuilt from Kafka.
-pub const FORMAT_VERSION: i32 = 1;
 
 /// Migrations in `migrations/`, compiled in.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -28,54 +25,15 @@ pub enum CheckpointError {
     /// Migrations failed.
     #[error("checkpoint migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The stored state does not deserialise although its version matches (a defect).
-    #[error("checkpoint {id} is corrupt: {reason}")]
+    /// The stored state cannot be restored although its version matched the query (a
+    /// defect: never guessed at, the state is rebuilt from Kafka).
+    #[error("checkpoint {id} cannot be restored: {source}")]
     Corrupt {
         /// Checkpoint id.
         id: i64,
-        /// Deserialiser message.
-        reason: String,
+        /// Why.
+        source: FormatError,
     },
-}
-
-/// A serialised state ready to be written (made by the state's owner, written elsewhere).
-#[derive(Clone, Debug)]
-pub struct Frozen {
-    /// postcard bytes of the `State`.
-    pub bytes: Vec<u8>,
-    /// Encoded position.
-    pub position: String,
-    /// Per-partition positions: `(topic, partition, next offset)`.
-    pub partitions: Vec<(String, i32, i64)>,
-    /// Newest event time.
-    pub newest_event_time: i64,
-}
-
-impl Frozen {
-    /// Serialises `state` in `layout`.
-    pub fn of(state: &State, layout: &Layout) -> Frozen {
-        let bytes =
-            postcard::to_stdvec(state).unwrap_or_else(|e| panic!("state always serialises: {e}"));
-        let partitions = layout
-            .topics()
-            .iter()
-            .flat_map(|(role, name, count)| {
-                (0..*count).map(move |partition| (*role, name.clone(), partition))
-            })
-            .map(|(role, name, partition)| {
-                let next = state
-                    .position()
-                    .next_offset(crate::aggregate::PartitionKey { role, partition });
-                (name, partition, next)
-            })
-            .collect();
-        Frozen {
-            bytes,
-            position: layout.encode(state.position()),
-            partitions,
-            newest_event_time: state.newest_event_time(),
-        }
-    }
 }
 
 /// What a write did.
@@ -215,12 +173,8 @@ impl CheckpointStore {
         let Some((id, bytes)) = row else {
             return Ok(None);
         };
-        let mut state: State =
-            postcard::from_bytes(&bytes).map_err(|e| CheckpointError::Corrupt {
-                id,
-                reason: e.to_string(),
-            })?;
-        state.set_config(config);
+        let state = storepulse_core::checkpoint::restore(FORMAT_VERSION, &bytes, config)
+            .map_err(|source| CheckpointError::Corrupt { id, source })?;
         Ok(Some((id, state)))
     }
 }

@@ -5,15 +5,17 @@
 //!
 //! # Layout
 //!
-//! Functional core (no I/O, no clock, no randomness of its own):
+//! The functional core is the `storepulse-core` crate (`crates/core`, no I/O dependency:
+//! the compiler keeps it pure), re-exported here:
 //! - [`events`]: the event types, Avro schemas (`schemas/`) and the codec.
 //! - [`aggregate`]: the materialized view: `State::apply`, positions, JSON views.
+//! - [`live`]: the live stream's logic: deltas, frames, the frame log, resume rules, SSE.
 //! - [`simulate::scenario`]: the deterministic flash-sale generator.
-//! - [`stream`]: SSE framing, frames and the frame log.
+//! - `storepulse_core::checkpoint`: the checkpoint format (re-exported by [`checkpoint`]).
 //!
 //! Imperative shell (one external system per module):
 //! - [`kafka`]: the only place typed settings become rdkafka configuration.
-//! - [`ingest`]: the consumer thread that owns the state; dead-letters poison records.
+//! - [`ingest`]: the consumer thread and the engine that owns the state; dead letters.
 //! - [`checkpoint`]: the PostgreSQL checkpoint store (the only SQL).
 //! - [`http`]: the axum API (the only axum code).
 //! - [`simulate`]: produces a scenario to the real broker.
@@ -21,15 +23,14 @@
 //! - [`app`]: wires `serve` together, owns start-up and shutdown order.
 //! - [`cli`]: the `storepulse` command line.
 
-pub mod aggregate;
+pub use storepulse_core::{aggregate, events, live};
+
 pub mod app;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
-pub mod events;
 pub mod http;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod simulate;
-pub mod stream;

@@ -1,33 +1,27 @@
 //! Process metrics: plain atomic counters and gauges, rendered in the Prometheus text
 //! format at `/metrics`. Written from the ingest thread and the checkpoint writer, read by
 //! HTTP; no locks.
+//!
+//! Labelled counters are arrays indexed by the label's own type (`TopicRole::ALL`,
+//! `DecodeError::index`), so a new role or decode error is counted without a change here.
 
+use crate::events::{DecodeError, TopicRole};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-
-/// Every decode error label, in a fixed order (see `DecodeError::label`).
-pub const DECODE_ERROR_LABELS: [&str; 6] = [
-    "too_short",
-    "unknown_framing",
-    "unknown_fingerprint",
-    "unknown_confluent_id",
-    "malformed",
-    "invalid",
-];
 
 /// The metrics of one process.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Records read, per topic role (orders, inventory, activity).
-    pub records: [AtomicU64; 3],
+    /// Records read, per topic role (in `TopicRole::ALL` order; see [`Metrics::record_read`]).
+    pub records: [AtomicU64; TopicRole::ALL.len()],
     /// Events applied.
     pub applied: AtomicU64,
     /// Duplicate event ids skipped.
     pub duplicates: AtomicU64,
     /// Events later than the allowed lateness.
     pub late: AtomicU64,
-    /// Poison records, per decode error label.
-    pub decode_errors: [AtomicU64; 6],
+    /// Poison records, per decode error (see [`Metrics::poison_record`]).
+    pub decode_errors: [AtomicU64; DecodeError::LABELS.len()],
     /// Poison records delivered to the dead-letter topic.
     pub dead_lettered: AtomicU64,
     /// Poison records the dead-letter topic did not take (they stay in their source topic).
@@ -58,7 +52,8 @@ pub struct Metrics {
     pub frame_log_bytes: AtomicU64,
     /// Live streams open now.
     pub subscribers: AtomicI64,
-    /// Streams that fell behind the frames and got a snapshot.
+    /// Streams that fell behind their queue and caught up from the frame log (or from a
+    /// snapshot when the log had moved past them).
     pub lagged_subscribers: AtomicU64,
     /// Writes that conflated several pending frames into one delta.
     pub conflated_writes: AtomicU64,
@@ -70,6 +65,16 @@ impl Metrics {
     /// Adds one to a counter.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a record read from a topic of `role`.
+    pub fn record_read(&self, role: TopicRole) {
+        Metrics::inc(&self.records[role.index()]);
+    }
+
+    /// Counts a poison record by its decode error.
+    pub fn poison_record(&self, error: &DecodeError) {
+        Metrics::inc(&self.decode_errors[error.index()]);
     }
 
     /// The Prometheus text exposition.
@@ -85,14 +90,20 @@ impl Metrics {
                 let _ = writeln!(out, "storepulse_{name}{labels} {value}");
             }
         };
+        let roles = TopicRole::ALL.map(|role| format!("{{topic=\"{}\"}}", role.name()));
+        let samples: Vec<(&str, u64)> = TopicRole::ALL
+            .iter()
+            .map(|role| {
+                (
+                    roles[role.index()].as_str(),
+                    get(&self.records[role.index()]),
+                )
+            })
+            .collect();
         counter(
             "records_total",
             "Kafka records read, by topic role.",
-            &[
-                ("{topic=\"orders\"}", get(&self.records[0])),
-                ("{topic=\"inventory\"}", get(&self.records[1])),
-                ("{topic=\"activity\"}", get(&self.records[2])),
-            ],
+            &samples,
         );
         counter(
             "events_applied_total",
@@ -109,7 +120,7 @@ impl Metrics {
             "Events older than the allowed lateness behind the newest event.",
             &[("", get(&self.late))],
         );
-        let labels: Vec<String> = DECODE_ERROR_LABELS
+        let labels: Vec<String> = DecodeError::LABELS
             .iter()
             .map(|l| format!("{{reason=\"{l}\"}}"))
             .collect();
@@ -175,7 +186,7 @@ impl Metrics {
         );
         counter(
             "lagged_subscribers_total",
-            "Streams that fell behind and were sent a snapshot.",
+            "Streams that fell behind their queue and caught up from the frame log (or a snapshot).",
             &[("", get(&self.lagged_subscribers))],
         );
         counter(

@@ -25,10 +25,16 @@ pub fn catalog(seed: u64, start_ms: i64) -> ScenarioConfig {
     }
 }
 
-/// Starts the release `storepulse serve` on `topics` with checkpoint group `group` and a
-/// free port (plus `environment`); returns the process and its `host:port`.
+/// The `storepulse` binary the benchmarks run: `BENCH_SERVE_BIN` if set (e.g. an older
+/// build, for a before/after comparison with the same harness), else this build's.
+pub fn serve_bin() -> String {
+    std::env::var("BENCH_SERVE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_storepulse").to_owned())
+}
+
+/// Starts the release `storepulse serve` ([`serve_bin`]) on `topics` with checkpoint group
+/// `group` and a free port (plus `environment`); returns the process and its `host:port`.
 pub fn spawn_serve(topics: &Topics, group: &str, environment: &[(&str, &str)]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+    let mut child = Command::new(serve_bin())
         .arg("serve")
         .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
         .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)

@@ -112,6 +112,11 @@ impl KillSwitch {
         self.0.waker.wake();
     }
 
+    /// True once [`KillSwitch::kill`] was called.
+    pub fn is_killed(&self) -> bool {
+        self.0.killed.load(Ordering::Acquire)
+    }
+
     fn check(&self, cx: &mut Context<'_>) -> io::Result<()> {
         if self.0.killed.load(Ordering::Acquire) {
             return Err(io::Error::new(

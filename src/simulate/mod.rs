@@ -6,7 +6,7 @@
 //! an error (non-zero exit) rather than a quiet shortfall. Each record carries a W3C
 //! `traceparent` header so a later trace can start at the producer.
 
-pub mod scenario;
+pub use storepulse_core::scenario;
 
 use crate::events::{Codec, EncodeError};
 use crate::kafka::{self, KafkaError, KafkaSettings};

@@ -12,21 +12,20 @@ use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use storepulse::kafka::{self, KafkaSettings};
+use storepulse::live::client::{SseEvent, SseParser, apply_delta};
 use storepulse::simulate::scenario::ScenarioConfig;
 use storepulse::simulate::{self, SimulateOptions};
 use tokio_util::sync::CancellationToken;
 
-/// One server-sent event.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Sse {
-    event: String,
-    id: Option<String>,
-    data: String,
-}
+/// One server-sent event (the shared test client's type).
+type Sse = SseEvent;
 
-/// A plain SSE client over HTTP/1.0 (the body is the raw stream until close).
+/// A plain SSE client over HTTP/1.0 (the body is the raw stream until close), parsing with
+/// the shared test client (`storepulse::live::client`).
 struct SseClient {
     reader: BufReader<std::net::TcpStream>,
+    parser: SseParser,
+    queued: std::collections::VecDeque<Sse>,
 }
 
 impl SseClient {
@@ -95,7 +94,11 @@ impl SseClient {
                 break;
             }
         }
-        Some(SseClient { reader })
+        Some(SseClient {
+            reader,
+            parser: SseParser::new(),
+            queued: Default::default(),
+        })
     }
 
     /// The next event with data (comments and `retry:` are skipped).
@@ -105,118 +108,20 @@ impl SseClient {
 
     /// The next event with data, or `None` when the server closed the stream.
     fn try_next(&mut self) -> Option<Sse> {
-        let (mut event, mut id, mut data) = (String::from("message"), None, String::new());
-        loop {
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
+        use std::io::Read;
+        let mut chunk = [0u8; 16 * 1024];
+        while self.queued.is_empty() {
+            let read = match self.reader.read(&mut chunk) {
                 Ok(0) => return None,
-                Ok(_) => {}
+                Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("stream line: {e}"),
-            }
-            let line = line.trim_end_matches('\n');
-            if line.is_empty() {
-                if !data.is_empty() {
-                    return Some(Sse { event, id, data });
-                }
-                continue;
-            }
-            if let Some(v) = line.strip_prefix("event: ") {
-                event = v.to_owned();
-            } else if let Some(v) = line.strip_prefix("id: ") {
-                id = Some(v.to_owned());
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                data.push_str(v);
-            }
+                Err(e) => panic!("stream read: {e}"),
+            };
+            let queued = &mut self.queued;
+            self.parser
+                .push(&chunk[..read], |e| queued.push_back(e.to_owned()));
         }
-    }
-}
-
-/// What a dashboard holds: the snapshot with every delta applied (fields present replace,
-/// `stock` merges by store and SKU, `per_minute` merges by minute and drops minutes before
-/// `per_minute_from`, `recent_orders` upserts by event id and keeps the newest 20; a
-/// store's `stock` and `recent_orders` apply to the rollup too).
-fn apply_delta(view: &mut Value, delta: &Value) {
-    fn merge_store(target: &mut Value, part: &Value) {
-        for (field, value) in part.as_object().expect("a view") {
-            match field.as_str() {
-                "stock" => {
-                    let stock = target["stock"].as_array_mut().expect("stock");
-                    for item in value.as_array().expect("stock") {
-                        match stock
-                            .iter_mut()
-                            .find(|s| s["store_id"] == item["store_id"] && s["sku"] == item["sku"])
-                        {
-                            Some(existing) => *existing = item.clone(),
-                            None => stock.push(item.clone()),
-                        }
-                    }
-                }
-                "per_minute" => {
-                    let minutes = target["per_minute"].as_array_mut().expect("minutes");
-                    for item in value.as_array().expect("minutes") {
-                        match minutes.iter_mut().find(|m| m["minute"] == item["minute"]) {
-                            Some(existing) => *existing = item.clone(),
-                            None => minutes.push(item.clone()),
-                        }
-                    }
-                    minutes.sort_by_key(|m| m["minute"].as_str().unwrap_or("").to_owned());
-                }
-                "recent_orders" => {
-                    // Upsert by event id, newest first (ties by event id), keep 20.
-                    let orders = target["recent_orders"].as_array_mut().expect("orders");
-                    for item in value.as_array().expect("orders") {
-                        match orders
-                            .iter_mut()
-                            .find(|o| o["event_id"] == item["event_id"])
-                        {
-                            Some(existing) => *existing = item.clone(),
-                            None => orders.push(item.clone()),
-                        }
-                    }
-                    let key = |o: &Value, f: &str| o[f].as_str().unwrap_or("").to_owned();
-                    orders.sort_by(|a, b| {
-                        key(b, "occurred_at")
-                            .cmp(&key(a, "occurred_at"))
-                            .then_with(|| key(a, "event_id").cmp(&key(b, "event_id")))
-                    });
-                    orders.truncate(20);
-                }
-                _ => target[field] = value.clone(),
-            }
-        }
-        // Minutes that left the window go (fields were applied in any order above).
-        let from = target["per_minute_from"].as_str().unwrap_or("").to_owned();
-        target["per_minute"]
-            .as_array_mut()
-            .expect("minutes")
-            .retain(|m| {
-                m["minute"]
-                    .as_str()
-                    .is_some_and(|minute| minute >= from.as_str())
-            });
-    }
-    for (store, part) in delta["stores"].as_object().expect("stores") {
-        match view["stores"].get_mut(store) {
-            Some(existing) => merge_store(existing, part),
-            None => panic!("a delta for a store the snapshot did not have: {store}"),
-        }
-        // The rollup's stock and recent orders follow from the stores' changes.
-        if view.get("all_stores").is_some() {
-            let mut derived = serde_json::Map::new();
-            for field in ["stock", "recent_orders"] {
-                if let Some(value) = part.get(field) {
-                    derived.insert(field.to_owned(), value.clone());
-                }
-            }
-            merge_store(&mut view["all_stores"], &Value::Object(derived));
-        }
-    }
-    if let Some(all) = delta.get("all_stores") {
-        merge_store(&mut view["all_stores"], all);
-    }
-    for field in ["position", "as_of", "as_of_ms"] {
-        view[field] = delta[field].clone();
+        self.queued.pop_front()
     }
 }
 
@@ -724,49 +629,40 @@ async fn many_client(
                 _ => continue 'connect,
             }
         }
-        let (mut event, mut id, mut data) = (String::from("message"), None, String::new());
+        // Headers were read line by line above; the body (first what the reader holds
+        // buffered) goes through the shared parser.
+        let mut parser = SseParser::new();
+        let mut chunk = vec![0u8; 16 * 1024];
+        let mut input = Vec::new();
         loop {
-            line.clear();
-            match reader.read_line(&mut line).await {
-                Ok(n) if n > 0 => {}
-                _ => continue 'connect, // the server went away: reconnect with last_id
-            }
-            let text = line.trim_end_matches('\n');
-            if text.is_empty() {
-                if !data.is_empty() {
-                    let sse = Sse {
-                        event: std::mem::replace(&mut event, "message".into()),
-                        id: id.take(),
-                        data: std::mem::take(&mut data),
-                    };
-                    if sse.id.is_some() {
-                        last_id.clone_from(&sse.id);
-                    }
-                    let reached = sse.event != "progress"
-                        && position_total(&serde_json::json!({ "position": sse.id }))
-                            >= total.load(AtomicOrdering::Acquire);
-                    let sse = {
-                        let mut seen = seen.lock().expect("lock");
-                        match seen.get(&sse) {
-                            Some(known) => Arc::clone(known),
-                            None => {
-                                let sse = Arc::new(sse);
-                                seen.insert(Arc::clone(&sse));
-                                sse
-                            }
-                        }
-                    };
-                    events.push(sse);
-                    if reached {
-                        return events;
-                    }
+            let mut parsed = Vec::new();
+            parser.push(&input, |e| parsed.push(e.to_owned()));
+            for sse in parsed {
+                if sse.id.is_some() {
+                    last_id.clone_from(&sse.id);
                 }
-            } else if let Some(v) = text.strip_prefix("event: ") {
-                v.clone_into(&mut event);
-            } else if let Some(v) = text.strip_prefix("id: ") {
-                id = Some(v.to_owned());
-            } else if let Some(v) = text.strip_prefix("data: ") {
-                data.push_str(v);
+                let reached = sse.event != "progress"
+                    && position_total(&serde_json::json!({ "position": sse.id }))
+                        >= total.load(AtomicOrdering::Acquire);
+                let sse = {
+                    let mut seen = seen.lock().expect("lock");
+                    match seen.get(&sse) {
+                        Some(known) => Arc::clone(known),
+                        None => {
+                            let sse = Arc::new(sse);
+                            seen.insert(Arc::clone(&sse));
+                            sse
+                        }
+                    }
+                };
+                events.push(sse);
+                if reached {
+                    return events;
+                }
+            }
+            match tokio::io::AsyncReadExt::read(&mut reader, &mut chunk).await {
+                Ok(n) if n > 0 => input = chunk[..n].to_vec(),
+                _ => continue 'connect, // the server went away: reconnect with last_id
             }
         }
     }

@@ -13,7 +13,7 @@ use super::{HyperLogLog, Layout, State, StoreState, hll};
 use crate::events::{Channel, StoreId};
 use chrono::{DateTime, NaiveDate, SecondsFormat};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// An amount of money.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -29,6 +29,9 @@ pub struct Money {
 pub struct MinuteView {
     /// Start of the minute, RFC 3339.
     pub minute: String,
+    /// The same minute as an index since the epoch (not serialised: what deltas select by).
+    #[serde(skip)]
+    pub index: i64,
     /// Orders placed in it.
     pub orders: u64,
     /// Their totals.
@@ -202,85 +205,6 @@ pub struct SkuLists {
     pub alerts: Vec<AlertView>,
 }
 
-/// The bounded SKU lists in a delta: each whole, and only when it differs from the one
-/// last sent for the same scope (see [`Delta::omit_unchanged_lists`]).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct SkuListsDelta {
-    /// See [`SkuLists::low_stock`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub low_stock: Option<Vec<LowStockView>>,
-    /// See [`SkuLists::oversold`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub oversold: Option<Vec<StockView>>,
-    /// See [`SkuLists::top_products`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub top_products: Option<Vec<TopProduct>>,
-    /// See [`SkuLists::alerts`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub alerts: Option<Vec<AlertView>>,
-}
-
-impl SkuListsDelta {
-    fn all(lists: SkuLists) -> Self {
-        SkuListsDelta {
-            low_stock: Some(lists.low_stock),
-            oversold: Some(lists.oversold),
-            top_products: Some(lists.top_products),
-            alerts: Some(lists.alerts),
-        }
-    }
-
-    /// Keeps only the lists that differ from `sent`, and makes `sent` what the client now
-    /// holds.
-    fn omit_unchanged(&mut self, sent: &mut SkuLists) {
-        fn one<T: PartialEq + Clone>(list: &mut Option<Vec<T>>, sent: &mut Vec<T>) {
-            if let Some(new) = list {
-                if new == sent {
-                    *list = None;
-                } else {
-                    sent.clone_from(new);
-                }
-            }
-        }
-        one(&mut self.low_stock, &mut sent.low_stock);
-        one(&mut self.oversold, &mut sent.oversold);
-        one(&mut self.top_products, &mut sent.top_products);
-        one(&mut self.alerts, &mut sent.alerts);
-    }
-
-    fn whole(&self) -> Option<SkuLists> {
-        Some(SkuLists {
-            low_stock: self.low_stock.clone()?,
-            oversold: self.oversold.clone()?,
-            top_products: self.top_products.clone()?,
-            alerts: self.alerts.clone()?,
-        })
-    }
-
-    fn absorb(&mut self, later: SkuListsDelta) {
-        fn one<T>(mine: &mut Option<Vec<T>>, later: Option<Vec<T>>) {
-            if later.is_some() {
-                *mine = later;
-            }
-        }
-        one(&mut self.low_stock, later.low_stock);
-        one(&mut self.oversold, later.oversold);
-        one(&mut self.top_products, later.top_products);
-        one(&mut self.alerts, later.alerts);
-    }
-}
-
-/// What a scope's clients hold of the parts a delta sends only when they change.
-#[derive(Clone, Debug)]
-pub struct Sent {
-    lists: SkuLists,
-    recent_orders: Option<Vec<OrderView>>,
-}
-
-/// Per scope (key `None`: the all-stores rollup), what its clients hold: the baseline of
-/// [`Delta::omit_unchanged_lists`], kept by whoever builds the frames.
-pub type SentLists = HashMap<Option<String>, Sent>;
-
 /// A whole snapshot: the position it reflects and the views.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Snapshot {
@@ -297,7 +221,7 @@ pub struct Snapshot {
     pub all_stores: Option<StoreView>,
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -459,6 +383,7 @@ impl Rollup {
             .range(from..)
             .map(|(minute, (orders, revenue))| MinuteView {
                 minute: rfc3339(minute * 60_000),
+                index: *minute,
                 orders: *orders,
                 revenue: money(revenue),
             })
@@ -572,286 +497,6 @@ impl State {
             as_of_ms: newest,
             stores,
             all_stores,
-        })
-    }
-}
-
-/// What changed in one store (or the rollup), as absolute values. Counters are always
-/// present; each bounded list (`low_stock`, `oversold`, `top_products`, `alerts`) comes
-/// whole when it differs from the last one sent; `per_minute` lists the changed minutes
-/// (merged by minute; a client drops minutes before `per_minute_from`), `stock` the changed
-/// SKUs (merged by store and SKU), `recent_orders` the orders new or changed since the last
-/// delta of the scope (upserted by event id, see [`upsert_orders`]). Applying a
-/// delta twice is harmless.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct StoreDelta {
-    /// Always (flattened into the delta's JSON).
-    #[serde(flatten)]
-    pub counters: DayCounters,
-    /// The minutes that changed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub per_minute: Option<Vec<MinuteView>>,
-    /// The whole list, when it changed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recent_orders: Option<Vec<OrderView>>,
-    /// The SKUs that changed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stock: Option<Vec<StockView>>,
-    /// The lists that changed, each whole (flattened into the delta's JSON).
-    #[serde(flatten)]
-    pub lists: SkuListsDelta,
-}
-
-/// A live update: the position after it (the SSE id) and, per changed store and for the
-/// rollup (absent in a store-scoped delta), what changed.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Delta {
-    /// The position after this delta.
-    pub position: String,
-    /// Newest event time applied, RFC 3339.
-    pub as_of: Option<String>,
-    /// The same, epoch milliseconds.
-    pub as_of_ms: i64,
-    /// Per changed store.
-    pub stores: BTreeMap<String, StoreDelta>,
-    /// The rollup.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub all_stores: Option<StoreDelta>,
-}
-
-/// Which parts of a view a delta carries.
-#[derive(Clone, Copy, Debug, Default)]
-struct Touched {
-    minutes: bool,
-    recent_orders: bool,
-    skus: bool,
-}
-
-/// The client's rule for `recent_orders` in a delta: upsert by `event_id`, rank newest
-/// first (ties by `event_id`), keep 20.
-pub fn upsert_orders(
-    held: Option<Vec<OrderView>>,
-    changed: Option<Vec<OrderView>>,
-) -> Option<Vec<OrderView>> {
-    let Some(changed) = changed else {
-        return held;
-    };
-    let mut list = held.unwrap_or_default();
-    for order in changed {
-        match list.iter_mut().find(|o| o.event_id == order.event_id) {
-            Some(existing) => *existing = order,
-            None => list.push(order),
-        }
-    }
-    list.sort_by(|a, b| {
-        b.occurred_at
-            .cmp(&a.occurred_at)
-            .then_with(|| a.event_id.cmp(&b.event_id))
-    });
-    list.truncate(super::store::RECENT_ORDERS);
-    Some(list)
-}
-
-impl StoreDelta {
-    /// Keeps only the recent orders that are new or changed against what the client holds
-    /// (`held`, a whole list), and makes `held` the new whole list. Before anything was
-    /// held (`None`) the list goes whole, and the client's upserts still end in it.
-    fn keep_new_orders(&mut self, held: &mut Option<Vec<OrderView>>) {
-        let Some(whole) = self.recent_orders.take() else {
-            return;
-        };
-        let new: Vec<OrderView> = match held.as_ref() {
-            Some(before) => whole
-                .iter()
-                .filter(|o| !before.contains(o))
-                .cloned()
-                .collect(),
-            None => whole.clone(),
-        };
-        *held = Some(whole);
-        self.recent_orders = (!new.is_empty()).then_some(new);
-    }
-
-    fn of(
-        view: StoreView,
-        touched: Touched,
-        minutes: &dyn Fn(&str) -> bool,
-        sku: &dyn Fn(&StockView) -> bool,
-    ) -> StoreDelta {
-        StoreDelta {
-            counters: view.counters,
-            per_minute: touched.minutes.then(|| {
-                view.per_minute
-                    .into_iter()
-                    .filter(|m| minutes(&m.minute))
-                    .collect()
-            }),
-            recent_orders: touched.recent_orders.then_some(view.recent_orders),
-            stock: touched
-                .skus
-                .then(|| view.stock.into_iter().filter(|s| sku(s)).collect()),
-            lists: SkuListsDelta::all(view.lists),
-        }
-    }
-
-    /// Folds a later delta of the same scope into this one.
-    pub fn absorb(&mut self, later: &StoreDelta) {
-        let per_minute = self.per_minute.take();
-        let stock = self.stock.take();
-        let mut merged = later.clone();
-        if let Some(earlier) = per_minute {
-            let minutes = merged.per_minute.get_or_insert_with(Vec::new);
-            for m in earlier {
-                if !minutes.iter().any(|n| n.minute == m.minute) {
-                    minutes.push(m);
-                }
-            }
-            minutes.retain(|m| m.minute >= merged.counters.per_minute_from);
-            minutes.sort_by(|a, b| a.minute.cmp(&b.minute));
-        }
-        if let Some(earlier) = stock {
-            let list = merged.stock.get_or_insert_with(Vec::new);
-            for item in earlier {
-                if !list
-                    .iter()
-                    .any(|s| s.store_id == item.store_id && s.sku == item.sku)
-                {
-                    list.push(item);
-                }
-            }
-            list.sort_by(|a, b| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)));
-        }
-        merged.recent_orders = upsert_orders(self.recent_orders.take(), merged.recent_orders);
-        let later_lists = std::mem::take(&mut merged.lists);
-        merged.lists = std::mem::take(&mut self.lists);
-        merged.lists.absorb(later_lists);
-        *self = merged;
-    }
-}
-
-impl State {
-    /// The delta for `changes` (which must not be empty), positioned at the current position.
-    pub fn delta(&self, layout: &Layout, changes: &super::Changes) -> Delta {
-        let minute_names = |minutes: &std::collections::BTreeSet<i64>| -> Vec<String> {
-            minutes.iter().map(|m| rfc3339(m * 60_000)).collect()
-        };
-        let mut all_touched = Touched::default();
-        let mut all_minutes = std::collections::BTreeSet::new();
-        let stores = changes
-            .stores
-            .iter()
-            .filter_map(|(id, change)| {
-                let touched = Touched {
-                    minutes: !change.minutes.is_empty(),
-                    recent_orders: change.recent_orders,
-                    skus: !change.skus.is_empty(),
-                };
-                all_touched.minutes |= touched.minutes;
-                all_touched.recent_orders |= touched.recent_orders;
-                all_touched.skus |= touched.skus;
-                all_minutes.extend(change.minutes.iter().copied());
-                let names = minute_names(&change.minutes);
-                let view = self.store_view(id)?;
-                let delta =
-                    StoreDelta::of(view, touched, &|m| names.iter().any(|n| n == m), &|s| {
-                        change.skus.contains(&crate::events::Sku(s.sku.clone()))
-                    });
-                Some((id.to_string(), delta))
-            })
-            .collect();
-        let names = minute_names(&all_minutes);
-        let all_stores = StoreDelta::of(
-            self.all_stores_view(),
-            all_touched,
-            &|m| names.iter().any(|n| n == m),
-            &|s| {
-                changes
-                    .stores
-                    .get(&StoreId(s.store_id.clone()))
-                    .is_some_and(|c| c.skus.contains(&crate::events::Sku(s.sku.clone())))
-            },
-        );
-        // The rollup's stock and recent orders follow from the stores' (a client applies
-        // each store's changes to the rollup too), so the rollup does not repeat them.
-        let all_stores = StoreDelta {
-            stock: None,
-            recent_orders: None,
-            ..all_stores
-        };
-        let newest = self.newest_event_time();
-        Delta {
-            position: layout.encode(self.position()),
-            as_of: (newest > 0).then(|| rfc3339(newest)),
-            as_of_ms: newest,
-            stores,
-            all_stores: Some(all_stores),
-        }
-    }
-}
-
-impl Delta {
-    /// Folds a later delta into this one: the result applied alone equals applying both in
-    /// order (the conflation of a slow client's pending frames).
-    pub fn absorb(&mut self, later: &Delta) {
-        for (store, view) in &later.stores {
-            match self.stores.get_mut(store) {
-                Some(existing) => existing.absorb(view),
-                None => {
-                    self.stores.insert(store.clone(), view.clone());
-                }
-            }
-        }
-        match (&mut self.all_stores, &later.all_stores) {
-            (Some(mine), Some(theirs)) => mine.absorb(theirs),
-            (mine @ None, Some(theirs)) => *mine = Some(theirs.clone()),
-            _ => {}
-        }
-        self.position.clone_from(&later.position);
-        self.as_of.clone_from(&later.as_of);
-        self.as_of_ms = later.as_of_ms;
-    }
-
-    /// Drops every list that equals the one last sent for its scope (they change only with
-    /// their store's events, but most events leave most lists as they were) and records
-    /// what is sent. Every frame must pass through this once, in order, so that `sent` is
-    /// what a client that applied every frame holds.
-    pub fn omit_unchanged_lists(&mut self, sent: &mut SentLists) {
-        // A scope not sent before gets its lists whole: what a client holds then (from a
-        // snapshot, a checkpoint's state) is not known here.
-        let mut omit = |key: Option<String>, delta: &mut StoreDelta| match sent.get_mut(&key) {
-            Some(baseline) => {
-                delta.lists.omit_unchanged(&mut baseline.lists);
-                delta.keep_new_orders(&mut baseline.recent_orders);
-            }
-            None => {
-                if let Some(whole) = delta.lists.whole() {
-                    sent.insert(
-                        key,
-                        Sent {
-                            lists: whole,
-                            recent_orders: delta.recent_orders.clone(),
-                        },
-                    );
-                }
-            }
-        };
-        for (store, delta) in &mut self.stores {
-            omit(Some(store.clone()), delta);
-        }
-        if let Some(all) = &mut self.all_stores {
-            omit(None, all);
-        }
-    }
-
-    /// The part of this delta a subscriber of one store receives, if it concerns it.
-    pub fn scoped(&self, store: &StoreId) -> Option<Delta> {
-        let view = self.stores.get(store.as_str())?;
-        Some(Delta {
-            position: self.position.clone(),
-            as_of: self.as_of.clone(),
-            as_of_ms: self.as_of_ms,
-            stores: BTreeMap::from([(store.to_string(), view.clone())]),
-            all_stores: None,
         })
     }
 }

@@ -39,11 +39,7 @@ pub struct RecordRef {
 
 impl fmt::Display for RecordRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let role = match self.partition.role {
-            TopicRole::Orders => "orders",
-            TopicRole::Inventory => "inventory",
-            TopicRole::Activity => "activity",
-        };
+        let role = self.partition.role.name();
         write!(f, "{role}-{}@{}", self.partition.partition, self.offset)
     }
 }

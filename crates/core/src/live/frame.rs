@@ -1,31 +1,17 @@
-//! The live stream's pure parts: Server-Sent Events framing, frames, and the bounded
-//! in-memory frame log that lets a reconnecting client resume where it left off.
+//! Frames and the frame log: a delta serialised once per scope ([`FrameBuilder`]), the
+//! bounded in-memory log that lets a reconnecting client resume where it left off, and
+//! the conflation of a slow client's pending frames.
 //!
-//! No I/O: the ingest thread builds frames and pushes them here; the HTTP layer writes the
-//! bytes. Every frame is serialised once and shared by every subscriber (`Arc` bytes).
+//! Every frame is serialised once and shared by every subscriber (`Bytes`); the ingest
+//! thread builds them, the HTTP layer writes them.
 
-use crate::aggregate::view::Delta;
+use super::delta::{Delta, SentLists};
+use super::sse::sse_event;
+use crate::aggregate::{Changes, Layout, State};
 use crate::events::StoreId;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-
-/// Encodes one SSE event. `data` must be one line (JSON without raw newlines).
-pub fn sse_event(event: &str, id: Option<&str>, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + 64);
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(event.as_bytes());
-    out.push(b'\n');
-    if let Some(id) = id {
-        out.extend_from_slice(b"id: ");
-        out.extend_from_slice(id.as_bytes());
-        out.push(b'\n');
-    }
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\n\n");
-    out
-}
 
 /// One delta, encoded once per scope.
 #[derive(Debug)]
@@ -57,6 +43,69 @@ impl Frame {
     }
 }
 
+/// Builds the frames of one process: numbers them and remembers what each scope was last
+/// sent, so a frame carries only the lists that changed. Every frame must be built here,
+/// in order, for that memory to be what clients hold.
+#[derive(Debug, Default)]
+pub struct FrameBuilder {
+    seq: u64,
+    sent: SentLists,
+}
+
+impl FrameBuilder {
+    /// A builder whose first frame is number 1 and whose scopes have been sent nothing.
+    pub fn new() -> Self {
+        FrameBuilder::default()
+    }
+
+    /// The frame of `changes` (not empty) in `state`: the delta serialised once for all
+    /// stores and once per changed store. `built_ms` is the caller's monotonic clock (the
+    /// log's age bound).
+    pub fn build(
+        &mut self,
+        state: &State,
+        layout: &Layout,
+        changes: &Changes,
+        built_ms: u64,
+    ) -> Frame {
+        self.seq += 1;
+        let mut delta = Delta::of(state, layout, changes);
+        delta.omit_unchanged_lists(&mut self.sent);
+        let all = encode_delta(&delta);
+        let per_store: HashMap<StoreId, Bytes> = delta
+            .stores
+            .iter()
+            .map(|(id, view)| {
+                let scoped = Delta {
+                    position: delta.position.clone(),
+                    as_of: delta.as_of.clone(),
+                    as_of_ms: delta.as_of_ms,
+                    stores: BTreeMap::from([(id.clone(), view.clone())]),
+                    all_stores: None,
+                };
+                (StoreId(id.clone()), encode_delta(&scoped))
+            })
+            .collect();
+        let size = all.len() + per_store.values().map(Bytes::len).sum::<usize>();
+        Frame {
+            seq: self.seq,
+            id: delta.position.clone(),
+            all,
+            per_store,
+            size,
+            built_ms,
+            delta: Arc::new(delta),
+        }
+    }
+}
+
+/// The `event: delta` of `delta`, id = its position.
+fn encode_delta(delta: &Delta) -> Bytes {
+    let json =
+        serde_json::to_vec(delta).unwrap_or_else(|e| panic!("a delta always serialises: {e}"));
+    Bytes::from(sse_event("delta", Some(&delta.position), &json))
+}
+
 /// The bytes for a subscriber of `scope` that has `frames` pending (oldest first): the
 /// frame's shared bytes when it is one, else one conflated delta (latest value of every
 /// field, stock merged by SKU) with the newest frame's id. `None` if none concerns it.
@@ -79,13 +128,7 @@ pub fn pending_bytes(frames: &[Arc<Frame>], scope: Option<&StoreId>) -> Option<B
                     merged.absorb(&later);
                 }
             }
-            let json = serde_json::to_vec(&merged)
-                .unwrap_or_else(|e| panic!("a delta always serialises: {e}"));
-            Some(Bytes::from(sse_event(
-                "delta",
-                Some(&merged.position),
-                &json,
-            )))
+            Some(encode_delta(&merged))
         }
     }
 }
@@ -187,18 +230,6 @@ mod tests {
                 all_stores: None,
             }),
         })
-    }
-
-    #[test]
-    fn an_event_is_framed_with_its_id_and_a_blank_line() {
-        assert_eq!(
-            sse_event("delta", Some("t:1"), b"{}"),
-            b"event: delta\nid: t:1\ndata: {}\n\n"
-        );
-        assert_eq!(
-            sse_event("progress", None, b"1"),
-            b"event: progress\ndata: 1\n\n"
-        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub mod view;
 
 pub use hll::HyperLogLog;
 pub use position::{Layout, PartitionKey, Position, PositionError, RecordRef};
-pub use store::StoreState;
+pub use store::{RECENT_ORDERS, StoreState};
 
 use crate::events::{Event, Sku, StoreId};
 use chrono_tz::Tz;

@@ -7,7 +7,7 @@ use crate::events::{
     Channel, OrderCancelled, OrderLine, OrderPlaced, SessionSeen, StockChangeReason, StockChanged,
     TopicRole,
 };
-use crate::simulate::scenario::{FlashSale, Scenario, ScenarioConfig};
+use crate::scenario::{FlashSale, Scenario, ScenarioConfig};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
@@ -197,7 +197,7 @@ fn the_day_rolls_over_by_event_time_in_the_store_time_zone() {
         900,
         "JPY",
     ));
-    let state_day_27 = &feed.state.stores()[&"store-tokyo".into()].days;
+    let state_day_27 = &feed.state.stores()["store-tokyo"].days;
     assert_eq!(state_day_27.values().map(|d| d.orders).sum::<u64>(), 3);
     assert_eq!(feed.view("store-tokyo").counters.orders_today, 1);
 }
@@ -365,10 +365,10 @@ fn changes_name_what_moved() {
     let mut feed = Feed::new();
     feed.apply(order("o1", "store-berlin", SAMPLE_TIME, 1_000, "EUR"));
     feed.apply(stock("s1", "BER-0009", SAMPLE_TIME, 50, 50));
-    let changes = &feed.changes.stores[&"store-berlin".into()];
+    let changes = &feed.changes.stores["store-berlin"];
     assert!(changes.totals && changes.recent_orders);
     assert_eq!(changes.minutes.len(), 1);
-    assert!(changes.skus.contains(&"BER-0009".into()) && changes.skus.contains(&"BER-0001".into()));
+    assert!(changes.skus.contains("BER-0009") && changes.skus.contains("BER-0001"));
 }
 
 // ---------------------------------------------------------------- properties
@@ -536,12 +536,12 @@ fn a_conflated_delta_holds_the_latest_values_and_every_changed_sku() {
     let mut feed = Feed::new();
     feed.apply(stock("s1", "BER-0001", SAMPLE_TIME, 50, 50));
     feed.apply(order("o1", "store-berlin", SAMPLE_TIME, 1_000, "EUR"));
-    let first = feed.state.delta(&layout, &feed.changes);
+    let first = crate::live::Delta::of(&feed.state, &layout, &feed.changes);
     feed.changes = Changes::default();
     feed.apply(stock("s2", "BER-0002", SAMPLE_TIME + 1, 7, 7));
     feed.apply(stock("s3", "BER-0001", SAMPLE_TIME + 2, 49, -1));
     feed.apply(order("o2", "store-berlin", SAMPLE_TIME + 3, 2_000, "EUR"));
-    let second = feed.state.delta(&layout, &feed.changes);
+    let second = crate::live::Delta::of(&feed.state, &layout, &feed.changes);
     let mut conflated = first.clone();
     conflated.absorb(&second);
     assert_eq!(conflated.position, second.position);
@@ -566,10 +566,10 @@ fn a_conflated_delta_holds_the_latest_values_and_every_changed_sku() {
 #[test]
 fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
     let layout = layout();
-    let mut sent = view::SentLists::new();
+    let mut sent = crate::live::SentLists::new();
     let mut feed = Feed::new();
     feed.apply(stock("s1", "BER-0001", SAMPLE_TIME, 5, 5));
-    let mut first = feed.state.delta(&layout, &feed.changes);
+    let mut first = crate::live::Delta::of(&feed.state, &layout, &feed.changes);
     first.omit_unchanged_lists(&mut sent);
     let berlin = &first.stores["store-berlin"].lists;
     assert!(
@@ -579,17 +579,17 @@ fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
     // Another SKU's stock, well stocked: no list changes, none is sent.
     feed.changes = Changes::default();
     feed.apply(stock("s1b", "BER-0002", SAMPLE_TIME + 1, 80, 80));
-    let mut quiet = feed.state.delta(&layout, &feed.changes);
+    let mut quiet = crate::live::Delta::of(&feed.state, &layout, &feed.changes);
     quiet.omit_unchanged_lists(&mut sent);
     assert_eq!(
         quiet.stores["store-berlin"].lists,
-        view::SkuListsDelta::default()
+        crate::live::SkuListsDelta::default()
     );
     // An order of the low SKU: its velocity, so the low-stock list and top products move;
     // the alerts and the oversold list stay.
     feed.changes = Changes::default();
     feed.apply(order("o1", "store-berlin", SAMPLE_TIME + 2, 1_000, "EUR"));
-    let mut second = feed.state.delta(&layout, &feed.changes);
+    let mut second = crate::live::Delta::of(&feed.state, &layout, &feed.changes);
     second.omit_unchanged_lists(&mut sent);
     let berlin = &second.stores["store-berlin"].lists;
     assert!(berlin.low_stock.is_some());
@@ -599,7 +599,7 @@ fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
     // Below zero: every list that moved is sent again.
     feed.changes = Changes::default();
     feed.apply(stock("s2", "BER-0001", SAMPLE_TIME + 3, -1, -6));
-    let mut third = feed.state.delta(&layout, &feed.changes);
+    let mut third = crate::live::Delta::of(&feed.state, &layout, &feed.changes);
     third.omit_unchanged_lists(&mut sent);
     let berlin = &third.stores["store-berlin"].lists;
     assert!(berlin.oversold.as_ref().is_some_and(|o| o.len() == 1));
@@ -637,8 +637,8 @@ impl Held {
         }
     }
 
-    fn apply(&mut self, delta: &view::StoreDelta) {
-        self.recent_orders = view::upsert_orders(
+    fn apply(&mut self, delta: &crate::live::StoreDelta) {
+        self.recent_orders = crate::live::upsert_orders(
             Some(std::mem::take(&mut self.recent_orders)),
             delta.recent_orders.clone(),
         )
@@ -675,17 +675,17 @@ proptest! {
         let lists = partitioned_stream(seed, 1_000);
         let records: Vec<(Event, RecordRef)> = lists.into_iter().flatten().collect();
         let mut state = State::new(config());
-        let mut sent = view::SentLists::new();
+        let mut sent = crate::live::SentLists::new();
         let mut held: std::collections::HashMap<Option<String>, Held> = Default::default();
         let mut changes = Changes::default();
-        let mut pending: Option<view::Delta> = None;
+        let mut pending: Option<crate::live::Delta> = None;
         let mut frames = 0usize;
         for (i, (event, at)) in records.iter().enumerate() {
             state.apply(event, *at, &mut changes);
             if !(i + 1).is_multiple_of(frame_every) || changes.is_empty() {
                 continue;
             }
-            let mut delta = state.delta(&layout, &changes);
+            let mut delta = crate::live::Delta::of(&state, &layout, &changes);
             changes = Changes::default();
             delta.omit_unchanged_lists(&mut sent);
             match pending.as_mut() {
@@ -701,7 +701,7 @@ proptest! {
                 held.entry(Some(store.clone())).or_default().apply(part);
                 // A store's recent orders are upserted into the rollup's too.
                 let all = held.entry(None).or_default();
-                all.recent_orders = view::upsert_orders(
+                all.recent_orders = crate::live::upsert_orders(
                     Some(std::mem::take(&mut all.recent_orders)),
                     part.recent_orders.clone(),
                 )

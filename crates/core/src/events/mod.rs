@@ -49,6 +49,13 @@ macro_rules! string_newtype {
                 Self(s.to_owned())
             }
         }
+
+        // Hash, Eq and Ord are the inner string's, so sets of ids can be searched by `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 
@@ -82,6 +89,24 @@ pub enum TopicRole {
 impl TopicRole {
     /// Every role, in a fixed order.
     pub const ALL: [TopicRole; 3] = [TopicRole::Orders, TopicRole::Inventory, TopicRole::Activity];
+
+    /// The role's place in [`TopicRole::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            TopicRole::Orders => 0,
+            TopicRole::Inventory => 1,
+            TopicRole::Activity => 2,
+        }
+    }
+
+    /// The role's name (`orders`, `inventory`, `activity`): metric labels, record refs.
+    pub fn name(self) -> &'static str {
+        match self {
+            TopicRole::Orders => "orders",
+            TopicRole::Inventory => "inventory",
+            TopicRole::Activity => "activity",
+        }
+    }
 }
 
 /// Where an order was placed.

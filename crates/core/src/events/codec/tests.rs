@@ -95,7 +95,7 @@ fn the_current_schema_of_each_kind_reads_every_older_version() {
 
 fn fixture_path(id: SchemaId) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("schemas")
+        .join("../../schemas")
         .join(id.kind.schema_name())
         .join(format!("v{}.bin", id.version))
 }

@@ -44,22 +44,22 @@ const SCHEMA_FILES: &[(EventKind, u32, &str)] = &[
     (
         EventKind::OrderPlaced,
         1,
-        include_str!("../../schemas/order_placed/v1.avsc"),
+        include_str!("../../../../schemas/order_placed/v1.avsc"),
     ),
     (
         EventKind::OrderCancelled,
         1,
-        include_str!("../../schemas/order_cancelled/v1.avsc"),
+        include_str!("../../../../schemas/order_cancelled/v1.avsc"),
     ),
     (
         EventKind::StockChanged,
         1,
-        include_str!("../../schemas/stock_changed/v1.avsc"),
+        include_str!("../../../../schemas/stock_changed/v1.avsc"),
     ),
     (
         EventKind::SessionSeen,
         1,
-        include_str!("../../schemas/session_seen/v1.avsc"),
+        include_str!("../../../../schemas/session_seen/v1.avsc"),
     ),
 ];
 
@@ -196,16 +196,32 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every label, indexed by [`DecodeError::index`] (metrics keep one counter each).
+    pub const LABELS: [&'static str; 6] = [
+        "too_short",
+        "unknown_framing",
+        "unknown_fingerprint",
+        "unknown_confluent_id",
+        "malformed",
+        "invalid",
+    ];
+
+    /// The position of this error's label in [`DecodeError::LABELS`]. The match is
+    /// exhaustive, so a new variant cannot go uncounted.
+    pub fn index(&self) -> usize {
+        match self {
+            DecodeError::TooShort { .. } => 0,
+            DecodeError::UnknownFraming { .. } => 1,
+            DecodeError::UnknownFingerprint { .. } => 2,
+            DecodeError::UnknownConfluentId { .. } => 3,
+            DecodeError::Malformed { .. } => 4,
+            DecodeError::Invalid { .. } => 5,
+        }
+    }
+
     /// A short, stable label for metrics and dead-letter headers.
     pub fn label(&self) -> &'static str {
-        match self {
-            DecodeError::TooShort { .. } => "too_short",
-            DecodeError::UnknownFraming { .. } => "unknown_framing",
-            DecodeError::UnknownFingerprint { .. } => "unknown_fingerprint",
-            DecodeError::UnknownConfluentId { .. } => "unknown_confluent_id",
-            DecodeError::Malformed { .. } => "malformed",
-            DecodeError::Invalid { .. } => "invalid",
-        }
+        Self::LABELS[self.index()]
     }
 }
 

@@ -1,0 +1,22 @@
+//! The live stream's core: everything that decides which bytes a dashboard receives, with
+//! no I/O. The ingest thread builds frames here; the HTTP layer only writes what this
+//! module chose.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `delta.rs` | [`Delta`]: what changed since a scope's previous frame, conflation (`absorb`), what each scope was last sent |
+//! | `frame.rs` | [`Frame`] (a delta serialised once per scope), [`FrameBuilder`], the bounded [`FrameLog`], [`pending_bytes`] |
+//! | `resume.rs` | [`start`]: the five resume rules as one pure function |
+//! | `sse.rs` | the SSE wire format |
+//! | `client.rs` | a client's side: an SSE parser and the merge rules (tests and benches use it) |
+
+pub mod client;
+mod delta;
+mod frame;
+mod resume;
+mod sse;
+
+pub use delta::{Delta, Sent, SentLists, SkuListsDelta, StoreDelta, upsert_orders};
+pub use frame::{Frame, FrameBuilder, FrameLog, LogLimits, pending_bytes};
+pub use resume::{Start, after_wait, start};
+pub use sse::{SnapshotEvent, sse_event};

@@ -1,0 +1,423 @@
+//! The router in process (`tower::ServiceExt::oneshot`, no socket, no Kafka): the
+//! snapshot API, errors, headers, and the resume rules, against an engine fed by the test.
+
+use super::{AppState, app};
+use crate::aggregate::{AggregateConfig, Layout, PartitionKey, RecordRef, State};
+use crate::checkpoint::CheckpointStore;
+use crate::config::Settings;
+use crate::events::{Codec, TopicRole};
+use crate::ingest::{Engine, EngineSettings, Outputs, Request, Status};
+use crate::live::LogLimits;
+use crate::metrics::Metrics;
+use crate::simulate::scenario::{Scenario, ScenarioConfig};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request as HttpRequest, StatusCode};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use storepulse_core::live::client::{ClientView, SseEvent, SseParser};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+type Job = Box<dyn FnOnce(&mut Engine) + Send>;
+
+/// An engine on its own thread (as in `serve`), answering the router's requests; the test
+/// feeds it records through `run`.
+struct TestServer {
+    router: Router,
+    jobs: std::sync::mpsc::Sender<Job>,
+    layout: Layout,
+    codec: Codec,
+    scenario: Scenario,
+    offsets: std::collections::HashMap<PartitionKey, i64>,
+}
+
+fn layout() -> Layout {
+    Layout::new(vec![
+        (TopicRole::Orders, "orders".into(), 2),
+        (TopicRole::Inventory, "inventory".into(), 2),
+        (TopicRole::Activity, "activity".into(), 1),
+    ])
+}
+
+impl TestServer {
+    fn start(resume_wait: Duration) -> TestServer {
+        let settings = Settings::load(None, &Default::default()).expect("default settings");
+        let metrics = Arc::new(Metrics::default());
+        let (requests_tx, mut requests) = mpsc::channel::<Request>(64);
+        let (status_tx, status) = watch::channel(Status::default());
+        let (checkpoints, _) = watch::channel(None);
+        let (frames, _) = broadcast::channel(64);
+        let mut engine = Engine::new(
+            State::new(Arc::new(AggregateConfig::default())),
+            layout(),
+            Codec::new(&Default::default()).expect("schemas"),
+            EngineSettings {
+                frame_interval: Duration::ZERO,
+                log_limits: LogLimits {
+                    frames: 1_000,
+                    bytes: 64 << 20,
+                    age_ms: 600_000,
+                },
+                resume_wait,
+                checkpoint_interval: Duration::from_secs(3_600),
+            },
+            Outputs {
+                frames,
+                checkpoints,
+                status: status_tx,
+                metrics: Arc::clone(&metrics),
+            },
+        );
+        let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            loop {
+                match job_rx.recv_timeout(Duration::from_millis(1)) {
+                    Ok(job) => job(&mut engine),
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                }
+                let now = Instant::now();
+                engine.end_batch(now);
+                while let Ok(request) = requests.try_recv() {
+                    engine.handle_request(request, now);
+                }
+                engine.tick(now);
+            }
+        });
+        while !status.borrow().assigned {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut stream = settings.stream.clone();
+        stream.resume_wait = resume_wait;
+        let router = app(AppState {
+            requests: requests_tx,
+            status,
+            // Nothing listens there: readiness reports the store as down.
+            checkpoints: CheckpointStore::connect_lazy("postgres://postgres@127.0.0.1:1/none", "g")
+                .expect("a lazy pool"),
+            metrics,
+            max_lag: 1_000,
+            stream: Arc::new(stream),
+            stop: CancellationToken::new(),
+        });
+        TestServer {
+            router,
+            jobs,
+            layout: layout(),
+            codec: Codec::new(&Default::default()).expect("schemas"),
+            scenario: Scenario::new(ScenarioConfig {
+                seed: 3,
+                start_ms: 1_767_225_000_000,
+                events_per_second: 50.0,
+                stores: 2,
+                skus_per_store: 5,
+                flash_sale: None,
+            }),
+            offsets: Default::default(),
+        }
+    }
+
+    /// Feeds the next `n` events of the scenario (and one poison record) as records, and
+    /// waits until the engine has applied them and built their frame.
+    fn feed(&mut self, n: usize) {
+        let mut records = Vec::new();
+        for event in self.scenario.by_ref().take(n) {
+            let role = event.kind().topic_role();
+            let partition = PartitionKey { role, partition: 0 };
+            let offset = self.offsets.entry(partition).or_insert(0);
+            records.push((
+                RecordRef {
+                    partition,
+                    offset: *offset,
+                },
+                self.codec.encode(&event).expect("encodes"),
+            ));
+            *offset += 1;
+        }
+        let (done, wait) = std::sync::mpsc::channel();
+        self.jobs
+            .send(Box::new(move |engine: &mut Engine| {
+                for (at, bytes) in records {
+                    if engine.process_record(at, &bytes).is_err() {
+                        engine.skip(at);
+                    }
+                }
+                engine.end_batch(Instant::now());
+                let _ = done.send(());
+            }))
+            .expect("engine running");
+        wait.recv_timeout(Duration::from_secs(10)).expect("fed");
+    }
+
+    /// The encoded position after `extra` more records in the first orders partition.
+    fn id_ahead(&self, extra: i64) -> String {
+        let mut position = crate::aggregate::Position::default();
+        for (partition, next) in &self.offsets {
+            position.advance_to(*partition, *next);
+        }
+        let orders = PartitionKey {
+            role: TopicRole::Orders,
+            partition: 0,
+        };
+        position.advance_to(
+            orders,
+            self.offsets.get(&orders).copied().unwrap_or(0) + extra,
+        );
+        self.layout.encode(&position)
+    }
+
+    async fn get(&self, uri: &str, headers: &[(&str, &str)]) -> axum::response::Response {
+        let mut request = HttpRequest::get(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.router
+            .clone()
+            .oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible")
+    }
+
+    async fn json(&self, uri: &str) -> (StatusCode, serde_json::Value) {
+        let response = self.get(uri, &[]).await;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, serde_json::from_slice(&body).expect("a JSON body"))
+    }
+}
+
+/// Reads a stream's body until `count` events with data have arrived.
+async fn events(response: axum::response::Response, count: usize) -> Vec<SseEvent> {
+    let mut body = response.into_body();
+    let mut parser = SseParser::new();
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream goes on")
+            .expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            parser.push(&data, |e| seen.push(e.to_owned()));
+        }
+    }
+    seen
+}
+
+fn names(events: &[SseEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.event.as_str()).collect()
+}
+
+#[tokio::test]
+async fn the_snapshot_api_answers_with_the_engines_views_and_json_errors() {
+    let mut server = TestServer::start(Duration::from_secs(1));
+    server.feed(300);
+    let (status, all) = server.json("/api/snapshot").await;
+    assert_eq!(status, StatusCode::OK);
+    let stores: Vec<&String> = all["stores"].as_object().expect("stores").keys().collect();
+    assert_eq!(stores.len(), 2, "both stores: {stores:?}");
+    assert!(
+        all["all_stores"]["orders_today"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    );
+    let response = server.get("/api/snapshot", &[]).await;
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers()["cache-control"], "no-cache");
+    let store = stores[0].clone();
+    let (status, one) = server.json(&format!("/api/snapshot?store={store}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["stores"][&store], all["stores"][&store]);
+    assert!(one.get("all_stores").is_none());
+    assert_eq!(
+        one["position"], all["position"],
+        "one position, same numbers"
+    );
+    for (uri, expected) in [
+        ("/api/snapshot?store=store-nowhere", StatusCode::NOT_FOUND),
+        ("/api/snapshot?store=", StatusCode::BAD_REQUEST),
+        ("/api/snapshot?unknown=1", StatusCode::BAD_REQUEST),
+        ("/api/stream?store=store-nowhere", StatusCode::NOT_FOUND),
+        ("/api/stream?unknown=1", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, body) = server.json(uri).await;
+        assert_eq!(status, expected, "{uri}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{uri}: a reason"
+        );
+    }
+    let long = "x".repeat(201);
+    assert_eq!(
+        server.json(&format!("/api/snapshot?store={long}")).await.0,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer_without_kafka_or_postgres() {
+    let mut server = TestServer::start(Duration::from_secs(1));
+    server.feed(10);
+    let (status, health) = server.json("/healthz").await;
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (StatusCode::OK, Some("alive"))
+    );
+    let (status, ready) = server.json("/readyz").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no lag known, no database: {ready}"
+    );
+    assert_eq!(ready["checkpoint_store"]["ready"], false);
+    assert_eq!(ready["consumer"]["assigned"], true);
+    let response = server.get("/metrics", &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec(),
+    )
+    .expect("text");
+    for label in crate::events::DecodeError::LABELS {
+        assert!(
+            text.contains(&format!(
+                "storepulse_poison_records_total{{reason=\"{label}\"}} 0"
+            )),
+            "{label}"
+        );
+    }
+    assert!(text.contains("storepulse_records_total{topic=\"orders\"}"));
+    assert!(
+        text.contains("storepulse_events_applied_total 10"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_stream_gets_headers_a_snapshot_then_deltas_that_rebuild_the_view() {
+    let mut server = TestServer::start(Duration::from_secs(1));
+    server.feed(200);
+    let response = server.get("/api/stream", &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(
+        response.headers()["cache-control"],
+        "no-cache, no-transform"
+    );
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    let mut body = response.into_body();
+    let mut parser = SseParser::new();
+    let mut client = ClientView::default();
+    let mut seen = Vec::new();
+    server.feed(100);
+    server.feed(100);
+    let (_, expected) = server.json("/api/snapshot").await;
+    while client.last_id.as_deref() != expected["position"].as_str() {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("frames keep coming")
+            .expect("open")
+            .expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            parser.push(&data, |e| {
+                seen.push(e.event.to_owned());
+                client.apply(e).expect("applies");
+            });
+        }
+    }
+    assert_eq!(seen[0], "snapshot");
+    assert!(seen[1..].iter().all(|e| e == "delta"), "{seen:?}");
+    assert_eq!(
+        client.view.expect("a view"),
+        expected,
+        "deltas rebuild the snapshot exactly"
+    );
+}
+
+#[tokio::test]
+async fn the_five_resume_rules_through_the_router() {
+    let mut server = TestServer::start(Duration::from_millis(300));
+    server.feed(100);
+    let (_, first) = server.json("/api/snapshot").await;
+    let first_id = first["position"].as_str().expect("position").to_owned();
+    // Rule 1: no id.
+    let opening = events(server.get("/api/stream", &[]).await, 1).await;
+    assert_eq!(names(&opening), ["snapshot"]);
+    assert_eq!(opening[0].id.as_deref(), Some(first_id.as_str()));
+    // Rule 2: an id in the log gets the frames after it, no snapshot.
+    server.feed(50);
+    let (_, second) = server.json("/api/snapshot").await;
+    let replay = events(
+        server
+            .get("/api/stream", &[("last-event-id", &first_id)])
+            .await,
+        1,
+    )
+    .await;
+    assert_eq!(names(&replay), ["delta"]);
+    assert_eq!(replay[0].id.as_deref(), second["position"].as_str());
+    // ...also by ?since= for clients without headers.
+    let replay = events(
+        server
+            .get(&format!("/api/stream?since={first_id}"), &[])
+            .await,
+        1,
+    )
+    .await;
+    assert_eq!(names(&replay), ["delta"]);
+    // Rule 3: behind and not in the log (a position no frame had).
+    let behind = server.layout.encode(&crate::aggregate::Position::default());
+    let snapshot = events(
+        server
+            .get("/api/stream", &[("last-event-id", &behind)])
+            .await,
+        1,
+    )
+    .await;
+    assert_eq!(names(&snapshot), ["snapshot"]);
+    // Rule 5: garbage, another layout, and bytes that are not text.
+    for id in ["garbage", "00000000:1,2,3,4,5"] {
+        let resync = events(server.get("/api/stream", &[("last-event-id", id)]).await, 1).await;
+        assert_eq!(names(&resync), ["resync"], "{id}");
+        assert_eq!(resync[0].id.as_deref(), second["position"].as_str());
+    }
+    // Rule 4: ahead; the wait times out (300 ms) into a resync...
+    let ahead = server.id_ahead(5);
+    let timed_out = events(
+        server
+            .get("/api/stream", &[("last-event-id", &ahead)])
+            .await,
+        1,
+    )
+    .await;
+    assert_eq!(names(&timed_out), ["resync"]);
+    // ...or ends in a snapshot at or past the id once the state catches up.
+    let ahead = server.id_ahead(1);
+    let router = server.router.clone();
+    let waiting = tokio::spawn(async move {
+        let request = HttpRequest::get("/api/stream")
+            .header("last-event-id", ahead)
+            .body(Body::empty())
+            .expect("request");
+        events(router.oneshot(request).await.expect("infallible"), 1).await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.feed(40);
+    let caught_up = waiting.await.expect("no panic");
+    assert_eq!(names(&caught_up), ["snapshot"]);
+    let (_, now) = server.json("/api/snapshot").await;
+    assert_eq!(caught_up[0].id.as_deref(), now["position"].as_str());
+}

@@ -1,0 +1,413 @@
+//! The ingest engine: the state's owner and everything that happens to it, one small
+//! handler per input. The consumer thread (`ingest/mod.rs`) turns Kafka and channels into
+//! calls here; the engine itself has no Kafka code, so tests drive it directly.
+//!
+//! | input | handler |
+//! |---|---|
+//! | a record's payload | [`Engine::process_record`] (decode, apply: the one place a record is processed) |
+//! | a poison record | [`Engine::skip`] (after it was dead-lettered) |
+//! | the end of a poll batch | [`Engine::end_batch`] (snapshot cache, frame, parked resumes) |
+//! | a request from HTTP | [`Engine::handle_request`] |
+//! | time passing | [`Engine::tick`] (checkpoints, status) |
+
+use crate::aggregate::{Applied, Changes, Layout, RecordRef, State};
+use crate::checkpoint::Frozen;
+use crate::events::{Codec, DecodeError, StoreId};
+use crate::live::{self, Frame, FrameBuilder, FrameLog, LogLimits, SnapshotEvent, Start};
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, oneshot, watch};
+
+/// A request to the state's owner.
+#[derive(Debug)]
+pub enum Request {
+    /// The JSON snapshot of all stores (`None`) or one; replies `None` for an unknown store.
+    Snapshot {
+        /// Scope.
+        store: Option<StoreId>,
+        /// Where the JSON goes (shared bytes, cached per position).
+        reply: oneshot::Sender<Option<Bytes>>,
+    },
+    /// A live subscription: what to send first, and the frames after it.
+    Subscribe {
+        /// Scope.
+        store: Option<StoreId>,
+        /// The client's last event id, if any.
+        since: Option<String>,
+        /// Where the answer goes: at once, or after a bounded wait (resume rule 4).
+        reply: oneshot::Sender<Subscribed>,
+    },
+}
+
+/// The answer to [`Request::Subscribe`].
+#[derive(Debug)]
+pub enum Subscribed {
+    /// The stream starts.
+    Started(Subscription),
+    /// No event of that store yet.
+    UnknownStore,
+}
+
+/// A started subscription. The receiver is subscribed in the same step as the opening is
+/// chosen, so nothing is missed and nothing is sent twice.
+#[derive(Debug)]
+pub struct Subscription {
+    /// What the client gets first.
+    pub opening: Opening,
+    /// The frames after it.
+    pub live: broadcast::Receiver<Arc<Frame>>,
+}
+
+/// The first bytes of a stream.
+#[derive(Debug)]
+pub enum Opening {
+    /// An encoded `snapshot` or `resync` event (shared, cached per position and scope).
+    Event(Bytes),
+    /// The frames after the client's id (all scopes: the writer keeps its own).
+    Frames(Vec<Arc<Frame>>),
+}
+
+/// What the ingest loop reports about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Partitions assigned and reading.
+    pub assigned: bool,
+    /// The position of the state.
+    pub position: crate::aggregate::Position,
+    /// Newest event time applied.
+    pub newest_event_time: i64,
+}
+
+/// The engine's timing and bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineSettings {
+    /// Shortest time between frames under load.
+    pub frame_interval: Duration,
+    /// Bounds of the frame log.
+    pub log_limits: LogLimits,
+    /// Longest wait for a client whose id is ahead (resume rule 4).
+    pub resume_wait: Duration,
+    /// How often to freeze a checkpoint.
+    pub checkpoint_interval: Duration,
+}
+
+/// Where the engine publishes.
+#[derive(Debug)]
+pub struct Outputs {
+    /// Frames, to every subscriber.
+    pub frames: broadcast::Sender<Arc<Frame>>,
+    /// Frozen checkpoints for the writer (newest wins).
+    pub checkpoints: watch::Sender<Option<Arc<Frozen>>>,
+    /// Status for readiness and the stream's progress events.
+    pub status: watch::Sender<Status>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A subscription parked by resume rule 4 until the state reaches what its client showed.
+#[derive(Debug)]
+struct Parked {
+    wanted: crate::aggregate::Position,
+    deadline: Instant,
+    store: Option<StoreId>,
+    reply: oneshot::Sender<Subscribed>,
+}
+
+/// Serialised snapshots of the current position: built once per scope, shared by every
+/// request and subscriber until the state changes.
+#[derive(Debug, Default)]
+struct SnapshotCache {
+    json: HashMap<Option<StoreId>, Bytes>,
+    events: HashMap<(Option<StoreId>, SnapshotEvent), Bytes>,
+}
+
+/// The state's owner.
+pub struct Engine {
+    state: State,
+    layout: Layout,
+    codec: Codec,
+    settings: EngineSettings,
+    out: Outputs,
+    changes: Changes,
+    dirty: bool,
+    snapshots: SnapshotCache,
+    builder: FrameBuilder,
+    log: FrameLog,
+    parked: Vec<Parked>,
+    started: Instant,
+    last_frame: Instant,
+    next_checkpoint: Instant,
+    next_status: Instant,
+}
+
+impl Engine {
+    /// An engine continuing from `state` (a restored checkpoint, or empty).
+    pub fn new(
+        state: State,
+        layout: Layout,
+        codec: Codec,
+        settings: EngineSettings,
+        out: Outputs,
+    ) -> Engine {
+        let now = Instant::now();
+        Engine {
+            state,
+            layout,
+            codec,
+            log: FrameLog::new(settings.log_limits),
+            settings,
+            out,
+            changes: Changes::default(),
+            dirty: false,
+            snapshots: SnapshotCache::default(),
+            builder: FrameBuilder::new(),
+            parked: Vec::new(),
+            started: now,
+            last_frame: now.checked_sub(settings.frame_interval).unwrap_or(now),
+            next_checkpoint: now + settings.checkpoint_interval,
+            next_status: now,
+        }
+    }
+
+    /// The state (read-only).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The partition layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.out.metrics
+    }
+
+    /// Decodes and applies one record at `at`. On a poison record returns the error; the
+    /// caller dead-letters it and then calls [`Engine::skip`].
+    pub fn process_record(&mut self, at: RecordRef, payload: &[u8]) -> Result<(), DecodeError> {
+        self.dirty = true;
+        let event = self.codec.decode(payload)?;
+        let outcome = self.state.apply(&event, at, &mut self.changes);
+        let metrics = &self.out.metrics;
+        match outcome.applied {
+            Applied::Applied => Metrics::inc(&metrics.applied),
+            Applied::Duplicate => Metrics::inc(&metrics.duplicates),
+            Applied::AlreadyApplied => {}
+        }
+        if outcome.late {
+            Metrics::inc(&metrics.late);
+        }
+        Ok(())
+    }
+
+    /// Moves the position past a record that was not applied (a poison record, already
+    /// dead-lettered): a partition never stalls.
+    pub fn skip(&mut self, at: RecordRef) {
+        self.dirty = true;
+        self.state.skip(at);
+    }
+
+    /// After a batch of records: the cached snapshots are stale if anything moved; a frame
+    /// goes out when the frame interval has passed; parked resumes are answered.
+    pub fn end_batch(&mut self, now: Instant) {
+        if std::mem::take(&mut self.dirty) {
+            self.snapshots = SnapshotCache::default();
+        }
+        if !self.changes.is_empty() && now >= self.last_frame + self.settings.frame_interval {
+            self.emit_frame(now);
+        }
+        self.answer_parked(now);
+    }
+
+    /// Answers a request from HTTP.
+    pub fn handle_request(&mut self, request: Request, now: Instant) {
+        match request {
+            Request::Snapshot { store, reply } => {
+                let _ = reply.send(self.snapshot_json(store));
+            }
+            Request::Subscribe {
+                store,
+                since,
+                reply,
+            } => self.subscribe(store, since.as_deref(), reply, now),
+        }
+    }
+
+    /// Freezes a checkpoint when one is due, and publishes the status every 200 ms.
+    pub fn tick(&mut self, now: Instant) {
+        if now >= self.next_checkpoint {
+            self.out.checkpoints.send_replace(Some(self.freeze()));
+            self.next_checkpoint = now + self.settings.checkpoint_interval;
+        }
+        if now >= self.next_status {
+            self.publish_status();
+            self.next_status = now + Duration::from_millis(200);
+        }
+    }
+
+    /// The state and its position as checkpoint bytes.
+    pub fn freeze(&self) -> Arc<Frozen> {
+        Arc::new(Frozen::of(&self.state, &self.layout))
+    }
+
+    /// Publishes the final checkpoint (at shutdown) and returns it.
+    pub fn finish(&mut self) -> Arc<Frozen> {
+        let last = self.freeze();
+        self.out.checkpoints.send_replace(Some(Arc::clone(&last)));
+        last
+    }
+
+    /// Builds the frame of the pending changes, logs it and publishes it.
+    fn emit_frame(&mut self, now: Instant) {
+        let built_ms =
+            u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
+        let changes = std::mem::take(&mut self.changes);
+        let frame = Arc::new(
+            self.builder
+                .build(&self.state, &self.layout, &changes, built_ms),
+        );
+        self.last_frame = now;
+        self.log.push(Arc::clone(&frame));
+        let metrics = &self.out.metrics;
+        metrics
+            .frame_log_bytes
+            .store(self.log.bytes() as u64, Ordering::Relaxed);
+        Metrics::inc(&metrics.frames);
+        metrics
+            .frame_bytes
+            .fetch_add(frame.all.len() as u64, Ordering::Relaxed);
+        // Never waits: a subscriber that falls behind gets `Lagged`, then catches up from
+        // the log (or a snapshot).
+        let _ = self.out.frames.send(frame);
+    }
+
+    /// Chooses where a subscription starts (`live::start`) and subscribes it to the frames
+    /// that follow in the same step; rule 4 parks it until the state catches up.
+    fn subscribe(
+        &mut self,
+        store: Option<StoreId>,
+        since: Option<&str>,
+        reply: oneshot::Sender<Subscribed>,
+        now: Instant,
+    ) {
+        // Pending changes go out first, so a snapshot's position is the last frame's id:
+        // the next frame is new to this subscriber.
+        if !self.changes.is_empty() {
+            self.emit_frame(now);
+        }
+        let known = self.store_known(store.as_ref());
+        let start = live::start(since, &self.log, &self.layout, self.state.position(), known);
+        match start {
+            Start::WaitUntil(wanted) => self.parked.push(Parked {
+                wanted,
+                deadline: now + self.settings.resume_wait,
+                store,
+                reply,
+            }),
+            start => {
+                let _ = reply.send(self.started_at(start, store));
+            }
+        }
+    }
+
+    /// Answers the parked subscriptions whose state has caught up (a snapshot) or whose
+    /// wait ran out (a resync: the client replaces what it holds).
+    fn answer_parked(&mut self, now: Instant) {
+        if self.parked.is_empty() {
+            return;
+        }
+        for parked in std::mem::take(&mut self.parked) {
+            let known = self.store_known(parked.store.as_ref());
+            let start = match live::after_wait(&parked.wanted, self.state.position(), known) {
+                Some(start) => start,
+                None if now >= parked.deadline || parked.reply.is_closed() => {
+                    if known {
+                        Start::Resync
+                    } else {
+                        Start::UnknownStore
+                    }
+                }
+                None => {
+                    self.parked.push(parked);
+                    continue;
+                }
+            };
+            if !self.changes.is_empty() {
+                self.emit_frame(now);
+            }
+            let _ = parked.reply.send(self.started_at(start, parked.store));
+        }
+    }
+
+    /// The subscription of a decided start.
+    fn started_at(&mut self, start: Start, store: Option<StoreId>) -> Subscribed {
+        let opening = match start {
+            Start::Replay(frames) => Opening::Frames(frames),
+            Start::Snapshot => match self.snapshot_event(store, SnapshotEvent::Snapshot) {
+                Some(event) => Opening::Event(event),
+                None => return Subscribed::UnknownStore,
+            },
+            Start::Resync => match self.snapshot_event(store, SnapshotEvent::Resync) {
+                Some(event) => Opening::Event(event),
+                None => return Subscribed::UnknownStore,
+            },
+            Start::UnknownStore | Start::WaitUntil(_) => return Subscribed::UnknownStore,
+        };
+        Subscribed::Started(Subscription {
+            opening,
+            live: self.out.frames.subscribe(),
+        })
+    }
+
+    fn store_known(&self, store: Option<&StoreId>) -> bool {
+        store.is_none_or(|id| self.state.stores().contains_key(id))
+    }
+
+    /// The JSON snapshot of a scope at the current position, serialised once.
+    fn snapshot_json(&mut self, store: Option<StoreId>) -> Option<Bytes> {
+        if let Some(json) = self.snapshots.json.get(&store) {
+            Metrics::inc(&self.out.metrics.snapshots_cached);
+            return Some(json.clone());
+        }
+        let snapshot = self.state.snapshot(&self.layout, store.as_ref())?;
+        Metrics::inc(&self.out.metrics.snapshots_built);
+        let json = Bytes::from(
+            serde_json::to_vec(&snapshot)
+                .unwrap_or_else(|e| panic!("a snapshot always serialises: {e}")),
+        );
+        self.snapshots.json.insert(store, json.clone());
+        Some(json)
+    }
+
+    /// The SSE event of a scope's snapshot at the current position, encoded once.
+    fn snapshot_event(&mut self, store: Option<StoreId>, kind: SnapshotEvent) -> Option<Bytes> {
+        let key = (store, kind);
+        if let Some(event) = self.snapshots.events.get(&key) {
+            Metrics::inc(&self.out.metrics.snapshots_cached);
+            return Some(event.clone());
+        }
+        let json = self.snapshot_json(key.0.clone())?;
+        let id = self.layout.encode(self.state.position());
+        let event = Bytes::from(live::sse_event(kind.name(), Some(&id), &json));
+        self.snapshots.events.insert(key, event.clone());
+        Some(event)
+    }
+
+    fn publish_status(&self) {
+        self.out
+            .metrics
+            .newest_event_time_ms
+            .store(self.state.newest_event_time(), Ordering::Relaxed);
+        self.out.status.send_replace(Status {
+            assigned: true,
+            position: self.state.position().clone(),
+            newest_event_time: self.state.newest_event_time(),
+        });
+    }
+}

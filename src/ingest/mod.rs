@@ -1,0 +1,190 @@
+//! The ingest thread: the only Kafka consumer. It reads every assigned partition from the
+//! checkpoint's position and turns what happens into calls on the [`Engine`], which owns
+//! the state (one writer, no lock): records, requests from HTTP, checkpoints the writer
+//! has made durable, and time passing.
+//!
+//! Runs on a dedicated OS thread with rdkafka's `BaseConsumer`: no async overhead per
+//! record, and a slow reader can never block it (requests come through a channel, the
+//! state is never shared). Checkpoints are frozen by the engine and handed to the writer
+//! task through a `watch` (newest wins); after a write the writer sends the positions back
+//! and they are committed to the consumer group, for lag tools only.
+
+mod dead_letter;
+mod engine;
+
+pub use dead_letter::DeadLetters;
+pub use engine::{
+    Engine, EngineSettings, Opening, Outputs, Request, Status, Subscribed, Subscription,
+};
+
+use crate::aggregate::{Layout, PartitionKey, RecordRef};
+use crate::checkpoint::Frozen;
+use crate::events::TopicRole;
+use crate::kafka::{self, KafkaSettings};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Most records handled between two looks at requests and timers.
+const BATCH: usize = 2_000;
+
+/// Longest a poll blocks when nothing is queued: bounds how long a request waits.
+const POLL_WAIT: Duration = Duration::from_millis(5);
+
+/// The consumer thread's inputs and its engine.
+pub struct Ingest {
+    /// Broker and topics.
+    pub kafka: KafkaSettings,
+    /// Consumer group (offset commits for lag tools).
+    pub group_id: String,
+    /// Where poison records go.
+    pub dead_letter_topic: String,
+    /// The state's owner.
+    pub engine: Engine,
+    /// Positions the writer has made durable, to commit to the group.
+    pub written: mpsc::UnboundedReceiver<Arc<Frozen>>,
+    /// Requests from HTTP.
+    pub requests: mpsc::Receiver<Request>,
+    /// Stop reading (then a final checkpoint is frozen).
+    pub stop: CancellationToken,
+}
+
+impl Ingest {
+    /// Runs until `stop`; returns the final frozen checkpoint. Blocking: run on its own
+    /// thread.
+    pub fn run(mut self) -> Result<Arc<Frozen>, kafka::KafkaError> {
+        let consumer: BaseConsumer = kafka::consumer_config(&self.kafka, &self.group_id)
+            .create()
+            .map_err(kafka::KafkaError::Config)?;
+        let metrics = Arc::clone(self.engine.metrics());
+        let dead_letters = DeadLetters::new(&self.kafka, self.dead_letter_topic.clone(), metrics)?;
+        consumer
+            .assign(&assignment(self.engine.layout(), |p| {
+                self.engine.state().position().next_offset(p)
+            })?)
+            .map_err(kafka::KafkaError::Request)?;
+        tracing::info!(position = %self.engine.layout().encode(self.engine.state().position()), "partitions assigned");
+        let roles: Vec<(String, TopicRole)> = self
+            .engine
+            .layout()
+            .topics()
+            .iter()
+            .map(|(role, name, _)| (name.clone(), *role))
+            .collect();
+        while !self.stop.is_cancelled() {
+            self.read_batch(&consumer, &dead_letters, &roles);
+            let now = Instant::now();
+            self.engine.end_batch(now);
+            while let Ok(request) = self.requests.try_recv() {
+                self.engine.handle_request(request, now);
+            }
+            while let Ok(written) = self.written.try_recv() {
+                commit_for_lag_tools(&consumer, &written);
+            }
+            self.engine.tick(now);
+        }
+        let last = self.engine.finish();
+        dead_letters.flush();
+        Ok(last)
+    }
+
+    /// Reads up to [`BATCH`] records: blocks briefly for the first, then takes what is
+    /// queued.
+    fn read_batch(
+        &mut self,
+        consumer: &BaseConsumer,
+        dead_letters: &DeadLetters,
+        roles: &[(String, TopicRole)],
+    ) {
+        let mut wait = POLL_WAIT;
+        for _ in 0..BATCH {
+            let Some(result) = consumer.poll(wait) else {
+                return;
+            };
+            wait = Duration::ZERO;
+            match result {
+                Ok(message) => self.on_record(&message, dead_letters, roles),
+                Err(error) => {
+                    crate::metrics::Metrics::inc(&self.engine.metrics().consumer_errors);
+                    tracing::warn!(error = %error, "consumer error");
+                }
+            }
+        }
+    }
+
+    /// One record: the one place a record is processed (applied, or dead-lettered and
+    /// skipped, so the position never passes a record that is not accounted for).
+    fn on_record(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        dead_letters: &DeadLetters,
+        roles: &[(String, TopicRole)],
+    ) {
+        let Some(role) = roles
+            .iter()
+            .find(|(name, _)| name == message.topic())
+            .map(|(_, role)| *role)
+        else {
+            return;
+        };
+        self.engine.metrics().record_read(role);
+        let at = RecordRef {
+            partition: PartitionKey {
+                role,
+                partition: message.partition(),
+            },
+            offset: message.offset(),
+        };
+        if let Err(error) = self
+            .engine
+            .process_record(at, message.payload().unwrap_or_default())
+        {
+            dead_letters.send(message, &error);
+            self.engine.skip(at);
+        }
+    }
+}
+
+/// Every partition of `layout`, each from its next offset (the beginning when 0).
+fn assignment(
+    layout: &Layout,
+    next_offset: impl Fn(PartitionKey) -> i64,
+) -> Result<TopicPartitionList, kafka::KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for (role, name, count) in layout.topics() {
+        for partition in 0..*count {
+            let next = next_offset(PartitionKey {
+                role: *role,
+                partition,
+            });
+            let offset = if next > 0 {
+                Offset::Offset(next)
+            } else {
+                Offset::Beginning
+            };
+            list.add_partition_offset(name, partition, offset)
+                .map_err(kafka::KafkaError::Request)?;
+        }
+    }
+    Ok(list)
+}
+
+/// Commits a durable checkpoint's positions to the consumer group: for lag tools only,
+/// correctness never reads them.
+fn commit_for_lag_tools(consumer: &BaseConsumer, written: &Frozen) {
+    let mut offsets = TopicPartitionList::new();
+    for (topic, partition, next) in &written.partitions {
+        if *next > 0 {
+            let _ = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+    }
+    if offsets.count() > 0
+        && let Err(error) = consumer.commit(&offsets, CommitMode::Async)
+    {
+        tracing::debug!(error = %error, "offset commit for lag tools failed");
+    }
+}
