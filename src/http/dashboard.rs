@@ -1,5 +1,6 @@
 //! The operations dashboard's assets, embedded in the binary (no CDN, no runtime network):
-//! `/` (the page), `/dashboard.js`, `/dashboard.css`. The page itself lives in
+//! `/` (the page), `/dashboard.js`, `/merge.js` (the stream's merge rules, imported by the
+//! page and by the browser tests), `/dashboard.css`. The page itself lives in
 //! `src/http/dashboard/`; it talks to `/api/stream` only.
 
 use axum::Router;
@@ -9,6 +10,7 @@ use axum::routing::get;
 
 const PAGE: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/dashboard.js");
+const MERGE: &str = include_str!("dashboard/merge.js");
 const STYLE: &str = include_str!("dashboard/dashboard.css");
 
 /// Everything the page may load: its own origin, nothing inline but CSSOM styles.
@@ -38,6 +40,10 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route(
             "/dashboard.js",
             get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/merge.js",
+            get(|| async { asset("text/javascript; charset=utf-8", MERGE) }),
         )
         .route(
             "/dashboard.css",

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   bin, environment, simulate, simulateInBackground, freePort, startServe, killServe, waitFor,
-  total, launch, crashNoise,
+  total, launch, crashNoise, sortedStock,
 } from './support.mjs';
 
 const env = environment('dashboard');
@@ -23,7 +23,6 @@ const history = [...catalog, '--start', new Date(Date.now() - 3_600_000).toISOSt
 const scenario = [...catalog, '--start', new Date(Date.now() - 120_000).toISOString(),
   '--flash-sale-at', '1s', '--flash-sale-for', '10m'];
 
-const sortedStock = (view) => ({ ...view, stock: [...view.stock].sort((a, b) => `${a.store_id}/${a.sku}`.localeCompare(`${b.store_id}/${b.sku}`)) });
 
 /// The page's applied view equals the server's snapshot (stock order aside).
 async function assertPageEqualsSnapshot(page, base, store) {

@@ -1,11 +1,12 @@
 // The live operations dashboard: one EventSource carries every widget. It applies the
-// stream exactly as docs/api.md says (snapshot/resync replace, deltas merge), lets the
-// browser reconnect with Last-Event-ID, and renders at most five times a second, only the
-// parts whose data changed.
+// stream exactly as docs/api.md says (snapshot/resync replace, deltas merge by merge.js),
+// lets the browser reconnect with Last-Event-ID, and renders at most five times a second,
+// only the parts whose data changed.
+
+import { applyDelta } from './merge.js';
 
 const STALE_AFTER_MS = 40_000; // two heartbeats and a margin without any event
 const STALE_LAG = 1_000; // records behind the partition ends
-const RECENT_ORDERS = 20; // the length of a view's recent_orders
 const RENDER_EVERY_MS = 200; // enough for people; frames arrive up to 40 times a second
 const $ = (id) => document.getElementById(id);
 
@@ -26,57 +27,7 @@ const state = {
   primed: false, // alerts of the first snapshot are history, not news
 };
 
-// ---- the stream contract -------------------------------------------------------------
-
-function merge(target, part) {
-  for (const [field, value] of Object.entries(part)) {
-    if (field === 'stock') {
-      for (const item of value) {
-        const i = target.stock.findIndex((s) => s.store_id === item.store_id && s.sku === item.sku);
-        if (i >= 0) target.stock[i] = item; else target.stock.push(item);
-      }
-      target.stock = [...target.stock]; // a new array: the stock widgets see it changed
-    } else if (field === 'per_minute') {
-      for (const item of value) {
-        const i = target.per_minute.findIndex((m) => m.minute === item.minute);
-        if (i >= 0) target.per_minute[i] = item; else target.per_minute.push(item);
-      }
-      target.per_minute.sort((a, b) => a.minute.localeCompare(b.minute));
-    } else if (field === 'recent_orders') {
-      // New or changed orders: upsert by event id, newest first (ties by event id), keep 20.
-      const orders = [...target.recent_orders];
-      for (const item of value) {
-        const i = orders.findIndex((o) => o.event_id === item.event_id);
-        if (i >= 0) orders[i] = item; else orders.push(item);
-      }
-      const byRank = (a, b) => (a.occurred_at === b.occurred_at
-        ? (a.event_id < b.event_id ? -1 : a.event_id > b.event_id ? 1 : 0)
-        : (a.occurred_at < b.occurred_at ? 1 : -1));
-      target.recent_orders = orders.sort(byRank).slice(0, RECENT_ORDERS);
-    } else {
-      target[field] = value;
-    }
-  }
-  target.per_minute = target.per_minute.filter((m) => m.minute >= target.per_minute_from);
-}
-
-function applyDelta(delta) {
-  const view = state.view;
-  for (const [store, part] of Object.entries(delta.stores ?? {})) {
-    if (view.stores[store]) merge(view.stores[store], part); else view.stores[store] = part;
-    // The rollup's stock and recent orders follow from the stores' changes.
-    if (view.all_stores) {
-      const derived = {};
-      if (part.stock) derived.stock = part.stock;
-      if (part.recent_orders) derived.recent_orders = part.recent_orders;
-      merge(view.all_stores, derived);
-    }
-  }
-  if (delta.all_stores && view.all_stores) merge(view.all_stores, delta.all_stores);
-  view.position = delta.position;
-  view.as_of = delta.as_of;
-  view.as_of_ms = delta.as_of_ms;
-}
+// ---- the stream contract: merge.js (shared with the browser tests) ----------------------
 
 function connect(since) {
   state.source?.close();
@@ -105,7 +56,7 @@ function connect(since) {
   source.addEventListener('delta', (e) => {
     received(e);
     if (!state.view) return;
-    applyDelta(JSON.parse(e.data));
+    applyDelta(state.view, JSON.parse(e.data));
     state.asOfMs = state.view.as_of_ms;
     state.frames += 1;
     if (state.status !== 'resynced' || Date.now() - state.resyncedAt > 10_000) setStatus('live');

@@ -1,0 +1,63 @@
+// The stream contract on the client (docs/api.md, "Deltas"): how a delta merges into the
+// view a dashboard holds. One module, imported by the page (dashboard.js) and by the
+// browser tests, so the tests check the page's own code. No DOM: it runs in Node too.
+//
+// Rules: fields present replace; `stock` merges by store and SKU; `per_minute` merges by
+// minute and drops minutes before `per_minute_from`; `recent_orders` upserts by event id,
+// ranks newest first (ties by event id) and keeps 20; a store's `stock` and
+// `recent_orders` apply to the rollup too. Applying a delta twice is harmless.
+
+export const RECENT_ORDERS = 20; // the length of a view's recent_orders
+
+const byRank = (a, b) => (a.occurred_at === b.occurred_at
+  ? (a.event_id < b.event_id ? -1 : a.event_id > b.event_id ? 1 : 0)
+  : (a.occurred_at < b.occurred_at ? 1 : -1));
+
+// Upserts `items` into a copy of `list` (a new array: widgets see that it changed).
+function upsert(list, items, same) {
+  const out = [...(list ?? [])];
+  for (const item of items) {
+    const i = out.findIndex((held) => same(held, item));
+    if (i >= 0) out[i] = item; else out.push(item);
+  }
+  return out;
+}
+
+// Merges one scope's part of a delta (a store's, or the rollup's) into its view.
+export function mergeScope(target, part) {
+  for (const [field, value] of Object.entries(part)) {
+    if (field === 'stock') {
+      target.stock = upsert(target.stock, value, (a, b) => a.store_id === b.store_id && a.sku === b.sku);
+    } else if (field === 'per_minute') {
+      target.per_minute = upsert(target.per_minute, value, (a, b) => a.minute === b.minute)
+        .sort((a, b) => a.minute.localeCompare(b.minute));
+    } else if (field === 'recent_orders') {
+      target.recent_orders = upsert(target.recent_orders, value, (a, b) => a.event_id === b.event_id)
+        .sort(byRank).slice(0, RECENT_ORDERS);
+    } else {
+      target[field] = value;
+    }
+  }
+  if (target.per_minute) {
+    target.per_minute = target.per_minute.filter((m) => m.minute >= target.per_minute_from);
+  }
+}
+
+// Applies a delta to a whole view (a snapshot's shape), in place; returns the view.
+export function applyDelta(view, delta) {
+  for (const [store, part] of Object.entries(delta.stores ?? {})) {
+    if (view.stores[store]) mergeScope(view.stores[store], part); else view.stores[store] = part;
+    // The rollup's stock and recent orders follow from the stores' changes.
+    if (view.all_stores) {
+      const derived = {};
+      if (part.stock) derived.stock = part.stock;
+      if (part.recent_orders) derived.recent_orders = part.recent_orders;
+      mergeScope(view.all_stores, derived);
+    }
+  }
+  if (delta.all_stores && view.all_stores) mergeScope(view.all_stores, delta.all_stores);
+  view.position = delta.position;
+  view.as_of = delta.as_of;
+  view.as_of_ms = delta.as_of_ms;
+  return view;
+}
