@@ -73,32 +73,35 @@ pub struct SchemasArgs {
     confluent_ids: ConfluentIds,
 }
 
-/// Broker and topic names, shared by every subcommand that talks to Kafka.
+/// Broker and topic names, shared by every subcommand that talks to Kafka. Each one not
+/// given falls back to `config/default.toml` (`kafka.brokers`, `kafka.topics.*`).
 #[derive(Debug, Args)]
 pub struct KafkaArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "STOREPULSE_KAFKA_BROKERS", default_value = kafka::DEFAULT_BROKERS)]
-    pub brokers: String,
-    /// Topic of OrderPlaced and OrderCancelled.
-    #[arg(long, env = "STOREPULSE_TOPIC_ORDERS", default_value = "orders")]
-    pub orders_topic: String,
-    /// Topic of StockChanged.
-    #[arg(long, env = "STOREPULSE_TOPIC_INVENTORY", default_value = "inventory")]
-    pub inventory_topic: String,
-    /// Topic of SessionSeen.
-    #[arg(long, env = "STOREPULSE_TOPIC_ACTIVITY", default_value = "activity")]
-    pub activity_topic: String,
+    /// Kafka bootstrap servers [default: kafka.brokers of config/default.toml].
+    #[arg(long, env = "STOREPULSE_KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    /// Topic of OrderPlaced and OrderCancelled [default: kafka.topics.orders].
+    #[arg(long, env = "STOREPULSE_TOPIC_ORDERS")]
+    pub orders_topic: Option<String>,
+    /// Topic of StockChanged [default: kafka.topics.inventory].
+    #[arg(long, env = "STOREPULSE_TOPIC_INVENTORY")]
+    pub inventory_topic: Option<String>,
+    /// Topic of SessionSeen [default: kafka.topics.activity].
+    #[arg(long, env = "STOREPULSE_TOPIC_ACTIVITY")]
+    pub activity_topic: Option<String>,
 }
 
 impl KafkaArgs {
     /// The typed settings.
     pub fn settings(&self) -> KafkaSettings {
+        let defaults = KafkaSettings::default();
+        let or = |given: &Option<String>, default: String| given.clone().unwrap_or(default);
         KafkaSettings {
-            brokers: self.brokers.clone(),
+            brokers: or(&self.brokers, defaults.brokers),
             topics: Topics {
-                orders: self.orders_topic.clone(),
-                inventory: self.inventory_topic.clone(),
-                activity: self.activity_topic.clone(),
+                orders: or(&self.orders_topic, defaults.topics.orders),
+                inventory: or(&self.inventory_topic, defaults.topics.inventory),
+                activity: or(&self.activity_topic, defaults.topics.activity),
             },
         }
     }

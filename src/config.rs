@@ -17,6 +17,16 @@ use thiserror::Error;
 /// The defaults, documented in place.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
+/// The settings of `config/default.toml` alone (no file, no environment): the defaults
+/// every command falls back to.
+pub fn defaults() -> &'static Settings {
+    static DEFAULT_SETTINGS: std::sync::LazyLock<Settings> = std::sync::LazyLock::new(|| {
+        Settings::load(None, &HashMap::new())
+            .unwrap_or_else(|e| panic!("config/default.toml is valid: {e}"))
+    });
+    &DEFAULT_SETTINGS
+}
+
 /// Environment variables and the setting each one sets.
 pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_KAFKA_BROKERS", "kafka.brokers"),
@@ -150,7 +160,7 @@ pub struct StreamSection {
     /// Oldest frame held for resume.
     #[serde(deserialize_with = "duration")]
     pub log_max_age: Duration,
-    /// Frames a subscriber may be behind before it gets a snapshot instead.
+    /// Frames a subscriber may be behind before it catches up from the frame log instead.
     pub queue_frames: usize,
     /// A client that reads nothing for this long is disconnected ("0s": never).
     #[serde(deserialize_with = "duration")]

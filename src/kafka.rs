@@ -13,9 +13,6 @@ use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 use thiserror::Error;
 
-/// Default broker address: the local stack's (`scripts/stack`).
-pub const DEFAULT_BROKERS: &str = "127.0.0.1:19092";
-
 /// The names of the three topics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topics {
@@ -25,16 +22,6 @@ pub struct Topics {
     pub inventory: String,
     /// `SessionSeen`.
     pub activity: String,
-}
-
-impl Default for Topics {
-    fn default() -> Self {
-        Topics {
-            orders: "orders".into(),
-            inventory: "inventory".into(),
-            activity: "activity".into(),
-        }
-    }
 }
 
 impl Topics {
@@ -63,11 +50,10 @@ pub struct KafkaSettings {
 }
 
 impl Default for KafkaSettings {
+    /// The local stack's broker and topics, from `config/default.toml` (the one place
+    /// defaults live).
     fn default() -> Self {
-        KafkaSettings {
-            brokers: DEFAULT_BROKERS.into(),
-            topics: Topics::default(),
-        }
+        crate::config::defaults().kafka()
     }
 }
 

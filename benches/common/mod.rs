@@ -120,7 +120,7 @@ pub async fn fresh_topics(prefix: &str) -> (KafkaSettings, u32) {
     let suffix: u32 = rand::random();
     let settings = KafkaSettings {
         brokers: std::env::var("STOREPULSE_KAFKA_BROKERS")
-            .unwrap_or_else(|_| kafka::DEFAULT_BROKERS.into()),
+            .unwrap_or_else(|_| KafkaSettings::default().brokers),
         topics: Topics {
             orders: format!("{prefix}-{suffix}-orders"),
             inventory: format!("{prefix}-{suffix}-inventory"),

@@ -5,17 +5,21 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
-use storepulse::kafka::{DEFAULT_BROKERS, KafkaSettings, Topics};
+use storepulse::kafka::{KafkaSettings, Topics};
 
 /// The broker address under test.
 pub fn brokers() -> String {
-    std::env::var("STOREPULSE_KAFKA_BROKERS").unwrap_or_else(|_| DEFAULT_BROKERS.to_owned())
+    std::env::var("STOREPULSE_KAFKA_BROKERS").unwrap_or_else(|_| KafkaSettings::default().brokers)
 }
 
 /// The database under test.
 pub fn database_url() -> String {
-    std::env::var("STOREPULSE_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:15432/storepulse".to_owned())
+    std::env::var("STOREPULSE_DATABASE_URL").unwrap_or_else(|_| {
+        storepulse::config::defaults()
+            .checkpoint
+            .database_url
+            .clone()
+    })
 }
 
 /// A short random suffix so concurrent tests and repeated runs never share topics.
