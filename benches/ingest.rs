@@ -11,6 +11,9 @@
 //! 3. Recovery: SIGKILL a caught-up `serve` (after a checkpoint), restart it, time until
 //!    `/readyz` answers 200.
 //! 4. A checkpoint of a state with 100 000 SKUs: serialisation, transaction and size.
+//! 5. `/api/snapshot` throughput on the caught-up state (8 stores × 500 SKUs): C keep-alive
+//!    clients (`BENCH_SNAPSHOT_CLIENTS`, 8) for 5 s, all stores and one store; requests/s
+//!    and serve's CPU per request, R runs each.
 //!
 //! Prints Markdown for `docs/benchmarks.md`. Not a test: nothing here asserts a speed.
 //! Settings: `BENCH_EVENTS` (default 2 000 000), `BENCH_RUNS` (3), and the stack's
@@ -41,12 +44,16 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn brokers() -> String {
-    std::env::var("STOREPULSE_KAFKA_BROKERS").unwrap_or_else(|_| kafka::DEFAULT_BROKERS.into())
+    std::env::var("STOREPULSE_KAFKA_BROKERS").unwrap_or_else(|_| KafkaSettings::default().brokers)
 }
 
 fn database_url() -> String {
-    std::env::var("STOREPULSE_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:15432/storepulse".into())
+    std::env::var("STOREPULSE_DATABASE_URL").unwrap_or_else(|_| {
+        storepulse::config::defaults()
+            .checkpoint
+            .database_url
+            .clone()
+    })
 }
 
 /// CPU seconds (user + system) of a process, from /proc (clock ticks of 10 ms).
@@ -224,6 +231,88 @@ fn recovery(topics: &Topics, events: u64) -> f64 {
     elapsed
 }
 
+/// One keep-alive HTTP/1.1 client: GETs `path` until `until`; returns (requests, bytes).
+fn snapshot_client(address: &str, path: &str, until: Instant) -> (u64, u64) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let stream = std::net::TcpStream::connect(address).expect("connects");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n");
+    let (mut requests, mut bytes) = (0, 0);
+    let mut body = Vec::new();
+    while Instant::now() < until {
+        writer.write_all(request.as_bytes()).expect("request");
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("header");
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().expect("a length");
+            }
+        }
+        body.resize(length, 0);
+        reader.read_exact(&mut body).expect("body");
+        assert_eq!(body.first(), Some(&b'{'), "a JSON snapshot");
+        requests += 1;
+        bytes += length as u64;
+    }
+    (requests, bytes)
+}
+
+/// `/api/snapshot` (and one store's) under `clients` keep-alive clients for `seconds`, on a
+/// caught-up serve: per path (requests/s, serve CPU µs per request, bytes per response).
+fn snapshot_throughput(
+    topics: &Topics,
+    events: u64,
+    clients: usize,
+    seconds: u64,
+) -> Vec<(String, f64, f64, f64)> {
+    let serve = Serve::start(
+        topics,
+        &format!("bench-snapshot-{}", rand::random::<u32>()),
+        "5s",
+    );
+    serve.wait_for_records(events);
+    let (_, all) = serve.get("/api/snapshot");
+    let store = all
+        .split("\"stores\":{\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a store in the snapshot")
+        .to_owned();
+    let mut rows = Vec::new();
+    for path in [
+        "/api/snapshot".to_owned(),
+        format!("/api/snapshot?store={store}"),
+    ] {
+        let cpu_before = cpu_seconds(serve.child.id());
+        let until = Instant::now() + Duration::from_secs(seconds);
+        let threads: Vec<_> = (0..clients)
+            .map(|_| {
+                let (address, path) = (serve.address.clone(), path.clone());
+                std::thread::spawn(move || snapshot_client(&address, &path, until))
+            })
+            .collect();
+        let (requests, bytes) = threads
+            .into_iter()
+            .map(|t| t.join().expect("client"))
+            .fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2));
+        let cpu = cpu_seconds(serve.child.id()) - cpu_before;
+        rows.push((
+            path,
+            requests as f64 / seconds as f64,
+            cpu * 1e6 / requests.max(1) as f64,
+            bytes as f64 / requests.max(1) as f64,
+        ));
+    }
+    serve.kill();
+    rows
+}
+
 /// A state with `skus` SKUs (one store per 1000), checkpointed once.
 async fn checkpoint_cost(skus: usize) -> (f64, f64, usize) {
     let layout = Layout::new(vec![
@@ -300,6 +389,15 @@ async fn main() {
             .await
             .expect("recovery");
     let (freeze, write, bytes) = checkpoint_cost(100_000).await;
+    let clients = env_or("BENCH_SNAPSHOT_CLIENTS", 8) as usize;
+    let topics = settings.topics.clone();
+    let snapshot_runs: Vec<Vec<(String, f64, f64, f64)>> = tokio::task::spawn_blocking(move || {
+        (0..runs)
+            .map(|_| snapshot_throughput(&topics, events, clients, 5))
+            .collect()
+    })
+    .await
+    .expect("snapshot throughput");
 
     let rate = |wall: f64| events as f64 / wall;
     let (bw, sw) = (median(base_wall.clone()), median(serve_wall.clone()));
@@ -340,4 +438,26 @@ async fn main() {
     );
     println!();
     println!("recovery runs (s): {recoveries:.2?}");
+    println!();
+    println!(
+        "| `/api/snapshot`, {clients} keep-alive clients, 5 s (median of {runs}) | requests/s | serve CPU µs/request | KB/response |"
+    );
+    println!("|---|---:|---:|---:|");
+    for (i, (path, ..)) in snapshot_runs[0].iter().enumerate() {
+        let column = |f: fn(&(String, f64, f64, f64)) -> f64| {
+            median(snapshot_runs.iter().map(|run| f(&run[i])).collect())
+        };
+        println!(
+            "| `{path}` | {:.0} | {:.0} | {:.1} |",
+            column(|r| r.1),
+            column(|r| r.2),
+            column(|r| r.3) / 1e3
+        );
+    }
+    let per_run: Vec<Vec<String>> = snapshot_runs
+        .iter()
+        .map(|run| run.iter().map(|r| format!("{:.0}", r.1)).collect())
+        .collect();
+    println!();
+    println!("snapshot runs (requests/s, all stores / one store): {per_run:?}");
 }
