@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use storepulse::kafka::KafkaSettings;
+use storepulse::live::client::{SseParser, SseRef};
 use storepulse::simulate::scenario::ScenarioConfig;
 use storepulse::simulate::{self, SimulateOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,9 +92,11 @@ async fn sse_client(
             continue;
         }
         tally.connected.fetch_add(1, Ordering::Relaxed);
-        let mut buffer: Vec<u8> = Vec::with_capacity(16 * 1024);
+        // The shared test client's parser (it borrows each event from its buffer), after
+        // the response's headers.
+        let mut parser = SseParser::new();
         let mut chunk = vec![0u8; 16 * 1024];
-        let mut header_done = false;
+        let mut header: Option<Vec<u8>> = Some(Vec::new());
         loop {
             let read = tokio::select! {
                 read = stream.read(&mut chunk) => read.unwrap_or(0),
@@ -102,55 +105,56 @@ async fn sse_client(
             if read == 0 {
                 break;
             }
-            buffer.extend_from_slice(&chunk[..read]);
             tally.bytes.fetch_add(read as u64, Ordering::Relaxed);
-            if !header_done {
-                match find(&buffer, b"\r\n\r\n") {
-                    Some(end) => {
-                        buffer.drain(..end + 4);
-                        header_done = true;
-                    }
-                    None => continue,
+            let body = match header.as_mut() {
+                None => &chunk[..read],
+                Some(bytes) => {
+                    bytes.extend_from_slice(&chunk[..read]);
+                    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let rest = bytes.split_off(end + 4);
+                    header = None;
+                    parser.push(&rest, |event| {
+                        on_event(event, &tally, &seen_fresh, &mut my_mark, &mut last_id)
+                    });
+                    continue;
                 }
-            }
-            while let Some(end) = find(&buffer, b"\n\n") {
-                let event = &buffer[..end];
-                if let Some(id) = field(event, b"id: ") {
-                    last_id = Some(String::from_utf8_lossy(id).into_owned());
-                }
-                let mark = seen_fresh.load(Ordering::Relaxed);
-                if field(event, b"data: ").is_some() && mark != my_mark {
-                    my_mark = mark;
-                    tally.fresh.fetch_add(1, Ordering::Relaxed);
-                }
-                if field(event, b"event: ") == Some(b"delta") {
-                    tally.deliveries.fetch_add(1, Ordering::Relaxed);
-                    if tally.recording.load(Ordering::Relaxed)
-                        && let Some(as_of) = as_of_ms(event)
-                        && let Ok(mut all) = tally.latencies.lock()
-                    {
-                        all.push(common::now_ms() - as_of);
-                    }
-                }
-                buffer.drain(..end + 2);
-            }
+            };
+            parser.push(body, |event| {
+                on_event(event, &tally, &seen_fresh, &mut my_mark, &mut last_id)
+            });
         }
         tally.connected.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn field<'a>(event: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    event
-        .split(|b| *b == b'\n')
-        .find_map(|line| line.strip_prefix(name))
-}
-
-fn as_of_ms(event: &[u8]) -> Option<i64> {
-    common::as_of_ms(field(event, b"data: ")?)
+/// Counts one event: its id for the reconnect, the first event after a mark, and the
+/// latency of deltas while recording.
+fn on_event(
+    event: SseRef<'_>,
+    tally: &Tally,
+    seen_fresh: &AtomicI64,
+    my_mark: &mut i64,
+    last_id: &mut Option<String>,
+) {
+    if let Some(id) = event.id {
+        *last_id = Some(id.to_owned());
+    }
+    let mark = seen_fresh.load(Ordering::Relaxed);
+    if mark != *my_mark {
+        *my_mark = mark;
+        tally.fresh.fetch_add(1, Ordering::Relaxed);
+    }
+    if event.event == "delta" {
+        tally.deliveries.fetch_add(1, Ordering::Relaxed);
+        if tally.recording.load(Ordering::Relaxed)
+            && let Some(as_of) = common::as_of_ms(event.data)
+            && let Ok(mut all) = tally.latencies.lock()
+        {
+            all.push(common::now_ms() - as_of);
+        }
+    }
 }
 
 async fn produce(settings: &KafkaSettings, seed: u64, rate: f64, seconds: u64) -> u64 {
@@ -352,24 +356,22 @@ async fn naive_server(source: String) {
             .expect("source");
         let request = format!("GET /api/stream HTTP/1.0\r\nHost: {source}\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("request");
-        let mut buffer = Vec::new();
+        // The response's headers hold no blank line of their own (\r\n): the parser
+        // skips them with the `retry:` block.
+        let mut parser = SseParser::new();
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
             let read = stream.read(&mut chunk).await.unwrap_or(0);
             if read == 0 {
                 return;
             }
-            buffer.extend_from_slice(&chunk[..read]);
-            while let Some(end) = find(&buffer, b"\n\n") {
-                let event = buffer[..end].to_vec();
-                buffer.drain(..end + 2);
-                if field(&event, b"event: ") == Some(b"delta")
-                    && let Some(data) = field(&event, b"data: ")
-                    && let Ok(value) = serde_json::from_slice(data)
+            parser.push(&chunk[..read], |event| {
+                if event.event == "delta"
+                    && let Ok(value) = serde_json::from_slice(event.data)
                 {
                     let _ = feed.send(Arc::new(value));
                 }
-            }
+            });
         }
     });
     let router = axum::Router::new().route(

@@ -20,9 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use storepulse::events::Codec;
 use storepulse::kafka::{self, KafkaSettings};
+use storepulse::live::client::SseParser;
 use storepulse::simulate::scenario::ScenarioConfig;
 use storepulse::simulate::{self, SimulateOptions};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Reads one SSE client until `stop`, recording the latency of every delta it reads.
@@ -34,26 +35,26 @@ async fn client(address: String, latencies: Arc<Mutex<Vec<i64>>>, stop: Cancella
     if stream.write_all(request.as_bytes()).await.is_err() {
         return;
     }
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    let mut event = String::new();
+    // The shared test client's parser; the response's headers (\r\n lines) are skipped
+    // with the `retry:` block.
+    let mut parser = SseParser::new();
+    let mut chunk = vec![0u8; 16 * 1024];
     let mut mine = Vec::new();
     loop {
-        line.clear();
-        tokio::select! {
-            read = reader.read_line(&mut line) => {
-                if read.unwrap_or(0) == 0 { break; }
+        let read = tokio::select! {
+            read = stream.read(&mut chunk) => read.unwrap_or(0),
+            () = stop.cancelled() => 0,
+        };
+        if read == 0 {
+            break;
+        }
+        parser.push(&chunk[..read], |event| {
+            if event.event == "delta"
+                && let Some(as_of) = common::as_of_ms(event.data)
+            {
+                mine.push(common::now_ms() - as_of);
             }
-            () = stop.cancelled() => break,
-        }
-        if let Some(name) = line.strip_prefix("event: ") {
-            event = name.trim().to_owned();
-        } else if let Some(data) = line.strip_prefix("data: ")
-            && event == "delta"
-            && let Some(as_of) = common::as_of_ms(data.as_bytes())
-        {
-            mine.push(common::now_ms() - as_of);
-        }
+        });
     }
     if let Ok(mut all) = latencies.lock() {
         all.extend(mine);
