@@ -30,6 +30,7 @@
 
 mod hll;
 pub mod position;
+mod rules;
 mod store;
 pub mod view;
 

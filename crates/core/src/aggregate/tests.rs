@@ -616,55 +616,32 @@ fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
     assert_eq!(lists.oversold, berlin.oversold);
 }
 
-/// What a client holds of one scope's parts that deltas send only when they change.
-#[derive(Debug, Default, PartialEq)]
-struct Held {
-    recent_orders: Vec<view::OrderView>,
-    low_stock: Vec<view::LowStockView>,
-    oversold: Vec<view::StockView>,
-    top_products: Vec<view::TopProduct>,
-    alerts: Vec<view::AlertView>,
+/// A view's JSON with each scope's stock in (store, SKU) order: deltas upsert stock, so a
+/// client may hold the same entries in another order than a snapshot.
+fn sorted_stock(mut view: serde_json::Value) -> serde_json::Value {
+    let sort = |scope: &mut serde_json::Value| {
+        if let Some(stock) = scope.get_mut("stock").and_then(|s| s.as_array_mut()) {
+            stock.sort_by_key(|s| format!("{}/{}", s["store_id"], s["sku"]));
+        }
+    };
+    if let Some(stores) = view["stores"].as_object_mut() {
+        stores.values_mut().for_each(sort);
+    }
+    sort(&mut view["all_stores"]);
+    view
 }
 
-impl Held {
-    fn of(view: view::StoreView) -> Held {
-        Held {
-            recent_orders: view.recent_orders,
-            low_stock: view.lists.low_stock,
-            oversold: view.lists.oversold,
-            top_products: view.lists.top_products,
-            alerts: view.lists.alerts,
-        }
-    }
-
-    fn apply(&mut self, delta: &crate::live::StoreDelta) {
-        self.recent_orders = crate::live::upsert_orders(
-            Some(std::mem::take(&mut self.recent_orders)),
-            delta.recent_orders.clone(),
-        )
-        .unwrap_or_default();
-        let lists = delta.lists.clone();
-        if let Some(l) = lists.low_stock {
-            self.low_stock = l;
-        }
-        if let Some(l) = lists.oversold {
-            self.oversold = l;
-        }
-        if let Some(l) = lists.top_products {
-            self.top_products = l;
-        }
-        if let Some(l) = lists.alerts {
-            self.alerts = l;
-        }
-    }
+fn snapshot_json(state: &State, layout: &Layout) -> serde_json::Value {
+    sorted_stock(serde_json::to_value(state.snapshot(layout, None)).expect("json"))
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(8))]
 
-    /// A client that starts from the views and applies every delta (lists only when they
-    /// changed, recent orders as upserts), one by one or conflated, holds what the state
-    /// shows after every frame.
+    /// A client (`live::client`, the merge rules of docs/api.md) that starts from the
+    /// snapshot and applies every delta (lists only when they changed, recent orders as
+    /// upserts), one by one or conflated, holds exactly the state's snapshot after every
+    /// frame: every field of every store and of the rollup.
     #[test]
     fn deltas_of_changed_parts_rebuild_the_views_exactly(
         seed in 0u64..1_000,
@@ -676,7 +653,7 @@ proptest! {
         let records: Vec<(Event, RecordRef)> = lists.into_iter().flatten().collect();
         let mut state = State::new(config());
         let mut sent = crate::live::SentLists::new();
-        let mut held: std::collections::HashMap<Option<String>, Held> = Default::default();
+        let mut held = snapshot_json(&state, &layout);
         let mut changes = Changes::default();
         let mut pending: Option<crate::live::Delta> = None;
         let mut frames = 0usize;
@@ -697,28 +674,10 @@ proptest! {
                 continue;
             }
             let Some(delta) = pending.take() else { continue };
-            for (store, part) in &delta.stores {
-                held.entry(Some(store.clone())).or_default().apply(part);
-                // A store's recent orders are upserted into the rollup's too.
-                let all = held.entry(None).or_default();
-                all.recent_orders = crate::live::upsert_orders(
-                    Some(std::mem::take(&mut all.recent_orders)),
-                    part.recent_orders.clone(),
-                )
-                .unwrap_or_default();
-            }
-            if let Some(all) = &delta.all_stores {
-                held.entry(None).or_default().apply(all);
-            }
-            if let Some(all) = held.get(&None) {
-                prop_assert_eq!(all, &Held::of(state.all_stores_view()));
-            }
-            for (store, holding) in &held {
-                if let Some(id) = store {
-                    let view = state.store_view(&StoreId(id.clone())).expect("a store seen");
-                    prop_assert_eq!(holding, &Held::of(view));
-                }
-            }
+            let json = serde_json::to_value(&delta).expect("json");
+            crate::live::client::apply_delta(&mut held, &json);
+            held = sorted_stock(held);
+            prop_assert_eq!(&held, &snapshot_json(&state, &layout));
         }
     }
 }

@@ -1,16 +1,17 @@
 //! Views: the JSON shape of the aggregates, as `/api/snapshot` serves them, per store and
 //! rolled up over all stores. Computed from a [`State`] on demand; nothing here is state.
+//! Which SKU is low, oversold or about to sell out is decided by `rules.rs`; the deltas of
+//! these views are the live stream's (`crate::live`).
 //!
 //! Money is `{"currency": "EUR", "minor": 1234}` (integer minor units); times are RFC 3339
 //! UTC strings plus `_ms` epoch milliseconds where a client computes with them.
 //!
 //! Pure: "now" is the newest event time of the state, never the clock.
 
-use super::store::{
-    ACTIVE_WINDOW_MINUTES, MINUTES_KEPT, SALES_WINDOW_MINUTES, StockEntry, local_day,
-};
-use super::{HyperLogLog, Layout, State, StoreState, hll};
-use crate::events::{Channel, StoreId};
+use super::rules::{self, StockStatus};
+use super::store::{ACTIVE_WINDOW_MINUTES, MINUTES_KEPT, StockEntry, local_day};
+use super::{AggregateConfig, HyperLogLog, Layout, State, StoreState, hll};
+use crate::events::{Channel, Sku, StoreId};
 use chrono::{DateTime, NaiveDate, SecondsFormat};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -264,10 +265,22 @@ struct Rollup {
 }
 
 impl Rollup {
+    /// Adds one store's aggregates.
     fn add(&mut self, store_id: &StoreId, store: &StoreState, state: &State) {
         let config = state.config();
-        let tz = config.time_zone(store_id);
-        let today = store.today(tz);
+        self.add_day(store, store.today(config.time_zone(store_id)));
+        self.add_minutes(store);
+        self.add_orders(store_id, store);
+        let mut skus: Vec<(&Sku, &StockEntry)> = store.stock.iter().collect();
+        skus.sort_by(|a, b| a.0.cmp(b.0));
+        for (sku, entry) in skus {
+            self.add_sku(store_id, store, sku, entry, config);
+        }
+        self.add_sales(store_id, store);
+    }
+
+    /// Today's counters and visitors, and the visitors of the active window.
+    fn add_day(&mut self, store: &StoreState, today: i32) {
         if let Some(day) = store.days.get(&today) {
             self.orders += day.orders;
             for (currency, n) in &day.orders_by_currency {
@@ -284,85 +297,89 @@ impl Rollup {
                 self.visitors_now.merge(sketch);
             }
         }
-        self.newest_minute = self.newest_minute.max(newest_minute);
+    }
+
+    /// The per-minute buckets, summed by minute.
+    fn add_minutes(&mut self, store: &StoreState) {
+        self.newest_minute = self.newest_minute.max(store.newest_minute());
         for (minute, totals) in &store.minutes {
             let entry = self.minutes.entry(*minute).or_default();
             entry.0 += totals.orders;
             add_amounts(&mut entry.1, &totals.revenue);
         }
+    }
+
+    /// The store's recent orders, with their rank key (newest first, then event id).
+    fn add_orders(&mut self, store_id: &StoreId, store: &StoreState) {
         for order in &store.recent_orders {
-            self.orders_list.push((
-                order.occurred_at,
-                order.event_id.clone(),
-                OrderView {
-                    store_id: store_id.to_string(),
-                    order_id: order.order_id.to_string(),
-                    event_id: order.event_id.clone(),
-                    customer_name: order.customer_name.clone(),
-                    total: Money {
-                        currency: order.currency.clone(),
-                        minor: order.total_minor,
-                    },
-                    items: order.items,
-                    channel: order.channel,
-                    occurred_at: rfc3339(order.occurred_at),
-                    cancelled: order.cancelled,
-                },
-            ));
-        }
-        let mut skus: Vec<(&crate::events::Sku, &StockEntry)> = store.stock.iter().collect();
-        skus.sort_by(|a, b| a.0.cmp(b.0));
-        for (sku, entry) in skus {
-            let stock = StockView {
+            let view = OrderView {
                 store_id: store_id.to_string(),
-                sku: sku.to_string(),
-                name: entry.name.clone(),
-                level: entry.level,
+                order_id: order.order_id.to_string(),
+                event_id: order.event_id.clone(),
+                customer_name: order.customer_name.clone(),
+                total: Money {
+                    currency: order.currency.clone(),
+                    minor: order.total_minor,
+                },
+                items: order.items,
+                channel: order.channel,
+                occurred_at: rfc3339(order.occurred_at),
+                cancelled: order.cancelled,
             };
-            let threshold = config.threshold(sku);
-            let sold = store.sales.get(sku).map_or(0, |s| s.units());
-            // Velocity over the whole window: units per minute = sold / 15.
-            let minutes_to_sell_out =
-                (sold > 0 && entry.level > 0).then(|| entry.level * SALES_WINDOW_MINUTES / sold);
-            if entry.level < 0 {
-                self.oversold.push(stock.clone());
-            } else if entry.level < threshold {
-                self.low_stock.push(LowStockView {
-                    store_id: stock.store_id.clone(),
-                    sku: stock.sku.clone(),
-                    name: stock.name.clone(),
-                    level: entry.level,
-                    threshold,
-                    sold_last_15m: sold,
-                    minutes_to_sell_out,
-                    // To the minute, like the velocity it comes from: so the list does not
-                    // change with every event of the store, and deltas can leave it out.
-                    projected_sell_out_at: minutes_to_sell_out.map(|m| {
-                        rfc3339(store.newest_event_time.div_euclid(60_000) * 60_000 + m * 60_000)
-                    }),
-                });
-            }
-            let mut alert = |kind: AlertKind, prefix: &str, since: super::store::Trigger| {
-                self.alerts.push(AlertView {
-                    id: format!("{prefix}:{store_id}:{sku}:{}", since.record),
-                    kind,
-                    store_id: stock.store_id.clone(),
-                    sku: stock.sku.clone(),
-                    name: stock.name.clone(),
-                    level: entry.level,
-                    since: rfc3339(since.at),
-                });
-            };
-            if let Some(since) = entry.oversold_since {
-                alert(AlertKind::Oversold, "oversold", since);
-            } else if let Some(since) = entry.low_since {
-                alert(AlertKind::LowStock, "low_stock", since);
-            }
-            if minutes_to_sell_out.is_some_and(|m| m < config.sell_out_alert_minutes) {
-                alert(AlertKind::SellOutImminent, "sell_out", entry.run_since);
-            }
-            self.stock.push(stock);
+            self.orders_list
+                .push((order.occurred_at, order.event_id.clone(), view));
         }
+    }
+
+    /// One SKU: its stock, and the lists and alerts the rules put it in.
+    fn add_sku(
+        &mut self,
+        store_id: &StoreId,
+        store: &StoreState,
+        sku: &Sku,
+        entry: &StockEntry,
+        config: &AggregateConfig,
+    ) {
+        let stock = StockView {
+            store_id: store_id.to_string(),
+            sku: sku.to_string(),
+            name: entry.name.clone(),
+            level: entry.level,
+        };
+        let threshold = config.threshold(sku);
+        let sold = store.sales.get(sku).map_or(0, |s| s.units());
+        let sell_out = rules::minutes_to_sell_out(entry.level, sold);
+        match rules::stock_status(entry.level, threshold) {
+            StockStatus::Oversold => self.oversold.push(stock.clone()),
+            StockStatus::Low => self.low_stock.push(LowStockView {
+                store_id: stock.store_id.clone(),
+                sku: stock.sku.clone(),
+                name: stock.name.clone(),
+                level: entry.level,
+                threshold,
+                sold_last_15m: sold,
+                minutes_to_sell_out: sell_out,
+                projected_sell_out_at: sell_out
+                    .map(|m| rfc3339(rules::projected_sell_out_at(store.newest_event_time, m))),
+            }),
+            StockStatus::Normal => {}
+        }
+        for raised in rules::alerts(entry, sell_out, config.sell_out_alert_minutes) {
+            self.alerts.push(AlertView {
+                id: raised.id(store_id.as_str(), sku.as_str()),
+                kind: raised.kind,
+                store_id: stock.store_id.clone(),
+                sku: stock.sku.clone(),
+                name: stock.name.clone(),
+                level: entry.level,
+                since: rfc3339(raised.since.at),
+            });
+        }
+        self.stock.push(stock);
+    }
+
+    /// Units sold per SKU in the sales window (top products).
+    fn add_sales(&mut self, store_id: &StoreId, store: &StoreState) {
         for (sku, sales) in &store.sales {
             self.top.push(TopProduct {
                 store_id: store_id.to_string(),
