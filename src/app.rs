@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -60,109 +61,166 @@ impl Stages {
     }
 }
 
+/// What start-up builds before the ingest thread: shared by the HTTP side and the engine.
+struct Wiring {
+    codec: Codec,
+    aggregate: Arc<AggregateConfig>,
+    metrics: Arc<Metrics>,
+    store: CheckpointStore,
+    requests: mpsc::Receiver<crate::ingest::Request>,
+    status: watch::Sender<Status>,
+    frames: broadcast::Sender<Arc<crate::live::Frame>>,
+}
+
+/// The running pipeline's tasks.
+struct Pipeline {
+    ingest: JoinHandle<Result<Arc<Frozen>, kafka::KafkaError>>,
+    writer: JoinHandle<()>,
+    monitor: JoinHandle<()>,
+}
+
 /// Runs `serve` until `stop` is cancelled (or the ingest loop fails).
 pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     let stages = Stages::new();
-    let codec = Codec::new(&settings.confluent_ids()?).context("schemas")?;
-    let aggregate = Arc::new(settings.aggregate_config()?);
+    let (wiring, http_app) = wire(&settings, &stages)?;
+    let server = tasks.spawn(run_http(start_http(&settings)?, http_app));
+    let migrated = migrate_early(&settings, &wiring.store).await;
+    let kafka_settings = settings.kafka();
+    ensure_dead_letter_topic(&kafka_settings, &settings.kafka.dead_letter_topic).await;
+    let Some(layout) = wait_for_layout(&kafka_settings, &stop).await else {
+        return stop_early(stages, tasks, server).await;
+    };
+    let state = restore(&wiring.store, &layout, &wiring.aggregate).await;
+    let mut pipeline = start_pipeline(&settings, &tasks, &stages, wiring, layout, state, migrated);
+    tasks.close();
+    let ended = tokio::select! {
+        () = stop.cancelled() => {
+            tracing::info!("stopping: http, then ingest and the final checkpoint");
+            None
+        }
+        result = &mut pipeline.ingest => {
+            tracing::error!("the ingest loop ended");
+            Some(result)
+        }
+    };
+    shut_down(stages, tasks, server, pipeline, ended).await
+}
+
+/// The channels, counters and checkpoint store, and the HTTP side's share of them.
+fn wire(settings: &Settings, stages: &Stages) -> anyhow::Result<(Wiring, AppState)> {
     let metrics = Arc::new(Metrics::default());
     metrics.consumer_lag.store(-1, Ordering::Relaxed);
     let store =
         CheckpointStore::connect_lazy(&settings.checkpoint.database_url, &settings.kafka.group_id)
             .context("checkpoint store settings")?;
-    let (request_tx, request_rx) = mpsc::channel(1024);
-    let (status_tx, status_rx) = watch::channel(Status::default());
+    let (request_tx, requests) = mpsc::channel(1024);
+    let (status, status_rx) = watch::channel(Status::default());
     // Subscribers get receivers from the ingest engine, which holds this sender.
-    let (frames_tx, _) = broadcast::channel(settings.stream.queue_frames);
+    let (frames, _) = broadcast::channel(settings.stream.queue_frames);
     let http_app = AppState {
         requests: request_tx,
-        status: status_rx.clone(),
+        status: status_rx,
         checkpoints: store.clone(),
         metrics: Arc::clone(&metrics),
         max_lag: settings.ready.max_lag,
         stream: Arc::new(settings.stream.clone()),
         stop: stages.http.clone(),
     };
-    let server = tasks.spawn(run_http(start_http(&settings)?, http_app));
-
-    let migrated = migrate_early(&settings, &store).await;
-    let kafka_settings = settings.kafka();
-    ensure_dead_letter_topic(&kafka_settings, &settings.kafka.dead_letter_topic).await;
-    let Some(layout) = wait_for_layout(&kafka_settings, &stop).await else {
-        return stop_early(stages, tasks, server).await;
+    let wiring = Wiring {
+        codec: Codec::new(&settings.confluent_ids()?).context("schemas")?,
+        aggregate: Arc::new(settings.aggregate_config()?),
+        metrics,
+        store,
+        requests,
+        status,
+        frames,
     };
-    let state = restore(&store, &layout, &aggregate).await;
+    Ok((wiring, http_app))
+}
 
+/// Starts the ingest thread (with its engine), the checkpoint writer and the lag monitor.
+fn start_pipeline(
+    settings: &Settings,
+    tasks: &TaskTracker,
+    stages: &Stages,
+    wiring: Wiring,
+    layout: Layout,
+    state: State,
+    migrated: bool,
+) -> Pipeline {
     let (checkpoint_tx, checkpoint_rx) = watch::channel(None);
     let (written_tx, written_rx) = mpsc::unbounded_channel();
+    let status_rx = wiring.status.subscribe();
     let engine = Engine::new(
         state,
         layout.clone(),
-        codec,
-        engine_settings(&settings),
+        wiring.codec,
+        engine_settings(settings),
         Outputs {
-            frames: frames_tx,
+            frames: wiring.frames,
             checkpoints: checkpoint_tx,
-            status: status_tx,
-            metrics: Arc::clone(&metrics),
+            status: wiring.status,
+            metrics: Arc::clone(&wiring.metrics),
         },
     );
     let ingest = Ingest {
-        kafka: kafka_settings.clone(),
+        kafka: settings.kafka(),
         group_id: settings.kafka.group_id.clone(),
         dead_letter_topic: settings.kafka.dead_letter_topic.clone(),
         engine,
         written: written_rx,
-        requests: request_rx,
+        requests: wiring.requests,
         stop: stages.ingest.clone(),
     };
-    let mut ingest = tasks.spawn_blocking(move || ingest.run());
-    let writer = tasks.spawn(checkpoint_writer(Writer {
-        store,
-        layout: layout.clone(),
-        keep: settings.checkpoint.keep,
-        frozen: checkpoint_rx,
-        written: written_tx,
-        metrics: Arc::clone(&metrics),
-        migrated,
-        stop: stages.writer.clone(),
-    }));
-    let monitor = tasks.spawn(monitor_lag(
-        kafka_settings,
-        layout,
-        status_rx,
-        metrics,
-        stages.monitor.clone(),
-    ));
-    tasks.close();
+    Pipeline {
+        ingest: tasks.spawn_blocking(move || ingest.run()),
+        writer: tasks.spawn(checkpoint_writer(Writer {
+            store: wiring.store,
+            layout: layout.clone(),
+            keep: settings.checkpoint.keep,
+            frozen: checkpoint_rx,
+            written: written_tx,
+            metrics: Arc::clone(&wiring.metrics),
+            migrated,
+            stop: stages.writer.clone(),
+        })),
+        monitor: tasks.spawn(monitor_lag(
+            settings.kafka(),
+            layout,
+            status_rx,
+            wiring.metrics,
+            stages.monitor.clone(),
+        )),
+    }
+}
 
-    let ingest_result = tokio::select! {
-        () = stop.cancelled() => {
-            tracing::info!("stopping: http, then ingest and the final checkpoint");
-            None
-        }
-        result = &mut ingest => {
-            tracing::error!("the ingest loop ended");
-            Some(result)
-        }
-    };
+/// The documented order: HTTP, ingest (final checkpoint frozen), the writer (it written,
+/// bounded), the lag monitor; each joined before the next. `ended` is the ingest result if
+/// it ended by itself.
+async fn shut_down(
+    stages: Stages,
+    tasks: TaskTracker,
+    server: JoinHandle<std::io::Result<()>>,
+    pipeline: Pipeline,
+    ended: Option<Result<Result<Arc<Frozen>, kafka::KafkaError>, tokio::task::JoinError>>,
+) -> anyhow::Result<()> {
     stages.http.cancel();
     let http_result = server.await.context("http task")?;
     stages.ingest.cancel();
-    let ingest_result = match ingest_result {
+    let ingest_result = match ended {
         Some(result) => result,
-        None => ingest.await,
+        None => pipeline.ingest.await,
     };
     stages.writer.cancel();
-    if tokio::time::timeout(FINAL_CHECKPOINT_WAIT, writer)
+    if tokio::time::timeout(FINAL_CHECKPOINT_WAIT, pipeline.writer)
         .await
         .is_err()
     {
         tracing::error!(wait = ?FINAL_CHECKPOINT_WAIT, "the final checkpoint did not finish in time");
     }
     stages.monitor.cancel();
-    let _ = monitor.await;
+    let _ = pipeline.monitor.await;
     tasks.wait().await;
     http_result.context("http server")?;
     match ingest_result {
@@ -198,7 +256,7 @@ async fn run_http(listener: StreamListener, app: AppState) -> std::io::Result<()
 async fn stop_early(
     stages: Stages,
     tasks: TaskTracker,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<std::io::Result<()>>,
 ) -> anyhow::Result<()> {
     stages.monitor.cancel();
     tasks.close();
