@@ -25,8 +25,10 @@ pub fn catalog(seed: u64, start_ms: i64) -> ScenarioConfig {
     }
 }
 
-/// The `storepulse` binary the benchmarks run: `BENCH_SERVE_BIN` if set (e.g. an older
-/// build, for a before/after comparison with the same harness), else this build's.
+/// The `storepulse` binary the benchmarks run: `BENCH_SERVE_BIN` if set (`scripts/bench`
+/// sets it to a plain release build, without the dev-dependencies' features that `cargo
+/// bench` unifies into its own copy; or an older build, for a before/after comparison with
+/// the same harness), else this build's.
 pub fn serve_bin() -> String {
     std::env::var("BENCH_SERVE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_storepulse").to_owned())
 }
