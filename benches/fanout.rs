@@ -433,6 +433,22 @@ async fn main() {
 
     // 1. Fan-out: storepulse, then the naive baseline fed by it.
     let ours = fan_out(true, pid, &address, &settings, n, rate, seconds).await;
+    // How storepulse's clients were served: shared frames, conflated writes, lag recovery.
+    let served = {
+        let (_, metrics) = common::http_get(&address, "/metrics");
+        let metric = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        format!(
+            "storepulse built {} frames; {} conflated writes; {} streams fell behind their queue",
+            metric("storepulse_frames_total "),
+            metric("storepulse_conflated_writes_total "),
+            metric("storepulse_lagged_subscribers_total "),
+        )
+    };
     let mut naive = std::process::Command::new(std::env::current_exe().expect("self"))
         .args(["naive-server", &address])
         .stdout(std::process::Stdio::piped())
@@ -540,6 +556,8 @@ async fn main() {
             f.p999
         );
     }
+    println!();
+    println!("{served}");
     println!();
     println!("## Cost per dashboard: {m} dashboards, {rate} records/s for {seconds} s");
     println!();

@@ -173,8 +173,17 @@ fn start_pipeline(
         requests: wiring.requests,
         stop: stages.ingest.clone(),
     };
+    // Its own named OS thread (`top -H` shows `ingest`), joined through the tracker.
+    let thread = std::thread::Builder::new()
+        .name("ingest".into())
+        .spawn(move || ingest.run())
+        .unwrap_or_else(|e| panic!("cannot start the ingest thread: {e}"));
     Pipeline {
-        ingest: tasks.spawn_blocking(move || ingest.run()),
+        ingest: tasks.spawn_blocking(move || {
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        }),
         writer: tasks.spawn(checkpoint_writer(Writer {
             store: wiring.store,
             layout: layout.clone(),
