@@ -421,3 +421,45 @@ async fn the_five_resume_rules_through_the_router() {
     let (_, now) = server.json("/api/snapshot").await;
     assert_eq!(caught_up[0].id.as_deref(), now["position"].as_str());
 }
+
+/// The sum of `storepulse_snapshots_built_total` and `_cached_total`: snapshots handed out.
+async fn snapshots_handed_out(server: &TestServer) -> u64 {
+    let response = server.get("/metrics", &[]).await;
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with("storepulse_snapshots_"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_during_a_rule_4_wait_costs_no_snapshot() {
+    let mut server = TestServer::start(Duration::from_millis(300));
+    server.feed(50);
+    let before = snapshots_handed_out(&server).await;
+    let ahead = server.id_ahead(3);
+    let headers = [("last-event-id", ahead.as_str())];
+    let waiting = server.get("/api/stream", &headers);
+    // The client gives up after 50 ms: its request is dropped while the engine holds it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), waiting)
+            .await
+            .is_err(),
+        "a rule-4 start waits"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        snapshots_handed_out(&server).await,
+        before,
+        "nothing was built for it"
+    );
+    // The engine still answers others.
+    let opening = events(server.get("/api/stream", &[]).await, 1).await;
+    assert_eq!(names(&opening), ["snapshot"]);
+}

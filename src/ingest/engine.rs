@@ -325,10 +325,13 @@ impl Engine {
             return;
         }
         for parked in std::mem::take(&mut self.parked) {
+            if parked.reply.is_closed() {
+                continue; // the client went away while it waited
+            }
             let known = self.store_known(parked.store.as_ref());
             let start = match live::after_wait(&parked.wanted, self.state.position(), known) {
                 Some(start) => start,
-                None if now >= parked.deadline || parked.reply.is_closed() => {
+                None if now >= parked.deadline => {
                     if known {
                         Start::Resync
                     } else {
