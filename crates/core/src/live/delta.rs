@@ -216,37 +216,75 @@ impl StoreDelta {
 
     /// Folds a later delta of the same scope into this one.
     pub fn absorb(&mut self, later: &StoreDelta) {
-        let per_minute = self.per_minute.take();
-        let stock = self.stock.take();
-        let mut merged = later.clone();
-        if let Some(earlier) = per_minute {
-            let minutes = merged.per_minute.get_or_insert_with(Vec::new);
-            for m in earlier {
-                if !minutes.iter().any(|n| n.minute == m.minute) {
-                    minutes.push(m);
-                }
-            }
-            minutes.retain(|m| m.minute >= merged.counters.per_minute_from);
-            minutes.sort_by(|a, b| a.minute.cmp(&b.minute));
-        }
-        if let Some(earlier) = stock {
-            let list = merged.stock.get_or_insert_with(Vec::new);
-            for item in earlier {
-                if !list
-                    .iter()
-                    .any(|s| s.store_id == item.store_id && s.sku == item.sku)
-                {
-                    list.push(item);
-                }
-            }
-            list.sort_by(|a, b| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)));
-        }
-        merged.recent_orders = upsert_orders(self.recent_orders.take(), merged.recent_orders);
-        let later_lists = std::mem::take(&mut merged.lists);
-        merged.lists = std::mem::take(&mut self.lists);
-        merged.lists.absorb(later_lists);
-        *self = merged;
+        self.counters.clone_from(&later.counters);
+        self.per_minute = merge_minutes(
+            self.per_minute.take(),
+            later.per_minute.as_deref(),
+            &self.counters.per_minute_from,
+        );
+        self.stock = merge_stock(self.stock.take(), later.stock.as_deref());
+        self.recent_orders = upsert_orders(self.recent_orders.take(), later.recent_orders.clone());
+        self.lists.absorb(later.lists.clone());
     }
+}
+
+/// The minutes of two deltas, the later's winning: by minute index, in time order, none
+/// before `from`. Without earlier minutes the later's list stands as it is.
+fn merge_minutes(
+    earlier: Option<Vec<MinuteView>>,
+    later: Option<&[MinuteView]>,
+    from: &str,
+) -> Option<Vec<MinuteView>> {
+    let Some(earlier) = earlier else {
+        return later.map(<[MinuteView]>::to_vec);
+    };
+    let mut by_minute: BTreeMap<i64, MinuteView> =
+        earlier.into_iter().map(|m| (m.index, m)).collect();
+    for minute in later.unwrap_or_default() {
+        by_minute.insert(minute.index, minute.clone());
+    }
+    Some(
+        by_minute
+            .into_values()
+            .filter(|m| m.minute.as_str() >= from)
+            .collect(),
+    )
+}
+
+/// The SKUs of two deltas, the later's winning: one entry per store and SKU, in that
+/// order. A sorted merge (both lists come sorted; sorting sorted input is linear), so a
+/// client many frames behind costs linear time, not the product of the two lists.
+fn merge_stock(
+    earlier: Option<Vec<StockView>>,
+    later: Option<&[StockView]>,
+) -> Option<Vec<StockView>> {
+    let Some(mut earlier) = earlier else {
+        return later.map(<[StockView]>::to_vec);
+    };
+    let mut later = later.unwrap_or_default().to_vec();
+    let order = |a: &StockView, b: &StockView| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku));
+    earlier.sort_by(order);
+    later.sort_by(order);
+    let mut merged = Vec::with_capacity(earlier.len() + later.len());
+    let (mut old, mut new) = (earlier.into_iter().peekable(), later.into_iter().peekable());
+    loop {
+        let next = match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(_), None) => old.next(),
+            (None, Some(_)) => new.next(),
+            (Some(a), Some(b)) => match order(a, b) {
+                std::cmp::Ordering::Less => old.next(),
+                std::cmp::Ordering::Greater => new.next(),
+                std::cmp::Ordering::Equal => {
+                    old.next();
+                    new.next()
+                }
+            },
+        };
+        merged.extend(next);
+    }
+    debug_assert!(merged.windows(2).all(|w| order(&w[0], &w[1]).is_lt()));
+    Some(merged)
 }
 
 impl Delta {
@@ -313,6 +351,23 @@ impl Delta {
             (Some(mine), Some(theirs)) => mine.absorb(theirs),
             (mine @ None, Some(theirs)) => *mine = Some(theirs.clone()),
             _ => {}
+        }
+        self.position.clone_from(&later.position);
+        self.as_of.clone_from(&later.as_of);
+        self.as_of_ms = later.as_of_ms;
+    }
+
+    /// Folds the part of `later` that concerns `store` into this delta of that store alone:
+    /// what `absorb(&later.scoped(store))` does, without copying the part first.
+    pub fn absorb_scoped(&mut self, later: &Delta, store: &StoreId) {
+        let Some(part) = later.stores.get(store.as_str()) else {
+            return;
+        };
+        match self.stores.get_mut(store.as_str()) {
+            Some(existing) => existing.absorb(part),
+            None => {
+                self.stores.insert(store.to_string(), part.clone());
+            }
         }
         self.position.clone_from(&later.position);
         self.as_of.clone_from(&later.as_of);

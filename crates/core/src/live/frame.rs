@@ -118,14 +118,15 @@ pub fn pending_bytes(frames: &[Arc<Frame>], scope: Option<&StoreId>) -> Option<B
         [] => None,
         [one] => one.bytes_for(scope).cloned(),
         [first, rest @ ..] => {
-            let pick = |f: &Frame| match scope {
-                None => Some(f.delta.as_ref().clone()),
-                Some(store) => f.delta.scoped(store),
+            // One copy, of the first frame's part: the later ones fold in by reference.
+            let mut merged = match scope {
+                None => first.delta.as_ref().clone(),
+                Some(store) => first.delta.scoped(store)?,
             };
-            let mut merged = pick(first)?;
             for frame in rest {
-                if let Some(later) = pick(frame) {
-                    merged.absorb(&later);
+                match scope {
+                    None => merged.absorb(&frame.delta),
+                    Some(store) => merged.absorb_scoped(&frame.delta, store),
                 }
             }
             Some(encode_delta(&merged))
@@ -274,5 +275,114 @@ mod tests {
         assert_eq!(young.len(), 3);
         assert!(young.after("t:2").is_none(), "too old");
         assert!(young.after("t:3").is_some());
+    }
+
+    /// Applying one conflated delta equals applying the frames it replaces, for an
+    /// all-stores and a one-store client (the client's merge rules, `live::client`).
+    #[test]
+    fn a_conflated_delta_applied_once_equals_its_frames_applied_in_order() {
+        use crate::aggregate::{AggregateConfig, PartitionKey, RecordRef};
+        use crate::events::TopicRole;
+        use crate::live::client::{SseParser, apply_delta};
+        use crate::scenario::{FlashSale, Scenario, ScenarioConfig};
+        let layout = Layout::new(
+            TopicRole::ALL
+                .iter()
+                .map(|r| (*r, r.name().to_owned(), 1))
+                .collect(),
+        );
+        let mut state = State::new(Arc::new(AggregateConfig::default()));
+        let scenario = Scenario::new(ScenarioConfig {
+            seed: 11,
+            start_ms: 1_767_225_000_000,
+            events_per_second: 40.0,
+            stores: 3,
+            skus_per_store: 30,
+            flash_sale: Some(FlashSale {
+                starts_after_ms: 20_000,
+                duration_ms: 60_000,
+                skus_per_store: 3,
+                oversell: true,
+                discount_percent: 30,
+            }),
+        });
+        let mut builder = FrameBuilder::new();
+        let mut changes = Changes::default();
+        let mut next = std::collections::HashMap::new();
+        let mut frames = Vec::new();
+        // The snapshots at each frame's position (all stores, one store).
+        let mut held: Vec<serde_json::Value> = Vec::new();
+        let store = StoreId::from("store-berlin");
+        let mut held_store: Vec<serde_json::Value> = Vec::new();
+        for (i, event) in scenario.take(6_000).enumerate() {
+            let role = event.kind().topic_role();
+            let offset = next.entry(role).or_insert(0_i64);
+            state.apply(
+                &event,
+                RecordRef {
+                    partition: PartitionKey { role, partition: 0 },
+                    offset: *offset,
+                },
+                &mut changes,
+            );
+            *offset += 1;
+            if (i + 1) % 97 == 0 && !changes.is_empty() {
+                held.push(serde_json::to_value(state.snapshot(&layout, None)).expect("json"));
+                held_store.push(
+                    serde_json::to_value(state.snapshot(&layout, Some(&store))).expect("json"),
+                );
+                frames.push(Arc::new(builder.build(
+                    &state,
+                    &layout,
+                    &std::mem::take(&mut changes),
+                    0,
+                )));
+            }
+        }
+        let data = |bytes: &Bytes| {
+            let mut parsed = Vec::new();
+            SseParser::new().push(bytes, |e| {
+                parsed.push(serde_json::from_slice::<serde_json::Value>(e.data).expect("json"))
+            });
+            parsed
+        };
+        let sorted = |mut v: serde_json::Value| {
+            let sort = |scope: &mut serde_json::Value| {
+                if let Some(stock) = scope["stock"].as_array_mut() {
+                    stock.sort_by_key(|s| format!("{}/{}", s["store_id"], s["sku"]));
+                }
+            };
+            if let Some(stores) = v["stores"].as_object_mut() {
+                stores.values_mut().for_each(sort);
+            }
+            if let Some(all) = v.get_mut("all_stores") {
+                sort(all);
+            }
+            v
+        };
+        for (start, span) in [(1, 2), (3, 17), (10, 40)] {
+            let pending = &frames[start..start + span];
+            for (scope, base) in [(None, &held), (Some(&store), &held_store)] {
+                // What a client holds after frame `start - 1` (the snapshot at its position).
+                let mut one_by_one = base[start - 1].clone();
+                let mut conflated = base[start - 1].clone();
+                for frame in pending {
+                    if let Some(bytes) = frame.bytes_for(scope) {
+                        for delta in data(bytes) {
+                            apply_delta(&mut one_by_one, &delta);
+                        }
+                    }
+                }
+                let bytes = pending_bytes(pending, scope).expect("the frames concern the scope");
+                let deltas = data(&bytes);
+                assert_eq!(deltas.len(), 1, "one conflated delta");
+                apply_delta(&mut conflated, &deltas[0]);
+                assert_eq!(
+                    sorted(conflated),
+                    sorted(one_by_one),
+                    "frames {start}..+{span}, scope {scope:?}"
+                );
+            }
+        }
     }
 }
