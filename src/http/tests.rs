@@ -184,14 +184,36 @@ impl TestServer {
     async fn json(&self, uri: &str) -> (StatusCode, serde_json::Value) {
         let response = self.get(uri, &[]).await;
         let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let body = body(response).await;
         (status, serde_json::from_slice(&body).expect("a JSON body"))
     }
+
+    /// The first event of `GET uri` with `Last-Event-ID: last_id` (raw bytes: an id need
+    /// not be text).
+    async fn first_event(&self, uri: &str, last_id: Option<&[u8]>) -> SseEvent {
+        let mut request = HttpRequest::get(uri);
+        if let Some(id) = last_id {
+            let value = axum::http::HeaderValue::from_bytes(id).expect("a header value");
+            request = request.header("last-event-id", value);
+        }
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        events(response, 1).await.remove(0)
+    }
+}
+
+/// A whole response body.
+async fn body(response: axum::response::Response) -> axum::body::Bytes {
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
 }
 
 /// Reads a stream's body until `count` events with data have arrived.
@@ -281,16 +303,7 @@ async fn health_readiness_and_metrics_answer_without_kafka_or_postgres() {
     assert_eq!(ready["consumer"]["assigned"], true);
     let response = server.get("/metrics", &[]).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let text = String::from_utf8(
-        response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes()
-            .to_vec(),
-    )
-    .expect("text");
+    let text = String::from_utf8(body(response).await.to_vec()).expect("text");
     for label in crate::events::DecodeError::LABELS {
         assert!(
             text.contains(&format!(
@@ -354,56 +367,38 @@ async fn the_five_resume_rules_through_the_router() {
     let (_, first) = server.json("/api/snapshot").await;
     let first_id = first["position"].as_str().expect("position").to_owned();
     // Rule 1: no id.
-    let opening = events(server.get("/api/stream", &[]).await, 1).await;
-    assert_eq!(names(&opening), ["snapshot"]);
-    assert_eq!(opening[0].id.as_deref(), Some(first_id.as_str()));
+    let opening = server.first_event("/api/stream", None).await;
+    assert_eq!(opening.event, "snapshot");
+    assert_eq!(opening.id.as_deref(), Some(first_id.as_str()));
     // Rule 2: an id in the log gets the frames after it, no snapshot.
     server.feed(50);
     let (_, second) = server.json("/api/snapshot").await;
-    let replay = events(
-        server
-            .get("/api/stream", &[("last-event-id", &first_id)])
-            .await,
-        1,
-    )
-    .await;
-    assert_eq!(names(&replay), ["delta"]);
-    assert_eq!(replay[0].id.as_deref(), second["position"].as_str());
+    let replay = server
+        .first_event("/api/stream", Some(first_id.as_bytes()))
+        .await;
+    assert_eq!(replay.event, "delta");
+    assert_eq!(replay.id.as_deref(), second["position"].as_str());
     // ...also by ?since= for clients without headers.
-    let replay = events(
-        server
-            .get(&format!("/api/stream?since={first_id}"), &[])
-            .await,
-        1,
-    )
-    .await;
-    assert_eq!(names(&replay), ["delta"]);
+    let since = format!("/api/stream?since={first_id}");
+    assert_eq!(server.first_event(&since, None).await.event, "delta");
     // Rule 3: behind and not in the log (a position no frame had).
     let behind = server.layout.encode(&crate::aggregate::Position::default());
-    let snapshot = events(
-        server
-            .get("/api/stream", &[("last-event-id", &behind)])
-            .await,
-        1,
-    )
-    .await;
-    assert_eq!(names(&snapshot), ["snapshot"]);
+    let snapshot = server
+        .first_event("/api/stream", Some(behind.as_bytes()))
+        .await;
+    assert_eq!(snapshot.event, "snapshot");
     // Rule 5: garbage, another layout, and bytes that are not text.
-    for id in ["garbage", "00000000:1,2,3,4,5"] {
-        let resync = events(server.get("/api/stream", &[("last-event-id", id)]).await, 1).await;
-        assert_eq!(names(&resync), ["resync"], "{id}");
-        assert_eq!(resync[0].id.as_deref(), second["position"].as_str());
+    for id in [&b"garbage"[..], b"00000000:1,2,3,4,5", b"\xff\xfe:1"] {
+        let resync = server.first_event("/api/stream", Some(id)).await;
+        assert_eq!(resync.event, "resync", "{id:?}");
+        assert_eq!(resync.id.as_deref(), second["position"].as_str());
     }
     // Rule 4: ahead; the wait times out (300 ms) into a resync...
     let ahead = server.id_ahead(5);
-    let timed_out = events(
-        server
-            .get("/api/stream", &[("last-event-id", &ahead)])
-            .await,
-        1,
-    )
-    .await;
-    assert_eq!(names(&timed_out), ["resync"]);
+    let timed_out = server
+        .first_event("/api/stream", Some(ahead.as_bytes()))
+        .await;
+    assert_eq!(timed_out.event, "resync");
     // ...or ends in a snapshot at or past the id once the state catches up.
     let ahead = server.id_ahead(1);
     let router = server.router.clone();
@@ -424,14 +419,8 @@ async fn the_five_resume_rules_through_the_router() {
 
 /// The sum of `storepulse_snapshots_built_total` and `_cached_total`: snapshots handed out.
 async fn snapshots_handed_out(server: &TestServer) -> u64 {
-    let response = server.get("/metrics", &[]).await;
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    String::from_utf8_lossy(&body)
+    let metrics = body(server.get("/metrics", &[]).await).await;
+    String::from_utf8_lossy(&metrics)
         .lines()
         .filter(|l| l.starts_with("storepulse_snapshots_"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
@@ -460,6 +449,8 @@ async fn a_client_that_leaves_during_a_rule_4_wait_costs_no_snapshot() {
         "nothing was built for it"
     );
     // The engine still answers others.
-    let opening = events(server.get("/api/stream", &[]).await, 1).await;
-    assert_eq!(names(&opening), ["snapshot"]);
+    assert_eq!(
+        server.first_event("/api/stream", None).await.event,
+        "snapshot"
+    );
 }
