@@ -16,7 +16,7 @@
 //!
 //! Prints Markdown for `docs/benchmarks.md`; asserts nothing about speed. Settings:
 //! `BENCH_CLIENTS` (10000), `BENCH_DASHBOARDS` (1000), `BENCH_SECONDS` (10),
-//! `BENCH_RATE` (200 records/s), `BENCH_BATCH_BYTES` (serve's `stream.batch_bytes`).
+//! `BENCH_RATE` (200 records/s).
 
 mod common;
 
@@ -418,12 +418,7 @@ async fn main() {
     let (settings, suffix) = common::fresh_topics("bench-fanout").await;
     produce(&settings, 1, rate, 2).await;
     let group = format!("bench-fanout-{suffix}");
-    // BENCH_BATCH_BYTES: serve's `stream.batch_bytes` (its default when unset).
-    let batch_bytes = std::env::var("BENCH_BATCH_BYTES").ok();
-    let mut environment = vec![("STOREPULSE_MAX_SUBSCRIBERS", "20000")];
-    if let Some(bytes) = batch_bytes.as_deref() {
-        environment.push(("STOREPULSE_BATCH_BYTES", bytes));
-    }
+    let environment = vec![("STOREPULSE_MAX_SUBSCRIBERS", "20000")];
     let (mut serve, address) = common::spawn_serve(&settings.topics, &group, &environment);
     wait_for("readiness", Duration::from_secs(60), || {
         common::http_get(&address, "/readyz").0 == 200
@@ -445,7 +440,7 @@ async fn main() {
         format!(
             "storepulse built {} frames; {} conflated writes; {} streams fell behind their queue",
             metric("storepulse_frames_total "),
-            metric("storepulse_conflated_writes_total "),
+            metric("storepulse_span_writes_total "),
             metric("storepulse_lagged_subscribers_total "),
         )
     };

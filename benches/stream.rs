@@ -171,7 +171,7 @@ async fn main() {
     println!(
         "serve built {built} frames, {:.0} bytes each on average; {} conflated writes; {} lagged streams",
         metric("storepulse_frame_bytes_total") / built.max(1.0),
-        metric("storepulse_conflated_writes_total"),
+        metric("storepulse_span_writes_total"),
         metric("storepulse_lagged_subscribers_total"),
     );
     let _ = serve.kill();

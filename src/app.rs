@@ -22,15 +22,15 @@ use crate::config::Settings;
 use crate::events::{Codec, TopicRole};
 use crate::http::listener::{Connection, StreamListener};
 use crate::http::{self, AppState};
-use crate::ingest::{Engine, EngineSettings, Ingest, Outputs, Status};
+use crate::ingest::{Engine, EngineSettings, Hub, Ingest, Outputs, Status};
 use crate::kafka::{self, KafkaSettings};
 use crate::live::LogLimits;
 use crate::metrics::Metrics;
 use anyhow::Context;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -69,7 +69,8 @@ struct Wiring {
     store: CheckpointStore,
     requests: mpsc::Receiver<crate::ingest::Request>,
     status: watch::Sender<Status>,
-    frames: broadcast::Sender<Arc<crate::live::Frame>>,
+    /// Where the hub goes once the layout is known (HTTP reads it from there).
+    hub: Arc<OnceLock<Arc<Hub>>>,
 }
 
 /// The running pipeline's tasks.
@@ -116,9 +117,10 @@ fn wire(settings: &Settings, stages: &Stages) -> anyhow::Result<(Wiring, AppStat
             .context("checkpoint store settings")?;
     let (request_tx, requests) = mpsc::channel(1024);
     let (status, status_rx) = watch::channel(Status::default());
-    // Subscribers get receivers from the ingest engine, which holds this sender.
-    let (frames, _) = broadcast::channel(settings.stream.queue_frames);
+    // Set when the partition layout is known; streams wait for assignment before that.
+    let hub = Arc::new(OnceLock::new());
     let http_app = AppState {
+        hub: Arc::clone(&hub),
         requests: request_tx,
         status: status_rx,
         checkpoints: store.clone(),
@@ -126,6 +128,7 @@ fn wire(settings: &Settings, stages: &Stages) -> anyhow::Result<(Wiring, AppStat
         max_lag: settings.ready.max_lag,
         stream: Arc::new(settings.stream.clone()),
         stop: stages.http.clone(),
+        progress: Default::default(),
     };
     let wiring = Wiring {
         codec: Codec::new(&settings.confluent_ids()?).context("schemas")?,
@@ -134,7 +137,7 @@ fn wire(settings: &Settings, stages: &Stages) -> anyhow::Result<(Wiring, AppStat
         store,
         requests,
         status,
-        frames,
+        hub,
     };
     Ok((wiring, http_app))
 }
@@ -152,13 +155,24 @@ fn start_pipeline(
     let (checkpoint_tx, checkpoint_rx) = watch::channel(None);
     let (written_tx, written_rx) = mpsc::unbounded_channel();
     let status_rx = wiring.status.subscribe();
+    let stream = &settings.stream;
+    let hub = Arc::new(Hub::new(
+        layout.clone(),
+        LogLimits {
+            frames: stream.log_max_frames,
+            bytes: stream.log_max_bytes,
+            age_ms: u64::try_from(stream.log_max_age.as_millis()).unwrap_or(u64::MAX),
+        },
+        stream.queue_frames,
+    ));
+    let _ = wiring.hub.set(Arc::clone(&hub));
     let engine = Engine::new(
         state,
         layout.clone(),
         wiring.codec,
         engine_settings(settings),
         Outputs {
-            frames: wiring.frames,
+            hub,
             checkpoints: checkpoint_tx,
             status: wiring.status,
             metrics: Arc::clone(&wiring.metrics),
@@ -278,11 +292,6 @@ fn engine_settings(settings: &Settings) -> EngineSettings {
     let stream = &settings.stream;
     EngineSettings {
         frame_interval: stream.frame_interval,
-        log_limits: LogLimits {
-            frames: stream.log_max_frames,
-            bytes: stream.log_max_bytes,
-            age_ms: u64::try_from(stream.log_max_age.as_millis()).unwrap_or(u64::MAX),
-        },
         resume_wait: stream.resume_wait,
         checkpoint_interval: settings.checkpoint.interval,
     }

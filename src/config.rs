@@ -50,7 +50,6 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_LOG_MAX_AGE", "stream.log_max_age"),
     ("STOREPULSE_QUEUE_FRAMES", "stream.queue_frames"),
     ("STOREPULSE_STALL_TIMEOUT", "stream.stall_timeout"),
-    ("STOREPULSE_BATCH_BYTES", "stream.batch_bytes"),
     ("STOREPULSE_SOCKET_SEND_BUFFER", "stream.socket_send_buffer"),
     (
         "STOREPULSE_LOW_STOCK_THRESHOLD",
@@ -165,8 +164,6 @@ pub struct StreamSection {
     /// A client that reads nothing for this long is disconnected ("0s": never).
     #[serde(deserialize_with = "duration")]
     pub stall_timeout: Duration,
-    /// A client behind by more than this many bytes of frames gets one conflated delta.
-    pub batch_bytes: usize,
     /// `SO_SNDBUF` of every accepted connection; 0 keeps the kernel's autotuning.
     pub socket_send_buffer: usize,
     /// Longest wait for a client id that is ahead.

@@ -55,8 +55,15 @@ pub struct Metrics {
     /// Streams that fell behind their queue and caught up from the frame log (or from a
     /// snapshot when the log had moved past them).
     pub lagged_subscribers: AtomicU64,
-    /// Writes that conflated several pending frames into one delta.
-    pub conflated_writes: AtomicU64,
+    /// Times a stream behind (several frames queued, or lagged) caught up from the frame
+    /// log's shared pieces.
+    pub catch_ups: AtomicU64,
+    /// Catch-up writes that were a span of frames (shared, conflated once per scope).
+    pub span_writes: AtomicU64,
+    /// Streams opened from the shared log and snapshot, without a round trip to ingest.
+    pub openings_shared: AtomicU64,
+    /// Streams opened by the ingest engine (no fresh shared snapshot, rule 4 or 5).
+    pub openings_engine: AtomicU64,
     /// Streams closed because the client took nothing for the stall timeout.
     pub stalled_disconnects: AtomicU64,
 }
@@ -180,9 +187,22 @@ impl Metrics {
             &[("", get(&self.frame_bytes))],
         );
         counter(
-            "conflated_writes_total",
-            "Writes that conflated a slow stream's pending frames into one delta.",
-            &[("", get(&self.conflated_writes))],
+            "catch_ups_total",
+            "Times a stream behind caught up from the frame log's shared pieces.",
+            &[("", get(&self.catch_ups))],
+        );
+        counter(
+            "span_writes_total",
+            "Catch-up writes that were a shared span of frames.",
+            &[("", get(&self.span_writes))],
+        );
+        counter(
+            "stream_openings_total",
+            "Streams opened, by who chose the opening: shared (log and snapshot) or engine.",
+            &[
+                ("{path=\"shared\"}", get(&self.openings_shared)),
+                ("{path=\"engine\"}", get(&self.openings_engine)),
+            ],
         );
         counter(
             "lagged_subscribers_total",

@@ -32,6 +32,8 @@ mod tests;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
+    /// The live stream's shared side, set once the partition layout is known.
+    pub hub: Arc<std::sync::OnceLock<Arc<crate::ingest::Hub>>>,
     /// Requests to the ingest thread.
     pub requests: mpsc::Sender<Request>,
     /// Ingest status.
@@ -46,6 +48,8 @@ pub struct AppState {
     pub stream: Arc<StreamSection>,
     /// Cancelled on shutdown: open streams end so the server can stop.
     pub stop: CancellationToken,
+    /// The heartbeat's `progress` event, encoded once per change for every stream.
+    pub progress: Arc<stream::SharedProgress>,
 }
 
 impl AppState {

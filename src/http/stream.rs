@@ -1,28 +1,31 @@
 //! `GET /api/stream`: Server-Sent Events, resumable by `Last-Event-ID` (docs/api.md).
 //!
-//! The handler asks the ingest engine where the stream starts (one round trip: the engine
-//! applies the resume rules, `live::start`, and answers a rule-4 wait itself), then writes
-//! shared bytes: the opening, then the frames of its scope. Per client it only chooses
-//! buffers: the frame's own bytes, several frames' bytes in one write, or (behind by more
-//! than `stream.batch_bytes`) one conflated delta. A client that overflows its queue
-//! catches up from the frame log after the last frame it was sent.
+//! Every byte written here is shared: the handler opens the stream from the hub (rule 2,
+//! or a snapshot shared by the clients of the last 250 ms) or, when it cannot, asks the
+//! ingest engine (one round trip); then it writes the opening, then the frames of its
+//! scope. Per client it only chooses buffers and writes them: the frame's own bytes when
+//! the client keeps up, the log's shared catch-up pieces (frames and spans of frames,
+//! `live::FrameLog::catch_up`) when it is behind by any number of frames, a shared
+//! snapshot when the log no longer has them. Nothing is serialised or merged per client,
+//! so a client behind costs no more than one that keeps up. With `Accept-Encoding: gzip`
+//! the same pieces are written in their shared deflated form.
 
 use super::listener::{Connection, KillSwitch};
 use super::{ApiError, AppState};
 use crate::events::StoreId;
-use crate::ingest::{Opening, Request, Subscribed, Subscription};
-use crate::live::{self, Frame};
+use crate::ingest::{Hub, Request, Subscribed, Subscription};
+use crate::live::{self, Encoded, Encoding, Piece};
 use crate::metrics::Metrics;
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::oneshot;
 
@@ -42,6 +45,43 @@ struct SubscriberGuard(Arc<Metrics>);
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
         self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The first event of every stream: reconnect within a second after a drop.
+static RETRY: LazyLock<Encoded> = LazyLock::new(|| Encoded::new(&b"retry: 1000\n\n"[..]));
+
+/// The newest `progress` event, shared by every stream's heartbeat until it changes.
+#[derive(Debug, Default)]
+pub struct SharedProgress(Mutex<Option<(ProgressKey, Arc<Encoded>)>>);
+
+/// What a `progress` event says: the newest event time and the consumer lag.
+type ProgressKey = (i64, i64);
+
+impl SharedProgress {
+    /// The `progress` event of the newest event time and the consumer lag, encoded once.
+    fn event(&self, app: &AppState) -> Arc<Encoded> {
+        let key = (
+            app.status.borrow().newest_event_time,
+            app.metrics.consumer_lag.load(Ordering::Relaxed),
+        );
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match held.as_ref() {
+            Some((built_for, event)) if *built_for == key => Arc::clone(event),
+            _ => {
+                let progress = json!({ "as_of_ms": key.0, "lag": key.1 });
+                let event = Arc::new(Encoded::new(live::sse_event(
+                    "progress",
+                    None,
+                    progress.to_string().as_bytes(),
+                )));
+                *held = Some((key, Arc::clone(&event)));
+                event
+            }
+        }
     }
 }
 
@@ -67,6 +107,20 @@ async fn subscribe(
         .map_err(|_| ApiError::ingest_stopped())
 }
 
+/// Opens a stream from the hub when the resume rules allow it, else through the engine.
+async fn open(
+    app: &AppState,
+    hub: &Hub,
+    store: Option<StoreId>,
+    since: Option<String>,
+) -> Result<Subscribed, ApiError> {
+    if let Some(subscription) = hub.try_open(store.as_ref(), since.as_deref(), Instant::now()) {
+        Metrics::inc(&app.metrics.openings_shared);
+        return Ok(Subscribed::Started(subscription));
+    }
+    subscribe(app, store, since).await
+}
+
 /// The handler.
 pub(super) async fn stream(
     State(app): State<AppState>,
@@ -76,9 +130,14 @@ pub(super) async fn stream(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(ApiError::bad_query)?;
     app.ensure_assigned()?;
-    let open = app.metrics.subscribers.fetch_add(1, Ordering::Relaxed);
+    let hub = app
+        .hub
+        .get()
+        .cloned()
+        .ok_or_else(ApiError::ingest_stopped)?;
+    let open_streams = app.metrics.subscribers.fetch_add(1, Ordering::Relaxed);
     let guard = SubscriberGuard(Arc::clone(&app.metrics));
-    if open >= app.stream.max_subscribers as i64 {
+    if open_streams >= app.stream.max_subscribers as i64 {
         return Ok((
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "5")],
@@ -92,7 +151,12 @@ pub(super) async fn stream(
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned())
         .or(query.since);
-    let subscription = match subscribe(&app, store.clone(), since).await? {
+    let encoding = Encoding::negotiate(
+        headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let subscription = match open(&app, &hub, store.clone(), since).await? {
         Subscribed::Started(subscription) => subscription,
         Subscribed::UnknownStore => return Err(ApiError::unknown_store()),
     };
@@ -101,35 +165,117 @@ pub(super) async fn stream(
         app.stream.stall_timeout,
         Arc::clone(&app.metrics),
     );
-    let body = writer(app, store, subscription, stall, guard);
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache, no-transform"),
-            (header::HeaderName::from_static("x-accel-buffering"), "no"),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response())
+    let client = Client {
+        hub,
+        store,
+        encoding,
+        last_seq: subscription.last_seq,
+    };
+    let mut response =
+        Body::from_stream(writer(app, client, subscription, stall, guard)).into_response();
+    let response_headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, "text/event-stream"),
+        (header::CACHE_CONTROL, "no-cache, no-transform"),
+        (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        (header::VARY, "accept-encoding"),
+    ] {
+        response_headers.insert(name, HeaderValue::from_static(value));
+    }
+    if encoding == Encoding::Gzip {
+        response_headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    Ok(response)
 }
 
-/// The body of one stream: the opening, then frames, progress events and lag recovery,
-/// until the client goes, the server stops, or the engine ends.
+/// One stream's choices: its scope, its encoding, and the newest frame it was given.
+struct Client {
+    hub: Arc<Hub>,
+    store: Option<StoreId>,
+    encoding: Encoding,
+    last_seq: u64,
+}
+
+impl Client {
+    /// The bytes of shared pieces for this client's scope and encoding.
+    fn bytes_of(&self, pieces: &[Piece], metrics: &Metrics) -> Vec<Bytes> {
+        pieces
+            .iter()
+            .filter_map(|piece| {
+                if let Piece::Span(_) = piece {
+                    Metrics::inc(&metrics.span_writes);
+                }
+                piece.bytes_for(self.store.as_ref(), self.encoding)
+            })
+            .collect()
+    }
+
+    /// The writes of an opening: the snapshot (if any), then its pieces.
+    fn opening(&mut self, subscription: &Subscription, metrics: &Metrics) -> Vec<Bytes> {
+        self.last_seq = subscription.last_seq;
+        let snapshot = subscription
+            .snapshot
+            .as_ref()
+            .map(|event| event.for_encoding(self.encoding));
+        snapshot
+            .into_iter()
+            .chain(self.bytes_of(&subscription.pieces, metrics))
+            .collect()
+    }
+
+    /// The writes for a received frame: its own bytes when it is the next and nothing is
+    /// queued behind it; else the log's catch-up to the newest frame (`None`: the log no
+    /// longer holds what follows this client's last frame).
+    fn on_frame(
+        &mut self,
+        frame: &live::Frame,
+        queued: bool,
+        metrics: &Metrics,
+    ) -> Option<Vec<Bytes>> {
+        if frame.seq <= self.last_seq {
+            return Some(Vec::new()); // covered by a catch-up already written
+        }
+        if frame.seq == self.last_seq + 1 && !queued {
+            self.last_seq = frame.seq;
+            let bytes = frame.bytes_for(self.store.as_ref());
+            return Some(
+                bytes
+                    .map(|e| e.for_encoding(self.encoding))
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        self.catch_up(metrics)
+    }
+
+    /// The shared pieces from this client's last frame to the newest.
+    fn catch_up(&mut self, metrics: &Metrics) -> Option<Vec<Bytes>> {
+        let (pieces, newest) = self.hub.catch_up(self.last_seq)?;
+        Metrics::inc(&metrics.catch_ups);
+        self.last_seq = newest;
+        Some(self.bytes_of(&pieces, metrics))
+    }
+}
+
+/// The body of one stream: the opening, then frames, catch-ups and progress events, until
+/// the client goes, the server stops, or the engine ends.
 fn writer(
     app: AppState,
-    store: Option<StoreId>,
+    mut client: Client,
     subscription: Subscription,
     stall: StallWatch,
     guard: SubscriberGuard,
 ) -> impl futures_core::Stream<Item = Result<Bytes, std::convert::Infallible>> {
     async_stream::stream! {
         let _guard = guard;
-        let Subscription { opening, mut live } = subscription;
-        // Reconnect within a second after a drop.
-        yield Ok(Bytes::from_static(b"retry: 1000\n\n"));
-        // The id of the newest frame sent (empty until one is): where a lag resumes from.
-        let mut last_sent = String::new();
-        if let Some(bytes) = opening_bytes(opening, store.as_ref(), &mut last_sent) {
+        if client.encoding == Encoding::Gzip {
+            yield Ok(Bytes::from_static(&live::GZIP_HEADER));
+        }
+        yield Ok(RETRY.for_encoding(client.encoding));
+        let metrics = Arc::clone(&app.metrics);
+        let opening = client.opening(&subscription, &metrics);
+        let mut live = subscription.live;
+        for bytes in opening {
             stall.offered();
             yield Ok(bytes);
             stall.taken();
@@ -137,100 +283,37 @@ fn writer(
         let heartbeat = app.stream.heartbeat;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         loop {
-            let bytes = tokio::select! {
+            let written = tokio::select! {
                 received = live.recv() => match received {
-                    Ok(frame) => pending_write(frame, &mut live, store.as_ref(), &app, &mut last_sent),
+                    Ok(frame) => client.on_frame(&frame, !live.is_empty(), &metrics),
                     Err(RecvError::Lagged(_)) => {
-                        // Too slow for the queue: the frames since the last one sent, from
-                        // the log (rule 2); a snapshot if the log no longer has them (rule 3).
-                        Metrics::inc(&app.metrics.lagged_subscribers);
-                        let since = Some(last_sent.clone()).filter(|id| !id.is_empty());
-                        match subscribe(&app, store.clone(), since).await {
-                            Ok(Subscribed::Started(fresh)) => {
-                                live = fresh.live;
-                                opening_bytes(fresh.opening, store.as_ref(), &mut last_sent)
-                            }
-                            _ => break,
-                        }
+                        Metrics::inc(&metrics.lagged_subscribers);
+                        client.catch_up(&metrics)
                     }
                     Err(RecvError::Closed) => break,
                 },
-                _ = ticker.tick() => Some(progress(&app)),
+                _ = ticker.tick() => Some(vec![app.progress.event(&app).for_encoding(client.encoding)]),
                 () = app.stop.cancelled() => break,
             };
-            if let Some(bytes) = bytes {
+            let writes = match written {
+                Some(writes) => writes,
+                // The log moved past this client: a snapshot (rule 3), shared when fresh.
+                None => match open(&app, &client.hub, client.store.clone(), None).await {
+                    Ok(Subscribed::Started(fresh)) => {
+                        let writes = client.opening(&fresh, &metrics);
+                        live = fresh.live;
+                        writes
+                    }
+                    _ => break,
+                },
+            };
+            for bytes in writes {
                 stall.offered();
                 yield Ok(bytes);
                 stall.taken();
             }
         }
     }
-}
-
-/// The bytes of an opening for `scope`: the snapshot event, or the replayed frames (one
-/// write; conflated into one delta when there are several).
-fn opening_bytes(
-    opening: Opening,
-    scope: Option<&StoreId>,
-    last_sent: &mut String,
-) -> Option<Bytes> {
-    match opening {
-        Opening::Event(bytes) => Some(bytes),
-        Opening::Frames(frames) => {
-            if let Some(last) = frames.last() {
-                last_sent.clone_from(&last.id);
-            }
-            live::pending_bytes(&frames, scope)
-        }
-    }
-}
-
-/// The write for `frame` and whatever else is already queued behind it: one frame's
-/// shared bytes; a few frames' bytes in one write; beyond `batch_bytes`, one conflated
-/// delta (smaller than the frames it replaces).
-fn pending_write(
-    frame: Arc<Frame>,
-    live: &mut tokio::sync::broadcast::Receiver<Arc<Frame>>,
-    scope: Option<&StoreId>,
-    app: &AppState,
-    last_sent: &mut String,
-) -> Option<Bytes> {
-    let mut pending = vec![frame];
-    while let Ok(more) = live.try_recv() {
-        pending.push(more);
-    }
-    if let Some(last) = pending.last() {
-        last_sent.clone_from(&last.id);
-    }
-    let relevant: Vec<&Bytes> = pending.iter().filter_map(|f| f.bytes_for(scope)).collect();
-    let size: usize = relevant.iter().map(|b| b.len()).sum();
-    match relevant.as_slice() {
-        [] => None,
-        [one] => Some((*one).clone()),
-        _ if size > app.stream.batch_bytes => {
-            Metrics::inc(&app.metrics.conflated_writes);
-            live::pending_bytes(&pending, scope)
-        }
-        several => {
-            let mut joined = Vec::with_capacity(size);
-            for bytes in several {
-                joined.extend_from_slice(bytes);
-            }
-            Some(Bytes::from(joined))
-        }
-    }
-}
-
-/// An id-less `progress` event: the newest event time and the consumer lag.
-fn progress(app: &AppState) -> Bytes {
-    let status = app.status.borrow().clone();
-    let lag = app.metrics.consumer_lag.load(Ordering::Relaxed);
-    let progress = json!({ "as_of_ms": status.newest_event_time, "lag": lag });
-    Bytes::from(live::sse_event(
-        "progress",
-        None,
-        progress.to_string().as_bytes(),
-    ))
 }
 
 /// Disconnects a client that stops taking bytes: hyper polls a body only when the socket

@@ -6,7 +6,7 @@ use crate::aggregate::{AggregateConfig, Layout, PartitionKey, RecordRef, State};
 use crate::checkpoint::CheckpointStore;
 use crate::config::Settings;
 use crate::events::{Codec, TopicRole};
-use crate::ingest::{Engine, EngineSettings, Outputs, Request, Status};
+use crate::ingest::{Engine, EngineSettings, Hub, Outputs, Request, Status};
 use crate::live::LogLimits;
 use crate::metrics::Metrics;
 use crate::simulate::scenario::{Scenario, ScenarioConfig};
@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storepulse_core::live::client::{ClientView, SseEvent, SseParser};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -49,23 +49,26 @@ impl TestServer {
         let (requests_tx, mut requests) = mpsc::channel::<Request>(64);
         let (status_tx, status) = watch::channel(Status::default());
         let (checkpoints, _) = watch::channel(None);
-        let (frames, _) = broadcast::channel(64);
+        let hub = Arc::new(Hub::new(
+            layout(),
+            LogLimits {
+                frames: 1_000,
+                bytes: 64 << 20,
+                age_ms: 600_000,
+            },
+            64,
+        ));
         let mut engine = Engine::new(
             State::new(Arc::new(AggregateConfig::default())),
             layout(),
             Codec::new(&Default::default()).expect("schemas"),
             EngineSettings {
                 frame_interval: Duration::ZERO,
-                log_limits: LogLimits {
-                    frames: 1_000,
-                    bytes: 64 << 20,
-                    age_ms: 600_000,
-                },
                 resume_wait,
                 checkpoint_interval: Duration::from_secs(3_600),
             },
             Outputs {
-                frames,
+                hub: Arc::clone(&hub),
                 checkpoints,
                 status: status_tx,
                 metrics: Arc::clone(&metrics),
@@ -93,6 +96,7 @@ impl TestServer {
         let mut stream = settings.stream.clone();
         stream.resume_wait = resume_wait;
         let router = app(AppState {
+            hub: Arc::new(std::sync::OnceLock::from(hub)),
             requests: requests_tx,
             status,
             // Nothing listens there: readiness reports the store as down.
@@ -102,6 +106,7 @@ impl TestServer {
             max_lag: 1_000,
             stream: Arc::new(stream),
             stop: CancellationToken::new(),
+            progress: Default::default(),
         });
         TestServer {
             router,

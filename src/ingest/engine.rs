@@ -7,20 +7,25 @@
 //! | a record's payload | [`Engine::process_record`] (decode, apply: the one place a record is processed) |
 //! | a poison record | [`Engine::skip`] (after it was dead-lettered) |
 //! | the end of a poll batch | [`Engine::end_batch`] (snapshot cache, frame, parked resumes) |
+//!
+//! Frames and snapshot events go to the [`Hub`], which HTTP reads without a round trip;
+//! the engine answers only the subscriptions the hub cannot (no fresh shared snapshot,
+//! rules 4 and 5).
 //! | a request from HTTP | [`Engine::handle_request`] |
 //! | time passing | [`Engine::tick`] (checkpoints, status) |
 
+use super::hub::{Hub, SharedSnapshot, Subscription};
 use crate::aggregate::{Applied, Changes, Layout, RecordRef, State};
 use crate::checkpoint::Frozen;
 use crate::events::{Codec, DecodeError, StoreId};
-use crate::live::{self, Frame, FrameBuilder, FrameLog, LogLimits, SnapshotEvent, Start};
+use crate::live::{self, Encoded, FrameBuilder, SnapshotEvent, Start};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 /// A request to the state's owner.
 #[derive(Debug)]
@@ -52,25 +57,6 @@ pub enum Subscribed {
     UnknownStore,
 }
 
-/// A started subscription. The receiver is subscribed in the same step as the opening is
-/// chosen, so nothing is missed and nothing is sent twice.
-#[derive(Debug)]
-pub struct Subscription {
-    /// What the client gets first.
-    pub opening: Opening,
-    /// The frames after it.
-    pub live: broadcast::Receiver<Arc<Frame>>,
-}
-
-/// The first bytes of a stream.
-#[derive(Debug)]
-pub enum Opening {
-    /// An encoded `snapshot` or `resync` event (shared, cached per position and scope).
-    Event(Bytes),
-    /// The frames after the client's id (all scopes: the writer keeps its own).
-    Frames(Vec<Arc<Frame>>),
-}
-
 /// What the ingest loop reports about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Status {
@@ -87,8 +73,6 @@ pub struct Status {
 pub struct EngineSettings {
     /// Shortest time between frames under load.
     pub frame_interval: Duration,
-    /// Bounds of the frame log.
-    pub log_limits: LogLimits,
     /// Longest wait for a client whose id is ahead (resume rule 4).
     pub resume_wait: Duration,
     /// How often to freeze a checkpoint.
@@ -98,8 +82,8 @@ pub struct EngineSettings {
 /// Where the engine publishes.
 #[derive(Debug)]
 pub struct Outputs {
-    /// Frames, to every subscriber.
-    pub frames: broadcast::Sender<Arc<Frame>>,
+    /// The live stream's shared side: frames, the log, snapshot events.
+    pub hub: Arc<Hub>,
     /// Frozen checkpoints for the writer (newest wins).
     pub checkpoints: watch::Sender<Option<Arc<Frozen>>>,
     /// Status for readiness and the stream's progress events.
@@ -122,7 +106,7 @@ struct Parked {
 #[derive(Debug, Default)]
 struct SnapshotCache {
     json: HashMap<Option<StoreId>, Bytes>,
-    events: HashMap<(Option<StoreId>, SnapshotEvent), Bytes>,
+    events: HashMap<(Option<StoreId>, SnapshotEvent), Arc<Encoded>>,
 }
 
 /// The state's owner.
@@ -136,7 +120,6 @@ pub struct Engine {
     dirty: bool,
     snapshots: SnapshotCache,
     builder: FrameBuilder,
-    log: FrameLog,
     parked: Vec<Parked>,
     started: Instant,
     last_frame: Instant,
@@ -158,7 +141,6 @@ impl Engine {
             state,
             layout,
             codec,
-            log: FrameLog::new(settings.log_limits),
             settings,
             out,
             changes: Changes::default(),
@@ -275,18 +257,16 @@ impl Engine {
         // The interval counts from the end of a build (as it always has): under load a build
         // takes a good part of it, and frames must not crowd out the records they report.
         self.last_frame = Instant::now();
-        self.log.push(Arc::clone(&frame));
+        let frame_bytes = frame.all.len() as u64;
+        let log_bytes = self.out.hub.publish(frame);
         let metrics = &self.out.metrics;
         metrics
             .frame_log_bytes
-            .store(self.log.bytes() as u64, Ordering::Relaxed);
+            .store(log_bytes as u64, Ordering::Relaxed);
         Metrics::inc(&metrics.frames);
         metrics
             .frame_bytes
-            .fetch_add(frame.all.len() as u64, Ordering::Relaxed);
-        // Never waits: a subscriber that falls behind gets `Lagged`, then catches up from
-        // the log (or a snapshot).
-        let _ = self.out.frames.send(frame);
+            .fetch_add(frame_bytes, Ordering::Relaxed);
     }
 
     /// Chooses where a subscription starts (`live::start`) and subscribes it to the frames
@@ -304,7 +284,11 @@ impl Engine {
             self.emit_frame(now);
         }
         let known = self.store_known(store.as_ref());
-        let start = live::start(since, &self.log, &self.layout, self.state.position(), known);
+        let position = self.state.position();
+        let start = self
+            .out
+            .hub
+            .with_log(|log| live::start(since, log, &self.layout, position, known));
         match start {
             Start::WaitUntil(wanted) => self.parked.push(Parked {
                 wanted,
@@ -350,24 +334,30 @@ impl Engine {
         }
     }
 
-    /// The subscription of a decided start.
+    /// The subscription of a decided start. Nothing is pending (the caller emitted it), so
+    /// a snapshot contains exactly the frames up to the newest.
     fn started_at(&mut self, start: Start, store: Option<StoreId>) -> Subscribed {
-        let opening = match start {
-            Start::Replay(frames) => Opening::Frames(frames),
-            Start::Snapshot => match self.snapshot_event(store, SnapshotEvent::Snapshot) {
-                Some(event) => Opening::Event(event),
-                None => return Subscribed::UnknownStore,
-            },
-            Start::Resync => match self.snapshot_event(store, SnapshotEvent::Resync) {
-                Some(event) => Opening::Event(event),
-                None => return Subscribed::UnknownStore,
-            },
+        Metrics::inc(&self.out.metrics.openings_engine);
+        let hub = Arc::clone(&self.out.hub);
+        let newest = self.builder.last_seq();
+        let kind = match start {
+            Start::Replay(after) => {
+                if let Some(subscription) = hub.open_after(None, after) {
+                    return Subscribed::Started(subscription);
+                }
+                SnapshotEvent::Snapshot // unreachable: the log does not change meanwhile
+            }
+            Start::Snapshot => SnapshotEvent::Snapshot,
+            Start::Resync => SnapshotEvent::Resync,
             Start::UnknownStore | Start::WaitUntil(_) => return Subscribed::UnknownStore,
         };
-        Subscribed::Started(Subscription {
-            opening,
-            live: self.out.frames.subscribe(),
-        })
+        let Some(event) = self.snapshot_event(store, kind) else {
+            return Subscribed::UnknownStore;
+        };
+        match hub.open_after(Some(event), newest) {
+            Some(subscription) => Subscribed::Started(subscription),
+            None => Subscribed::UnknownStore,
+        }
     }
 
     fn store_known(&self, store: Option<&StoreId>) -> bool {
@@ -390,17 +380,34 @@ impl Engine {
         Some(json)
     }
 
-    /// The SSE event of a scope's snapshot at the current position, encoded once.
-    fn snapshot_event(&mut self, store: Option<StoreId>, kind: SnapshotEvent) -> Option<Bytes> {
+    /// The SSE event of a scope's snapshot at the current position, encoded once; a
+    /// `snapshot` is also shared through the hub, for the subscribers of the next
+    /// [`SNAPSHOT_REUSE`](super::hub::SNAPSHOT_REUSE).
+    fn snapshot_event(
+        &mut self,
+        store: Option<StoreId>,
+        kind: SnapshotEvent,
+    ) -> Option<Arc<Encoded>> {
         let key = (store, kind);
         if let Some(event) = self.snapshots.events.get(&key) {
             Metrics::inc(&self.out.metrics.snapshots_cached);
-            return Some(event.clone());
+            return Some(Arc::clone(event));
         }
         let json = self.snapshot_json(key.0.clone())?;
         let id = self.layout.encode(self.state.position());
-        let event = Bytes::from(live::sse_event(kind.name(), Some(&id), &json));
-        self.snapshots.events.insert(key, event.clone());
+        let event = Arc::new(Encoded::new(live::sse_event(kind.name(), Some(&id), &json)));
+        if kind == SnapshotEvent::Snapshot {
+            self.out.hub.share_snapshot(
+                key.0.clone(),
+                SharedSnapshot {
+                    seq: self.builder.last_seq(),
+                    position: self.state.position().clone(),
+                    built: Instant::now(),
+                    event: Arc::clone(&event),
+                },
+            );
+        }
+        self.snapshots.events.insert(key, Arc::clone(&event));
         Some(event)
     }
 

@@ -11,11 +11,11 @@
 
 mod dead_letter;
 mod engine;
+mod hub;
 
 pub use dead_letter::DeadLetters;
-pub use engine::{
-    Engine, EngineSettings, Opening, Outputs, Request, Status, Subscribed, Subscription,
-};
+pub use engine::{Engine, EngineSettings, Outputs, Request, Status, Subscribed};
+pub use hub::{Hub, SNAPSHOT_REUSE, SharedSnapshot, Subscription};
 
 use crate::aggregate::{Layout, PartitionKey, RecordRef};
 use crate::checkpoint::Frozen;

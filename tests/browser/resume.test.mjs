@@ -1,4 +1,5 @@
-// A real browser's EventSource against `storepulse serve`, through a SIGKILL and restart:
+// A real browser's EventSource against `storepulse serve` (gzip, as browsers ask for it),
+// through a SIGKILL and restart:
 // the browser reconnects by itself with Last-Event-ID, its view never steps back, and it
 // ends equal to /api/snapshot. Debian's Chromium, driven by playwright-core.
 //
@@ -27,6 +28,12 @@ test('a browser EventSource resumes through a serve crash without stepping back'
     const page = await browser.newPage();
     const consoleErrors = [];
     page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+    // Chromium asks for gzip: every stream comes compressed (shared deflated frames), and
+    // the EventSource decodes it as it arrives (the live deltas below come before any end).
+    const streamEncodings = [];
+    page.on('response', (r) => {
+      if (r.url().includes('/api/stream')) streamEncodings.push(r.headers()['content-encoding']);
+    });
     await page.goto(`${base}/healthz`);
     await page.evaluate(async () => {
       window.__events = [];
@@ -54,6 +61,8 @@ test('a browser EventSource resumes through a serve crash without stepping back'
     simulate(1000, 3, '2026-11-27T14:10:00Z');
     await waitFor('the resumed stream to catch up', async () => (await lastTotal()) >= 3500);
 
+    assert.ok(streamEncodings.length >= 2, `the stream and its resume: ${streamEncodings}`);
+    assert.deepEqual(new Set(streamEncodings), new Set(['gzip']), 'compressed streams');
     const events = await page.evaluate(() => window.__events);
     const totals = events.map((e) => total(e.id));
     for (let i = 1; i < totals.length; i += 1) {

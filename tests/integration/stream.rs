@@ -2,7 +2,8 @@
 //! deltas ends equal to `/api/snapshot`; it resumes by `Last-Event-ID` without a gap or a
 //! duplicate (rule 2), gets a snapshot when the log has moved past its id (rule 3), and a
 //! `resync` snapshot for ids it sent that mean nothing here (rule 5); slow and stalled
-//! clients do not hold anyone back; a thousand clients come through a restart exact.
+//! clients do not hold anyone back and catch up by shared spans; a thousand clients (half
+//! of them gzip) come through a reconnect storm and a restart exact.
 
 use crate::helpers::{self, Server, database_url, fresh_topics, position_total};
 use serde_json::Value;
@@ -502,7 +503,7 @@ async fn produce_while_reading(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_client_that_falls_behind_the_queue_gets_one_conflated_delta_not_a_backlog() {
+async fn a_client_that_falls_behind_the_queue_catches_up_with_shared_spans_not_a_backlog() {
     let environment: &'static [(&str, &str)] = &[
         SMALL_BUFFERS[0],
         SMALL_BUFFERS[1],
@@ -520,8 +521,12 @@ async fn a_client_that_falls_behind_the_queue_gets_one_conflated_delta_not_a_bac
         counter(&server, "storepulse_lagged_subscribers_total") >= 1,
         "the idle client fell behind the frames"
     );
-    // The frames it missed are still in the log: one conflated delta from its last frame
+    // The frames it missed are still in the log: shared spans of them from its last frame
     // (rule 2), no second snapshot, far fewer events than the reader got.
+    assert!(
+        counter(&server, "storepulse_span_writes_total") >= 1,
+        "it caught up by spans"
+    );
     assert!(
         slow_events
             .iter()
@@ -532,7 +537,7 @@ async fn a_client_that_falls_behind_the_queue_gets_one_conflated_delta_not_a_bac
     let deltas = |events: &[Sse]| events.iter().filter(|e| e.event == "delta").count();
     assert!(
         deltas(&slow_events) < deltas(&fast_events),
-        "conflated: {} deltas for the lagged client, {} for the reader",
+        "spans: {} deltas for the lagged client, {} for the reader",
         deltas(&slow_events),
         deltas(&fast_events)
     );
@@ -584,6 +589,16 @@ async fn a_client_that_reads_nothing_is_disconnected_and_resumes_exactly_by_its_
     assert_each_ends_at_the_snapshot(&server, &[&fast_events, &events]);
 }
 
+/// How one of many clients behaves.
+#[derive(Clone, Default)]
+struct ManyOptions {
+    /// Ask for `Accept-Encoding: gzip` and decode the stream.
+    gzip: bool,
+    /// When cancelled, the client drops its connection once and reconnects at once with its
+    /// last id (a reconnect storm while the server stays up).
+    drop: Option<CancellationToken>,
+}
+
 /// One of many concurrent clients: an EventSource in miniature over tokio, which reconnects
 /// with its last id whenever the stream ends or the server is down. It keeps the events it
 /// saw, interned in `seen` so that a thousand clients hold each shared frame once.
@@ -591,10 +606,14 @@ async fn many_client(
     address: String,
     total: Arc<AtomicI64>,
     seen: Arc<Mutex<HashSet<Arc<Sse>>>>,
+    options: ManyOptions,
 ) -> Vec<Arc<Sse>> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let mut events: Vec<Arc<Sse>> = Vec::new();
     let mut last_id: Option<String> = None;
+    let mut dropped = false;
+    let never = CancellationToken::new();
+    let drop = options.drop.clone().unwrap_or_else(|| never.clone());
     let deadline = Instant::now() + Duration::from_secs(120);
     'connect: loop {
         assert!(Instant::now() < deadline, "a client never reached the end");
@@ -606,6 +625,9 @@ async fn many_client(
         let mut request = format!("GET /api/stream HTTP/1.0\r\nHost: {address}\r\n");
         if let Some(id) = &last_id {
             request.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        if options.gzip {
+            request.push_str("Accept-Encoding: gzip\r\n");
         }
         request.push_str("\r\n");
         if reader
@@ -621,20 +643,30 @@ async fn many_client(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
+        let mut gzip = false;
         loop {
             line.clear();
             match reader.read_line(&mut line).await {
-                Ok(n) if n > 0 && line != "\r\n" => {}
+                Ok(n) if n > 0 && line != "\r\n" => {
+                    gzip |= line.eq_ignore_ascii_case("content-encoding: gzip\r\n");
+                }
                 Ok(n) if n > 0 => break,
                 _ => continue 'connect,
             }
         }
+        assert_eq!(gzip, options.gzip, "gzip exactly when asked for");
         // Headers were read line by line above; the body (first what the reader holds
-        // buffered) goes through the shared parser.
+        // buffered) goes through the shared parser, after the gzip decoder if any.
         let mut parser = SseParser::new();
+        let mut decoder = flate2::write::GzDecoder::new(Vec::new());
         let mut chunk = vec![0u8; 16 * 1024];
         let mut input = Vec::new();
         loop {
+            if gzip {
+                std::io::Write::write_all(&mut decoder, &input).expect("a valid gzip stream");
+                std::io::Write::flush(&mut decoder).expect("gzip flush");
+                input = std::mem::take(decoder.get_mut());
+            }
             let mut parsed = Vec::new();
             parser.push(&input, |e| parsed.push(e.to_owned()));
             for sse in parsed {
@@ -660,7 +692,16 @@ async fn many_client(
                     return events;
                 }
             }
-            match tokio::io::AsyncReadExt::read(&mut reader, &mut chunk).await {
+            let read = tokio::select! {
+                // Biased: every client drops at its next read once the storm is on.
+                biased;
+                () = drop.cancelled(), if !dropped => {
+                    dropped = true;
+                    continue 'connect; // drops this connection, reconnects with last_id
+                }
+                read = tokio::io::AsyncReadExt::read(&mut reader, &mut chunk) => read,
+            };
+            match read {
                 Ok(n) if n > 0 => input = chunk[..n].to_vec(),
                 _ => continue 'connect, // the server went away: reconnect with last_id
             }
@@ -668,31 +709,130 @@ async fn many_client(
     }
 }
 
+/// Each distinct event sequence of `clients`: no resync, no step back, ends equal to
+/// `snapshot`.
+async fn assert_all_exact(
+    clients: Vec<tokio::task::JoinHandle<Vec<Arc<Sse>>>>,
+    snapshot: &Value,
+) -> usize {
+    let mut by_sequence: HashMap<Vec<*const Sse>, usize> = HashMap::new();
+    let mut sequences = Vec::new();
+    for client in clients {
+        let events = client.await.expect("client");
+        let key: Vec<*const Sse> = events.iter().map(Arc::as_ptr).collect();
+        if by_sequence.insert(key, sequences.len()).is_none() {
+            sequences.push(events);
+        }
+    }
+    // A view is a function of the events applied, so each distinct sequence is checked once.
+    for events in &sequences {
+        let owned: Vec<Sse> = events.iter().map(|e| e.as_ref().clone()).collect();
+        assert!(
+            owned.iter().all(|e| e.event != "resync"),
+            "no client is resynced"
+        );
+        let positions: Vec<i64> = owned
+            .iter()
+            .filter(|e| e.event != "progress")
+            .map(|e| position_total(&serde_json::json!({ "position": e.id })))
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] <= w[1]),
+            "no client ever steps back"
+        );
+        let mut view = None;
+        check_and_apply(&mut view, &owned);
+        assert_eq!(
+            sorted_stock(view.expect("view")),
+            sorted_stock(snapshot.clone()),
+            "every client ends exact"
+        );
+    }
+    sequences.len()
+}
+
+/// A thousand clients on one server, half of them gzip.
+async fn thousand_clients(
+    address: &str,
+    total: &Arc<AtomicI64>,
+    drop: Option<CancellationToken>,
+) -> Vec<tokio::task::JoinHandle<Vec<Arc<Sse>>>> {
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    (0..1_000)
+        .map(|i| {
+            let options = ManyOptions {
+                gzip: i % 2 == 1,
+                drop: drop.clone(),
+            };
+            tokio::spawn(many_client(
+                address.to_owned(),
+                Arc::clone(total),
+                Arc::clone(&seen),
+                options,
+            ))
+        })
+        .collect()
+}
+
+async fn wait_for_subscribers(server: &Server, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counter(server, "storepulse_subscribers") < n {
+        assert!(Instant::now() < deadline, "not all clients connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_clients_dropping_at_once_resume_from_the_shared_log_and_end_exact() {
+    let (settings, server, first) = caught_up_server("stream-storm", 21, 2_000, &[]).await;
+    const MORE: i64 = 3_000;
+    let total = Arc::new(AtomicI64::new(first + 2 * MORE));
+    let storm = CancellationToken::new();
+    let clients = thousand_clients(&server.address, &total, Some(storm.clone())).await;
+    wait_for_subscribers(&server, 1_000).await;
+    let openings = |path: &str| {
+        counter(
+            &server,
+            &format!("storepulse_stream_openings_total{{path=\"{path}\"}}"),
+        )
+    };
+    let mut produced =
+        first + produce(&settings, 22, START + 60_000, MORE as u64, Some(2_000.0)).await;
+    // Every client drops its connection at once and resumes by its last id while records
+    // keep coming: the server stays up.
+    let (shared_before, engine_before) = (openings("shared"), openings("engine"));
+    storm.cancel();
+    produced += produce(&settings, 23, START + 120_000, MORE as u64, Some(2_000.0)).await;
+    assert_eq!(produced, total.load(AtomicOrdering::Acquire));
+    let snapshot =
+        tokio::task::block_in_place(|| server.snapshot_at(produced, Duration::from_secs(60)));
+    let sequences = assert_all_exact(clients, &snapshot).await;
+    let (shared, engine) = (
+        openings("shared") - shared_before,
+        openings("engine") - engine_before,
+    );
+    assert!(
+        shared >= 1_000,
+        "the resumes were answered from the shared log, not by the ingest thread: {shared} shared, {engine} by the engine"
+    );
+    assert!(
+        openings("engine") - engine_before < 100,
+        "few round trips to ingest"
+    );
+    println!("1000 clients through a reconnect storm, {sequences} distinct event sequences");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_clients_through_a_restart_all_end_exact() {
-    const CLIENTS: usize = 1_000;
     let (settings, server, first) = caught_up_server("stream-many", 11, 2_000, &[]).await;
     let address = server.address.clone();
     const MORE: i64 = 3_000;
     // Known before any client could reach it (the producer delivers every record or fails).
     let total = Arc::new(AtomicI64::new(first + 2 * MORE));
-    let seen = Arc::new(Mutex::new(HashSet::new()));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            tokio::spawn(many_client(
-                address.clone(),
-                Arc::clone(&total),
-                Arc::clone(&seen),
-            ))
-        })
-        .collect();
+    let clients = thousand_clients(&address, &total, None).await;
     // All connected, then records flow, then serve is killed mid-stream and restarted on
     // the same address from its last checkpoint (behind what the clients have shown).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while counter(&server, "storepulse_subscribers") < CLIENTS as i64 {
-        assert!(Instant::now() < deadline, "not all clients connected");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_subscribers(&server, 1_000).await;
     let mut produced =
         first + produce(&settings, 12, START + 60_000, MORE as u64, Some(2_000.0)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -711,41 +851,6 @@ async fn a_thousand_clients_through_a_restart_all_end_exact() {
     let restarted = restarted.await.expect("restart");
     let snapshot =
         tokio::task::block_in_place(|| restarted.snapshot_at(produced, Duration::from_secs(60)));
-    let mut by_sequence: HashMap<Vec<*const Sse>, usize> = HashMap::new();
-    let mut sequences = Vec::new();
-    for client in clients {
-        let events = client.await.expect("client");
-        let key: Vec<*const Sse> = events.iter().map(Arc::as_ptr).collect();
-        if by_sequence.insert(key, sequences.len()).is_none() {
-            sequences.push(events);
-        }
-    }
-    // A view is a function of the events applied, so each distinct sequence is checked once.
-    for events in &sequences {
-        let owned: Vec<Sse> = events.iter().map(|e| e.as_ref().clone()).collect();
-        assert!(
-            owned.iter().all(|e| e.event != "resync"),
-            "a restart behind the clients is waited out (rule 4), not resynced"
-        );
-        let positions: Vec<i64> = owned
-            .iter()
-            .filter(|e| e.event != "progress")
-            .map(|e| position_total(&serde_json::json!({ "position": e.id })))
-            .collect();
-        assert!(
-            positions.windows(2).all(|w| w[0] <= w[1]),
-            "no client ever steps back, not even across the restart"
-        );
-        let mut view = None;
-        check_and_apply(&mut view, &owned);
-        assert_eq!(
-            sorted_stock(view.expect("view")),
-            sorted_stock(snapshot.clone()),
-            "every client ends exact"
-        );
-    }
-    println!(
-        "{CLIENTS} clients, {} distinct event sequences",
-        sequences.len()
-    );
+    let sequences = assert_all_exact(clients, &snapshot).await;
+    println!("1000 clients through a restart, {sequences} distinct event sequences");
 }

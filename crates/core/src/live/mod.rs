@@ -5,18 +5,21 @@
 //! | file | owns |
 //! |---|---|
 //! | `delta.rs` | [`Delta`]: what changed since a scope's previous frame, conflation (`absorb`), what each scope was last sent |
-//! | `frame.rs` | [`Frame`] (a delta serialised once per scope), [`FrameBuilder`], the bounded [`FrameLog`], [`pending_bytes`] |
+//! | `frame.rs` | [`Frame`] (a delta serialised once per scope), [`FrameBuilder`], the bounded [`FrameLog`] and its catch-up |
+//! | `span.rs` | [`Span`]: aligned spans of frames conflated once per scope, the [`Piece`]s a catch-up writes |
 //! | `resume.rs` | [`start`]: the five resume rules as one pure function |
-//! | `sse.rs` | the SSE wire format |
+//! | `sse.rs` | the SSE wire format, shared compression ([`Encoded`]) |
 //! | `client.rs` | a client's side: an SSE parser and the merge rules (tests and benches use it) |
 
 pub mod client;
 mod delta;
 mod frame;
 mod resume;
+mod span;
 mod sse;
 
 pub use delta::{Delta, Sent, SentLists, SkuListsDelta, StoreDelta, upsert_orders};
-pub use frame::{Frame, FrameBuilder, FrameLog, LogLimits, pending_bytes};
+pub use frame::{Frame, FrameBuilder, FrameLog, LogLimits};
 pub use resume::{Start, after_wait, start};
-pub use sse::{SnapshotEvent, sse_event};
+pub use span::{Piece, SPAN_LEVELS, Span};
+pub use sse::{Encoded, Encoding, GZIP_HEADER, SnapshotEvent, deflate_segment, sse_event};

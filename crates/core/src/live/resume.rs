@@ -5,7 +5,7 @@
 //! |---|---|
 //! | none (rule 1) | [`Start::Snapshot`] |
 //! | malformed, or of another partition layout (rule 5) | [`Start::Resync`] |
-//! | a frame still in the log (rule 2) | [`Start::Replay`] of the frames after it |
+//! | a frame still in the log (rule 2) | [`Start::Replay`] after it |
 //! | ahead of the position in some partition (rule 4) | [`Start::WaitUntil`] `V`, then [`after_wait`] |
 //! | behind, no longer in the log (rule 3) | [`Start::Snapshot`] |
 //!
@@ -13,10 +13,9 @@
 //! it would start with a snapshot. Nothing a client sends can make this panic or answer
 //! differently than the table.
 
-use super::frame::{Frame, FrameLog};
+use super::frame::FrameLog;
 use crate::aggregate::{Layout, Position};
 use std::cmp::Ordering;
-use std::sync::Arc;
 
 /// Where a live subscription starts.
 #[derive(Debug)]
@@ -25,9 +24,9 @@ pub enum Start {
     Snapshot,
     /// A snapshot sent as `event: resync`: the client's id meant nothing here.
     Resync,
-    /// The frames after the client's id (of every scope: the writer keeps its scope's),
-    /// then the frames after those. No snapshot.
-    Replay(Vec<Arc<Frame>>),
+    /// What follows the frame of the client's id (its sequence number): the log's
+    /// catch-up after it, then the frames after those. No snapshot.
+    Replay(u64),
     /// The client has shown a position this process has not reached: wait (bounded) until
     /// the state is at or past it, then start as [`after_wait`] says.
     WaitUntil(Position),
@@ -58,8 +57,8 @@ pub fn start(
     let Ok(wanted) = layout.decode(since) else {
         return snapshot(Start::Resync);
     };
-    if let Some(frames) = log.after(since) {
-        return Start::Replay(frames);
+    if let Some(seq) = log.seq_of(since) {
+        return Start::Replay(seq);
     }
     match wanted.compare(position) {
         Some(Ordering::Less | Ordering::Equal) => snapshot(Start::Snapshot),
@@ -75,12 +74,10 @@ pub fn after_wait(wanted: &Position, position: &Position, store_known: bool) -> 
     let caught_up = wanted
         .compare(position)
         .is_some_and(|o| o != Ordering::Greater);
-    caught_up.then(|| {
-        if store_known {
-            Start::Snapshot
-        } else {
-            Start::UnknownStore
-        }
+    caught_up.then_some(if store_known {
+        Start::Snapshot
+    } else {
+        Start::UnknownStore
     })
 }
 
@@ -89,9 +86,11 @@ mod tests {
     use super::*;
     use crate::events::TopicRole;
     use crate::live::delta::Delta;
+    use crate::live::frame::Frame;
     use crate::live::frame::LogLimits;
-    use bytes::Bytes;
+    use crate::live::sse::Encoded;
     use std::collections::HashMap;
+    use std::sync::Arc;
 
     fn layout() -> Layout {
         Layout::new(vec![
@@ -124,7 +123,7 @@ mod tests {
             log.push(Arc::new(Frame {
                 seq: k as u64,
                 id: id.clone(),
-                all: Bytes::new(),
+                all: Encoded::new(Vec::new()),
                 per_store: HashMap::new(),
                 size: 1,
                 built_ms: 0,
@@ -153,7 +152,14 @@ mod tests {
         match start {
             Start::Snapshot => Expect::Snapshot,
             Start::Resync => Expect::Resync,
-            Start::Replay(frames) => Expect::Replay(frames.iter().map(|f| f.seq).collect()),
+            Start::Replay(after) => Expect::Replay(
+                log()
+                    .catch_up(after)
+                    .expect("held")
+                    .iter()
+                    .map(|p| p.last_seq())
+                    .collect(),
+            ),
             Start::WaitUntil(p) => Expect::WaitUntil(layout().encode(&p)),
             Start::UnknownStore => Expect::UnknownStore,
         }

@@ -1,5 +1,15 @@
-//! Server-Sent Events encoding: the bytes of one event. The only place that knows the wire
-//! format; everything a client receives is built here once and shared.
+//! Server-Sent Events encoding: the bytes of one event, and their shared compressed form.
+//! The only place that knows the wire format; everything a client receives is built here
+//! once and shared.
+//!
+//! Compression is shared too: each event is deflated once, on its own (a fresh compressor,
+//! ended by a sync flush, never a final block), so the same compressed bytes continue any
+//! client's gzip stream wherever they are written. A gzip client receives [`GZIP_HEADER`]
+//! first, then the [`Encoded::deflated`] form of every event it would have received.
+
+use bytes::Bytes;
+use flate2::{Compress, Compression, FlushCompress};
+use std::sync::OnceLock;
 
 /// The event names a stream sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,9 +48,162 @@ pub fn sse_event(event: &str, id: Option<&str>, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// How a stream's bytes are sent (`Content-Encoding`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// As they are.
+    Identity,
+    /// A gzip stream of independently deflated events.
+    Gzip,
+}
+
+impl Encoding {
+    /// The encoding for a request's `Accept-Encoding`: gzip when it is accepted with a
+    /// non-zero quality (`gzip`, `x-gzip`, or `*`), else identity.
+    pub fn negotiate(accept_encoding: Option<&str>) -> Encoding {
+        let accepts_gzip = accept_encoding.unwrap_or_default().split(',').any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or_default();
+            let named = coding.eq_ignore_ascii_case("gzip")
+                || coding.eq_ignore_ascii_case("x-gzip")
+                || coding == "*";
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            named && !refused
+        });
+        if accepts_gzip {
+            Encoding::Gzip
+        } else {
+            Encoding::Identity
+        }
+    }
+}
+
+/// The first bytes of every gzip stream: the member header (deflate, no name, no time,
+/// unknown OS). The stream has no trailer: it ends only when its connection does.
+pub const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+/// One event's bytes, shared by every client: as they are, and deflated (once, on first
+/// use by a gzip client).
+#[derive(Debug)]
+pub struct Encoded {
+    plain: Bytes,
+    deflated: OnceLock<Bytes>,
+}
+
+impl Encoded {
+    /// Wraps an event's bytes.
+    pub fn new(plain: impl Into<Bytes>) -> Encoded {
+        Encoded {
+            plain: plain.into(),
+            deflated: OnceLock::new(),
+        }
+    }
+
+    /// The bytes as they are.
+    pub fn plain(&self) -> &Bytes {
+        &self.plain
+    }
+
+    /// The bytes as one independent deflate segment (see the module doc).
+    pub fn deflated(&self) -> &Bytes {
+        self.deflated.get_or_init(|| deflate_segment(&self.plain))
+    }
+
+    /// The bytes a client with `encoding` is written.
+    pub fn for_encoding(&self, encoding: Encoding) -> Bytes {
+        match encoding {
+            Encoding::Identity => self.plain.clone(),
+            Encoding::Gzip => self.deflated().clone(),
+        }
+    }
+
+    /// Length of the plain bytes.
+    pub fn len(&self) -> usize {
+        self.plain.len()
+    }
+
+    /// True if there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.plain.is_empty()
+    }
+}
+
+/// `data` deflated by a fresh compressor and sync-flushed: byte-aligned, no final block,
+/// no reference to anything before it, so it may follow any other segment.
+pub fn deflate_segment(data: &[u8]) -> Bytes {
+    let mut compress = Compress::new(Compression::new(6), false);
+    let mut out = Vec::with_capacity(data.len() / 3 + 64);
+    loop {
+        let consumed = usize::try_from(compress.total_in()).unwrap_or(usize::MAX);
+        let input = data.get(consumed..).unwrap_or_default();
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(1024));
+        }
+        compress
+            .compress_vec(input, &mut out, FlushCompress::Sync)
+            .unwrap_or_else(|e| panic!("deflate into memory cannot fail: {e}"));
+        let done = usize::try_from(compress.total_in()).unwrap_or(usize::MAX) == data.len();
+        // As zlib documents: a flush is complete once it returns with output room to spare.
+        if done && out.len() < out.capacity() {
+            break;
+        }
+    }
+    Bytes::from(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn independently_deflated_events_form_one_gzip_stream() {
+        use std::io::Read;
+        let events: Vec<Vec<u8>> = (0..20)
+            .map(|i| {
+                sse_event(
+                    "delta",
+                    Some(&format!("t:{i}")),
+                    format!("{{\"n\":{i}}}").repeat(i * 50 + 1).as_bytes(),
+                )
+            })
+            .collect();
+        let mut stream = GZIP_HEADER.to_vec();
+        for event in &events {
+            stream.extend_from_slice(Encoded::new(event.clone()).deflated());
+        }
+        // A stream cut anywhere after a segment decodes to exactly the events before it.
+        let mut decoded = Vec::new();
+        let _ = flate2::read::GzDecoder::new(stream.as_slice()).read_to_end(&mut decoded);
+        assert_eq!(decoded, events.concat());
+        let big = sse_event("delta", None, &vec![b'x'; 300_000]);
+        let mut decoded = Vec::new();
+        let mut one = GZIP_HEADER.to_vec();
+        one.extend_from_slice(&deflate_segment(&big));
+        let _ = flate2::read::GzDecoder::new(one.as_slice()).read_to_end(&mut decoded);
+        assert_eq!(decoded, big, "larger than any first output buffer");
+        assert!(deflate_segment(&big).len() < 2_000);
+    }
+
+    #[test]
+    fn gzip_is_chosen_only_when_accepted() {
+        for (header, expected) in [
+            (None, Encoding::Identity),
+            (Some(""), Encoding::Identity),
+            (Some("gzip, deflate, br, zstd"), Encoding::Gzip),
+            (Some("br;q=1.0, GZIP;q=0.5"), Encoding::Gzip),
+            (Some("gzip;q=0"), Encoding::Identity),
+            (Some("gzip; q=0.0, identity"), Encoding::Identity),
+            (Some("*"), Encoding::Gzip),
+            (Some("deflate, br"), Encoding::Identity),
+            (Some("gzipx"), Encoding::Identity),
+        ] {
+            assert_eq!(Encoding::negotiate(header), expected, "{header:?}");
+        }
+    }
 
     #[test]
     fn an_event_is_framed_with_its_id_and_a_blank_line() {
