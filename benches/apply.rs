@@ -100,6 +100,7 @@ fn main() {
             frames.push(Arc::new(frame));
         }
     }
+    bytes_by_field(&frames[frames.len().saturating_sub(400)..]);
     let first = frames.len() - frames.len() % PENDING - PENDING;
     let frames = &frames[first..first + PENDING];
     let after = frames[0].seq - 1;
@@ -155,4 +156,44 @@ fn main() {
         "| every later client: chooses the shared span | {:.1} |",
         median(shared)
     );
+}
+
+/// What an all-stores frame's bytes are made of: each field's JSON, summed over the stores
+/// and the rollup, as a share of the frames' bytes; and the frames deflated (as a gzip
+/// stream sends them).
+fn bytes_by_field(frames: &[Arc<Frame>]) {
+    let mut by_field: std::collections::BTreeMap<String, usize> = Default::default();
+    let (mut plain, mut deflated) = (0, 0);
+    for frame in frames {
+        plain += frame.all.len();
+        deflated += frame.all.deflated().len();
+        let value = serde_json::to_value(frame.delta.as_ref()).expect("json");
+        let views = value["stores"]
+            .as_object()
+            .into_iter()
+            .flat_map(|stores| stores.values().map(|v| ("stores", v)))
+            .chain(value.get("all_stores").map(|v| ("all_stores", v)));
+        for (scope, view) in views {
+            for (field, part) in view.as_object().into_iter().flatten() {
+                let len = serde_json::to_vec(part).map_or(0, |v| v.len()) + field.len() + 4;
+                *by_field.entry(format!("{scope}.{field}")).or_default() += len;
+            }
+        }
+    }
+    let mut rows: Vec<(String, usize)> = by_field.into_iter().collect();
+    rows.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    println!();
+    println!(
+        "| field of an all-stores frame ({} frames every 100 records; {:.1} KB each, {:.1} KB deflated) | share of bytes |",
+        frames.len(),
+        plain as f64 / frames.len() as f64 / 1e3,
+        deflated as f64 / frames.len() as f64 / 1e3
+    );
+    println!("|---|---:|");
+    for (field, bytes) in rows.iter().take(12) {
+        println!(
+            "| `{field}` | {:.1} % |",
+            *bytes as f64 * 100.0 / plain as f64
+        );
+    }
 }

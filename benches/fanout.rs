@@ -20,228 +20,13 @@
 
 mod common;
 
+use common::load::{ClientMode, Clients, produce, usage, wait_for};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use storepulse::kafka::KafkaSettings;
-use storepulse::live::client::{SseParser, SseRef};
-use storepulse::simulate::scenario::ScenarioConfig;
-use storepulse::simulate::{self, SimulateOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-
-/// What a group of clients saw.
-#[derive(Default)]
-struct Tally {
-    deliveries: AtomicU64,
-    bytes: AtomicU64,
-    connected: AtomicUsize,
-    /// Clients that received an event since `mark` was reset.
-    fresh: AtomicUsize,
-    latencies: std::sync::Mutex<Vec<i64>>,
-    recording: std::sync::atomic::AtomicBool,
-}
-
-/// A process's CPU seconds and RSS bytes, from `/proc`.
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the command: state is field 3, utime 14, stime 15 (1-based in proc(5)).
-    let cpu = (ticks(11) + ticks(12)) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    (cpu, rss_kb * 1024)
-}
-
-/// An SSE client that reconnects with its last id; counts events, and records the latency
-/// of deltas while `tally.recording` is set. Finds fields by text, not by parsing JSON,
-/// so that ten thousand of them fit on the bench's cores.
-async fn sse_client(
-    address: String,
-    tally: Arc<Tally>,
-    seen_fresh: Arc<AtomicI64>,
-    stop: CancellationToken,
-) {
-    let mut last_id: Option<String> = None;
-    let mut my_mark = i64::MIN;
-    while !stop.is_cancelled() {
-        let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let mut request = format!("GET /api/stream HTTP/1.0\r\nHost: {address}\r\n");
-        if let Some(id) = &last_id {
-            request.push_str(&format!("Last-Event-ID: {id}\r\n"));
-        }
-        request.push_str("\r\n");
-        if stream.write_all(request.as_bytes()).await.is_err() {
-            continue;
-        }
-        tally.connected.fetch_add(1, Ordering::Relaxed);
-        // The shared test client's parser (it borrows each event from its buffer), after
-        // the response's headers.
-        let mut parser = SseParser::new();
-        let mut chunk = vec![0u8; 16 * 1024];
-        let mut header: Option<Vec<u8>> = Some(Vec::new());
-        loop {
-            let read = tokio::select! {
-                read = stream.read(&mut chunk) => read.unwrap_or(0),
-                () = stop.cancelled() => 0,
-            };
-            if read == 0 {
-                break;
-            }
-            tally.bytes.fetch_add(read as u64, Ordering::Relaxed);
-            let body = match header.as_mut() {
-                None => &chunk[..read],
-                Some(bytes) => {
-                    bytes.extend_from_slice(&chunk[..read]);
-                    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let rest = bytes.split_off(end + 4);
-                    header = None;
-                    parser.push(&rest, |event| {
-                        on_event(event, &tally, &seen_fresh, &mut my_mark, &mut last_id)
-                    });
-                    continue;
-                }
-            };
-            parser.push(body, |event| {
-                on_event(event, &tally, &seen_fresh, &mut my_mark, &mut last_id)
-            });
-        }
-        tally.connected.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts one event: its id for the reconnect, the first event after a mark, and the
-/// latency of deltas while recording.
-fn on_event(
-    event: SseRef<'_>,
-    tally: &Tally,
-    seen_fresh: &AtomicI64,
-    my_mark: &mut i64,
-    last_id: &mut Option<String>,
-) {
-    if let Some(id) = event.id {
-        *last_id = Some(id.to_owned());
-    }
-    let mark = seen_fresh.load(Ordering::Relaxed);
-    if mark != *my_mark {
-        *my_mark = mark;
-        tally.fresh.fetch_add(1, Ordering::Relaxed);
-    }
-    if event.event == "delta" {
-        tally.deliveries.fetch_add(1, Ordering::Relaxed);
-        if tally.recording.load(Ordering::Relaxed)
-            && let Some(as_of) = common::as_of_ms(event.data)
-            && let Ok(mut all) = tally.latencies.lock()
-        {
-            all.push(common::now_ms() - as_of);
-        }
-    }
-}
-
-async fn produce(settings: &KafkaSettings, seed: u64, rate: f64, seconds: u64) -> u64 {
-    simulate::run(
-        settings,
-        SimulateOptions {
-            scenario: ScenarioConfig {
-                seed,
-                start_ms: common::now_ms(),
-                events_per_second: rate,
-                stores: 3,
-                skus_per_store: 40,
-                flash_sale: None,
-            },
-            rate: Some(rate),
-            count: None,
-            duration: Some(Duration::from_secs(seconds)),
-            partitions: 4,
-            create_topics: false,
-            message_timeout: Duration::from_secs(30),
-            progress_every: None,
-        },
-        CancellationToken::new(),
-    )
-    .await
-    .expect("produced")
-    .acked
-}
-
-async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    started.elapsed()
-}
-
-/// One group of clients against `address`.
-struct Clients {
-    tally: Arc<Tally>,
-    mark: Arc<AtomicI64>,
-    stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Clients {
-    /// `n` clients; waits until all are connected and, with `first_event`, until each has
-    /// had an event (the naive baseline sends nothing before its first delta).
-    async fn connect(address: &str, n: usize, first_event: bool) -> Clients {
-        let tally = Arc::new(Tally::default());
-        let mark = Arc::new(AtomicI64::new(0));
-        let stop = CancellationToken::new();
-        let mut tasks = Vec::with_capacity(n);
-        for i in 0..n {
-            tasks.push(tokio::spawn(sse_client(
-                address.to_owned(),
-                Arc::clone(&tally),
-                Arc::clone(&mark),
-                stop.clone(),
-            )));
-            if i % 500 == 499 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        let clients = Clients {
-            tally,
-            mark,
-            stop,
-            tasks,
-        };
-        let tally = Arc::clone(&clients.tally);
-        wait_for("clients", Duration::from_secs(120), || {
-            tally.connected.load(Ordering::Relaxed) >= n
-                && (!first_event || tally.fresh.load(Ordering::Relaxed) >= n)
-        })
-        .await;
-        clients
-    }
-
-    async fn close(self) {
-        self.stop.cancel();
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
-}
 
 /// Fan-out numbers of one server.
 struct FanOut {
@@ -264,7 +49,7 @@ async fn fan_out(
 ) -> FanOut {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, rss_before) = usage(pid);
-    let clients = Clients::connect(address, n, first_event).await;
+    let clients = Clients::connect(address, n, first_event, ClientMode::default()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (cpu_before, rss_idle) = usage(pid);
     clients.tally.recording.store(true, Ordering::Relaxed);
@@ -275,21 +60,15 @@ async fn fan_out(
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu_after, _) = usage(pid);
     let delivered = clients.tally.deliveries.load(Ordering::Relaxed) - delivered_before;
-    let mut latencies = clients
-        .tally
-        .latencies
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default();
-    latencies.sort_unstable();
+    let (p50, p99, p999) = clients.tally.latency();
     clients.close().await;
     FanOut {
         rss_per_client: rss_idle.saturating_sub(rss_before) as f64 / n as f64,
         deliveries_per_s: delivered as f64 / elapsed,
         cpu_s: cpu_after - cpu_before,
-        p50: common::percentile(&latencies, 0.5),
-        p99: common::percentile(&latencies, 0.99),
-        p999: common::percentile(&latencies, 0.999),
+        p50,
+        p99,
+        p999,
     }
 }
 
@@ -344,71 +123,11 @@ async fn get_ok(address: &str, path: &str) -> bool {
         || body.starts_with(b"HTTP/1.0 200")
 }
 
-/// The naive baseline: one storepulse stream in, every delta re-serialised for every client.
-async fn naive_server(source: String) {
-    use axum::response::sse::{Event, Sse};
-    use tokio::sync::broadcast;
-    let (tx, _) = broadcast::channel::<Arc<serde_json::Value>>(1024);
-    let feed = tx.clone();
-    tokio::spawn(async move {
-        let mut stream = tokio::net::TcpStream::connect(&source)
-            .await
-            .expect("source");
-        let request = format!("GET /api/stream HTTP/1.0\r\nHost: {source}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.expect("request");
-        // The response's headers hold no blank line of their own (\r\n): the parser
-        // skips them with the `retry:` block.
-        let mut parser = SseParser::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let read = stream.read(&mut chunk).await.unwrap_or(0);
-            if read == 0 {
-                return;
-            }
-            parser.push(&chunk[..read], |event| {
-                if event.event == "delta"
-                    && let Ok(value) = serde_json::from_slice(event.data)
-                {
-                    let _ = feed.send(Arc::new(value));
-                }
-            });
-        }
-    });
-    let router = axum::Router::new().route(
-        "/api/stream",
-        axum::routing::get(move || {
-            let mut rx = tx.subscribe();
-            async move {
-                let events = async_stream::stream! {
-                    loop {
-                        match rx.recv().await {
-                            Ok(delta) => {
-                                let json = serde_json::to_string(&*delta).unwrap_or_default();
-                                yield Ok::<Event, std::convert::Infallible>(Event::default().event("delta").data(json));
-                            }
-                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                            Err(broadcast::error::RecvError::Closed) => break,
-                        }
-                    }
-                };
-                Sse::new(events)
-            }
-        }),
-    );
-    let listener =
-        storepulse::http::listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    println!(
-        "naive serving on http://{}",
-        listener.local_addr().expect("addr")
-    );
-    axum::serve(listener, router).await.expect("naive server");
-}
-
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("naive-server") {
-        naive_server(args.get(2).cloned().expect("source address")).await;
+        common::load::naive_server(args.get(2).cloned().expect("source address")).await;
         return;
     }
     let n = common::setting("BENCH_CLIENTS", 10_000) as usize;
@@ -438,29 +157,13 @@ async fn main() {
                 .unwrap_or(0.0)
         };
         format!(
-            "storepulse built {} frames; {} conflated writes; {} streams fell behind their queue",
+            "storepulse built {} frames; {} span writes; {} streams fell behind their queue",
             metric("storepulse_frames_total "),
             metric("storepulse_span_writes_total "),
             metric("storepulse_lagged_subscribers_total "),
         )
     };
-    let mut naive = std::process::Command::new(std::env::current_exe().expect("self"))
-        .args(["naive-server", &address])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("naive server starts");
-    let naive_address = {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(naive.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("address");
-        line.trim()
-            .rsplit("http://")
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let (mut naive, naive_address) = common::load::spawn_naive(&address);
     let theirs = fan_out(
         false,
         naive.id(),
@@ -478,7 +181,7 @@ async fn main() {
     let stream_cpu = |pid: u32, address: String| {
         let settings = settings.clone();
         async move {
-            let clients = Clients::connect(&address, m, true).await;
+            let clients = Clients::connect(&address, m, true, ClientMode::default()).await;
             let (before, _) = usage(pid);
             produce(&settings, rand::random(), rate, seconds).await;
             let (after, _) = usage(pid);
@@ -509,14 +212,13 @@ async fn main() {
     };
 
     // 3. Resume storm: M clients, SIGKILL, restart on the same port.
-    let storm = Clients::connect(&address, m, true).await;
+    let storm = Clients::connect(&address, m, true, ClientMode::default()).await;
     produce(&settings, rand::random(), rate, 2).await;
     tokio::time::sleep(Duration::from_secs(6)).await; // a checkpoint behind the clients
     let _ = serve.kill();
     let _ = serve.wait();
     let killed = Instant::now();
-    storm.mark.fetch_add(1, Ordering::Relaxed);
-    storm.tally.fresh.store(0, Ordering::Relaxed);
+    storm.mark();
     let mut restart_env = environment.clone();
     restart_env.push(("STOREPULSE_HTTP_ADDR", address.as_str()));
     let (mut serve, _) = common::spawn_serve(&settings.topics, &group, &restart_env);

@@ -2,6 +2,8 @@
 //! client. Each binary uses part of it.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::io::{BufRead, Read, Write};
 use std::process::{Child, Command, Stdio};
 use storepulse::kafka::{self, KafkaSettings, Topics};

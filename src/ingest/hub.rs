@@ -16,8 +16,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
-/// How long a scope's snapshot is given to new subscribers before one is asked for again:
-/// a burst of clients shares one snapshot (and the frames after it).
+/// How long a scope's snapshot is given to new subscribers, with the catch-up after it,
+/// before one is built again (unless no frame came since: then it is current): a burst of
+/// clients shares one snapshot.
 pub const SNAPSHOT_REUSE: Duration = Duration::from_millis(250);
 
 /// A scope's snapshot event, where it was taken.
@@ -133,7 +134,8 @@ impl Hub {
     /// Opens a stream from what is shared, when the resume rules allow it without the
     /// engine: rule 2 (the client's id is a logged frame), or a snapshot start (rule 1, or
     /// rule 3 with an id at or before the shared snapshot) while the scope's shared
-    /// snapshot is younger than [`SNAPSHOT_REUSE`]. `None`: ask the engine.
+    /// snapshot is younger than [`SNAPSHOT_REUSE`] or no frame came after it. `None`: ask
+    /// the engine.
     pub fn try_open(
         &self,
         scope: Option<&StoreId>,
@@ -144,10 +146,10 @@ impl Hub {
         if let Some(seq) = since.and_then(|id| published.log.seq_of(id)) {
             return Self::open(&published, &self.frames, None, seq);
         }
-        let shared = published
-            .snapshots
-            .get(&scope.cloned())
-            .filter(|s| now.saturating_duration_since(s.built) <= SNAPSHOT_REUSE)?;
+        let newest = published.log.newest_seq();
+        let shared = published.snapshots.get(&scope.cloned()).filter(|s| {
+            s.seq == newest || now.saturating_duration_since(s.built) <= SNAPSHOT_REUSE
+        })?;
         if let Some(id) = since {
             // Malformed or another layout (rule 5), or ahead of the snapshot: the engine.
             let wanted = self.layout.decode(id).ok()?;
