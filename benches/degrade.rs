@@ -147,7 +147,7 @@ async fn storm(
     n: usize,
     rate: f64,
     contended: bool,
-) -> (Duration, Duration) {
+) -> (Option<Duration>, Duration) {
     let clients = Clients::connect(address, n, true, ClientMode::default()).await;
     let _hog = contended.then(|| CpuHog::start(40));
     let producing = {
@@ -160,22 +160,89 @@ async fn storm(
             + metric(address, "storepulse_stream_openings_total{path=\"engine\"}")
     };
     let before = openings();
+    // An older build (BENCH_SERVE_BIN) may not count openings: then only the clients tell.
+    let counted = metric(address, "storepulse_subscribers") > 0.0 && before > 0.0;
     let started = Instant::now();
     clients.mark();
     clients.drop_all();
     let tally = std::sync::Arc::clone(&clients.tally);
     let mut opened = None;
     wait_for("the storm", Duration::from_secs(120), || {
-        if opened.is_none() && openings() >= before + n as f64 {
+        if counted && opened.is_none() && openings() >= before + n as f64 {
             opened = Some(started.elapsed());
         }
-        opened.is_some() && tally.fresh.load(Ordering::Relaxed) >= n
+        (!counted || opened.is_some()) && tally.fresh.load(Ordering::Relaxed) >= n
     })
     .await;
     let all_live = started.elapsed();
     let _ = producing.await;
     clients.close().await;
-    (opened.unwrap_or(all_live), all_live)
+    (opened, all_live)
+}
+
+/// A `serve` on fresh topics with two seconds of records, ready; with the naive baseline
+/// fed by it if asked. Killed when dropped.
+struct Server {
+    serve: std::process::Child,
+    address: String,
+    settings: KafkaSettings,
+    naive: Option<(std::process::Child, String)>,
+}
+
+impl Server {
+    async fn start(with_naive: bool) -> Server {
+        let (settings, suffix) = common::fresh_topics("bench-degrade").await;
+        produce(&settings, 1, 200.0, 2).await;
+        let environment = [("STOREPULSE_MAX_SUBSCRIBERS", "20000")];
+        let (serve, address) = common::spawn_serve(
+            &settings.topics,
+            &format!("bench-degrade-{suffix}"),
+            &environment,
+        );
+        wait_for("readiness", Duration::from_secs(60), || {
+            common::http_get(&address, "/readyz").0 == 200
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let naive = with_naive.then(|| spawn_naive(&address));
+        Server {
+            serve,
+            address,
+            settings,
+            naive,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some((naive, _)) = self.naive.as_mut() {
+            let _ = naive.kill();
+            let _ = naive.wait();
+        }
+        let _ = self.serve.kill();
+        let _ = self.serve.wait();
+    }
+}
+
+/// How storepulse served, summed over the servers of the run.
+#[derive(Default)]
+struct Served {
+    catch_ups: f64,
+    spans: f64,
+    lagged: f64,
+    shared: f64,
+    engine: f64,
+}
+
+impl Served {
+    fn add(&mut self, address: &str) {
+        self.catch_ups += metric(address, "storepulse_catch_ups_total");
+        self.spans += metric(address, "storepulse_span_writes_total");
+        self.lagged += metric(address, "storepulse_lagged_subscribers_total");
+        self.shared += metric(address, "storepulse_stream_openings_total{path=\"shared\"}");
+        self.engine += metric(address, "storepulse_stream_openings_total{path=\"engine\"}");
+    }
 }
 
 #[tokio::main]
@@ -194,24 +261,6 @@ async fn main() {
     }
     let runs = common::setting("BENCH_RUNS", 3) as usize;
     let seconds = common::setting("BENCH_SECONDS", 8);
-    let (settings, suffix) = common::fresh_topics("bench-degrade").await;
-    produce(&settings, 1, 200.0, 2).await;
-    let environment = [("STOREPULSE_MAX_SUBSCRIBERS", "20000")];
-    let (mut serve, address) = common::spawn_serve(
-        &settings.topics,
-        &format!("bench-degrade-{suffix}"),
-        &environment,
-    );
-    wait_for("readiness", Duration::from_secs(60), || {
-        common::http_get(&address, "/readyz").0 == 200
-    })
-    .await;
-    let pid = serve.id();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, rss_empty) = usage(pid);
-    let (mut naive, naive_address) = spawn_naive(&address);
-    let (naive_pid, naive_address) = (naive.id(), naive_address);
-
     let quiet = |clients, rate| Load {
         clients,
         rate,
@@ -259,40 +308,48 @@ async fn main() {
     ];
     let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "loads,storms".into());
     let mut results: Vec<Vec<Measured>> = vec![Vec::new(); loads.len()];
-    let mut rss_idle = Vec::new();
+    let (mut rss_empty, mut rss_idle) = (Vec::new(), Vec::new());
+    let mut served = Served::default();
     for round in 0..runs * usize::from(parts.contains("loads")) {
         eprintln!("round {} of {runs}", round + 1);
         let mut ingest = std::collections::HashMap::new();
         for (i, (_, load, on_naive)) in loads.iter().enumerate() {
+            // Each measurement on a fresh server and fresh topics: the frames' size depends
+            // on the state (lists grow as stock runs low), so every row starts equal.
+            let server = Server::start(*on_naive).await;
+            let pid = server.serve.id();
+            rss_empty.push(usage(pid).1 as f64);
             let key = (load.rate as u64, load.contended);
             if let std::collections::hash_map::Entry::Vacant(entry) = ingest.entry(key) {
-                entry.insert(ingest_cpu(pid, &settings, load.rate, seconds, load.contended).await);
+                let cpu = ingest_cpu(pid, &server.settings, load.rate, seconds, load.contended);
+                entry.insert(cpu.await);
             }
             if load.clients == 10_000 && !on_naive && !load.contended {
                 // RSS per idle client: 10 000 connected, before any record.
                 let (_, before) = usage(pid);
                 let idle =
-                    Clients::connect(&address, load.clients, true, ClientMode::default()).await;
+                    Clients::connect(&server.address, load.clients, true, ClientMode::default())
+                        .await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 rss_idle.push((usage(pid).1 as f64 - before as f64) / load.clients as f64);
                 idle.close().await;
             }
-            let (server_pid, server_address) = if *on_naive {
-                (naive_pid, naive_address.as_str())
-            } else {
-                (pid, address.as_str())
+            let (server_pid, server_address) = match &server.naive {
+                Some((naive, address)) => (naive.id(), address.as_str()),
+                None => (pid, server.address.as_str()),
             };
             let measured = run(
                 server_pid,
                 server_address,
-                &address,
-                &settings,
+                &server.address,
+                &server.settings,
                 *load,
                 seconds,
                 ingest[&key],
             )
             .await;
             results[i].push(measured);
+            served.add(&server.address);
         }
     }
     let mut storms = Vec::new();
@@ -305,27 +362,28 @@ async fn main() {
     for (n, contended) in storm_loads.into_iter().filter(|_| parts.contains("storms")) {
         let (mut opened, mut live) = (Vec::new(), Vec::new());
         for _ in 0..runs {
-            let (all_opened, all_live) = storm(&address, &settings, n, 200.0, contended).await;
-            opened.push(all_opened.as_secs_f64() * 1e3);
+            let server = Server::start(false).await;
+            let (all_opened, all_live) =
+                storm(&server.address, &server.settings, n, 200.0, contended).await;
+            opened.extend(all_opened.map(|d| d.as_secs_f64() * 1e3));
             live.push(all_live.as_secs_f64() * 1e3);
+            served.add(&server.address);
         }
-        storms.push((n, contended, median(opened), median(live)));
+        let opened = if opened.is_empty() {
+            f64::NAN
+        } else {
+            median(opened)
+        };
+        storms.push((n, contended, opened, median(live)));
     }
-    let spans = metric(&address, "storepulse_span_writes_total");
-    let catch_ups = metric(&address, "storepulse_catch_ups_total");
-    let lagged = metric(&address, "storepulse_lagged_subscribers_total");
-    let shared = metric(
-        &address,
-        "storepulse_stream_openings_total{path=\"shared\"}",
-    );
-    let engine = metric(
-        &address,
-        "storepulse_stream_openings_total{path=\"engine\"}",
-    );
-    let _ = naive.kill();
-    let _ = naive.wait();
-    let _ = serve.kill();
-    let _ = serve.wait();
+    let rss_empty = median(rss_empty);
+    let Served {
+        catch_ups,
+        spans,
+        lagged,
+        shared,
+        engine,
+    } = served;
 
     println!("## Graceful degradation: medians of {runs} runs, {seconds} s of records each");
     println!();
@@ -371,8 +429,13 @@ async fn main() {
     );
     println!("|---:|---|---:|---:|");
     for (n, contended, opened, live) in storms {
+        let opened = if opened.is_nan() {
+            "—".to_owned()
+        } else {
+            format!("{opened:.0}")
+        };
         println!(
-            "| {n} | {} | {opened:.0} | {live:.0} |",
+            "| {n} | {} | {opened} | {live:.0} |",
             if contended { "contended" } else { "quiet" }
         );
     }
@@ -383,7 +446,7 @@ async fn main() {
     println!("|---:|---:|");
     println!(
         "| {:.1} MB | {:.1} KB |",
-        rss_empty as f64 / 1e6,
+        rss_empty / 1e6,
         median(rss_idle) / 1024.0
     );
 }
