@@ -147,7 +147,7 @@ async fn main() {
 
     // 1. Fan-out: storepulse, then the naive baseline fed by it.
     let ours = fan_out(true, pid, &address, &settings, n, rate, seconds).await;
-    // How storepulse's clients were served: shared frames, conflated writes, lag recovery.
+    // How storepulse's clients were served: shared frames, span writes, lag recovery.
     let served = {
         let (_, metrics) = common::http_get(&address, "/metrics");
         let metric = |name: &str| {

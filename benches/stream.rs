@@ -169,7 +169,7 @@ async fn main() {
     };
     let built = metric("storepulse_frames_total");
     println!(
-        "serve built {built} frames, {:.0} bytes each on average; {} conflated writes; {} lagged streams",
+        "serve built {built} frames, {:.0} bytes each on average; {} span writes; {} lagged streams",
         metric("storepulse_frame_bytes_total") / built.max(1.0),
         metric("storepulse_span_writes_total"),
         metric("storepulse_lagged_subscribers_total"),

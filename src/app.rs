@@ -261,7 +261,7 @@ fn start_http(settings: &Settings) -> anyhow::Result<StreamListener> {
     let send_buffer = Some(settings.stream.socket_send_buffer).filter(|b| *b > 0);
     println!("storepulse serving on http://{address}");
     tracing::info!(%address, "http listening");
-    Ok(StreamListener::new(listener, send_buffer))
+    Ok(StreamListener::new(listener, send_buffer)?)
 }
 
 /// Serves until the HTTP stage is cancelled; the open streams end on the same token.

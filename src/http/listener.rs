@@ -4,6 +4,12 @@
 //! A blocked socket stops hyper from polling a response body, so a stream cannot end itself
 //! when its client never drains; it flips the connection's [`KillSwitch`] instead, and the
 //! next (or pending) read or write of that connection fails, which closes it.
+//!
+//! Connections are accepted by a thread of their own (`accept`), not by a task: in a
+//! reconnect storm the runtime's workers are busy writing to every other client, a task's
+//! accept loop yields after each coop budget and waits its turn, and the kernel's accept
+//! queue (capped by `net.core.somaxconn`) overflows into SYN retries of 1 s and more. The
+//! thread drains the queue whatever the workers are doing.
 
 use atomic_waker::AtomicWaker;
 use axum::extract::connect_info::Connected;
@@ -37,14 +43,66 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Accepts TCP connections with `TCP_NODELAY` (frames are small and latency matters) and,
 /// when configured, a fixed send buffer (bounds the kernel memory a stalled client holds).
 pub struct StreamListener {
-    inner: TcpListener,
+    accepted: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    local: SocketAddr,
     send_buffer: Option<usize>,
+    /// The listening socket (a duplicate): shut down on drop, which wakes the accept thread
+    /// so that it ends and the port closes with the server.
+    socket: socket2::Socket,
+}
+
+impl Drop for StreamListener {
+    fn drop(&mut self) {
+        self.accepted.close();
+        let _ = self.socket.shutdown(std::net::Shutdown::Read);
+    }
 }
 
 impl StreamListener {
-    /// Wraps a bound listener; `send_buffer` of `None` keeps the kernel's autotuning.
-    pub fn new(inner: TcpListener, send_buffer: Option<usize>) -> Self {
-        StreamListener { inner, send_buffer }
+    /// Takes over a bound listener, accepted from on a thread of its own; `send_buffer` of
+    /// `None` keeps the kernel's autotuning.
+    pub fn new(inner: TcpListener, send_buffer: Option<usize>) -> io::Result<Self> {
+        let local = inner.local_addr()?;
+        let inner = inner.into_std()?;
+        inner.set_nonblocking(false)?;
+        let socket = socket2::Socket::from(inner.try_clone()?);
+        let (tx, accepted) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || accept_until_closed(&inner, &tx))?;
+        Ok(StreamListener {
+            accepted,
+            local,
+            send_buffer,
+            socket,
+        })
+    }
+}
+
+/// Accepts until the server stops taking connections (the receiver is dropped). An error
+/// (e.g. out of file descriptors) is logged at most once a second and retried after a
+/// pause, as axum does.
+fn accept_until_closed(
+    listener: &std::net::TcpListener,
+    accepted: &tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+) {
+    let mut last_warning: Option<std::time::Instant> = None;
+    while !accepted.is_closed() {
+        match listener.accept() {
+            Ok(connection) => {
+                if accepted.send(connection).is_err() {
+                    return;
+                }
+            }
+            Err(_) if accepted.is_closed() => return, // woken by the listener's drop
+            Err(error) => {
+                if last_warning.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1)) {
+                    tracing::warn!(%error, "accept failed; retrying");
+                    last_warning = Some(std::time::Instant::now());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
     }
 }
 
@@ -53,7 +111,20 @@ impl Listener for StreamListener {
     type Addr = Connection;
 
     async fn accept(&mut self) -> (Killable, Connection) {
-        let (io, remote) = Listener::accept(&mut self.inner).await;
+        let (io, remote) = loop {
+            let Some((stream, remote)) = self.accepted.recv().await else {
+                // The accept thread ended (it does not, while this receiver lives).
+                std::future::pending::<()>().await;
+                continue;
+            };
+            let registered = stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream));
+            match registered {
+                Ok(io) => break (io, remote),
+                Err(error) => tracing::debug!(%error, "an accepted socket could not be registered"),
+            }
+        };
         if let Err(error) = io.set_nodelay(true) {
             tracing::debug!(%error, "TCP_NODELAY");
         }
@@ -74,7 +145,7 @@ impl Listener for StreamListener {
 
     fn local_addr(&self) -> io::Result<Connection> {
         Ok(Connection {
-            remote: self.inner.local_addr()?,
+            remote: self.local,
             kill: KillSwitch::default(),
         })
     }
@@ -176,5 +247,42 @@ impl AsyncWrite for Killable {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_accept_thread_serves_connections_and_the_port_closes_with_the_listener() {
+        let bound = bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
+        let mut listener = StreamListener::new(bound, None).expect("listener");
+        let address = listener.local.to_string();
+        for _ in 0..3 {
+            let client = tokio::net::TcpStream::connect(&address);
+            let ((io, connection), client) = tokio::join!(listener.accept(), client);
+            assert!(client.is_ok());
+            assert!(
+                io.io.nodelay().expect("nodelay"),
+                "TCP_NODELAY on accepted sockets"
+            );
+            assert!(!connection.kill.is_killed());
+        }
+        drop(listener);
+        // The thread wakes, ends and closes the port: connecting is refused, not left hanging.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match tokio::net::TcpStream::connect(&address).await {
+                Err(error) => {
+                    assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+                    break;
+                }
+                Ok(_) => {
+                    assert!(std::time::Instant::now() < deadline, "the port stayed open");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
     }
 }
