@@ -47,6 +47,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_RESUME_WAIT", "stream.resume_wait"),
     ("STOREPULSE_MAX_SUBSCRIBERS", "stream.max_subscribers"),
     ("STOREPULSE_LOG_MAX_FRAMES", "stream.log_max_frames"),
+    ("STOREPULSE_LOG_MAX_BYTES", "stream.log_max_bytes"),
     ("STOREPULSE_LOG_MAX_AGE", "stream.log_max_age"),
     ("STOREPULSE_QUEUE_FRAMES", "stream.queue_frames"),
     ("STOREPULSE_STALL_TIMEOUT", "stream.stall_timeout"),
