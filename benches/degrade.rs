@@ -267,44 +267,24 @@ async fn main() {
         contended: false,
         gzip: false,
     };
+    let contended = |clients, rate| Load {
+        contended: true,
+        ..quiet(clients, rate)
+    };
+    let gzip = |clients, rate| Load {
+        gzip: true,
+        ..quiet(clients, rate)
+    };
     let loads: Vec<(&str, Load, bool)> = vec![
         ("keeping up", quiet(2_000, 200.0), false),
         ("busy", quiet(1_000, 2_000.0), false),
-        (
-            "busy, contended",
-            Load {
-                contended: true,
-                ..quiet(1_000, 2_000.0)
-            },
-            false,
-        ),
+        ("busy, contended", contended(1_000, 2_000.0), false),
         ("many", quiet(10_000, 200.0), false),
         ("many", quiet(10_000, 200.0), true),
-        (
-            "many, contended",
-            Load {
-                contended: true,
-                ..quiet(10_000, 200.0)
-            },
-            false,
-        ),
-        (
-            "many, contended",
-            Load {
-                contended: true,
-                ..quiet(10_000, 200.0)
-            },
-            true,
-        ),
+        ("many, contended", contended(10_000, 200.0), false),
+        ("many, contended", contended(10_000, 200.0), true),
         ("dashboards, plain", quiet(20, 2_000.0), false),
-        (
-            "dashboards, gzip",
-            Load {
-                gzip: true,
-                ..quiet(20, 2_000.0)
-            },
-            false,
-        ),
+        ("dashboards, gzip", gzip(20, 2_000.0), false),
     ];
     let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "loads,storms".into());
     let mut results: Vec<Vec<Measured>> = vec![Vec::new(); loads.len()];

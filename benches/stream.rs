@@ -21,8 +21,6 @@ use std::time::Duration;
 use storepulse::events::Codec;
 use storepulse::kafka::{self, KafkaSettings};
 use storepulse::live::client::SseParser;
-use storepulse::simulate::scenario::ScenarioConfig;
-use storepulse::simulate::{self, SimulateOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -129,29 +127,7 @@ async fn main() {
         tokio::task::spawn_blocking(move || bare_consumer(settings, stop))
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let report = simulate::run(
-        &settings,
-        SimulateOptions {
-            scenario: ScenarioConfig {
-                seed: suffix.into(),
-                start_ms: common::now_ms(),
-                events_per_second: rate,
-                stores: 3,
-                skus_per_store: 40,
-                flash_sale: None,
-            },
-            rate: Some(rate),
-            count: None,
-            duration: Some(Duration::from_secs(seconds)),
-            partitions: 4,
-            create_topics: false,
-            message_timeout: Duration::from_secs(30),
-            progress_every: None,
-        },
-        CancellationToken::new(),
-    )
-    .await
-    .expect("produced");
+    let acked = common::load::produce(&settings, suffix.into(), rate, seconds).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.cancel();
     for task in tasks {
@@ -181,7 +157,7 @@ async fn main() {
     base.sort_unstable();
     println!(
         "{} records at {rate}/s for {seconds} s; {clients} SSE clients; {} frame deliveries",
-        report.acked,
+        acked,
         frames.len()
     );
     println!();

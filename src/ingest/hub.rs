@@ -176,3 +176,133 @@ impl Hub {
         Some((pieces, published.log.newest_seq()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::TopicRole;
+    use crate::live::Delta;
+
+    fn layout() -> Layout {
+        Layout::new(vec![
+            (TopicRole::Orders, "orders".into(), 1),
+            (TopicRole::Inventory, "inventory".into(), 1),
+            (TopicRole::Activity, "activity".into(), 1),
+        ])
+    }
+
+    /// The id of a position whose next orders offset is `k`.
+    fn id(k: u64) -> String {
+        format!("{}:{k},0,0", layout().tag())
+    }
+
+    fn frame(seq: u64) -> Arc<Frame> {
+        Arc::new(Frame {
+            seq,
+            id: id(seq),
+            all: Encoded::new(format!("frame {seq}").into_bytes()),
+            per_store: HashMap::new(),
+            size: 1,
+            built_ms: seq,
+            delta: Arc::new(Delta {
+                position: id(seq),
+                as_of: None,
+                as_of_ms: 0,
+                stores: Default::default(),
+                all_stores: None,
+            }),
+        })
+    }
+
+    fn shared(seq: u64, built: Instant) -> SharedSnapshot {
+        SharedSnapshot {
+            seq,
+            position: layout().decode(&id(seq)).expect("an id of the layout"),
+            built,
+            event: Arc::new(Encoded::new(format!("snapshot {seq}").into_bytes())),
+        }
+    }
+
+    fn seqs(subscription: &Subscription) -> Vec<u64> {
+        subscription.pieces.iter().map(Piece::last_seq).collect()
+    }
+
+    #[test]
+    fn openings_come_from_the_hub_only_when_the_resume_rules_allow_it() {
+        let hub = Hub::new(
+            layout(),
+            LogLimits {
+                frames: 100,
+                bytes: usize::MAX,
+                age_ms: u64::MAX,
+            },
+            16,
+        );
+        let start = Instant::now();
+        for seq in 1..=5 {
+            hub.publish(frame(seq));
+        }
+        // Rule 2: the frames after the client's id, no snapshot.
+        let resumed = hub.try_open(None, Some(&id(3)), start).expect("rule 2");
+        assert!(resumed.snapshot.is_none());
+        assert_eq!((seqs(&resumed), resumed.last_seq), (vec![4, 5], 5));
+        // No shared snapshot yet: the engine builds one.
+        assert!(hub.try_open(None, None, start).is_none());
+        hub.share_snapshot(None, shared(5, start));
+        let fresh = hub.try_open(None, None, start).expect("a fresh snapshot");
+        assert!(fresh.snapshot.is_some());
+        assert_eq!((seqs(&fresh), fresh.last_seq), (vec![], 5));
+        // Another scope has its own snapshot.
+        assert!(
+            hub.try_open(Some(&StoreId::from("store-berlin")), None, start)
+                .is_none()
+        );
+        // A frame after it: shared for 250 ms (with the catch-up), then the engine again.
+        hub.publish(frame(6));
+        let young = start + Duration::from_millis(200);
+        let with_frames = hub
+            .try_open(None, None, young)
+            .expect("younger than 250 ms");
+        assert_eq!((seqs(&with_frames), with_frames.last_seq), (vec![6], 6));
+        assert!(
+            hub.try_open(None, None, start + Duration::from_millis(300))
+                .is_none()
+        );
+        // With no frame after it, a snapshot stays current however old it is.
+        hub.share_snapshot(None, shared(6, start));
+        let later = start + Duration::from_secs(60);
+        assert!(hub.try_open(None, None, later).is_some());
+        // Rule 3 from the hub only for an id at or before the snapshot; ahead (rule 4) or
+        // malformed (rule 5): the engine.
+        let behind = format!("{}:0,0,0", layout().tag());
+        assert!(hub.try_open(None, Some(&behind), later).is_some());
+        assert!(hub.try_open(None, Some(&id(9)), later).is_none(), "ahead");
+        assert!(
+            hub.try_open(None, Some("garbage"), later).is_none(),
+            "malformed"
+        );
+        // The receiver yields the frames after the opening, none before.
+        let mut opened = hub.try_open(None, Some(&id(6)), later).expect("rule 2");
+        assert!(opened.live.try_recv().is_err());
+        hub.publish(frame(7));
+        assert_eq!(opened.live.try_recv().map(|f| f.seq).ok(), Some(7));
+        // A catch-up after an evicted frame is refused: the writer then takes a snapshot.
+        let small = Hub::new(
+            layout(),
+            LogLimits {
+                frames: 2,
+                bytes: usize::MAX,
+                age_ms: u64::MAX,
+            },
+            16,
+        );
+        for seq in 1..=5 {
+            small.publish(frame(seq));
+        }
+        assert!(small.catch_up(1).is_none());
+        assert_eq!(
+            small.catch_up(3).map(|(p, newest)| (p.len(), newest)),
+            Some((2, 5))
+        );
+    }
+}

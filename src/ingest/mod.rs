@@ -15,7 +15,7 @@ mod hub;
 
 pub use dead_letter::DeadLetters;
 pub use engine::{Engine, EngineSettings, Outputs, Request, Status, Subscribed};
-pub use hub::{Hub, SNAPSHOT_REUSE, SharedSnapshot, Subscription};
+pub use hub::{Hub, Subscription};
 
 use crate::aggregate::{Layout, PartitionKey, RecordRef};
 use crate::checkpoint::Frozen;

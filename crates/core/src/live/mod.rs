@@ -21,5 +21,5 @@ mod sse;
 pub use delta::{Delta, Sent, SentLists, SkuListsDelta, StoreDelta, upsert_orders};
 pub use frame::{Frame, FrameBuilder, FrameLog, LogLimits};
 pub use resume::{Start, after_wait, start};
-pub use span::{Piece, SPAN_LEVELS, Span};
-pub use sse::{Encoded, Encoding, GZIP_HEADER, SnapshotEvent, deflate_segment, sse_event};
+pub use span::{Piece, Span};
+pub use sse::{Encoded, Encoding, GZIP_HEADER, SnapshotEvent, sse_event};

@@ -134,7 +134,7 @@ impl Encoded {
 
 /// `data` deflated by a fresh compressor and sync-flushed: byte-aligned, no final block,
 /// no reference to anything before it, so it may follow any other segment.
-pub fn deflate_segment(data: &[u8]) -> Bytes {
+fn deflate_segment(data: &[u8]) -> Bytes {
     let mut compress = Compress::new(Compression::new(6), false);
     let mut out = Vec::with_capacity(data.len() / 3 + 64);
     loop {
