@@ -597,6 +597,8 @@ struct ManyOptions {
     /// When cancelled, the client drops its connection once and reconnects at once with its
     /// last id (a reconnect storm while the server stays up).
     drop: Option<CancellationToken>,
+    /// Counts the clients that have received a `delta` (so their last id is a frame's).
+    framed: Option<Arc<AtomicI64>>,
 }
 
 /// One of many concurrent clients: an EventSource in miniature over tokio, which reconnects
@@ -615,6 +617,7 @@ async fn many_client(
     let never = CancellationToken::new();
     let drop = options.drop.clone().unwrap_or_else(|| never.clone());
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut framed = false;
     'connect: loop {
         assert!(Instant::now() < deadline, "a client never reached the end");
         let Ok(stream) = tokio::net::TcpStream::connect(&address).await else {
@@ -672,6 +675,12 @@ async fn many_client(
             for sse in parsed {
                 if sse.id.is_some() {
                     last_id.clone_from(&sse.id);
+                }
+                if sse.event == "delta" && !framed {
+                    framed = true;
+                    if let Some(count) = &options.framed {
+                        count.fetch_add(1, AtomicOrdering::AcqRel);
+                    }
                 }
                 let reached = sse.event != "progress"
                     && position_total(&serde_json::json!({ "position": sse.id }))
@@ -756,6 +765,7 @@ async fn thousand_clients(
     address: &str,
     total: &Arc<AtomicI64>,
     drop: Option<CancellationToken>,
+    framed: Option<&Arc<AtomicI64>>,
 ) -> Vec<tokio::task::JoinHandle<Vec<Arc<Sse>>>> {
     let seen = Arc::new(Mutex::new(HashSet::new()));
     (0..1_000)
@@ -763,6 +773,7 @@ async fn thousand_clients(
             let options = ManyOptions {
                 gzip: i % 2 == 1,
                 drop: drop.clone(),
+                framed: framed.cloned(),
             };
             tokio::spawn(many_client(
                 address.to_owned(),
@@ -788,7 +799,9 @@ async fn a_thousand_clients_dropping_at_once_resume_from_the_shared_log_and_end_
     const MORE: i64 = 3_000;
     let total = Arc::new(AtomicI64::new(first + 2 * MORE));
     let storm = CancellationToken::new();
-    let clients = thousand_clients(&server.address, &total, Some(storm.clone())).await;
+    let framed = Arc::new(AtomicI64::new(0));
+    let clients =
+        thousand_clients(&server.address, &total, Some(storm.clone()), Some(&framed)).await;
     wait_for_subscribers(&server, 1_000).await;
     let openings = |path: &str| {
         counter(
@@ -798,6 +811,13 @@ async fn a_thousand_clients_dropping_at_once_resume_from_the_shared_log_and_end_
     };
     let mut produced =
         first + produce(&settings, 22, START + 60_000, MORE as u64, Some(2_000.0)).await;
+    // Every client holds a frame's id (one that only held its opening snapshot, built
+    // before these records, would rightly get a new snapshot from the engine).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while framed.load(AtomicOrdering::Acquire) < 1_000 {
+        assert!(Instant::now() < deadline, "every client receives a frame");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Every client drops its connection at once and resumes by its last id while records
     // keep coming: the server stays up.
     let (shared_before, engine_before) = (openings("shared"), openings("engine"));
@@ -829,7 +849,7 @@ async fn a_thousand_clients_through_a_restart_all_end_exact() {
     const MORE: i64 = 3_000;
     // Known before any client could reach it (the producer delivers every record or fails).
     let total = Arc::new(AtomicI64::new(first + 2 * MORE));
-    let clients = thousand_clients(&address, &total, None).await;
+    let clients = thousand_clients(&address, &total, None, None).await;
     // All connected, then records flow, then serve is killed mid-stream and restarted on
     // the same address from its last checkpoint (behind what the clients have shown).
     wait_for_subscribers(&server, 1_000).await;
