@@ -190,6 +190,11 @@ pub struct AggregateSection {
     pub low_stock_threshold: i64,
     /// Sell-out alert horizon.
     pub sell_out_alert_minutes: i64,
+    /// A projected sell-out alerts at or under this level.
+    pub sell_out_alert_level: i64,
+    /// How far an event may be dated after its record's timestamp.
+    #[serde(deserialize_with = "duration")]
+    pub max_future_skew: Duration,
     /// Time zone of unlisted stores.
     pub default_time_zone: String,
     /// Lateness that counts as late.
@@ -364,6 +369,8 @@ impl Settings {
             low_stock_threshold: a.low_stock_threshold,
             low_stock_overrides: a.low_stock_overrides.clone(),
             sell_out_alert_minutes: a.sell_out_alert_minutes,
+            sell_out_alert_level: a.sell_out_alert_level,
+            max_future_skew_ms: a.max_future_skew.as_millis() as i64,
             days_held: a.days_held,
             dedup_window_ms: a.dedup_window.as_millis() as i64,
             dedup_capacity: a.dedup_capacity,

@@ -20,6 +20,14 @@ pub struct Metrics {
     pub duplicates: AtomicU64,
     /// Events later than the allowed lateness.
     pub late: AtomicU64,
+    /// Orders placed again, or cancelled again, under a new event id (counted once).
+    pub repeated: AtomicU64,
+    /// Events of a day older than every held day (changed nothing).
+    pub expired: AtomicU64,
+    /// Poison records waiting for the dead-letter topic to acknowledge them.
+    pub dead_letters_pending: AtomicI64,
+    /// How long the oldest of them has waited, milliseconds (0 when none waits).
+    pub dead_letters_oldest_ms: AtomicI64,
     /// Poison records, per decode error (see [`Metrics::poison_record`]).
     pub decode_errors: [AtomicU64; DecodeError::LABELS.len()],
     /// Poison records delivered to the dead-letter topic.
@@ -126,6 +134,16 @@ impl Metrics {
             "late_events_total",
             "Events older than the allowed lateness behind the newest event.",
             &[("", get(&self.late))],
+        );
+        counter(
+            "repeated_events_total",
+            "Orders placed or cancelled again under a new event id (each order counts once).",
+            &[("", get(&self.repeated))],
+        );
+        counter(
+            "expired_events_total",
+            "Events of a day older than every held day: counted, changed nothing.",
+            &[("", get(&self.expired))],
         );
         let labels: Vec<String> = DecodeError::LABELS
             .iter()
@@ -249,6 +267,16 @@ impl Metrics {
             "subscribers",
             "Live streams open now.",
             self.subscribers.load(Ordering::Relaxed),
+        );
+        gauge(
+            "dead_letters_pending",
+            "Poison records not yet acknowledged by the dead-letter topic (no checkpoint covers them).",
+            self.dead_letters_pending.load(Ordering::Relaxed),
+        );
+        gauge(
+            "dead_letters_oldest_wait_ms",
+            "How long the oldest poison record has waited for the dead-letter topic.",
+            self.dead_letters_oldest_ms.load(Ordering::Relaxed),
         );
         out
     }

@@ -176,6 +176,9 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "alive" }))
 }
 
+/// Longest a poison record may wait for the dead-letter topic while `/readyz` says ready.
+const DEAD_LETTER_WAIT_READY_MS: i64 = 5_000;
+
 async fn readyz(State(app): State<AppState>) -> Response {
     let status = app.status.borrow().clone();
     let checkpoint_store =
@@ -188,7 +191,14 @@ async fn readyz(State(app): State<AppState>) -> Response {
         .load(std::sync::atomic::Ordering::Relaxed);
     let lag = (lag >= 0).then_some(lag);
     let caught_up = status.assigned && lag.is_some_and(|lag| lag <= app.max_lag);
-    let ready = caught_up && checkpoint_store;
+    let load =
+        |gauge: &std::sync::atomic::AtomicI64| gauge.load(std::sync::atomic::Ordering::Relaxed);
+    let dead_letters_pending = load(&app.metrics.dead_letters_pending);
+    let dead_letters_oldest_ms = load(&app.metrics.dead_letters_oldest_ms);
+    // A poison record waiting this long means the dead-letter topic is not taking them:
+    // checkpoints are held back until it does.
+    let dead_letter_topic = dead_letters_oldest_ms < DEAD_LETTER_WAIT_READY_MS;
+    let ready = caught_up && checkpoint_store && dead_letter_topic;
     let body = json!({
         "ready": ready,
         "consumer": {
@@ -199,6 +209,11 @@ async fn readyz(State(app): State<AppState>) -> Response {
             "newest_event_time_ms": status.newest_event_time,
         },
         "checkpoint_store": { "ready": checkpoint_store },
+        "dead_letter_topic": {
+            "ready": dead_letter_topic,
+            "pending": dead_letters_pending,
+            "oldest_wait_ms": dead_letters_oldest_ms,
+        },
     });
     let code = if ready {
         StatusCode::OK

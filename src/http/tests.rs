@@ -87,7 +87,9 @@ impl TestServer {
                 while let Ok(request) = requests.try_recv() {
                     engine.handle_request(request, now);
                 }
-                engine.tick(now);
+                if let Some(frozen) = engine.tick(now) {
+                    engine.publish_checkpoint(frozen);
+                }
             }
         });
         while !status.borrow().assigned {
@@ -146,7 +148,7 @@ impl TestServer {
         self.jobs
             .send(Box::new(move |engine: &mut Engine| {
                 for (at, bytes) in records {
-                    if engine.process_record(at, &bytes).is_err() {
+                    if engine.process_record(at, &bytes, None).is_err() {
                         engine.skip(at);
                     }
                 }

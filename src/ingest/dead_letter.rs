@@ -4,6 +4,18 @@
 //! Headers: `storepulse-source-topic`, `-source-partition`, `-source-offset`,
 //! `storepulse-error` (the `DecodeError` label), `storepulse-reason` (its message), then
 //! the record's own headers. Key and value are the record's, unchanged.
+//!
+//! # Nothing lost
+//!
+//! A poison record is kept (a copy) in a ledger from the moment it is sent until the broker
+//! acknowledges it; a failed delivery is sent again, with backoff, until it is. Each send
+//! gets a number; the ingest thread holds a frozen checkpoint back until every poison
+//! record sent before the freeze is acknowledged ([`DeadLetters::acknowledged_before`]), so
+//! no checkpoint covers a record that is not in the dead-letter topic: after a crash the
+//! records since the last checkpoint are read and dead-lettered again (at-least-once; the
+//! source headers are the dedup key). While the topic does not acknowledge, the live
+//! numbers keep moving, checkpoints wait, `/readyz` says so, and the ingest thread stops
+//! reading once [`MAX_PENDING`] records wait (they stay in their source topics).
 
 use crate::events::DecodeError;
 use crate::kafka::{self, KafkaSettings};
@@ -11,35 +23,96 @@ use crate::metrics::Metrics;
 use rdkafka::ClientContext;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-/// Counts deliveries to the dead-letter topic and logs the failures.
+/// Most poison records waiting for an acknowledgement before ingest stops reading.
+pub const MAX_PENDING: usize = 10_000;
+
+/// How long the broker gets to acknowledge one attempt before it is failed and retried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Wait before sending a failed record again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// At most one log line per this long about a dead-letter topic that does not acknowledge.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A poison record not yet acknowledged: what to send again.
+struct Pending {
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: OwnedHeaders,
+    origin: String,
+    sent_at: Instant,
+    /// Set when an attempt failed: when to send it again.
+    retry_at: Option<Instant>,
+}
+
+/// Poison records in flight, by send number.
+#[derive(Default)]
+struct Ledger {
+    next: u64,
+    pending: BTreeMap<u64, Pending>,
+    last_logged: Option<Instant>,
+}
+
+/// Acknowledges or fails deliveries in the ledger.
 struct DeliveryReports {
     metrics: Arc<Metrics>,
+    ledger: Arc<Mutex<Ledger>>,
 }
 
 impl ClientContext for DeliveryReports {}
 
 impl ProducerContext for DeliveryReports {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = Box<u64>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, number: Box<u64>) {
+        let mut ledger = lock(&self.ledger);
         match result {
-            Ok(_) => Metrics::inc(&self.metrics.dead_lettered),
-            Err((error, record)) => {
+            Ok(_) => {
+                if ledger.pending.remove(&number).is_some() {
+                    Metrics::inc(&self.metrics.dead_lettered);
+                }
+            }
+            Err((error, _)) => {
                 Metrics::inc(&self.metrics.dead_letter_failures);
-                tracing::error!(error = %error, partition = record.partition(), offset = record.offset(), "failed to dead-letter a poison record; it stays in its source topic");
+                let now = Instant::now();
+                let waiting = ledger.pending.len();
+                if let Some(pending) = ledger.pending.get_mut(&number) {
+                    pending.retry_at = Some(now + RETRY_AFTER);
+                    let origin = pending.origin.clone();
+                    if ledger
+                        .last_logged
+                        .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
+                    {
+                        ledger.last_logged = Some(now);
+                        tracing::error!(error = %error, record = %origin, waiting, "the dead-letter topic did not take a poison record; retrying, and no checkpoint covers it until it does");
+                    }
+                }
             }
         }
+        self.metrics
+            .dead_letters_pending
+            .store(ledger.pending.len() as i64, Ordering::Relaxed);
     }
 }
 
-/// A producer to the dead-letter topic.
+fn lock(ledger: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
+    ledger
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A producer to the dead-letter topic, and the poison records it has not delivered yet.
 pub struct DeadLetters {
     producer: ThreadedProducer<DeliveryReports>,
     topic: String,
     metrics: Arc<Metrics>,
+    ledger: Arc<Mutex<Ledger>>,
 }
 
 impl DeadLetters {
@@ -49,39 +122,113 @@ impl DeadLetters {
         topic: String,
         metrics: Arc<Metrics>,
     ) -> Result<DeadLetters, kafka::KafkaError> {
-        let producer = kafka::producer_config(settings, Duration::from_secs(30))
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let producer = kafka::producer_config(settings, ATTEMPT_TIMEOUT)
             .create_with_context(DeliveryReports {
                 metrics: Arc::clone(&metrics),
+                ledger: Arc::clone(&ledger),
             })
             .map_err(kafka::KafkaError::Config)?;
         Ok(DeadLetters {
             producer,
             topic,
             metrics,
+            ledger,
         })
     }
 
-    /// Queues `message` for the dead-letter topic with why it is poison. Counted and
-    /// logged here; the delivery report counts the outcome.
+    /// Sends `message` to the dead-letter topic with why it is poison, and keeps it until
+    /// the broker acknowledges it. Counted and logged here.
     pub fn send(&self, message: &BorrowedMessage<'_>, error: &DecodeError) {
         self.metrics.poison_record(error);
-        tracing::warn!(error = %error, topic = message.topic(), partition = message.partition(), offset = message.offset(), "poison record sent to the dead-letter topic");
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
-            .payload(message.payload().unwrap_or_default())
-            .headers(headers(message, error));
-        if let Some(key) = message.key() {
-            record = record.key(key);
+        tracing::warn!(error = %error, topic = message.topic(), partition = message.partition(), offset = message.offset(), "poison record: sending it to the dead-letter topic");
+        let pending = Pending {
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers: headers(message, error),
+            origin: format!(
+                "{}/{}@{}",
+                message.topic(),
+                message.partition(),
+                message.offset()
+            ),
+            sent_at: Instant::now(),
+            retry_at: None,
+        };
+        let mut ledger = lock(&self.ledger);
+        let number = ledger.next;
+        ledger.next += 1;
+        let mut pending = pending;
+        if !self.produce(number, &pending) {
+            pending.retry_at = Some(Instant::now() + RETRY_AFTER);
         }
-        if let Err((error, _)) = self.producer.send(record) {
-            Metrics::inc(&self.metrics.dead_letter_failures);
-            tracing::error!(error = %error, partition = message.partition(), offset = message.offset(), "failed to queue a poison record for the dead-letter topic; it stays in its source topic");
+        ledger.pending.insert(number, pending);
+        self.metrics
+            .dead_letters_pending
+            .store(ledger.pending.len() as i64, Ordering::Relaxed);
+    }
+
+    /// Queues one attempt; false if the producer refused it (a failed attempt, retried).
+    fn produce(&self, number: u64, pending: &Pending) -> bool {
+        let mut record: BaseRecord<'_, [u8], [u8], Box<u64>> =
+            BaseRecord::with_opaque_to(&self.topic, Box::new(number))
+                .payload(pending.payload.as_slice())
+                .headers(pending.headers.clone());
+        if let Some(key) = &pending.key {
+            record = record.key(key.as_slice());
+        }
+        match self.producer.send(record) {
+            Ok(()) => true,
+            Err((error, _)) => {
+                Metrics::inc(&self.metrics.dead_letter_failures);
+                tracing::debug!(error = %error, record = %pending.origin, "could not queue a dead letter; retrying");
+                false
+            }
         }
     }
 
-    /// Waits (bounded) for the queued records to be delivered: at shutdown.
+    /// Sends again every failed record whose wait is over; publishes the age of the oldest
+    /// record waiting (what `/readyz` reads).
+    pub fn retry_due(&self, now: Instant) {
+        let mut ledger = lock(&self.ledger);
+        for (number, pending) in &mut ledger.pending {
+            if pending.retry_at.is_some_and(|at| at <= now) {
+                pending.retry_at = (!self.produce(*number, pending)).then_some(now + RETRY_AFTER);
+            }
+        }
+        let oldest = ledger
+            .pending
+            .values()
+            .map(|p| now.saturating_duration_since(p.sent_at))
+            .max()
+            .unwrap_or_default();
+        self.metrics
+            .dead_letters_oldest_ms
+            .store(oldest.as_millis() as i64, Ordering::Relaxed);
+    }
+
+    /// How many poison records have been sent so far (the number the next one gets).
+    pub fn sent(&self) -> u64 {
+        lock(&self.ledger).next
+    }
+
+    /// Whether every poison record numbered below `number` is acknowledged.
+    pub fn acknowledged_before(&self, number: u64) -> bool {
+        lock(&self.ledger)
+            .pending
+            .first_key_value()
+            .is_none_or(|(first, _)| *first >= number)
+    }
+
+    /// Whether so many records wait that ingest must stop reading.
+    pub fn saturated(&self) -> bool {
+        lock(&self.ledger).pending.len() >= MAX_PENDING
+    }
+
+    /// Waits (bounded) for the records in flight to be acknowledged: at shutdown.
     pub fn flush(&self) {
         if let Err(error) = self.producer.flush(Duration::from_secs(5)) {
-            tracing::error!(error = %error, "dead-letter records still queued at shutdown");
+            tracing::error!(error = %error, "dead-letter records still in flight at shutdown");
         }
     }
 }

@@ -17,7 +17,7 @@
 use super::hub::{Hub, SharedSnapshot, Subscription};
 use crate::aggregate::{Applied, Changes, Layout, RecordRef, State};
 use crate::checkpoint::Frozen;
-use crate::events::{Codec, DecodeError, StoreId};
+use crate::events::{Codec, DecodeError, StoreId, check_event_time};
 use crate::live::{self, Encoded, FrameBuilder, SnapshotEvent, Start};
 use crate::metrics::Metrics;
 use bytes::Bytes;
@@ -172,14 +172,26 @@ impl Engine {
 
     /// Decodes and applies one record at `at`. On a poison record returns the error; the
     /// caller dead-letters it and then calls [`Engine::skip`].
-    pub fn process_record(&mut self, at: RecordRef, payload: &[u8]) -> Result<(), DecodeError> {
+    pub fn process_record(
+        &mut self,
+        at: RecordRef,
+        payload: &[u8],
+        record_time_ms: Option<i64>,
+    ) -> Result<(), DecodeError> {
         self.dirty = true;
         let event = self.codec.decode(payload)?;
+        check_event_time(
+            &event,
+            record_time_ms,
+            self.state.config().max_future_skew_ms,
+        )?;
         let outcome = self.state.apply(&event, at, &mut self.changes);
         let metrics = &self.out.metrics;
         match outcome.applied {
             Applied::Applied => Metrics::inc(&metrics.applied),
             Applied::Duplicate => Metrics::inc(&metrics.duplicates),
+            Applied::Repeated => Metrics::inc(&metrics.repeated),
+            Applied::Expired => Metrics::inc(&metrics.expired),
             Applied::AlreadyApplied => {}
         }
         if outcome.late {
@@ -221,28 +233,29 @@ impl Engine {
         }
     }
 
-    /// Freezes a checkpoint when one is due, and publishes the status every 200 ms.
-    pub fn tick(&mut self, now: Instant) {
-        if now >= self.next_checkpoint {
-            self.out.checkpoints.send_replace(Some(self.freeze()));
-            self.next_checkpoint = now + self.settings.checkpoint_interval;
-        }
+    /// Publishes the status every 200 ms; returns a frozen checkpoint when one is due (the
+    /// caller publishes it with [`Engine::publish_checkpoint`] once nothing it covers is
+    /// still unaccounted for).
+    #[must_use]
+    pub fn tick(&mut self, now: Instant) -> Option<Arc<Frozen>> {
         if now >= self.next_status {
             self.publish_status();
             self.next_status = now + Duration::from_millis(200);
         }
+        (now >= self.next_checkpoint).then(|| {
+            self.next_checkpoint = now + self.settings.checkpoint_interval;
+            self.freeze()
+        })
+    }
+
+    /// Hands a frozen checkpoint to the writer (newest wins).
+    pub fn publish_checkpoint(&self, frozen: Arc<Frozen>) {
+        self.out.checkpoints.send_replace(Some(frozen));
     }
 
     /// The state and its position as checkpoint bytes.
     pub fn freeze(&self) -> Arc<Frozen> {
         Arc::new(Frozen::of(&self.state, &self.layout))
-    }
-
-    /// Publishes the final checkpoint (at shutdown) and returns it.
-    pub fn finish(&mut self) -> Arc<Frozen> {
-        let last = self.freeze();
-        self.out.checkpoints.send_replace(Some(Arc::clone(&last)));
-        last
     }
 
     /// Builds the frame of the pending changes, logs it and publishes it.

@@ -75,8 +75,15 @@ impl Ingest {
             .iter()
             .map(|(role, name, _)| (name.clone(), *role))
             .collect();
+        // A frozen checkpoint waits here until every poison record sent before it was
+        // frozen is acknowledged by the dead-letter topic.
+        let mut held: Option<(Arc<Frozen>, u64)> = None;
         while !self.stop.is_cancelled() {
-            self.read_batch(&consumer, &dead_letters, &roles);
+            if dead_letters.saturated() {
+                std::thread::sleep(POLL_WAIT); // the records stay in their topics meanwhile
+            } else {
+                self.read_batch(&consumer, &dead_letters, &roles);
+            }
             let now = Instant::now();
             self.engine.end_batch(now);
             while let Ok(request) = self.requests.try_recv() {
@@ -85,10 +92,37 @@ impl Ingest {
             while let Ok(written) = self.written.try_recv() {
                 commit_for_lag_tools(&consumer, &written);
             }
-            self.engine.tick(now);
+            dead_letters.retry_due(now);
+            if let Some(frozen) = self.engine.tick(now) {
+                held = Some((frozen, dead_letters.sent()));
+            }
+            if let Some((frozen, sent)) = held.take() {
+                if dead_letters.acknowledged_before(sent) {
+                    self.engine.publish_checkpoint(frozen);
+                } else {
+                    held = Some((frozen, sent));
+                }
+            }
         }
-        let last = self.engine.finish();
         dead_letters.flush();
+        let last = self.engine.freeze();
+        if dead_letters.acknowledged_before(dead_letters.sent()) {
+            self.engine.publish_checkpoint(Arc::clone(&last));
+        } else {
+            tracing::error!(
+                pending = self
+                    .engine
+                    .metrics()
+                    .dead_letters_pending
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                "final checkpoint withheld: poison records are not in the dead-letter topic yet; the next start reads them again"
+            );
+            if let Some((frozen, sent)) = held
+                && dead_letters.acknowledged_before(sent)
+            {
+                self.engine.publish_checkpoint(frozen);
+            }
+        }
         Ok(last)
     }
 
@@ -139,9 +173,10 @@ impl Ingest {
             },
             offset: message.offset(),
         };
-        if let Err(error) = self
-            .engine
-            .process_record(at, message.payload().unwrap_or_default())
+        let record_time_ms = message.timestamp().to_millis();
+        if let Err(error) =
+            self.engine
+                .process_record(at, message.payload().unwrap_or_default(), record_time_ms)
         {
             dead_letters.send(message, &error);
             self.engine.skip(at);

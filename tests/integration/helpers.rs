@@ -52,6 +52,8 @@ pub struct ConsumedRecord {
     pub key: String,
     pub payload: Vec<u8>,
     pub traceparent: Option<String>,
+    /// Every header, in order (values as UTF-8, lossy).
+    pub headers: Vec<(String, String)>,
 }
 
 /// Reads every partition of `topics` from the beginning until `expected` records arrived.
@@ -100,6 +102,15 @@ pub fn consume_all(
                 .and_then(|h| h.value)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         });
+        let headers = message.headers().map_or_else(Vec::new, |headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                    (h.key.to_owned(), value.into_owned())
+                })
+                .collect()
+        });
         records.push(ConsumedRecord {
             topic: message.topic().to_owned(),
             partition: message.partition(),
@@ -111,6 +122,7 @@ pub fn consume_all(
                 .expect("every record has a value")
                 .to_vec(),
             traceparent,
+            headers,
         });
     }
     records
@@ -228,6 +240,16 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The value of one sample of `/metrics` (`name` with its labels, if any).
+    pub fn metric(&self, name: &str) -> i64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or_else(|| panic!("metric {name}"))
     }
 
     /// SIGKILL, and wait for the process to be gone.

@@ -6,6 +6,7 @@
 
 mod architecture;
 mod cli;
+mod dead_letters;
 mod helpers;
 mod postgres;
 mod serve;

@@ -446,12 +446,7 @@ const SMALL_BUFFERS: [(&str, &str); 2] = [
 const SMALL_RECEIVE_BUFFER: Option<usize> = Some(8192);
 
 fn counter(server: &Server, name: &str) -> i64 {
-    let (_, body) = server.get("/metrics");
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or_else(|| panic!("metric {name}"))
+    server.metric(name)
 }
 
 /// A client whose kernel buffers little and that will read nothing for a while, and one

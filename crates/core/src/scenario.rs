@@ -226,6 +226,8 @@ pub struct Scenario {
     /// Events generated so far (queued or emitted); the next one's index.
     generated: u64,
     cancellable: VecDeque<PlacedOrder>,
+    /// Part of every order id: which run made it.
+    run: String,
 }
 
 impl Scenario {
@@ -239,8 +241,13 @@ impl Scenario {
         }
         // The start time is part of the seed: two runs with the same seed but another start
         // produce other event ids, which dedup would otherwise drop as redeliveries.
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            config.seed ^ (config.start_ms as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        let run_key = config.seed ^ (config.start_ms as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut rng = ChaCha8Rng::seed_from_u64(run_key);
+        // Order ids carry the run too: an order id names one order, so two runs must not
+        // reuse one (a repeated order id counts once, see the aggregates).
+        let run = format!(
+            "{:08x}",
+            (run_key.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 32) as u32
         );
         let flash_skus = config.flash_sale.as_ref().map_or(0, |s| s.skus_per_store);
         let stores = STORES[..config.stores]
@@ -281,6 +288,7 @@ impl Scenario {
             queue: VecDeque::new(),
             generated: 0,
             cancellable: VecDeque::new(),
+            run,
         };
         for store in 0..scenario.stores.len() {
             for product in 0..scenario.stores[store].catalog.len() {
@@ -462,7 +470,7 @@ impl Scenario {
         let last = LAST_NAMES[self.rng.random_range(0..LAST_NAMES.len())];
         let s = &mut self.stores[store];
         s.orders_placed += 1;
-        let order_id = format!("ord-{}-{:07}", s.code, s.orders_placed);
+        let order_id = format!("ord-{}-{}-{:07}", s.code, self.run, s.orders_placed);
         let order_lines: Vec<OrderLine> = lines
             .iter()
             .map(|&(product, quantity, price)| OrderLine {

@@ -36,6 +36,7 @@ pub mod view;
 
 pub use hll::HyperLogLog;
 pub use position::{Layout, PartitionKey, Position, PositionError, RecordRef};
+use store::StoreApplied;
 pub use store::{RECENT_ORDERS, StoreState};
 
 use crate::events::{Event, Sku, StoreId};
@@ -56,8 +57,10 @@ pub struct AggregateConfig {
     pub low_stock_threshold: i64,
     /// Per-SKU thresholds, by SKU id.
     pub low_stock_overrides: BTreeMap<String, i64>,
-    /// A SKU projected to sell out within this many minutes raises an alert.
+    /// A SKU projected to sell out within this many minutes raises an alert...
     pub sell_out_alert_minutes: i64,
+    /// ...when its level is at most this.
+    pub sell_out_alert_level: i64,
     /// Calendar days held per store (today and the days before it).
     pub days_held: i32,
     /// Event-time span, per partition, over which duplicate event ids are recognised.
@@ -66,6 +69,9 @@ pub struct AggregateConfig {
     pub dedup_capacity: usize,
     /// Records older than this behind the newest event time are reported as late.
     pub allowed_lateness_ms: i64,
+    /// An event dated more than this after its Kafka record's timestamp is dead-lettered
+    /// (`event_time_in_future`); see [`crate::events::check_event_time`].
+    pub max_future_skew_ms: i64,
 }
 
 impl Default for AggregateConfig {
@@ -76,10 +82,12 @@ impl Default for AggregateConfig {
             low_stock_threshold: 10,
             low_stock_overrides: BTreeMap::new(),
             sell_out_alert_minutes: 10,
+            sell_out_alert_level: 25,
             days_held: 2,
             dedup_window_ms: 2 * 60_000,
             dedup_capacity: 100_000,
             allowed_lateness_ms: 5 * 60_000,
+            max_future_skew_ms: 5 * 60_000,
         }
     }
 }
@@ -91,6 +99,14 @@ impl AggregateConfig {
             .get(store.as_str())
             .copied()
             .unwrap_or(self.default_time_zone)
+    }
+
+    /// When a projected sell-out raises an alert.
+    pub fn sell_out_rule(&self) -> rules::SellOutRule {
+        rules::SellOutRule {
+            minutes: self.sell_out_alert_minutes,
+            level: self.sell_out_alert_level,
+        }
     }
 
     /// The low-stock threshold of a SKU.
@@ -111,6 +127,12 @@ pub enum Applied {
     Duplicate,
     /// The position already covers this record (a replay): nothing changed.
     AlreadyApplied,
+    /// An order id already placed, or already cancelled, that day (re-emitted upstream
+    /// under a new event id): nothing changed.
+    Repeated,
+    /// An order, cancellation or session of a day older than every held day: nothing
+    /// changed.
+    Expired,
 }
 
 /// The outcome of [`State::apply`], for metrics.
@@ -321,7 +343,6 @@ impl State {
             < self
                 .newest_event_time
                 .saturating_sub(self.config.allowed_lateness_ms);
-        self.newest_event_time = self.newest_event_time.max(time);
         if !self.dedup.entry(at.partition).or_default().first_sighting(
             event.event_id(),
             time,
@@ -333,12 +354,29 @@ impl State {
             };
         }
         let store_id = event.store_id();
+        let (new_store, unchanged) = (
+            !self.stores.contains_key(store_id),
+            !changes.stores.contains_key(store_id),
+        );
         let store = get_or_insert(&mut self.stores, store_id);
-        store.apply(event, at, &self.config, changes.store(store_id));
-        Outcome {
-            applied: Applied::Applied,
-            late,
+        let applied = match store.apply(event, at, &self.config, changes.store(store_id)) {
+            StoreApplied::Applied => Applied::Applied,
+            StoreApplied::Repeated => Applied::Repeated,
+            StoreApplied::Expired => Applied::Expired,
+        };
+        if applied != Applied::Expired {
+            self.newest_event_time = self.newest_event_time.max(time);
         }
+        if applied != Applied::Applied {
+            // Nothing moved: no empty entry in the changes, no store seen only this way.
+            if unchanged {
+                changes.stores.remove(store_id);
+            }
+            if new_store {
+                self.stores.remove(store_id);
+            }
+        }
+        Outcome { applied, late }
     }
 }
 

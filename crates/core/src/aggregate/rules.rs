@@ -1,5 +1,5 @@
 //! The business rules of stock, in one place: when a SKU is low or oversold, how soon it
-//! sells out, and which alerts it raises. The views (`view.rs`) only present what these
+//! sells out, and which one alert it raises. The views (`view.rs`) only present what these
 //! decide; docs/api.md states the same rules for clients.
 
 use super::store::{SALES_WINDOW_MINUTES, StockEntry, Trigger};
@@ -28,10 +28,14 @@ pub fn stock_status(level: i64, threshold: i64) -> StockStatus {
 }
 
 /// Whole minutes until `level` units sell out at the velocity of the sales window
-/// (`sold` units in the last [`SALES_WINDOW_MINUTES`]), rounded down; `None` when nothing
-/// sold or nothing is left.
+/// (`sold` units in the last [`SALES_WINDOW_MINUTES`]), rounded down: `0` when nothing is
+/// left (sold out now), `None` when some is left and nothing sold, or when oversold.
 pub fn minutes_to_sell_out(level: i64, sold: i64) -> Option<i64> {
-    (sold > 0 && level > 0).then(|| level * SALES_WINDOW_MINUTES / sold)
+    match level {
+        0 => Some(0),
+        level if level > 0 && sold > 0 => Some(level * SALES_WINDOW_MINUTES / sold),
+        _ => None,
+    }
 }
 
 /// When it sells out, epoch milliseconds: the start of the minute of the store's newest
@@ -54,41 +58,44 @@ impl Raised {
     /// The alert's stable id: `<kind>:<store>:<sku>:<record>`, so a replay or a restart
     /// shows the same alert with the same id.
     pub fn id(&self, store: &str, sku: &str) -> String {
-        let prefix = match self.kind {
+        let kind = match self.kind {
             AlertKind::Oversold => "oversold",
+            AlertKind::SoldOut => "sold_out",
+            AlertKind::SellOutImminent => "sell_out_imminent",
             AlertKind::LowStock => "low_stock",
-            AlertKind::SellOutImminent => "sell_out",
         };
-        format!("{prefix}:{store}:{sku}:{}", self.since.record)
+        format!("{kind}:{store}:{sku}:{}", self.since.record)
     }
 }
 
-/// The alerts of a SKU: oversold (or else low stock) while the condition lasts, and sell
-/// out imminent when it sells out in fewer than `alert_minutes`.
-pub fn alerts(
-    entry: &StockEntry,
-    sell_out_minutes: Option<i64>,
-    alert_minutes: i64,
-) -> Vec<Raised> {
-    let mut raised = Vec::new();
+/// When a projected sell-out is worth an alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SellOutRule {
+    /// Projected within fewer than this many minutes...
+    pub minutes: i64,
+    /// ...and the level at most this.
+    pub level: i64,
+}
+
+/// The one active alert of a SKU, the most urgent that holds: `oversold` (level < 0),
+/// `sold_out` (level 0), `sell_out_imminent` (projected to sell out within fewer than
+/// `rule.minutes`, with at most `rule.level` left), `low_stock` (under the threshold).
+pub fn alert(entry: &StockEntry, sold: i64, rule: SellOutRule) -> Option<Raised> {
+    let raised = |kind, since| Some(Raised { kind, since });
     if let Some(since) = entry.oversold_since {
-        raised.push(Raised {
-            kind: AlertKind::Oversold,
-            since,
-        });
-    } else if let Some(since) = entry.low_since {
-        raised.push(Raised {
-            kind: AlertKind::LowStock,
-            since,
-        });
+        return raised(AlertKind::Oversold, since);
     }
-    if sell_out_minutes.is_some_and(|m| m < alert_minutes) {
-        raised.push(Raised {
-            kind: AlertKind::SellOutImminent,
-            since: entry.run_since,
-        });
+    if let Some(since) = entry.sold_out_since {
+        return raised(AlertKind::SoldOut, since);
     }
-    raised
+    let imminent = minutes_to_sell_out(entry.level, sold).is_some_and(|m| m < rule.minutes)
+        && entry.level <= rule.level;
+    if imminent {
+        return raised(AlertKind::SellOutImminent, entry.run_since);
+    }
+    entry
+        .low_since
+        .and_then(|since| raised(AlertKind::LowStock, since))
 }
 
 #[cfg(test)]
@@ -103,8 +110,10 @@ mod tests {
         assert_eq!(stock_status(10, 10), StockStatus::Normal);
         // 30 sold in 15 minutes: 2 a minute; 9 left lasts 4 whole minutes.
         assert_eq!(minutes_to_sell_out(9, 30), Some(4));
-        assert_eq!(minutes_to_sell_out(0, 30), None);
+        assert_eq!(minutes_to_sell_out(0, 30), Some(0));
+        assert_eq!(minutes_to_sell_out(0, 0), Some(0));
         assert_eq!(minutes_to_sell_out(5, 0), None);
+        assert_eq!(minutes_to_sell_out(-2, 30), None);
         assert_eq!(projected_sell_out_at(125_000, 4), 120_000 + 240_000);
     }
 }

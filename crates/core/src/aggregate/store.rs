@@ -39,21 +39,53 @@ pub fn local_day(tz: Tz, time_ms: i64) -> i32 {
 /// Money per currency: ISO-4217 code → minor units.
 pub type Amounts = BTreeMap<String, i64>;
 
+/// What is known of one order id of a day: whether it was placed (and its total), whether
+/// it was cancelled. Keyed by the xxh3 of the order id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderMark {
+    /// The placed order's total and currency, once its `OrderPlaced` is applied.
+    pub placed: Option<(i64, [u8; 3])>,
+    /// At least one `OrderCancelled` of it is applied.
+    pub cancelled: bool,
+}
+
 /// Totals of one calendar day.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DayTotals {
-    /// Orders placed that day.
+    /// Orders placed that day (distinct order ids).
     pub orders: u64,
     /// Orders placed that day, per currency (for the average order value).
     pub orders_by_currency: BTreeMap<String, u64>,
     /// Sum of the totals of orders placed that day.
     pub gross_revenue: Amounts,
-    /// Gross revenue less the totals of that day's orders cancelled since.
+    /// Gross revenue less the totals of that day's placed orders that are cancelled.
     pub net_revenue: Amounts,
-    /// Cancellations that happened that day.
+    /// Orders of that day (by the day they were placed) cancelled at least once.
     pub cancelled: u64,
     /// Distinct visitors (user id when signed in, else session id).
     pub visitors: HyperLogLog,
+    /// Every order id of that day seen placed or cancelled: what makes a re-emitted order
+    /// count once and a cancellation subtract once, in whichever order they arrive.
+    pub ledger: HashMap<u64, OrderMark>,
+}
+
+/// The ledger key of an order id.
+fn order_key(order: &OrderId) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(order.as_str().as_bytes())
+}
+
+/// A three-letter currency code as stored in a ledger (validated upstream).
+fn currency_code(currency: &str) -> [u8; 3] {
+    let mut code = [0u8; 3];
+    for (slot, byte) in code.iter_mut().zip(currency.bytes()) {
+        *slot = byte;
+    }
+    code
+}
+
+/// The currency of a ledger entry.
+fn currency_str(code: &[u8; 3]) -> &str {
+    std::str::from_utf8(code).unwrap_or("XXX")
 }
 
 /// Orders and revenue of one minute.
@@ -88,6 +120,17 @@ pub struct RecentOrder {
     pub cancelled: bool,
 }
 
+/// What applying an event did to its store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreApplied {
+    /// It counted.
+    Applied,
+    /// An order id placed before, or cancelled before (a re-emit under a new event id).
+    Repeated,
+    /// Its day is older than every held day: nothing moved.
+    Expired,
+}
+
 /// A record that changed a SKU, with its event time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trigger {
@@ -110,6 +153,8 @@ pub struct StockEntry {
     pub low_since: Option<Trigger>,
     /// The record that took the level below zero (while it stays below).
     pub oversold_since: Option<Trigger>,
+    /// The record that took the level to exactly zero (while it stays zero).
+    pub sold_out_since: Option<Trigger>,
     /// The record that last raised the level (or the first one): the current depletion
     /// run, which can raise at most one sell-out alert.
     pub run_since: Trigger,
@@ -200,21 +245,48 @@ impl StoreState {
         local_day(tz, self.newest_event_time)
     }
 
+    /// Applies one event. An order, cancellation or session whose day is not held (older
+    /// than every window) changes nothing, and neither does a re-emitted order id or a
+    /// cancellation of an order already cancelled.
     pub(super) fn apply(
         &mut self,
         event: &Event,
         at: RecordRef,
         config: &AggregateConfig,
         changes: &mut StoreChanges,
-    ) {
+    ) -> StoreApplied {
         let tz = config.time_zone(event.store_id());
+        let held = |store: &mut StoreState, time: i64| store.day_held(tz, time, config);
+        let verdict = match event {
+            Event::OrderPlaced(o) if !held(self, o.occurred_at) => StoreApplied::Expired,
+            Event::OrderCancelled(c) if !held(self, c.order_placed_at) => StoreApplied::Expired,
+            Event::SessionSeen(s) if !held(self, s.occurred_at) => StoreApplied::Expired,
+            _ => StoreApplied::Applied,
+        };
+        if verdict == StoreApplied::Expired {
+            return verdict;
+        }
         self.advance_time(event.occurred_at(), tz, config);
         match event {
             Event::OrderPlaced(o) => self.order_placed(o, tz, config, changes),
             Event::OrderCancelled(c) => self.order_cancelled(c, tz, config, changes),
-            Event::StockChanged(s) => self.stock_changed(s, at, config, changes),
-            Event::SessionSeen(s) => self.session_seen(s, tz, config, changes),
+            Event::StockChanged(s) => {
+                self.stock_changed(s, at, config, changes);
+                StoreApplied::Applied
+            }
+            Event::SessionSeen(s) => {
+                self.session_seen(s, tz, config, changes);
+                StoreApplied::Applied
+            }
         }
+    }
+
+    /// Whether the local day of `time` is one of the held days (relative to this store's
+    /// newest event, or to `time` itself when it is newer).
+    fn day_held(&mut self, tz: Tz, time: i64, config: &AggregateConfig) -> bool {
+        let day = self.day_cache.day(tz, time);
+        let today = self.day_cache.day(tz, self.newest_event_time.max(time));
+        day > today - config.days_held
     }
 
     /// Moves "now" forward and prunes every window that it leaves behind.
@@ -237,7 +309,13 @@ impl StoreState {
         }
         let day = self.day_cache.day(tz, time);
         if day != old_day {
-            self.days = self.days.split_off(&(day - config.days_held + 1));
+            let first_held = day - config.days_held + 1;
+            self.days = self.days.split_off(&first_held);
+            // An order whose day is no longer held leaves the list too: the list holds the
+            // newest orders of the held days, whatever the arrival order.
+            let cache = &mut self.day_cache;
+            self.recent_orders
+                .retain(|r| cache.day(tz, r.occurred_at) >= first_held);
         }
     }
 
@@ -258,16 +336,26 @@ impl StoreState {
         tz: Tz,
         config: &AggregateConfig,
         changes: &mut StoreChanges,
-    ) {
-        if let Some(day) = self.day_mut(tz, o.occurred_at, config) {
-            day.orders += 1;
-            *day.orders_by_currency
-                .entry(o.currency.clone())
-                .or_default() += 1;
-            *day.gross_revenue.entry(o.currency.clone()).or_default() += o.total_minor;
-            *day.net_revenue.entry(o.currency.clone()).or_default() += o.total_minor;
-            changes.totals = true;
+    ) -> StoreApplied {
+        let Some(day) = self.day_mut(tz, o.occurred_at, config) else {
+            return StoreApplied::Expired;
+        };
+        let mark = day.ledger.entry(order_key(&o.order_id)).or_default();
+        if mark.placed.is_some() {
+            return StoreApplied::Repeated; // the same order id under a new event id
         }
+        mark.placed = Some((o.total_minor, currency_code(&o.currency)));
+        let cancelled = mark.cancelled;
+        day.orders += 1;
+        add(&mut day.orders_by_currency, &o.currency, 1);
+        add(&mut day.gross_revenue, &o.currency, o.total_minor);
+        if !cancelled {
+            // A cancellation that came first already counted it out of the net.
+            add(&mut day.net_revenue, &o.currency, o.total_minor);
+        } else {
+            day.net_revenue.entry(o.currency.clone()).or_default();
+        }
+        changes.totals = true;
         let minute = minute_of(o.occurred_at);
         if self.in_window(o.occurred_at, MINUTES_KEPT) {
             let bucket = self.minutes.entry(minute).or_default();
@@ -302,7 +390,7 @@ impl StoreState {
             currency: o.currency.clone(),
             items: o.lines.iter().map(|l| i64::from(l.quantity)).sum(),
             channel: o.channel,
-            cancelled: false,
+            cancelled,
         };
         // Newest first by (time, event id): a total order, so the list is the top 20 of
         // every order applied, whatever the arrival order.
@@ -318,6 +406,7 @@ impl StoreState {
             self.recent_orders.truncate(RECENT_ORDERS);
             changes.recent_orders = true;
         }
+        StoreApplied::Applied
     }
 
     fn order_cancelled(
@@ -326,17 +415,23 @@ impl StoreState {
         tz: Tz,
         config: &AggregateConfig,
         changes: &mut StoreChanges,
-    ) {
-        if let Some(day) = self.day_mut(tz, c.occurred_at, config) {
-            day.cancelled += 1;
-            changes.totals = true;
+    ) -> StoreApplied {
+        // The order's day (the cancellation says when it was placed) holds its ledger entry.
+        let Some(day) = self.day_mut(tz, c.order_placed_at, config) else {
+            return StoreApplied::Expired;
+        };
+        let mark = day.ledger.entry(order_key(&c.order_id)).or_default();
+        if mark.cancelled {
+            return StoreApplied::Repeated; // cancelled before, under another event id
         }
-        if let Some(day) = self.day_mut(tz, c.order_placed_at, config) {
-            add(&mut day.net_revenue, &c.currency, -c.total_minor);
-            changes.totals = true;
+        mark.cancelled = true;
+        let placed = mark.placed;
+        day.cancelled += 1;
+        if let Some((total, code)) = placed {
+            // The order's own total, once: an order never seen subtracts nothing.
+            add(&mut day.net_revenue, currency_str(&code), -total);
         }
-        // The order and its cancellation share a partition (key: order id), so the order
-        // is applied first; if it is still listed, it is listed as cancelled.
+        changes.totals = true;
         if let Some(order) = self
             .recent_orders
             .iter_mut()
@@ -345,6 +440,7 @@ impl StoreState {
             order.cancelled = true;
             changes.recent_orders = true;
         }
+        StoreApplied::Applied
     }
 
     fn stock_changed(
@@ -369,6 +465,7 @@ impl StoreState {
                         set_by: trigger,
                         low_since: (s.new_level < threshold).then_some(trigger),
                         oversold_since: (s.new_level < 0).then_some(trigger),
+                        sold_out_since: (s.new_level == 0).then_some(trigger),
                         run_since: trigger,
                     },
                 );
@@ -387,6 +484,11 @@ impl StoreState {
                     (true, since) => since,
                 };
                 entry.oversold_since = match (s.new_level < 0, entry.oversold_since) {
+                    (false, _) => None,
+                    (true, None) => Some(trigger),
+                    (true, since) => since,
+                };
+                entry.sold_out_since = match (s.new_level == 0, entry.sold_out_since) {
                     (false, _) => None,
                     (true, None) => Some(trigger),
                     (true, since) => since,

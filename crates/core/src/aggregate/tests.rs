@@ -168,6 +168,257 @@ fn orders_revenue_cancellations_and_average_order_value_count_today() {
     );
 }
 
+/// Revenue, orders and cancellations of store-berlin today, and o1's `cancelled` flag if
+/// it is listed.
+fn day_numbers(state: &State) -> (u64, Option<i64>, u64, Option<bool>) {
+    let Some(v) = state.store_view(&"store-berlin".into()) else {
+        return (0, None, 0, None);
+    };
+    let eur = v
+        .counters
+        .revenue_today
+        .iter()
+        .find(|m| m.currency == "EUR")
+        .map(|m| m.minor);
+    let listed = v
+        .recent_orders
+        .iter()
+        .find(|o| o.order_id == "o1")
+        .map(|o| o.cancelled);
+    (
+        v.counters.orders_today,
+        eur,
+        v.counters.cancelled_today,
+        listed,
+    )
+}
+
+#[test]
+fn a_cancellation_re_emitted_or_of_an_order_never_seen_subtracts_once_or_not_at_all() {
+    let mut feed = Feed::new();
+    feed.apply(order("o1", "store-berlin", SAMPLE_TIME, 10_000, "EUR"));
+    feed.apply(order("o2", "store-berlin", SAMPLE_TIME, 3_000, "EUR"));
+    for n in 0..3 {
+        // Upstream re-emits the cancellation under new event ids.
+        let mut c = cancel(
+            "o1",
+            "store-berlin",
+            SAMPLE_TIME + MINUTE,
+            SAMPLE_TIME,
+            10_000,
+        );
+        if let Event::OrderCancelled(c) = &mut c {
+            c.event_id = format!("cancel-o1-{n}");
+        }
+        let outcome = feed.apply(c);
+        let expected = if n == 0 {
+            Applied::Applied
+        } else {
+            Applied::Repeated
+        };
+        assert_eq!(outcome.applied, expected);
+    }
+    // An order never seen: counted as a cancelled order of its day, subtracts nothing.
+    feed.apply(cancel(
+        "ghost",
+        "store-berlin",
+        SAMPLE_TIME + MINUTE,
+        SAMPLE_TIME,
+        99_999,
+    ));
+    // The same order placed again under a new event id counts once.
+    let mut again = order("o2", "store-berlin", SAMPLE_TIME, 3_000, "EUR");
+    if let Event::OrderPlaced(o) = &mut again {
+        o.event_id = "ev-o2-again".into();
+    }
+    assert_eq!(feed.apply(again).applied, Applied::Repeated);
+    assert_eq!(day_numbers(&feed.state), (2, Some(3_000), 2, Some(true)));
+}
+
+#[test]
+fn a_cancellation_before_its_late_order_agrees_with_the_order_when_it_comes() {
+    let mut feed = Feed::new();
+    feed.apply(order("o0", "store-berlin", SAMPLE_TIME, 500, "EUR"));
+    feed.apply(cancel(
+        "o1",
+        "store-berlin",
+        SAMPLE_TIME + MINUTE,
+        SAMPLE_TIME,
+        10_000,
+    ));
+    assert_eq!(day_numbers(&feed.state), (1, Some(500), 1, None));
+    feed.apply(order("o1", "store-berlin", SAMPLE_TIME, 10_000, "EUR"));
+    assert_eq!(
+        day_numbers(&feed.state),
+        (2, Some(500), 1, Some(true)),
+        "counted, and listed as cancelled, net of its own total once"
+    );
+}
+
+#[test]
+fn events_of_a_day_no_longer_held_change_nothing() {
+    let mut feed = Feed::new();
+    feed.apply(order("o1", "store-berlin", SAMPLE_TIME, 10_000, "EUR"));
+    let before = serde_json::to_value(feed.view("store-berlin")).expect("json");
+    let three_days = 3 * 24 * 60 * MINUTE;
+    assert_eq!(
+        feed.apply(order(
+            "old",
+            "store-berlin",
+            SAMPLE_TIME - three_days,
+            7,
+            "EUR"
+        ))
+        .applied,
+        Applied::Expired
+    );
+    assert_eq!(
+        feed.apply(cancel(
+            "o1",
+            "store-berlin",
+            SAMPLE_TIME,
+            SAMPLE_TIME - three_days,
+            7
+        ))
+        .applied,
+        Applied::Expired
+    );
+    assert_eq!(
+        feed.apply(session("old", SAMPLE_TIME - three_days, None))
+            .applied,
+        Applied::Expired
+    );
+    assert_eq!(
+        serde_json::to_value(feed.view("store-berlin")).expect("json"),
+        before
+    );
+}
+
+/// Applies `event` if the event-time guard admits it against `record_time`.
+fn admit_and_apply(feed: &mut Feed, event: Event, record_time: i64) -> bool {
+    let admitted =
+        crate::events::check_event_time(&event, Some(record_time), config().max_future_skew_ms)
+            .is_ok();
+    if admitted {
+        feed.apply(event);
+    }
+    admitted
+}
+
+#[test]
+fn a_future_dated_order_is_refused_and_moves_nothing() {
+    let mut feed = Feed::new();
+    for i in 0..50 {
+        let at = SAMPLE_TIME + i * 1_000;
+        assert!(admit_and_apply(
+            &mut feed,
+            order(&format!("o{i}"), "store-berlin", at, 1_234, "EUR"),
+            at
+        ));
+    }
+    let before = serde_json::to_value(feed.view("store-berlin")).expect("json");
+    // The 2030 order of the report, and a producer whose clock is 10 minutes fast.
+    let in_2030 = 1_900_000_000_000;
+    assert!(!admit_and_apply(
+        &mut feed,
+        order("x2030", "store-berlin", in_2030, 1_234, "EUR"),
+        SAMPLE_TIME
+    ));
+    let fast = SAMPLE_TIME + 50_000 + 10 * MINUTE;
+    assert!(!admit_and_apply(
+        &mut feed,
+        order("fast", "store-berlin", fast, 1, "EUR"),
+        SAMPLE_TIME + 50_000
+    ));
+    // A cancellation claiming a future placement is held to the same bound.
+    assert!(!admit_and_apply(
+        &mut feed,
+        cancel("o1", "store-berlin", SAMPLE_TIME, in_2030, 1_234),
+        SAMPLE_TIME + 50_000
+    ));
+    assert_eq!(
+        serde_json::to_value(feed.view("store-berlin")).expect("json"),
+        before
+    );
+    // Within the skew (a clock 4 minutes fast) an event is applied as it is.
+    let ahead = SAMPLE_TIME + 50_000 + 4 * MINUTE;
+    assert!(admit_and_apply(
+        &mut feed,
+        order("ahead", "store-berlin", ahead, 1, "EUR"),
+        SAMPLE_TIME + 50_000
+    ));
+    assert_eq!(feed.view("store-berlin").counters.orders_today, 51);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever a single record says its time is, it changes `orders_today` by at most its
+    /// own contribution (one order): it cannot move the store to another day.
+    #[test]
+    fn no_single_record_changes_orders_today_by_more_than_its_own_order(
+        occurred_at in 1i64..4_000_000_000_000,
+        placed_at in 1i64..4_000_000_000_000,
+        kind in 0u8..3,
+        position in 0usize..40,
+    ) {
+        let mut feed = Feed::new();
+        for i in 0..40i64 {
+            let at = SAMPLE_TIME + i * 1_000;
+            if i as usize == position {
+                let before = feed.state.store_view(&"store-berlin".into()).map_or(0, |v| v.counters.orders_today);
+                let hostile = match kind {
+                    0 => order("hostile", "store-berlin", occurred_at, 5, "EUR"),
+                    1 => cancel("o0", "store-berlin", occurred_at, placed_at, 5),
+                    _ => session("hostile", occurred_at, None),
+                };
+                let own = u64::from(kind == 0);
+                admit_and_apply(&mut feed, hostile, at);
+                let after = feed.state.store_view(&"store-berlin".into()).map_or(0, |v| v.counters.orders_today);
+                prop_assert!(after >= before && after <= before + own, "{before} -> {after}");
+            }
+            admit_and_apply(&mut feed, order(&format!("o{i}"), "store-berlin", at, 1_234, "EUR"), at);
+        }
+        prop_assert!(feed.view("store-berlin").counters.orders_today >= 40);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any multiset of cancellations of an order (re-emitted under new event ids), in any
+    /// order relative to the order within its partition, subtracts its total exactly once
+    /// and agrees with the listed order.
+    #[test]
+    fn any_cancellations_of_an_order_in_any_order_subtract_its_total_once(
+        cancellations in 0usize..5,
+        order_at in 0usize..6,
+        total in 1i64..100_000,
+    ) {
+        let mut feed = Feed::new();
+        let mut events: Vec<Event> = (0..cancellations)
+            .map(|n| {
+                let mut c = cancel("o1", "store-berlin", SAMPLE_TIME + MINUTE, SAMPLE_TIME, total + n as i64);
+                if let Event::OrderCancelled(c) = &mut c {
+                    c.event_id = format!("cancel-o1-{n}");
+                }
+                c
+            })
+            .collect();
+        events.insert(order_at.min(events.len()), order("o1", "store-berlin", SAMPLE_TIME, total, "EUR"));
+        feed.apply(order("o0", "store-berlin", SAMPLE_TIME, 1_000, "EUR"));
+        for event in events {
+            feed.apply(event);
+        }
+        let cancelled = cancellations > 0;
+        let net = if cancelled { 1_000 } else { 1_000 + total };
+        prop_assert_eq!(
+            day_numbers(&feed.state),
+            (2, Some(net), u64::from(cancelled), Some(cancelled))
+        );
+    }
+}
+
 #[test]
 fn the_day_rolls_over_by_event_time_in_the_store_time_zone() {
     let mut feed = Feed::new();
@@ -241,7 +492,7 @@ fn the_per_minute_window_keeps_the_last_hour_and_ignores_older_records() {
 }
 
 #[test]
-fn low_stock_oversold_and_sell_out_alerts_have_stable_ids() {
+fn each_sku_raises_its_most_urgent_alert_once_with_a_stable_id() {
     let mut feed = Feed::new();
     feed.apply(stock("s1", "BER-0001", SAMPLE_TIME, 30, 30));
     // 30 units sold in the window: velocity 2/minute.
@@ -262,30 +513,98 @@ fn low_stock_oversold_and_sell_out_alerts_have_stable_ids() {
         ("BER-0001", 8, 30)
     );
     assert_eq!(low.minutes_to_sell_out, Some(4));
-    let kinds: Vec<view::AlertKind> = v.lists.alerts.iter().map(|a| a.kind).collect();
+    assert_eq!(low.alert, Some(view::AlertKind::SellOutImminent));
+    // Low and about to sell out: one alert, the more urgent.
+    let ids: Vec<&str> = v.lists.alerts.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(
-        kinds,
-        vec![view::AlertKind::SellOutImminent, view::AlertKind::LowStock]
+        ids,
+        vec!["sell_out_imminent:store-berlin:BER-0001:inventory-0@0"]
     );
-    let low_id = v.lists.alerts[1].id.clone();
-    assert_eq!(low_id, "low_stock:store-berlin:BER-0001:inventory-0@1");
-    // Falling further keeps the same low-stock episode; going below zero is oversold.
-    feed.apply(stock("s3", "BER-0001", SAMPLE_TIME + 14 * MINUTE, 2, -6));
-    assert_eq!(feed.view("store-berlin").lists.alerts[1].id, low_id);
-    feed.apply(stock("s4", "BER-0001", SAMPLE_TIME + 14 * MINUTE, -3, -5));
+    // Level 0: sold out, first in the low-stock list, "sells out" now.
+    feed.apply(stock("s3", "BER-0001", SAMPLE_TIME + 14 * MINUTE, 0, -8));
+    let v = feed.view("store-berlin");
+    assert_eq!(
+        v.lists.alerts[0].id,
+        "sold_out:store-berlin:BER-0001:inventory-0@2"
+    );
+    assert_eq!(v.lists.alerts.len(), 1);
+    assert_eq!(v.lists.low_stock[0].minutes_to_sell_out, Some(0));
+    assert_eq!(v.lists.low_stock[0].alert, Some(view::AlertKind::SoldOut));
+    // Below zero is oversold: in the oversold list, not also low.
+    feed.apply(stock("s4", "BER-0001", SAMPLE_TIME + 14 * MINUTE, -3, -3));
     let v = feed.view("store-berlin");
     assert_eq!(v.lists.oversold[0].level, -3);
     assert_eq!(
+        v.lists
+            .alerts
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["oversold:store-berlin:BER-0001:inventory-0@3"]
+    );
+    assert!(v.lists.low_stock.is_empty(), "oversold is not also low");
+    // Back to 2, nothing selling any more: the low-stock run that began at 8 continues
+    // (through zero and below), so its id is the record that took it under 10.
+    feed.apply(stock("s5", "BER-0001", SAMPLE_TIME + 40 * MINUTE, 2, 5));
+    let v = feed.view("store-berlin");
+    assert_eq!(
         v.lists.alerts[0].id,
-        "oversold:store-berlin:BER-0001:inventory-0@3"
+        "low_stock:store-berlin:BER-0001:inventory-0@1"
     );
-    assert!(
-        v.lists.low_stock.is_empty(),
-        "oversold is not also listed as low"
-    );
-    // A restock clears both.
-    feed.apply(stock("s5", "BER-0001", SAMPLE_TIME + 14 * MINUTE, 100, 103));
+    // A restock clears it.
+    feed.apply(stock("s6", "BER-0001", SAMPLE_TIME + 40 * MINUTE, 100, 98));
     assert!(feed.view("store-berlin").lists.alerts.is_empty());
+}
+
+#[test]
+fn a_projected_sell_out_alerts_only_at_or_under_the_level_floor() {
+    let mut feed = Feed::new();
+    for (sku, units) in [
+        ("BER-0001", 300),
+        ("BER-0002", 100),
+        ("BER-0003", 60),
+        ("BER-0004", 1),
+    ] {
+        feed.apply(stock(&format!("s-{sku}"), sku, SAMPLE_TIME, 1_000, 1_000));
+        let mut event = order(&format!("o-{sku}"), "store-berlin", SAMPLE_TIME, 100, "EUR");
+        if let Event::OrderPlaced(o) = &mut event {
+            o.lines[0].sku = sku.into();
+            o.lines[0].quantity = units;
+        }
+        feed.apply(event);
+    }
+    // BER-0001: 26 left, 300 sold: 1 minute, but above the floor (25): restocked, not an
+    // alert. BER-0002: 25 left, 100 sold: 3 minutes, at the floor: alert. BER-0003: 20 left,
+    // 60 sold: 5 minutes: alert. BER-0004: 20 left, 1 sold: 300 minutes: no alert, not low.
+    for (sku, level) in [
+        ("BER-0001", 26),
+        ("BER-0002", 25),
+        ("BER-0003", 20),
+        ("BER-0004", 20),
+    ] {
+        feed.apply(stock(
+            &format!("t-{sku}"),
+            sku,
+            SAMPLE_TIME,
+            level,
+            level - 1_000,
+        ));
+    }
+    let v = feed.view("store-berlin");
+    let alerted: Vec<&str> = v.lists.alerts.iter().map(|a| a.sku.as_str()).collect();
+    assert_eq!(alerted, vec!["BER-0002", "BER-0003"]);
+    // Everything with an alert is in the low-stock list, though above the threshold.
+    let low: Vec<(&str, Option<i64>)> = v
+        .lists
+        .low_stock
+        .iter()
+        .map(|l| (l.sku.as_str(), l.minutes_to_sell_out))
+        .collect();
+    assert_eq!(
+        low,
+        vec![("BER-0002", Some(3)), ("BER-0003", Some(5))],
+        "soonest first"
+    );
 }
 
 #[test]

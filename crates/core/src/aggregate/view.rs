@@ -107,6 +107,8 @@ pub struct LowStockView {
     /// When it sells out at that velocity (to the minute), RFC 3339; `null` when nothing
     /// sells.
     pub projected_sell_out_at: Option<String>,
+    /// The SKU's active alert (`sold_out`, `sell_out_imminent` or `low_stock`), if any.
+    pub alert: Option<AlertKind>,
 }
 
 /// A top seller.
@@ -122,13 +124,15 @@ pub struct TopProduct {
     pub units: i64,
 }
 
-/// Kinds of alert.
+/// Kinds of alert, most urgent first (the order of the alerts list).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// Stock below zero.
     Oversold,
-    /// Projected to sell out within the configured minutes.
+    /// Stock at zero.
+    SoldOut,
+    /// Projected to sell out within the configured minutes (see `rules::alert`).
     SellOutImminent,
     /// Stock under the threshold.
     LowStock,
@@ -196,13 +200,14 @@ pub struct DayCounters {
 /// The bounded SKU lists of a view.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SkuLists {
-    /// SKUs at or above zero and under their threshold, soonest sell-out first.
+    /// SKUs at or above zero that are under their threshold or raise an alert, most
+    /// urgent first.
     pub low_stock: Vec<LowStockView>,
     /// SKUs below zero, most oversold first.
     pub oversold: Vec<StockView>,
     /// The 10 SKUs with most units ordered in the last 15 minutes.
     pub top_products: Vec<TopProduct>,
-    /// Active alerts, oversold first.
+    /// Active alerts, one per SKU, most urgent kind first.
     pub alerts: Vec<AlertView>,
 }
 
@@ -349,9 +354,13 @@ impl Rollup {
         let threshold = config.threshold(sku);
         let sold = store.sales.get(sku).map_or(0, |s| s.units());
         let sell_out = rules::minutes_to_sell_out(entry.level, sold);
-        match rules::stock_status(entry.level, threshold) {
-            StockStatus::Oversold => self.oversold.push(stock.clone()),
-            StockStatus::Low => self.low_stock.push(LowStockView {
+        let raised = rules::alert(entry, sold, config.sell_out_rule());
+        let kind = raised.map(|r| r.kind);
+        let status = rules::stock_status(entry.level, threshold);
+        if status == StockStatus::Oversold {
+            self.oversold.push(stock.clone());
+        } else if status == StockStatus::Low || kind.is_some() {
+            self.low_stock.push(LowStockView {
                 store_id: stock.store_id.clone(),
                 sku: stock.sku.clone(),
                 name: stock.name.clone(),
@@ -361,10 +370,10 @@ impl Rollup {
                 minutes_to_sell_out: sell_out,
                 projected_sell_out_at: sell_out
                     .map(|m| rfc3339(rules::projected_sell_out_at(store.newest_event_time, m))),
-            }),
-            StockStatus::Normal => {}
+                alert: kind,
+            });
         }
-        for raised in rules::alerts(entry, sell_out, config.sell_out_alert_minutes) {
+        if let Some(raised) = raised {
             self.alerts.push(AlertView {
                 id: raised.id(store_id.as_str(), sku.as_str()),
                 kind: raised.kind,
@@ -409,7 +418,14 @@ impl Rollup {
             .sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         self.orders_list.truncate(super::store::RECENT_ORDERS);
         self.low_stock.sort_by(|a, b| {
-            let key = |l: &LowStockView| (l.minutes_to_sell_out.unwrap_or(i64::MAX), l.level);
+            // Most urgent alert first, then soonest sell-out (none last), lowest level.
+            let key = |l: &LowStockView| {
+                (
+                    l.alert.map_or(u8::MAX, |k| k as u8),
+                    l.minutes_to_sell_out.unwrap_or(i64::MAX),
+                    l.level,
+                )
+            };
             key(a)
                 .cmp(&key(b))
                 .then_with(|| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)))

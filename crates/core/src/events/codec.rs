@@ -193,17 +193,33 @@ pub enum DecodeError {
         /// Which rule.
         source: InvalidEvent,
     },
+    /// Dated later than its Kafka record's timestamp allows (a fast clock, a test event,
+    /// a hostile producer): applying it would move the store's "now" and wipe its day.
+    #[error(
+        "event time {event_time_ms} ms is {ahead_ms} ms after its record's timestamp {record_time_ms} ms (at most {max_skew_ms} ms allowed)"
+    )]
+    EventTimeInFuture {
+        /// The event's `occurred_at` (or a cancellation's `order_placed_at`, if later).
+        event_time_ms: i64,
+        /// The Kafka record timestamp.
+        record_time_ms: i64,
+        /// How far ahead.
+        ahead_ms: i64,
+        /// `aggregate.max_future_skew`.
+        max_skew_ms: i64,
+    },
 }
 
 impl DecodeError {
     /// Every label, indexed by [`DecodeError::index`] (metrics keep one counter each).
-    pub const LABELS: [&'static str; 6] = [
+    pub const LABELS: [&'static str; 7] = [
         "too_short",
         "unknown_framing",
         "unknown_fingerprint",
         "unknown_confluent_id",
         "malformed",
         "invalid",
+        "event_time_in_future",
     ];
 
     /// The position of this error's label in [`DecodeError::LABELS`]. The match is
@@ -216,6 +232,7 @@ impl DecodeError {
             DecodeError::UnknownConfluentId { .. } => 3,
             DecodeError::Malformed { .. } => 4,
             DecodeError::Invalid { .. } => 5,
+            DecodeError::EventTimeInFuture { .. } => 6,
         }
     }
 

@@ -13,7 +13,7 @@ pub mod samples;
 mod validate;
 
 pub use codec::{Codec, ConfluentIds, DecodeError, EncodeError, SchemaId, SchemaVersion};
-pub use validate::InvalidEvent;
+pub use validate::{InvalidEvent, check_event_time};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -4,7 +4,7 @@
 //!
 //! Pure: no I/O. Validation never rewrites an event; it accepts or names the first problem.
 
-use super::{Event, OrderCancelled, OrderPlaced, SessionSeen, StockChanged};
+use super::{DecodeError, Event, OrderCancelled, OrderPlaced, SessionSeen, StockChanged};
 use thiserror::Error;
 
 /// Why a well-formed record is still not a valid event.
@@ -125,6 +125,35 @@ impl Event {
             Event::SessionSeen(e) => session_seen(e),
         }
     }
+}
+
+/// The event-time guard: an event dated more than `max_skew_ms` after its Kafka record's
+/// timestamp is refused (and dead-lettered), so it never becomes a store's "now". The
+/// timestamp travels with the record, so every replica and every replay decides the same.
+/// A cancellation's `order_placed_at` is held to the same bound. A record without a
+/// timestamp (`None`) is not checked.
+pub fn check_event_time(
+    event: &Event,
+    record_time_ms: Option<i64>,
+    max_skew_ms: i64,
+) -> Result<(), DecodeError> {
+    let Some(record_time_ms) = record_time_ms else {
+        return Ok(());
+    };
+    let event_time_ms = match event {
+        Event::OrderCancelled(c) => c.occurred_at.max(c.order_placed_at),
+        other => other.occurred_at(),
+    };
+    let ahead_ms = event_time_ms.saturating_sub(record_time_ms);
+    if ahead_ms > max_skew_ms {
+        return Err(DecodeError::EventTimeInFuture {
+            event_time_ms,
+            record_time_ms,
+            ahead_ms,
+            max_skew_ms,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

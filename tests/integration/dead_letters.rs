@@ -1,0 +1,226 @@
+//! Records that must not move the numbers, and must not be lost: a future-dated event is
+//! dead-lettered, and a dead letter the topic does not take keeps every checkpoint before
+//! it until the topic takes it, through a SIGKILL.
+
+use crate::helpers::{self, Server, database_url, fresh_topics, produce_raw};
+use serde_json::Value;
+use std::time::Duration;
+use storepulse::events::{Channel, Codec, Event, OrderLine, OrderPlaced};
+use storepulse::kafka::{self, KafkaSettings};
+
+/// 2026-11-27T14:00:00Z.
+const T0: i64 = 1_795_788_000_000;
+
+fn order(id: &str, at: i64, total: i64) -> Event {
+    Event::OrderPlaced(OrderPlaced {
+        event_id: format!("ev-{id}"),
+        store_id: "store-berlin".into(),
+        occurred_at: at,
+        order_id: id.into(),
+        customer_id: "cust-1".into(),
+        customer_name: "Noor Haddad".into(),
+        lines: vec![OrderLine {
+            sku: "BER-0001".into(),
+            name: "Merino Hoodie".into(),
+            quantity: 1,
+            unit_price_minor: total,
+        }],
+        total_minor: total,
+        currency: "EUR".into(),
+        channel: Channel::Web,
+    })
+}
+
+async fn create_topics(settings: &KafkaSettings) {
+    kafka::ensure_topics(settings, &settings.topics.all(), 1, Duration::from_secs(15))
+        .await
+        .expect("topics are created");
+}
+
+/// Encoded orders on the orders topic, keyed by order id.
+fn orders(settings: &KafkaSettings, events: &[Event]) -> Vec<(String, String, Vec<u8>)> {
+    let codec = Codec::new(&Default::default()).expect("schemas");
+    events
+        .iter()
+        .map(|e| {
+            (
+                settings.topics.orders.clone(),
+                e.key().to_owned(),
+                codec.encode(e).expect("encodes"),
+            )
+        })
+        .collect()
+}
+
+fn produce(records: &[(String, String, Vec<u8>)]) {
+    let borrowed: Vec<(&str, String, Vec<u8>)> = records
+        .iter()
+        .map(|(t, k, v)| (t.as_str(), k.clone(), v.clone()))
+        .collect();
+    produce_raw(&borrowed);
+}
+
+/// What a store's day says: orders, EUR revenue, day.
+fn berlin(snapshot: &Value) -> (Value, Value, Value) {
+    let b = &snapshot["stores"]["store-berlin"];
+    (
+        b["orders_today"].clone(),
+        b["revenue_today"].clone(),
+        b["day"].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_future_dated_order_is_dead_lettered_and_moves_no_number() {
+    let settings = fresh_topics("future");
+    create_topics(&settings).await;
+    let server = Server::start(
+        &settings.topics,
+        &helpers::unique("future"),
+        &database_url(),
+    );
+    let day: Vec<Event> = (0..20)
+        .map(|i| order(&format!("o{i}"), T0 + i * 1_000, 1_000))
+        .collect();
+    produce(&orders(&settings, &day));
+    let before = tokio::task::block_in_place(|| server.snapshot_at(20, Duration::from_secs(60)));
+    assert_eq!(berlin(&before).0, 20);
+    // Dated 2030, produced now: its record timestamp is today's clock.
+    produce(&orders(
+        &settings,
+        &[order("x2030", 1_900_000_000_000, 1_234)],
+    ));
+    let after = tokio::task::block_in_place(|| server.snapshot_at(21, Duration::from_secs(60)));
+    assert_eq!(berlin(&after), berlin(&before), "the day did not move");
+    assert_eq!(after["as_of_ms"], before["as_of_ms"]);
+    assert_eq!(
+        server.metric("storepulse_poison_records_total{reason=\"event_time_in_future\"}"),
+        1
+    );
+    let dlq = format!("{}-dlq", settings.topics.orders);
+    let dead = tokio::task::spawn_blocking(move || {
+        helpers::consume_all(&helpers::brokers(), &[&dlq], 1, Duration::from_secs(30))
+    })
+    .await
+    .expect("consumer thread");
+    assert_eq!(dead[0].key, "x2030");
+    assert!(
+        dead[0]
+            .headers
+            .contains(&("storepulse-error".into(), "event_time_in_future".into())),
+        "{:?}",
+        dead[0].headers
+    );
+    // What comes after is counted as usual, not as late.
+    produce(&orders(&settings, &[order("o20", T0 + 20_000, 1_000)]));
+    let last = tokio::task::block_in_place(|| server.snapshot_at(22, Duration::from_secs(60)));
+    assert_eq!(berlin(&last).0, 21);
+    assert_eq!(server.metric("storepulse_late_events_total"), 0);
+}
+
+async fn delete_topic(settings: &KafkaSettings, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set("broker.address.family", "v4")
+        .create()
+        .expect("admin client");
+    let results = admin
+        .delete_topics(&[topic], &AdminOptions::new())
+        .await
+        .expect("delete request");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+}
+
+/// Creates `topic` again once the broker has finished deleting it.
+async fn recreate_topic(settings: &KafkaSettings, topic: &str) {
+    for _ in 0..60 {
+        if kafka::ensure_topics(settings, &[topic], 1, Duration::from_secs(10))
+            .await
+            .is_ok_and(|created| !created.is_empty())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{topic} could not be created again");
+}
+
+async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    for _ in 0..300 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_the_topic_does_not_take_is_never_skipped_even_through_a_kill() {
+    let settings = fresh_topics("dlq-down");
+    create_topics(&settings).await;
+    let group = helpers::unique("dlq-down");
+    let dlq = format!("{}-dlq", settings.topics.orders);
+    let server = Server::start(&settings.topics, &group, &database_url());
+    let first: Vec<Event> = (0..10)
+        .map(|i| order(&format!("a{i}"), T0 + i * 1_000, 1_000))
+        .collect();
+    produce(&orders(&settings, &first));
+    tokio::task::block_in_place(|| server.snapshot_at(10, Duration::from_secs(60)));
+    // The dead-letter topic goes away; a poison record and good records follow.
+    delete_topic(&settings, &dlq).await;
+    let mut records = vec![(
+        settings.topics.orders.clone(),
+        "junk".to_owned(),
+        b"not avro at all".to_vec(),
+    )];
+    let second: Vec<Event> = (10..20)
+        .map(|i| order(&format!("a{i}"), T0 + i * 1_000, 1_000))
+        .collect();
+    records.extend(orders(&settings, &second));
+    produce(&records);
+    // The live numbers keep moving...
+    let live = tokio::task::block_in_place(|| server.snapshot_at(21, Duration::from_secs(60)));
+    assert_eq!(berlin(&live).0, 20);
+    // ...but the poison record waits for the topic, and says so.
+    assert_eq!(server.metric("storepulse_dead_letters_pending"), 1);
+    wait_for(
+        || {
+            let (status, body) = server.get("/readyz");
+            status == 503
+                && serde_json::from_str::<Value>(&body)
+                    .is_ok_and(|b| b["dead_letter_topic"]["ready"] == false)
+        },
+        "/readyz to report the dead-letter topic",
+    )
+    .await;
+    wait_for(
+        || server.metric("storepulse_dead_letter_failures_total") >= 1,
+        "a failed attempt to be counted (each attempt has 10 s)",
+    )
+    .await;
+    assert_eq!(server.metric("storepulse_dead_lettered_total"), 0);
+    // Killed while it waits: no checkpoint may have covered the poison record.
+    server.kill();
+    recreate_topic(&settings, &dlq).await;
+    let server = Server::start(&settings.topics, &group, &database_url());
+    let end = tokio::task::block_in_place(|| server.snapshot_at(21, Duration::from_secs(60)));
+    assert_eq!(berlin(&end).0, 20, "every order counted once");
+    let topic = dlq.clone();
+    let dead = tokio::task::spawn_blocking(move || {
+        helpers::consume_all(&helpers::brokers(), &[&topic], 1, Duration::from_secs(60))
+    })
+    .await
+    .expect("consumer thread");
+    assert_eq!(dead[0].key, "junk");
+    assert_eq!(dead[0].payload, b"not avro at all");
+    wait_for(
+        || server.get("/readyz").0 == 200,
+        "/readyz once the dead letter is taken",
+    )
+    .await;
+    assert_eq!(server.metric("storepulse_dead_letters_pending"), 0);
+    assert!(server.terminate(), "SIGTERM exits 0");
+}
