@@ -1,33 +1,69 @@
-// The live operations dashboard: one EventSource carries every widget. It applies the
-// stream exactly as docs/api.md says (snapshot/resync replace, deltas merge by merge.js),
-// lets the browser reconnect with Last-Event-ID, and renders at most five times a second,
-// only the parts whose data changed.
+// The live operations dashboard: one EventSource carries every widget, and one per
+// origin and store scope carries every tab: tabs elect a leader (Web Locks) that holds the
+// stream and relays its events to the others (BroadcastChannel); when it closes, another
+// tab takes over and resumes by its last id. It applies the stream exactly as docs/api.md
+// says (snapshot/resync replace, deltas merge by merge.js), lets the browser reconnect with
+// Last-Event-ID, honours Retry-After, and renders at most five times a second, only the
+// parts whose data changed.
 
-import { applyDelta } from './merge.js';
+import { applyDelta, positionAfter } from './merge.js';
 
-const STALE_AFTER_MS = 40_000; // two heartbeats and a margin without any event
+// No new data (snapshot or delta) for this long: stale (`?stale_after_ms=` overrides it).
+const STALE_AFTER_MS = Number(new URLSearchParams(location.search).get('stale_after_ms')) || 30_000;
 const STALE_LAG = 1_000; // records behind the partition ends
 const RENDER_EVERY_MS = 200; // enough for people; frames arrive up to 40 times a second
+const MAX_BACKOFF_MS = 30_000;
+const ALERT_KINDS = ['oversold', 'sold_out', 'sell_out_imminent', 'low_stock'];
 const $ = (id) => document.getElementById(id);
 
 const state = {
   store: localStorage.getItem('storepulse.store') ?? '',
   source: null,
+  tab: null, // this tab's membership of its scope: leader or follower
   view: null, // the snapshot with every delta applied
   lastId: null,
   status: 'connecting',
+  problem: null, // why the stream is refused (subscriber cap, restart), with the retry time
+  backoffMs: 1_000,
   resyncedAt: 0,
-  receivedAt: 0,
+  receivedAt: 0, // any event, heartbeats too: the connection is alive
+  dataAt: 0, // the last snapshot or delta: the numbers moved
   asOfMs: null,
   lag: null,
   frames: 0,
   seenAlerts: new Set(JSON.parse(sessionStorage.getItem('storepulse.alerts') ?? '[]')),
-  firstSeen: new Map(), // alert id -> order first seen on this page
   notify: false,
   primed: false, // alerts of the first snapshot are history, not news
 };
 
 // ---- the stream contract: merge.js (shared with the browser tests) ----------------------
+
+// One event, from this tab's EventSource or relayed by the leader.
+function handle(type, data, id) {
+  state.receivedAt = Date.now();
+  if (type === 'snapshot' || type === 'resync') {
+    state.view = JSON.parse(data);
+    state.lastId = id || state.view.position;
+    state.asOfMs = state.view.as_of_ms;
+    state.dataAt = Date.now();
+    if (type === 'resync') state.resyncedAt = Date.now();
+    if (state.tab?.leader) setStatus(type === 'resync' ? 'resynced' : 'live');
+    rememberStores();
+  } else if (type === 'delta') {
+    if (!state.view || !positionAfter(id, state.view.position)) return;
+    applyDelta(state.view, JSON.parse(data));
+    state.lastId = id;
+    state.asOfMs = state.view.as_of_ms;
+    state.dataAt = Date.now();
+    state.frames += 1;
+    if (state.tab?.leader && (state.status !== 'resynced' || Date.now() - state.resyncedAt > 10_000)) setStatus('live');
+  } else if (type === 'progress') {
+    const progress = JSON.parse(data);
+    if (progress.as_of_ms) state.asOfMs = progress.as_of_ms;
+    state.lag = progress.lag >= 0 ? progress.lag : null;
+  }
+  schedule();
+}
 
 function connect(since) {
   state.source?.close();
@@ -36,47 +72,97 @@ function connect(since) {
   // A new EventSource cannot set Last-Event-ID; `since` carries it.
   if (since) params.set('since', since);
   const query = params.toString();
-  const source = new EventSource(`/api/stream${query ? `?${query}` : ''}`);
+  const url = `/api/stream${query ? `?${query}` : ''}`;
+  const source = new EventSource(url);
   state.source = source;
-  const received = (e) => {
-    state.receivedAt = Date.now();
-    if (e.lastEventId) state.lastId = e.lastEventId;
-  };
-  const snapshot = (kind) => (e) => {
-    received(e);
-    state.view = JSON.parse(e.data);
-    state.asOfMs = state.view.as_of_ms;
-    if (kind === 'resync') state.resyncedAt = Date.now();
-    setStatus(kind === 'resync' ? 'resynced' : 'live');
-    rememberStores();
-    schedule();
-  };
-  source.addEventListener('snapshot', snapshot('snapshot'));
-  source.addEventListener('resync', snapshot('resync'));
-  source.addEventListener('delta', (e) => {
-    received(e);
-    if (!state.view) return;
-    applyDelta(state.view, JSON.parse(e.data));
-    state.asOfMs = state.view.as_of_ms;
-    state.frames += 1;
-    if (state.status !== 'resynced' || Date.now() - state.resyncedAt > 10_000) setStatus('live');
-    schedule();
-  });
-  source.addEventListener('progress', (e) => {
-    received(e);
-    const progress = JSON.parse(e.data);
-    if (progress.as_of_ms) state.asOfMs = progress.as_of_ms;
-    state.lag = progress.lag >= 0 ? progress.lag : null;
-    schedule();
-  });
+  const tab = state.tab;
+  for (const type of ['snapshot', 'resync', 'delta', 'progress']) {
+    source.addEventListener(type, (e) => {
+      if (state.source !== source) return;
+      handle(type, e.data, e.lastEventId);
+      tab?.channel.postMessage({ kind: 'event', type, data: e.data, id: e.lastEventId });
+    });
+  }
+  source.onopen = () => { state.backoffMs = 1_000; state.problem = null; };
   source.onerror = () => {
     setStatus('reconnecting');
-    // The browser retries by itself after a dropped stream; after an HTTP error (503 while
-    // a restarted server assigns its partitions) it gives up, so retry with the last id.
-    if (source.readyState === EventSource.CLOSED && state.source === source) {
-      setTimeout(() => { if (state.source === source) connect(state.lastId); }, 1_000);
-    }
+    // The browser retries by itself after a dropped stream; after an HTTP error (503 at
+    // the subscriber cap, or while a restarted server assigns its partitions) it gives up:
+    // ask why, and retry after Retry-After or a growing backoff, with the last id.
+    if (source.readyState === EventSource.CLOSED && state.source === source) retryLater(source, url);
   };
+}
+
+async function retryLater(source, url) {
+  let waitMs = state.backoffMs;
+  state.backoffMs = Math.min(MAX_BACKOFF_MS, state.backoffMs * 2);
+  try {
+    const abort = new AbortController();
+    const response = await fetch(url, { signal: abort.signal, headers: { Accept: 'text/event-stream' } });
+    if (!response.ok) {
+      const retryAfter = Number(response.headers.get('retry-after'));
+      if (retryAfter > 0) waitMs = Math.max(waitMs, retryAfter * 1_000);
+      const reason = await response.json().then((b) => b.error, () => response.statusText);
+      state.problem = { reason: `${response.status}: ${reason}`, until: Date.now() + waitMs };
+    }
+    abort.abort(); // a 200 opened a stream: not this one's job
+  } catch { /* the server is down: keep the backoff */ }
+  waitMs *= 0.8 + Math.random() * 0.4; // many dashboards must not come back in step
+  state.problem ??= { reason: 'server unreachable', until: Date.now() + waitMs };
+  state.problem.until = Date.now() + waitMs;
+  schedule();
+  setTimeout(() => { if (state.source === source) connect(state.lastId); }, waitMs);
+}
+
+// ---- one stream for all tabs of a scope ---------------------------------------------------
+
+function joinScope() {
+  const scope = state.store;
+  const channel = new BroadcastChannel(`storepulse:${scope}`);
+  const release = new AbortController();
+  const tab = { scope, channel, release, leader: false, unlock: null };
+  state.tab = tab;
+  channel.onmessage = ({ data: m }) => {
+    if (state.tab !== tab) return;
+    if (tab.leader) {
+      // A new tab asks for the view so far; the events after it follow in order.
+      if (m.kind === 'hello' && state.view) {
+        channel.postMessage({ kind: 'state', data: JSON.stringify(state.view), id: state.lastId, status: state.status, lag: state.lag });
+      }
+      return;
+    }
+    if (m.kind === 'event') handle(m.type, m.data, m.id);
+    else if (m.kind === 'state' && !state.view) {
+      handle('snapshot', m.data, m.id);
+      state.lag = m.lag;
+      setStatus(m.status);
+    } else if (m.kind === 'status') setStatus(m.status);
+  };
+  if (!navigator.locks) {
+    lead(tab);
+    return;
+  }
+  navigator.locks.request(`storepulse:${scope}`, { signal: release.signal }, () => new Promise((resolve) => {
+    tab.unlock = resolve;
+    if (state.tab === tab) lead(tab); else resolve();
+  })).catch(() => {}); // released before it was granted: the scope changed
+  channel.postMessage({ kind: 'hello' });
+}
+
+function lead(tab) {
+  tab.leader = true;
+  connect(state.lastId); // from the last id relayed to it: no gap, no duplicate
+}
+
+function leaveScope() {
+  const tab = state.tab;
+  if (!tab) return;
+  state.tab = null;
+  tab.release.abort();
+  tab.unlock?.();
+  tab.channel.close();
+  state.source?.close();
+  state.source = null;
 }
 
 // ---- rendering -----------------------------------------------------------------------
@@ -105,6 +191,7 @@ function changed(widget, ...inputs) {
 }
 
 function setStatus(status) {
+  if (state.tab?.leader && status !== state.status) state.tab.channel.postMessage({ kind: 'status', status });
   state.status = status;
   const badge = $('connection');
   badge.className = `badge ${status}`;
@@ -131,15 +218,23 @@ function money({ currency, minor }) {
   return formatter.format(minor / 10 ** digits);
 }
 
-const clocks = new Map(); // one formatter per time zone: building one is costly
-function time(iso, storeId) {
-  const zone = timeZoneOf(storeId);
-  let clock = clocks.get(zone);
-  if (!clock) {
-    clock = new Intl.DateTimeFormat(undefined, { timeStyle: 'medium', timeZone: zone });
-    clocks.set(zone, clock);
+const clocks = new Map(); // one formatter per time zone and style: building one is costly
+function clock(zone, style) {
+  const key = `${zone} ${style}`;
+  let format = clocks.get(key);
+  if (!format) {
+    const options = style === 'short' ? { hour: '2-digit', minute: '2-digit', hourCycle: 'h23' }
+      : { hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23', timeZoneName: 'short' };
+    format = new Intl.DateTimeFormat(undefined, { ...options, timeZone: zone });
+    clocks.set(key, format);
   }
-  return clock.format(new Date(iso));
+  return format;
+}
+
+// A time in the store's own zone, labelled with the zone: one instant in three stores
+// reads as three clocks, each saying which.
+function time(iso, storeId) {
+  return clock(timeZoneOf(storeId), 'long').format(new Date(iso));
 }
 
 const number = new Intl.NumberFormat();
@@ -163,6 +258,7 @@ function el(tag, attributes = {}, ...children) {
 function render() {
   const v = selected();
   renderFreshness();
+  document.body.classList.toggle('store-view', Boolean(state.store));
   if (!v) return;
   setOutput('orders-today', number.format(v.orders_today), v.orders_today);
   // One line per currency: minor units of different currencies never add up.
@@ -170,7 +266,7 @@ function render() {
   setOutput('aov', v.average_order_value.length ? v.average_order_value.map(money) : '–', v.average_order_value);
   setOutput('active-users', `${number.format(v.active_users.last_5_minutes)} / ${number.format(v.active_users.today)}`, v.active_users);
   setOutput('cancelled-today', number.format(v.cancelled_today), v.cancelled_today);
-  if (changed('charts', v.per_minute, v.per_minute_from, v.revenue_today[0]?.currency)) renderCharts(v);
+  if (changed('charts', v.per_minute, v.per_minute_from, state.store)) renderCharts(v);
   if (changed('stock', v.stock, v.low_stock, v.oversold, v.alerts)) renderStock(v);
   if (changed('lists', v.top_products, v.recent_orders)) renderLists(v);
   if (changed('alerts', v.alerts)) renderAlerts(v);
@@ -188,45 +284,79 @@ function bars(svg, from, points, label) {
   svg.innerHTML = `${rects.join('')}<text x="2" y="10">max ${label(max)}</text>`;
   svg.setAttribute('aria-label', `${svg.getAttribute('aria-label').split(':')[0]}: ${points.length} minutes with orders, peak ${label(max)}`);
   svg.dataset.points = JSON.stringify(points.map((p) => [p.minute, p.value]));
+  // The time axis: the window's start, every quarter hour, its last minute.
+  const zone = timeZoneOf(state.store);
+  const axis = svg.parentElement.querySelector('.axis');
+  axis.replaceChildren(...[0, 15, 30, 45, 59].map((m) => el('span', {}, clock(zone, 'short').format(new Date(start + m * 60_000)))));
+  const caption = svg.parentElement.querySelector('.zone');
+  caption.textContent = `(${zone})`;
 }
 
+// A chart per currency, never a silent subset: minor units of two currencies never share
+// an axis.
 function renderCharts(v) {
   bars($('orders-chart'), v.per_minute_from, v.per_minute.map((m) => ({ minute: m.minute, value: m.orders, title: `${m.orders} orders` })), (n) => number.format(n));
-  const currency = v.revenue_today[0]?.currency;
-  $('revenue-caption').textContent = `Revenue per minute, last hour${currency ? ` (${currency})` : ''}`;
-  bars($('revenue-chart'), v.per_minute_from, v.per_minute.map((m) => {
-    const minor = m.revenue.find((r) => r.currency === currency)?.minor ?? 0;
-    return { minute: m.minute, value: minor, title: currency ? money({ currency, minor }) : '' };
-  }), (n) => (currency ? money({ currency, minor: n }) : String(n)));
+  const currencies = [...new Set([...v.revenue_today.map((r) => r.currency), ...v.per_minute.flatMap((m) => m.revenue.map((r) => r.currency))])].sort();
+  const charts = $('charts');
+  for (const figure of [...charts.querySelectorAll('figure[data-currency]')]) {
+    if (!currencies.includes(figure.dataset.currency)) figure.remove();
+  }
+  for (const currency of currencies) {
+    let figure = charts.querySelector(`figure[data-currency="${currency}"]`);
+    if (!figure) {
+      figure = el('figure', { class: 'panel', 'data-currency': currency },
+        el('figcaption', {}, `Revenue per minute (${currency}), last hour `, el('small', { class: 'zone' })));
+      figure.insertAdjacentHTML('beforeend', `<svg class="revenue-chart" role="img" aria-label="Revenue per minute in ${currency}" viewBox="0 0 600 160" preserveAspectRatio="none"></svg><div class="axis" aria-hidden="true"></div>`);
+      charts.append(figure);
+    }
+    bars(figure.querySelector('svg'), v.per_minute_from, v.per_minute.map((m) => {
+      const minor = m.revenue.find((r) => r.currency === currency)?.minor ?? 0;
+      return { minute: m.minute, value: minor, title: money({ currency, minor }) };
+    }), (n) => money({ currency, minor: n }));
+  }
+}
+
+// How urgent a SKU is, by its alert (docs/api.md, Stock rules).
+function kindOf(s, alertBySku) {
+  if (s.level < 0) return 'oversold';
+  return alertBySku.get(`${s.store_id}/${s.sku}`) ?? (s.level === 0 ? 'sold_out' : '');
 }
 
 function renderStock(v) {
+  const alertBySku = new Map(v.alerts.map((a) => [`${a.store_id}/${a.sku}`, a.kind]));
   const closest = [...v.stock].sort((a, b) => a.level - b.level || a.sku.localeCompare(b.sku)).slice(0, 12);
-  const low = new Map(v.low_stock.map((s) => [`${s.store_id}/${s.sku}`, s]));
   const max = Math.max(1, ...closest.map((s) => Math.abs(s.level)));
   $('stock-bars').replaceChildren(...closest.map((s) => {
-    const kind = s.level < 0 ? 'oversold' : low.has(`${s.store_id}/${s.sku}`) ? 'low' : '';
+    const kind = kindOf(s, alertBySku);
     const bar = el('span', { class: 'bar' });
-    bar.style.width = `${(Math.abs(s.level) / max) * 100}%`; // oversold: red, by how far
-    return el('li', { class: kind, title: `${s.store_id} ${s.sku} ${s.name}` }, el('span', {}, `${s.name} · ${s.sku}`), el('span', {}, bar), el('span', { class: 'n' }, number.format(s.level)));
+    bar.style.width = `${(Math.abs(s.level) / max) * 100}%`; // oversold: red, by how far; sold out: a mark
+    const label = state.store ? `${s.name} · ${s.sku}` : `${s.name} · ${s.sku} · ${s.store_id}`;
+    const level = s.level === 0 ? 'sold out' : number.format(s.level);
+    return el('li', { class: kind === 'low_stock' || kind === 'sell_out_imminent' ? 'low' : kind, title: `${s.store_id} ${s.sku} ${s.name}` },
+      el('span', {}, label), el('span', {}, bar), el('span', { class: 'n' }, level));
   }));
-  const imminent = new Set(v.alerts.filter((a) => a.kind === 'sell_out_imminent').map((a) => `${a.store_id}/${a.sku}`));
   const rows = [
     ...v.oversold.map((s) => ({ ...s, kind: 'oversold' })),
-    ...v.low_stock.map((s) => ({ ...s, kind: imminent.has(`${s.store_id}/${s.sku}`) ? 'imminent' : '' })),
+    ...v.low_stock.map((s) => ({ ...s, kind: s.alert === 'low_stock' ? '' : s.alert ?? '' })),
   ];
   $('low-stock').tBodies[0].replaceChildren(...rows.map((s) => {
     const sellOut = s.kind === 'oversold' ? `oversold by ${number.format(-s.level)}`
-      : s.minutes_to_sell_out == null ? '—' : `sells out in ~${Math.max(1, Math.round(s.minutes_to_sell_out))} min`;
-    return el('tr', { class: s.kind, 'data-sku': s.sku }, el('td', {}, s.sku), el('td', {}, s.name), el('td', {}, number.format(s.level)),
-      el('td', {}, s.sold_last_15m == null ? '—' : number.format(s.sold_last_15m)), el('td', {}, sellOut));
+      : s.level === 0 ? 'sold out'
+        : s.minutes_to_sell_out == null ? '—' : `in ~${Math.max(1, s.minutes_to_sell_out)} min`;
+    return el('tr', { class: s.kind, 'data-sku': s.sku, 'data-store': s.store_id },
+      el('td', { class: 'store-col' }, s.store_id), el('td', {}, s.sku), el('td', {}, s.name), el('td', {}, number.format(s.level)),
+      el('td', {}, s.sold_last_15m == null ? '—' : number.format(s.sold_last_15m)),
+      el('td', { class: s.kind === 'sell_out_imminent' || (s.kind === '' && s.minutes_to_sell_out != null) ? 'projection' : '' }, sellOut));
   }));
-  $('low-stock-empty').hidden = rows.length > 0;
+  const empty = $('low-stock-empty');
+  empty.textContent = 'Nothing is low.';
+  empty.hidden = rows.length > 0;
 }
 
 function renderLists(v) {
   $('top-products').replaceChildren(...v.top_products.map((p) =>
-    el('li', {}, el('span', { class: 'what' }, p.name), el('span', { class: 'meta' }, `${number.format(p.units)} units`))));
+    el('li', { 'data-store': p.store_id }, el('span', { class: 'what' }, p.name),
+      el('span', { class: 'meta' }, `${state.store ? '' : `${p.store_id} · `}${number.format(p.units)} units`))));
   $('recent-orders').replaceChildren(...v.recent_orders.map((o) =>
     el('li', { class: o.cancelled ? 'cancelled' : '', 'data-store': o.store_id, 'data-order': o.order_id },
       el('span', { class: 'what' }, `${o.customer_name} · ${money(o.total)}`),
@@ -234,42 +364,57 @@ function renderLists(v) {
 }
 
 function renderAlerts(v) {
-  // Each active alert once, newest first; a notification at most once per alert id, even
-  // across reconnects, restarts and reloads (ids are stable, docs/api.md).
+  // Each active alert once, in the server's order (most urgent kind first); a
+  // notification at most once per alert id, even across reconnects, restarts and reloads
+  // (ids are stable, docs/api.md).
   let notified = false;
   for (const alert of v.alerts) {
-    if (!state.firstSeen.has(alert.id)) state.firstSeen.set(alert.id, state.firstSeen.size);
     if (state.seenAlerts.has(alert.id)) continue;
     state.seenAlerts.add(alert.id);
     notified = true;
-    if (state.primed && state.notify) {
+    if (state.primed && state.notify && state.tab?.leader && alert.kind !== 'low_stock') {
       new Notification(`storepulse: ${alert.kind.replaceAll('_', ' ')}`, { body: `${alert.name} (${alert.sku}) at ${alert.store_id}: level ${alert.level}`, tag: alert.id });
     }
   }
   state.primed = true;
   if (notified) sessionStorage.setItem('storepulse.alerts', JSON.stringify([...state.seenAlerts].slice(-500)));
-  const shown = [...v.alerts].sort((a, b) => state.firstSeen.get(b.id) - state.firstSeen.get(a.id));
-  $('alerts').replaceChildren(...shown.map((a) =>
-    el('li', { class: `alert ${a.kind}`, 'data-alert-id': a.id },
+  for (const kind of ALERT_KINDS) {
+    const n = v.alerts.filter((a) => a.kind === kind).length;
+    const out = $(`count-${kind}`);
+    out.textContent = number.format(n);
+    out.parentElement.classList.toggle('active', n > 0);
+  }
+  $('alerts').replaceChildren(...v.alerts.map((a) =>
+    el('li', { class: `alert ${a.kind}`, 'data-alert-id': a.id, 'data-kind': a.kind },
       el('span', { class: 'what' }, `${a.kind.replaceAll('_', ' ')}: ${a.name} (${a.sku})`),
       el('span', { class: 'meta' }, `${state.store ? '' : `${a.store_id} · `}level ${number.format(a.level)} · since ${time(a.since, a.store_id)}`))));
-  $('alerts-empty').hidden = shown.length > 0;
+  const empty = $('alerts-empty');
+  empty.textContent = 'No alerts.';
+  empty.hidden = v.alerts.length > 0;
 }
 
 function renderFreshness() {
   const now = Date.now();
   const parts = [];
+  if (state.tab && !state.tab.leader) parts.push('shared stream');
   if (state.asOfMs) parts.push(`newest event ${ago(now - state.asOfMs)}`);
-  if (state.receivedAt) parts.push(`updated ${ago(now - state.receivedAt)}`);
+  if (state.dataAt) parts.push(`data ${ago(now - state.dataAt)}`);
   if (state.lag != null) parts.push(`lag ${number.format(state.lag)}`);
   $('freshness').textContent = parts.join(' · ') || 'waiting for data';
-  const silent = state.receivedAt && now - state.receivedAt > STALE_AFTER_MS;
+  // Heartbeats keep the connection alive but are not data: stale means no snapshot or
+  // delta for a while (the producers stopped, or the processor is stuck), or far behind.
+  const quiet = state.dataAt && now - state.dataAt > STALE_AFTER_MS;
   const behind = state.lag != null && state.lag > STALE_LAG;
+  const refused = state.problem && state.status !== 'live';
   const banner = $('stale');
-  banner.hidden = !(silent || behind);
+  banner.hidden = !(quiet || behind || refused);
+  document.body.classList.toggle('stale', !banner.hidden);
+  $('connection').title = refused ? state.problem.reason : '';
   if (!banner.hidden) {
-    banner.textContent = silent ? `Stale: nothing received for ${ago(now - state.receivedAt, false)}.`
-      : `Stale: the processor is ${number.format(state.lag)} records behind.`;
+    const retry = refused ? Math.max(0, Math.round((state.problem.until - now) / 1000)) : 0;
+    banner.textContent = refused ? `Not connected (${state.problem.reason}); retrying in ${retry} s. The numbers shown may be out of date.`
+      : behind ? `Stale: the processor is ${number.format(state.lag)} records behind.`
+        : `Stale: no new events for ${ago(now - state.dataAt, false)} (newest event ${ago(now - (state.asOfMs ?? now))}). Projections are on hold.`;
   }
 }
 
@@ -300,12 +445,14 @@ function fillStores() {
 }
 
 $('store').addEventListener('change', (e) => {
+  leaveScope();
   state.store = e.target.value;
   localStorage.setItem('storepulse.store', state.store);
   state.view = null;
   state.lastId = null;
+  state.dataAt = 0;
   setStatus('connecting');
-  connect(null);
+  joinScope();
 });
 
 if ('Notification' in window) {
@@ -321,7 +468,7 @@ if ('Notification' in window) {
 
 setInterval(renderFreshness, 1_000);
 fillStores();
-connect(null);
+joinScope();
 
 // For tests and the curious: the applied view and the connection state.
 window.storepulse = {
@@ -329,5 +476,6 @@ window.storepulse = {
   selected,
   status: () => state.status,
   frames: () => state.frames,
+  role: () => (state.tab?.leader ? 'leader' : 'follower'),
   alertsShown: () => [...document.querySelectorAll('#alerts [data-alert-id]')].map((li) => li.dataset.alertId),
 };

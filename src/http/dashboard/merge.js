@@ -61,3 +61,18 @@ export function applyDelta(view, delta) {
   view.as_of_ms = delta.as_of_ms;
   return view;
 }
+
+// Whether position `a` is after `b` (both `<tag>:<offset>,<offset>,…`, docs/api.md): the same
+// layout, no partition behind, and not equal. A delta always moves the position forward, so
+// one that is not after the view's position is old news (e.g. relayed twice between tabs).
+export function positionAfter(a, b) {
+  if (!b) return true;
+  if (!a) return false;
+  const [tagA, offsetsA] = a.split(':');
+  const [tagB, offsetsB] = b.split(':');
+  if (tagA !== tagB || offsetsA === undefined || offsetsB === undefined) return true;
+  const x = offsetsA.split(',').map(Number);
+  const y = offsetsB.split(',').map(Number);
+  if (x.length !== y.length) return true;
+  return x.every((n, i) => n >= y[i]) && x.some((n, i) => n > y[i]);
+}
