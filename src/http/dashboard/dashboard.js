@@ -12,6 +12,7 @@ import { applyDelta, positionAfter } from './merge.js';
 const STALE_AFTER_MS = Number(new URLSearchParams(location.search).get('stale_after_ms')) || 30_000;
 const STALE_LAG = 1_000; // records behind the partition ends
 const RENDER_EVERY_MS = 200; // enough for people; frames arrive up to 40 times a second
+const CHARTS_EVERY_MS = 1_000; // per-minute bars: once a second is plenty
 const MAX_BACKOFF_MS = 30_000;
 const ALERT_KINDS = ['oversold', 'sold_out', 'sell_out_imminent', 'low_stock'];
 const $ = (id) => document.getElementById(id);
@@ -96,20 +97,21 @@ function connect(since) {
 async function retryLater(source, url) {
   let waitMs = state.backoffMs;
   state.backoffMs = Math.min(MAX_BACKOFF_MS, state.backoffMs * 2);
+  let reason = null;
   try {
     const abort = new AbortController();
     const response = await fetch(url, { signal: abort.signal, headers: { Accept: 'text/event-stream' } });
     if (!response.ok) {
       const retryAfter = Number(response.headers.get('retry-after'));
       if (retryAfter > 0) waitMs = Math.max(waitMs, retryAfter * 1_000);
-      const reason = await response.json().then((b) => b.error, () => response.statusText);
-      state.problem = { reason: `${response.status}: ${reason}`, until: Date.now() + waitMs };
+      reason = `${response.status}: ${await response.json().then((b) => b.error, () => response.statusText)}`;
     }
     abort.abort(); // a 200 opened a stream: not this one's job
-  } catch { /* the server is down: keep the backoff */ }
+  } catch {
+    reason = 'server unreachable'; // keep the backoff
+  }
   waitMs *= 0.8 + Math.random() * 0.4; // many dashboards must not come back in step
-  state.problem ??= { reason: 'server unreachable', until: Date.now() + waitMs };
-  state.problem.until = Date.now() + waitMs;
+  state.problem = reason ? { reason, until: Date.now() + waitMs } : null;
   schedule();
   setTimeout(() => { if (state.source === source) connect(state.lastId); }, waitMs);
 }
@@ -240,10 +242,12 @@ function time(iso, storeId) {
 const number = new Intl.NumberFormat();
 function setOutput(id, text, value) {
   const out = $(id);
+  const json = JSON.stringify(value);
+  if (out.dataset.value === json) return; // no DOM change, no layout
+  out.dataset.value = json;
   const lines = Array.isArray(text) ? text : [text];
   out.replaceChildren(...lines.map((line) => el('span', { class: 'line' }, line)));
   out.classList.toggle('many', lines.length > 1);
-  out.dataset.value = JSON.stringify(value);
 }
 
 function el(tag, attributes = {}, ...children) {
@@ -266,11 +270,20 @@ function render() {
   setOutput('aov', v.average_order_value.length ? v.average_order_value.map(money) : '–', v.average_order_value);
   setOutput('active-users', `${number.format(v.active_users.last_5_minutes)} / ${number.format(v.active_users.today)}`, v.active_users);
   setOutput('cancelled-today', number.format(v.cancelled_today), v.cancelled_today);
-  if (changed('charts', v.per_minute, v.per_minute_from, state.store)) renderCharts(v);
+  const sinceCharts = performance.now() - chartsAt;
+  if (sinceCharts < CHARTS_EVERY_MS) {
+    if (!chartsLater) chartsLater = setTimeout(() => { chartsLater = null; schedule(); }, CHARTS_EVERY_MS - sinceCharts);
+  } else if (changed('charts', v.per_minute, v.per_minute_from, state.store)) {
+    chartsAt = performance.now();
+    renderCharts(v);
+  }
   if (changed('stock', v.stock, v.low_stock, v.oversold, v.alerts)) renderStock(v);
   if (changed('lists', v.top_products, v.recent_orders)) renderLists(v);
   if (changed('alerts', v.alerts)) renderAlerts(v);
 }
+
+let chartsAt = -Infinity;
+let chartsLater = null;
 
 function bars(svg, from, points, label) {
   const start = Date.parse(from);
@@ -284,12 +297,15 @@ function bars(svg, from, points, label) {
   svg.innerHTML = `${rects.join('')}<text x="2" y="10">max ${label(max)}</text>`;
   svg.setAttribute('aria-label', `${svg.getAttribute('aria-label').split(':')[0]}: ${points.length} minutes with orders, peak ${label(max)}`);
   svg.dataset.points = JSON.stringify(points.map((p) => [p.minute, p.value]));
-  // The time axis: the window's start, every quarter hour, its last minute.
+  // The time axis: the window's start, every quarter hour, its last minute (redrawn only
+  // when the window moves).
   const zone = timeZoneOf(state.store);
   const axis = svg.parentElement.querySelector('.axis');
-  axis.replaceChildren(...[0, 15, 30, 45, 59].map((m) => el('span', {}, clock(zone, 'short').format(new Date(start + m * 60_000)))));
-  const caption = svg.parentElement.querySelector('.zone');
-  caption.textContent = `(${zone})`;
+  if (axis.dataset.from !== `${zone} ${from}`) {
+    axis.dataset.from = `${zone} ${from}`;
+    axis.replaceChildren(...[0, 15, 30, 45, 59].map((m) => el('span', {}, clock(zone, 'short').format(new Date(start + m * 60_000)))));
+    svg.parentElement.querySelector('.zone').textContent = `(${zone})`;
+  }
 }
 
 // A chart per currency, never a silent subset: minor units of two currencies never share
@@ -400,7 +416,8 @@ function renderFreshness() {
   if (state.asOfMs) parts.push(`newest event ${ago(now - state.asOfMs)}`);
   if (state.dataAt) parts.push(`data ${ago(now - state.dataAt)}`);
   if (state.lag != null) parts.push(`lag ${number.format(state.lag)}`);
-  $('freshness').textContent = parts.join(' · ') || 'waiting for data';
+  const freshness = parts.join(' · ') || 'waiting for data';
+  if ($('freshness').textContent !== freshness) $('freshness').textContent = freshness;
   // Heartbeats keep the connection alive but are not data: stale means no snapshot or
   // delta for a while (the producers stopped, or the processor is stuck), or far behind.
   const quiet = state.dataAt && now - state.dataAt > STALE_AFTER_MS;
@@ -409,7 +426,8 @@ function renderFreshness() {
   const banner = $('stale');
   banner.hidden = !(quiet || behind || refused);
   document.body.classList.toggle('stale', !banner.hidden);
-  $('connection').title = refused ? state.problem.reason : '';
+  const title = refused ? state.problem.reason : '';
+  if ($('connection').title !== title) $('connection').title = title;
   if (!banner.hidden) {
     const retry = refused ? Math.max(0, Math.round((state.problem.until - now) / 1000)) : 0;
     banner.textContent = refused ? `Not connected (${state.problem.reason}); retrying in ${retry} s. The numbers shown may be out of date.`
