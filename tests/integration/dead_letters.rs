@@ -131,6 +131,31 @@ async fn delete_topic(settings: &KafkaSettings, topic: &str) {
         .await
         .expect("delete request");
     assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // Deleted once the broker's metadata no longer has it (before that it might still
+    // take a record).
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set("broker.address.family", "v4")
+        .create()
+        .expect("metadata client");
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..100 {
+            let gone = rdkafka::consumer::Consumer::fetch_metadata(
+                &consumer,
+                Some(&topic),
+                Duration::from_secs(5),
+            )
+            .is_ok_and(|m| m.topics().iter().all(|t| t.error().is_some()));
+            if gone {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{topic} is still in the broker's metadata");
+    })
+    .await
+    .expect("metadata thread");
 }
 
 /// Creates `topic` again once the broker has finished deleting it.
