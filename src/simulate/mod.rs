@@ -178,9 +178,16 @@ pub async fn run(
             let payload = codec.encode(&event)?;
             let topic = settings.topics.name(event.kind().topic_role());
             let trace = traceparent(&mut trace_rng);
+            // Unpaced, event time runs ahead of the clock: such a record carries its event
+            // time as its Kafka timestamp, so serve's future guard (which compares the two)
+            // takes it. Records dated now or earlier keep the send time.
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
             let mut record = BaseRecord::to(topic)
                 .key(event.key())
                 .payload(&payload)
+                .timestamp(now_ms.max(event.occurred_at()))
                 .headers(OwnedHeaders::new().insert(Header {
                     key: "traceparent",
                     value: Some(trace.as_str()),

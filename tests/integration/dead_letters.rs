@@ -249,3 +249,49 @@ async fn a_dead_letter_the_topic_does_not_take_is_never_skipped_even_through_a_k
     assert_eq!(server.metric("storepulse_dead_letters_pending"), 0);
     assert!(server.terminate(), "SIGTERM exits 0");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_simulators_events_ahead_of_the_clock_carry_their_time_and_are_applied() {
+    use storepulse::simulate::scenario::ScenarioConfig;
+    use storepulse::simulate::{self, SimulateOptions};
+    let settings = fresh_topics("ahead");
+    create_topics(&settings).await;
+    let server = Server::start(&settings.topics, &helpers::unique("ahead"), &database_url());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    // Dated from half an hour ahead: an unpaced run of a long history looks like this (the
+    // broker refuses timestamps more than its `message.timestamp.after.max.ms`, 1 h, ahead).
+    let report = simulate::run(
+        &settings,
+        SimulateOptions {
+            scenario: ScenarioConfig {
+                seed: 5,
+                start_ms: now + 1_800_000,
+                events_per_second: 100.0,
+                stores: 2,
+                skus_per_store: 5,
+                flash_sale: None,
+            },
+            rate: None,
+            count: Some(300),
+            duration: None,
+            partitions: 1,
+            create_topics: false,
+            message_timeout: Duration::from_secs(30),
+            progress_every: None,
+        },
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("simulated");
+    assert_eq!(report.acked, 300);
+    let snapshot = tokio::task::block_in_place(|| server.snapshot_at(300, Duration::from_secs(60)));
+    assert!(snapshot["as_of_ms"].as_i64().expect("as_of") > now + 1_800_000);
+    assert_eq!(
+        server.metric("storepulse_poison_records_total{reason=\"event_time_in_future\"}"),
+        0,
+        "their Kafka timestamps are their event times"
+    );
+}
