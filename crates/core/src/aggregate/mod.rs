@@ -42,7 +42,7 @@ pub use store::{RECENT_ORDERS, StoreState};
 use crate::events::{Event, Sku, StoreId};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// Business settings of the aggregates. Changing them changes results, not the state's
@@ -179,7 +179,7 @@ impl Changes {
 /// Hashes a key that is already a uniform 64-bit hash (xxh3 of an event id) by taking it as
 /// it is.
 #[derive(Clone, Copy, Debug, Default)]
-struct PrehashedHasher(u64);
+pub(crate) struct PrehashedHasher(u64);
 
 impl std::hash::Hasher for PrehashedHasher {
     fn finish(&self) -> u64 {
@@ -198,6 +198,9 @@ impl std::hash::Hasher for PrehashedHasher {
 }
 
 type PrehashedSet = HashSet<u64, std::hash::BuildHasherDefault<PrehashedHasher>>;
+
+/// A map keyed by a uniform 64-bit hash, hashed as it is.
+pub(crate) type PrehashedMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PrehashedHasher>>;
 
 /// The entry of `key`, inserted with its default first if missing: one lookup when present,
 /// and the key is cloned only when it is inserted.
@@ -354,10 +357,6 @@ impl State {
             };
         }
         let store_id = event.store_id();
-        let (new_store, unchanged) = (
-            !self.stores.contains_key(store_id),
-            !changes.stores.contains_key(store_id),
-        );
         let store = get_or_insert(&mut self.stores, store_id);
         let applied = match store.apply(event, at, &self.config, changes.store(store_id)) {
             StoreApplied::Applied => Applied::Applied,
@@ -369,10 +368,12 @@ impl State {
         }
         if applied != Applied::Applied {
             // Nothing moved: no empty entry in the changes, no store seen only this way.
-            if unchanged {
+            // (An entry that holds a change is never empty; a store that holds an event
+            // is never blank.)
+            if changes.stores.get(store_id) == Some(&StoreChanges::default()) {
                 changes.stores.remove(store_id);
             }
-            if new_store {
+            if self.stores.get(store_id) == Some(&StoreState::default()) {
                 self.stores.remove(store_id);
             }
         }

@@ -3,7 +3,7 @@
 //! Pure: see the determinism rule in the parent module. Every window is relative to the
 //! newest event time of this store and pruned as soon as that moves.
 
-use super::{AggregateConfig, HyperLogLog, RecordRef, StoreChanges};
+use super::{AggregateConfig, HyperLogLog, PrehashedMap, RecordRef, StoreChanges};
 use crate::events::{
     Channel, Event, OrderCancelled, OrderId, OrderPlaced, SessionSeen, Sku, StockChanged,
 };
@@ -66,7 +66,7 @@ pub struct DayTotals {
     pub visitors: HyperLogLog,
     /// Every order id of that day seen placed or cancelled: what makes a re-emitted order
     /// count once and a cancellation subtract once, in whichever order they arrive.
-    pub ledger: HashMap<u64, OrderMark>,
+    pub(super) ledger: PrehashedMap<OrderMark>,
 }
 
 /// The ledger key of an order id.
