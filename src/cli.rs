@@ -25,6 +25,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The `service.name` of this process's traces (unless `OTEL_SERVICE_NAME` says).
+    pub fn service_name(&self) -> &'static str {
+        match self.command {
+            Command::Simulate(_) => "storepulse-simulate",
+            Command::Serve(_) => "storepulse",
+            Command::Schemas(_) | Command::Migrate(_) => "storepulse-cli",
+        }
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -34,3 +34,4 @@ pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod simulate;
+pub mod telemetry;

@@ -11,15 +11,29 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "storepulse=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let cli = storepulse::cli::Cli::parse();
+    let (telemetry, traces) = storepulse::telemetry::Telemetry::from_env(cli.service_name());
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // STOREPULSE_LOG_FORMAT=json: one JSON object a line, with the current spans' fields.
+    let lines = if std::env::var("STOREPULSE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        lines.json().boxed()
+    } else {
+        lines.boxed()
+    };
+    // RUST_LOG filters the log lines only: spans are exported whatever the log level.
+    let log_filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "storepulse=info,warn".into());
+    let span_filter =
+        tracing_subscriber::filter::Targets::new().with_target("storepulse", tracing::Level::INFO);
+    tracing_subscriber::registry()
+        .with(traces.map(|layer| layer.with_filter(span_filter)))
+        .with(lines.with_filter(log_filter))
+        .init();
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     // SIGINT (Ctrl-C) or SIGTERM: finish cleanly; a second signal aborts.
@@ -37,5 +51,8 @@ async fn main() -> anyhow::Result<()> {
             on_signal.cancel();
         }
     });
-    storepulse::cli::run(cli, stop).await
+    let result = storepulse::cli::run(cli, stop).await;
+    // After the final checkpoint: export what is buffered.
+    tokio::task::block_in_place(|| telemetry.shutdown());
+    result
 }

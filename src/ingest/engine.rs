@@ -21,10 +21,14 @@ use crate::events::{Codec, DecodeError, StoreId, check_event_time};
 use crate::live::{self, Encoded, FrameBuilder, SnapshotEvent, Start};
 use crate::metrics::Metrics;
 use bytes::Bytes;
+use opentelemetry::trace::TraceContextExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// Most sampled records a frame span links to (it counts them all).
+const FRAME_LINKS: usize = 32;
 use tokio::sync::{oneshot, watch};
 
 /// A request to the state's owner.
@@ -117,6 +121,9 @@ pub struct Engine {
     settings: EngineSettings,
     out: Outputs,
     changes: Changes,
+    /// Sampled records since the last frame (bounded) and how many there were.
+    sampled: Vec<opentelemetry::trace::SpanContext>,
+    sampled_records: u64,
     dirty: bool,
     snapshots: SnapshotCache,
     builder: FrameBuilder,
@@ -146,6 +153,8 @@ impl Engine {
             changes: Changes::default(),
             dirty: false,
             snapshots: SnapshotCache::default(),
+            sampled: Vec::new(),
+            sampled_records: 0,
             builder: FrameBuilder::new(),
             parked: Vec::new(),
             started: now,
@@ -198,6 +207,15 @@ impl Engine {
             Metrics::inc(&metrics.late);
         }
         Ok(())
+    }
+
+    /// Remembers a sampled record's span for the next frame's span (the first is its
+    /// parent, the others are linked; at most [`FRAME_LINKS`] kept, all counted).
+    pub fn sampled(&mut self, record: opentelemetry::trace::SpanContext) {
+        self.sampled_records += 1;
+        if self.sampled.len() < FRAME_LINKS {
+            self.sampled.push(record);
+        }
     }
 
     /// Moves the position past a record that was not applied (a poison record, already
@@ -271,6 +289,18 @@ impl Engine {
         // takes a good part of it, and frames must not crowd out the records they report.
         self.last_frame = Instant::now();
         let frame_bytes = frame.all.len() as u64;
+        // Traced only when sampled records went into it: a `frame` span (child of the first,
+        // linked to the others) and the fan-out inside it.
+        let span = self.frame_span(frame.seq, frame_bytes);
+        let _frame = span.as_ref().map(tracing::Span::enter);
+        let _deliver = span.as_ref().map(|_| {
+            tracing::info_span!(
+                "deliver",
+                "storepulse.subscribers" = self.out.metrics.subscribers.load(Ordering::Relaxed),
+                "storepulse.frame.bytes" = frame_bytes,
+            )
+            .entered()
+        });
         let log_bytes = self.out.hub.publish(frame);
         let metrics = &self.out.metrics;
         metrics
@@ -371,6 +401,33 @@ impl Engine {
             Some(subscription) => Subscribed::Started(subscription),
             None => Subscribed::UnknownStore,
         }
+    }
+
+    /// The span of a frame that carries sampled records, or `None`: a child of the first
+    /// sampled record, linked to the others; each of those gets a `framed` span (its child,
+    /// linked back to the frame), so every sampled record's trace says which frame carried
+    /// it (docs/adr/0005-traces.md).
+    fn frame_span(&mut self, seq: u64, bytes: u64) -> Option<tracing::Span> {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let records = std::mem::take(&mut self.sampled_records);
+        let mut sampled = std::mem::take(&mut self.sampled).into_iter();
+        let first = sampled.next()?;
+        let span = tracing::info_span!(
+            "frame",
+            "storepulse.frame.seq" = seq,
+            "storepulse.frame.bytes" = bytes,
+            "storepulse.frame.sampled_records" = records,
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(first));
+        let frame = crate::telemetry::span_context(&span);
+        for record in sampled {
+            span.add_link(record.clone());
+            let framed = tracing::info_span!("framed", "storepulse.frame.seq" = seq);
+            let _ =
+                framed.set_parent(opentelemetry::Context::new().with_remote_span_context(record));
+            framed.add_link(frame.clone());
+        }
+        Some(span)
     }
 
     fn store_known(&self, store: Option<&StoreId>) -> bool {

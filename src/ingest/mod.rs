@@ -173,13 +173,21 @@ impl Ingest {
             },
             offset: message.offset(),
         };
+        // A span only for a record whose trace context is sampled (no exporter: none).
+        let span = crate::telemetry::record_span(message, &self.group_id);
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let record_time_ms = message.timestamp().to_millis();
         if let Err(error) =
             self.engine
                 .process_record(at, message.payload().unwrap_or_default(), record_time_ms)
         {
+            if let Some(span) = &span {
+                crate::telemetry::fail(span, &error.to_string());
+            }
             dead_letters.send(message, &error);
             self.engine.skip(at);
+        } else if let Some(span) = &span {
+            self.engine.sampled(crate::telemetry::span_context(span));
         }
     }
 }

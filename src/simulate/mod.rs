@@ -177,7 +177,14 @@ pub async fn run(
             let event = scenario.next().unwrap_or_else(|| unreachable!("endless"));
             let payload = codec.encode(&event)?;
             let topic = settings.topics.name(event.kind().topic_role());
-            let trace = traceparent(&mut trace_rng);
+            // With an exporter: a PRODUCER span per record, whose context the record
+            // carries, so its trace begins here. Without: a random context marked sampled,
+            // as an upstream system that traces elsewhere would send.
+            let send_span = crate::telemetry::producer_span(topic, event.key());
+            let trace = match &send_span {
+                Some((_, traceparent)) => traceparent.clone(),
+                None => traceparent(&mut trace_rng),
+            };
             // Unpaced, event time runs ahead of the clock: such a record carries its event
             // time as its Kafka timestamp, so serve's future guard (which compares the two)
             // takes it. Records dated now or earlier keep the send time.

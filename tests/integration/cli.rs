@@ -60,3 +60,33 @@ fn serve_refuses_a_config_file_with_an_unknown_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("brokerz"));
 }
+
+#[test]
+fn json_logs_are_one_object_a_line_with_level_target_and_message() {
+    // serve with no broker to reach: it logs that it listens, then waits for Kafka.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .arg("serve")
+        .env("STOREPULSE_KAFKA_BROKERS", "127.0.0.1:1")
+        .env("STOREPULSE_HTTP_ADDR", "127.0.0.1:0")
+        .env("STOREPULSE_DATABASE_URL", crate::helpers::database_url())
+        .env("STOREPULSE_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    child.kill().expect("killed");
+    let out = child.wait_with_output().expect("reaped");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "serve logs: {stderr}");
+    for line in lines {
+        let json: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            json["level"].is_string() && json["target"].is_string(),
+            "{line}"
+        );
+        assert!(json["fields"]["message"].is_string(), "{line}");
+    }
+}

@@ -242,6 +242,11 @@ impl Server {
         }
     }
 
+    /// The process id of `serve`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The value of one sample of `/metrics` (`name` with its labels, if any).
     pub fn metric(&self, name: &str) -> i64 {
         let (_, body) = self.get("/metrics");

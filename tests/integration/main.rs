@@ -13,3 +13,4 @@ mod serve;
 mod simulate;
 mod stack;
 mod stream;
+mod traces;

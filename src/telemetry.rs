@@ -1,0 +1,237 @@
+//! Traces: the one module that knows OpenTelemetry. It builds the OTLP/HTTP exporter from
+//! the standard `OTEL_*` variables, carries W3C trace context in and out of Kafka headers,
+//! and names the messaging attributes (semantic conventions still change: they live here).
+//!
+//! No endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), or
+//! `OTEL_SDK_DISABLED=true`: no exporter, no tracer, no thread, and the record path checks
+//! one boolean. With one: the SDK's batch processor exports on a thread of its own, the
+//! sampler comes from `OTEL_TRACES_SAMPLER`/`_ARG`, the resource from `OTEL_SERVICE_NAME`
+//! and `OTEL_RESOURCE_ATTRIBUTES`, headers from `OTEL_EXPORTER_OTLP_HEADERS`; spans are
+//! flushed by [`Telemetry::shutdown`], after the final checkpoint.
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use std::sync::atomic::{AtomicBool, Ordering};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Whether spans are exported: checked on every record, so a plain flag.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Messaging attribute names (OpenTelemetry semantic conventions for Kafka).
+pub mod attributes {
+    /// `kafka`.
+    pub const SYSTEM: &str = "messaging.system";
+    /// The topic.
+    pub const DESTINATION: &str = "messaging.destination.name";
+    /// The partition, as a string.
+    pub const PARTITION: &str = "messaging.destination.partition.id";
+    /// The record's offset.
+    pub const OFFSET: &str = "messaging.kafka.offset";
+    /// The consumer group.
+    pub const GROUP: &str = "messaging.consumer.group.name";
+    /// `send`, `process`.
+    pub const OPERATION_TYPE: &str = "messaging.operation.type";
+}
+
+/// The tracer provider, if traces are exported.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+/// A layer for `tracing` that turns its spans into OpenTelemetry spans.
+pub type Layer<S> = tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>;
+
+impl Telemetry {
+    /// From the environment; `service` names this process when `OTEL_SERVICE_NAME` (or a
+    /// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`) does not.
+    pub fn from_env<S>(service: &str) -> (Telemetry, Option<Layer<S>>)
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        if disabled || endpoint.is_none() {
+            return (Telemetry { provider: None }, None);
+        }
+        let exporter = match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
+            Ok(exporter) => exporter,
+            Err(error) => {
+                eprintln!("[storepulse] OTLP exporter not started: {error}");
+                return (Telemetry { provider: None }, None);
+            }
+        };
+        let named = var("OTEL_SERVICE_NAME").is_some()
+            || var("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.name="));
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if !named {
+            resource = resource.with_service_name(service.to_owned());
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("storepulse"));
+        ENABLED.store(true, Ordering::Relaxed);
+        (
+            Telemetry {
+                provider: Some(provider),
+            },
+            Some(layer),
+        )
+    }
+
+    /// Exports what is buffered and stops the exporter (at the very end of a command).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            ENABLED.store(false, Ordering::Relaxed);
+            if let Err(error) = provider.shutdown() {
+                eprintln!("[storepulse] traces not all exported at shutdown: {error}");
+            }
+        }
+    }
+}
+
+/// Whether spans are exported.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// A record's headers as a propagator reads them.
+struct KafkaHeaders<'a>(&'a rdkafka::message::BorrowedHeaders);
+
+impl Extractor for KafkaHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case(key))
+            .and_then(|h| std::str::from_utf8(h.value?).ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|h| h.key).collect()
+    }
+}
+
+/// Whether a `traceparent` value says "sampled" (its flags' low bit), without parsing
+/// the rest: the cheap check of every record.
+fn sampled_flag(traceparent: &[u8]) -> bool {
+    traceparent.len() == 55
+        && traceparent[53..].iter().all(u8::is_ascii_hexdigit)
+        && (traceparent[54] as char)
+            .to_digit(16)
+            .is_some_and(|d| d & 1 == 1)
+}
+
+/// The `process {topic}` span of a record whose trace context is sampled (a CONSUMER span,
+/// child of the producer's), or `None` (no exporter, no header, or not sampled: nothing is
+/// created).
+pub fn record_span(message: &BorrowedMessage<'_>, group: &str) -> Option<tracing::Span> {
+    if !enabled() {
+        return None;
+    }
+    let headers = message.headers()?;
+    let traceparent = headers.iter().find(|h| h.key == "traceparent")?.value?;
+    if !sampled_flag(traceparent) {
+        return None;
+    }
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&KafkaHeaders(headers)));
+    let topic = message.topic();
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("process {topic}"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        "messaging.system" = "kafka",
+        "messaging.destination.name" = topic,
+        "messaging.destination.partition.id" = %message.partition(),
+        "messaging.kafka.offset" = message.offset(),
+        "messaging.consumer.group.name" = group,
+        "messaging.operation.type" = "process",
+        "storepulse.event_id" = tracing::field::Empty,
+        "storepulse.store_id" = tracing::field::Empty,
+    );
+    let _ = span.set_parent(parent);
+    Some(span)
+}
+
+/// Marks a span as failed with `reason` (a dead-lettered record).
+pub fn fail(span: &tracing::Span, reason: &str) {
+    span.record("otel.status_code", "error");
+    span.record("otel.status_description", reason);
+}
+
+/// The OpenTelemetry context of a span, to link to it.
+pub fn span_context(span: &tracing::Span) -> SpanContext {
+    span.context().span().span_context().clone()
+}
+
+/// A `send {topic}` PRODUCER span for a record about to be produced, and the
+/// `traceparent` that carries it; `None` when no spans are exported.
+pub fn producer_span(topic: &str, key: &str) -> Option<(tracing::Span, String)> {
+    if !enabled() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        "send",
+        otel.name = %format_args!("send {topic}"),
+        otel.kind = "producer",
+        "messaging.system" = "kafka",
+        "messaging.destination.name" = topic,
+        "messaging.operation.type" = "send",
+        "messaging.kafka.message.key" = key,
+    );
+    let mut carrier = TraceParent(None);
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&span.context(), &mut carrier)
+    });
+    Some((span, carrier.0?))
+}
+
+/// Collects the `traceparent` a propagator writes.
+struct TraceParent(Option<String>);
+
+impl Injector for TraceParent {
+    fn set(&mut self, key: &str, value: String) {
+        if key == "traceparent" {
+            self.0 = Some(value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sampled_flag_is_read_from_the_last_hex_digit_only_when_the_header_is_well_formed() {
+        let id = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331";
+        assert!(sampled_flag(format!("{id}-01").as_bytes()));
+        assert!(sampled_flag(format!("{id}-03").as_bytes()));
+        assert!(!sampled_flag(format!("{id}-00").as_bytes()));
+        assert!(!sampled_flag(format!("{id}-0x").as_bytes()));
+        assert!(!sampled_flag(b"00-short-01"));
+        assert!(!sampled_flag(b""));
+    }
+
+    #[test]
+    fn without_an_endpoint_nothing_is_exported_and_no_span_is_made() {
+        // The test process has no OTEL_* endpoint set.
+        let (telemetry, layer) =
+            Telemetry::from_env::<tracing_subscriber::Registry>("storepulse-test");
+        assert!(layer.is_none());
+        assert!(!enabled());
+        assert!(producer_span("orders", "k").is_none());
+        telemetry.shutdown();
+    }
+}

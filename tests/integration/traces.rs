@@ -1,0 +1,316 @@
+//! Traces in a real Jaeger (`scripts/stack up jaeger`): one order's trace goes from the
+//! simulator's PRODUCER span through `serve`'s CONSUMER `process` span (with its topic,
+//! partition and offset) to the frame that carried it and its fan-out; a poison record's
+//! span is an error. Without an endpoint nothing is exported and no exporter thread runs.
+
+use crate::helpers::{self, Server, database_url, fresh_topics};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use storepulse::kafka;
+
+fn jaeger_api() -> String {
+    let port = std::env::var("STOREPULSE_JAEGER_QUERY_PORT").unwrap_or_else(|_| "16686".into());
+    format!("127.0.0.1:{port}")
+}
+
+fn otlp_endpoint() -> String {
+    let port = std::env::var("STOREPULSE_JAEGER_OTLP_PORT").unwrap_or_else(|_| "14318".into());
+    format!("http://127.0.0.1:{port}")
+}
+
+/// One span as Jaeger's API returns it.
+#[derive(Debug)]
+struct Span {
+    name: String,
+    kind: String,
+    attributes: serde_json::Map<String, Value>,
+    status: String,
+    /// Trace ids of the spans it links to.
+    links: Vec<String>,
+}
+
+/// Every span of a trace, flattened.
+fn spans_of(trace_id: &str) -> Vec<Span> {
+    let Some(body) = jaeger_get(&format!("/api/v3/traces/{trace_id}")) else {
+        return Vec::new();
+    };
+    let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    for resource in json["result"]["resourceSpans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+            for span in scope["spans"].as_array().into_iter().flatten() {
+                let mut attributes = serde_json::Map::new();
+                for a in span["attributes"].as_array().into_iter().flatten() {
+                    let value = &a["value"];
+                    let value = value
+                        .get("stringValue")
+                        .or_else(|| value.get("intValue"))
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    attributes.insert(a["key"].as_str().unwrap_or_default().to_owned(), value);
+                }
+                out.push(Span {
+                    name: span["name"].as_str().unwrap_or_default().to_owned(),
+                    kind: span["kind"].to_string(),
+                    attributes,
+                    status: span["status"]["code"].to_string(),
+                    links: span["links"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|l| l["traceId"].as_str().map(str::to_owned))
+                        .collect(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A GET against Jaeger's API over HTTP/1.0 (so the body is not chunked); `None` unless 200.
+fn jaeger_get(path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(jaeger_api()).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n",
+        jaeger_api()
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200")
+        .then(|| body.to_owned())
+        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_owned()))
+}
+
+fn trace_id(traceparent: &str) -> String {
+    traceparent
+        .split('-')
+        .nth(1)
+        .expect("a trace id")
+        .to_owned()
+}
+
+fn as_text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orders_trace_runs_from_the_producer_through_processing_to_its_frame() {
+    let settings = fresh_topics("traces");
+    let service = helpers::unique("traced");
+    let endpoint = otlp_endpoint();
+    let server = Server::start_with(
+        &settings.topics,
+        &helpers::unique("traces"),
+        &database_url(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", service.as_str()),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+        ],
+    );
+    let threads = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .expect("threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .collect::<Vec<_>>();
+    assert!(
+        threads.iter().any(|t| t.starts_with("OpenTelemetry")),
+        "an exporter thread runs: {threads:?}"
+    );
+    // The simulator, traced too: it creates the topics and sends 300 records, paced so
+    // that each frame carries a few (a frame links at most 32 sampled records).
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args([
+            "simulate",
+            "--quiet",
+            "--count",
+            "300",
+            "--rate",
+            "200",
+            "--partitions",
+            "2",
+        ])
+        .args([
+            "--start",
+            "2026-11-27T14:00:00Z",
+            "--stores",
+            "2",
+            "--skus",
+            "5",
+        ])
+        .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
+        .env("STOREPULSE_TOPIC_ORDERS", &settings.topics.orders)
+        .env("STOREPULSE_TOPIC_INVENTORY", &settings.topics.inventory)
+        .env("STOREPULSE_TOPIC_ACTIVITY", &settings.topics.activity)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_SERVICE_NAME", format!("{service}-sim"))
+        .status()
+        .expect("simulate runs");
+    assert!(status.success());
+    // A poison record whose context is sampled.
+    let poison_trace = format!("{:032x}", rand::random::<u128>() | 1);
+    produce_with_traceparent(
+        &settings.topics.orders,
+        &format!("00-{poison_trace}-{:016x}-01", rand::random::<u64>() | 1),
+    );
+    tokio::task::block_in_place(|| server.snapshot_at(301, Duration::from_secs(60)));
+    assert!(
+        server.terminate(),
+        "SIGTERM exits 0 (and flushes the spans)"
+    );
+
+    let orders = settings.topics.orders.clone();
+    let all = tokio::task::spawn_blocking(move || {
+        let count = consume_count(&orders);
+        helpers::consume_all(
+            &helpers::brokers(),
+            &[&orders],
+            count,
+            Duration::from_secs(30),
+        )
+    })
+    .await
+    .expect("consumer");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let orders_topic = settings.topics.orders.clone();
+    let mut found = None;
+    'search: while Instant::now() < deadline {
+        for record in all.iter().filter(|r| r.key.starts_with("ord-")) {
+            let Some(traceparent) = &record.traceparent else {
+                continue;
+            };
+            let spans = spans_of(&trace_id(traceparent));
+            let producer = spans.iter().any(|s| {
+                s.name == format!("send {orders_topic}")
+                    && (s.kind.contains("PRODUCER") || s.kind == "4")
+            });
+            let process = spans.iter().any(|s| {
+                s.name == format!("process {orders_topic}")
+                    && (s.kind.contains("CONSUMER") || s.kind == "5")
+                    && as_text(s.attributes.get("messaging.destination.partition.id"))
+                        == record.partition.to_string()
+                    && as_text(s.attributes.get("messaging.kafka.offset"))
+                        == record.offset.to_string()
+                    && as_text(s.attributes.get("messaging.system")) == "kafka"
+            });
+            // The frame that carried it: in this trace (it was the frame's first sampled
+            // record), or linked from its `framed` span; the fan-out is inside the frame.
+            let frame = spans.iter().any(|s| s.name == "frame");
+            let framed_in = spans
+                .iter()
+                .filter(|s| s.name == "framed")
+                .flat_map(|s| s.links.clone())
+                .next();
+            let deliver = if frame {
+                spans.iter().any(|s| s.name == "deliver")
+            } else {
+                framed_in.is_some_and(|t| spans_of(&t).iter().any(|s| s.name == "deliver"))
+            };
+            if producer && process && deliver {
+                found = Some(record.offset);
+                break 'search;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        found.is_some(),
+        "an order's trace holds its producer span, its process span (topic, partition, offset), its frame and the fan-out"
+    );
+    let poison = spans_of(&poison_trace);
+    assert!(
+        poison
+            .iter()
+            .any(|s| s.name == format!("process {orders_topic}")
+                && (s.status.contains("ERROR") || s.status == "2")),
+        "the poison record's span is an error: {poison:?}"
+    );
+}
+
+/// How many records the orders topic holds (all partitions).
+fn consume_count(topic: &str) -> usize {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", helpers::brokers())
+        .set("broker.address.family", "v4")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            usize::try_from(high - low).unwrap_or(0)
+        })
+        .sum()
+}
+
+fn produce_with_traceparent(topic: &str, traceparent: &str) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", helpers::brokers())
+        .set("broker.address.family", "v4")
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            BaseRecord::to(topic)
+                .key("junk")
+                .payload(b"not avro at all".as_slice())
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: Some(traceparent),
+                })),
+        )
+        .expect("queued");
+    producer.flush(Duration::from_secs(30)).expect("delivered");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_endpoint_nothing_is_exported_and_no_exporter_thread_runs() {
+    let settings = fresh_topics("untraced");
+    kafka::ensure_topics(
+        &settings,
+        &settings.topics.all(),
+        1,
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("topics");
+    let server = Server::start(
+        &settings.topics,
+        &helpers::unique("untraced"),
+        &database_url(),
+    );
+    tokio::task::block_in_place(|| server.snapshot_at(0, Duration::from_secs(60)));
+    let threads = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .expect("threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .collect::<Vec<_>>();
+    assert!(threads.len() > 3, "threads are listed: {threads:?}");
+    assert!(
+        !threads.iter().any(|t| t.starts_with("OpenTelemetry")),
+        "no exporter thread: {threads:?}"
+    );
+}
