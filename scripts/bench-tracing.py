@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Tracing overhead on serve's catch-up (not a test): `scripts/bench tracing`.
+
+Two topic sets of BENCH_EVENTS records from the simulator: one with every record's
+traceparent sampled, one where the simulator's own sampler (traceidratio 0.01) sampled
+1 %. serve catches up on them from scratch with no endpoint (off), with an endpoint on the
+1 % set, and with an endpoint on the all-sampled set (100 %), BENCH_RUNS times interleaved;
+events/s is records over the time from the first record applied to the last (from
+`storepulse_records_total`, polled every 20 ms). Prints a Markdown table of medians."""
+import json, os, random, socket, statistics, subprocess, sys, time, urllib.request
+
+bin_ = sys.argv[1]
+events = int(os.environ.get("BENCH_EVENTS", "1000000"))
+runs = int(os.environ.get("BENCH_RUNS", "3"))
+otlp = "http://127.0.0.1:" + os.environ.get("STOREPULSE_JAEGER_OTLP_PORT", "14318")
+tag = "%08x" % random.getrandbits(32)
+
+def topics(name):
+    return {f"STOREPULSE_TOPIC_{r.upper()}": f"bench-tracing-{tag}-{name}-{r}" for r in ("orders", "inventory", "activity")}
+
+def simulate(name, extra):
+    env = {**os.environ, **topics(name), **extra}
+    subprocess.run([bin_, "simulate", "--quiet", "--count", str(events), "--rate", "0",
+                    "--start", "2026-11-27T00:00:00Z", "--partitions", "4"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+def records(port):
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0
+    return sum(int(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("storepulse_records_total{"))
+
+def catch_up(name, endpoint):
+    port = free_port()
+    env = {**os.environ, **topics(name), "STOREPULSE_HTTP_ADDR": f"127.0.0.1:{port}",
+           "STOREPULSE_GROUP_ID": f"bench-tracing-{tag}-{random.getrandbits(32):08x}", "RUST_LOG": "error"}
+    for k in list(env):
+        if k.startswith("OTEL_"):
+            del env[k]
+    if endpoint:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp
+    serve = subprocess.Popen([bin_, "serve"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        first = None
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            n = records(port)
+            now = time.monotonic()
+            if n > 0 and first is None:
+                first = (now, n)
+            if n >= events:
+                return (n - first[1]) / (now - first[0])
+            time.sleep(0.02)
+        raise SystemExit("serve did not catch up")
+    finally:
+        serve.kill(); serve.wait()
+
+simulate("all", {})  # no exporter: every traceparent is a random sampled one
+simulate("1pc", {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_TRACES_SAMPLER": "traceidratio",
+                 "OTEL_TRACES_SAMPLER_ARG": "0.01", "OTEL_SERVICE_NAME": "bench-simulate"})
+results = {"off": [], "1 %": [], "100 %": []}
+for _ in range(runs):
+    results["off"].append(catch_up("all", False))
+    results["1 %"].append(catch_up("1pc", True))
+    results["100 %"].append(catch_up("all", True))
+base = statistics.median(results["off"])
+print(f"serve catch-up of {events:,} records, tracing off / 1 % / 100 % sampled, {runs} interleaved runs:\n")
+print("| tracing | events/s (median) | runs | vs off |")
+print("|---|---:|---|---:|")
+for mode, values in results.items():
+    m = statistics.median(values)
+    print(f"| {mode} | {m:,.0f} | {' / '.join(f'{v:,.0f}' for v in values)} | {m / base:.3f} |")
