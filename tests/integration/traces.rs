@@ -232,12 +232,21 @@ async fn an_orders_trace_runs_from_the_producer_through_processing_to_its_frame(
         found.is_some(),
         "an order's trace holds its producer span, its process span (topic, partition, offset), its frame and the fan-out"
     );
-    let poison = spans_of(&poison_trace);
+    // Its spans may reach Jaeger's store in another batch: wait for them too.
+    let failed = |spans: &[Span]| {
+        spans.iter().any(|s| {
+            s.name == format!("process {orders_topic}")
+                && (s.status.contains("ERROR") || s.status == "2")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut poison = spans_of(&poison_trace);
+    while !failed(&poison) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        poison = spans_of(&poison_trace);
+    }
     assert!(
-        poison
-            .iter()
-            .any(|s| s.name == format!("process {orders_topic}")
-                && (s.status.contains("ERROR") || s.status == "2")),
+        failed(&poison),
         "the poison record's span is an error: {poison:?}"
     );
 }
