@@ -186,6 +186,7 @@ fn start_pipeline(
         written: written_rx,
         requests: wiring.requests,
         stop: stages.ingest.clone(),
+        consumer_errors_log: crate::log_every::LogEvery::new(Duration::from_secs(10)),
     };
     // Its own named OS thread (`top -H` shows `ingest`), joined through the tracker.
     let thread = std::thread::Builder::new()

@@ -32,6 +32,7 @@ pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod kafka;
+pub mod log_every;
 pub mod metrics;
 pub mod simulate;
 pub mod telemetry;

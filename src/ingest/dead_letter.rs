@@ -19,6 +19,7 @@
 
 use crate::events::DecodeError;
 use crate::kafka::{self, KafkaSettings};
+use crate::log_every::LogEvery;
 use crate::metrics::Metrics;
 use rdkafka::ClientContext;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -56,7 +57,7 @@ struct Pending {
 struct Ledger {
     next: u64,
     pending: BTreeMap<u64, Pending>,
-    last_logged: Option<Instant>,
+    failures_log: Option<LogEvery>,
 }
 
 /// Acknowledges or fails deliveries in the ledger.
@@ -85,12 +86,11 @@ impl ProducerContext for DeliveryReports {
                 if let Some(pending) = ledger.pending.get_mut(&number) {
                     pending.retry_at = Some(now + RETRY_AFTER);
                     let origin = pending.origin.clone();
-                    if ledger
-                        .last_logged
-                        .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
-                    {
-                        ledger.last_logged = Some(now);
-                        tracing::error!(error = %error, record = %origin, waiting, "the dead-letter topic did not take a poison record; retrying, and no checkpoint covers it until it does");
+                    let log = ledger
+                        .failures_log
+                        .get_or_insert_with(|| LogEvery::new(LOG_EVERY));
+                    if let Some(held_back) = log.allow(now) {
+                        tracing::error!(error = %error, record = %origin, waiting, similar_errors_not_logged = held_back, "the dead-letter topic did not take a poison record; retrying, and no checkpoint covers it until it does");
                     }
                 }
             }

@@ -51,6 +51,8 @@ pub struct Ingest {
     pub requests: mpsc::Receiver<Request>,
     /// Stop reading (then a final checkpoint is frozen).
     pub stop: CancellationToken,
+    /// Consumer errors are logged at most once per 10 s.
+    pub consumer_errors_log: crate::log_every::LogEvery,
 }
 
 impl Ingest {
@@ -144,7 +146,10 @@ impl Ingest {
                 Ok(message) => self.on_record(&message, dead_letters, roles),
                 Err(error) => {
                     crate::metrics::Metrics::inc(&self.engine.metrics().consumer_errors);
-                    tracing::warn!(error = %error, "consumer error");
+                    // Once per 10 s: a broker that is away fails every poll.
+                    if let Some(held_back) = self.consumer_errors_log.allow(Instant::now()) {
+                        tracing::warn!(error = %error, similar_errors_not_logged = held_back, "consumer error (storepulse_consumer_errors_total counts them all)");
+                    }
                 }
             }
         }
