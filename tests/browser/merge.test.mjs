@@ -3,7 +3,7 @@
 // Chromium against a real server and compare whole views with /api/snapshot.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { applyDelta, RECENT_ORDERS } from '../../src/http/dashboard/merge.js';
+import { applyDelta, positionAfter, RECENT_ORDERS } from '../../src/http/dashboard/merge.js';
 
 const order = (id, at) => ({ event_id: id, occurred_at: at });
 const view = () => ({
@@ -58,4 +58,13 @@ test('orders rank by time then event id and keep the newest twenty; a delta twic
 test('a store first seen in a delta is added whole', () => {
   const v = applyDelta(view(), { position: 't:4', stores: { n: { orders_today: 7, stock: [], recent_orders: [] } } });
   assert.equal(v.stores.n.orders_today, 7);
+});
+
+test('a position is after another only if no partition is behind and one is ahead', () => {
+  assert.equal(positionAfter('t:1,5', 't:1,4'), true);
+  assert.equal(positionAfter('t:1,4', 't:1,4'), false, 'the same position is old news');
+  assert.equal(positionAfter('t:0,9', 't:1,4'), false, 'a partition behind: relayed twice, or stale');
+  assert.equal(positionAfter('t:1,4', null), true, 'anything is after nothing');
+  assert.equal(positionAfter(null, 't:1,4'), false);
+  assert.equal(positionAfter('u:0,0', 't:1,4'), true, 'another layout (a resync) is not compared');
 });

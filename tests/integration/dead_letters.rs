@@ -2,7 +2,9 @@
 //! dead-lettered, and a dead letter the topic does not take keeps every checkpoint before
 //! it until the topic takes it, through a SIGKILL.
 
-use crate::helpers::{self, Server, database_url, fresh_topics, produce_raw};
+use crate::helpers::{
+    self, Server, create_topics, database_url, fresh_topics, produce_raw, wait_for,
+};
 use serde_json::Value;
 use std::time::Duration;
 use storepulse::events::{Channel, Codec, Event, OrderLine, OrderPlaced};
@@ -29,12 +31,6 @@ fn order(id: &str, at: i64, total: i64) -> Event {
         currency: "EUR".into(),
         channel: Channel::Web,
     })
-}
-
-async fn create_topics(settings: &KafkaSettings) {
-    kafka::ensure_topics(settings, &settings.topics.all(), 1, Duration::from_secs(15))
-        .await
-        .expect("topics are created");
 }
 
 /// Encoded orders on the orders topic, keyed by order id.
@@ -73,7 +69,7 @@ fn berlin(snapshot: &Value) -> (Value, Value, Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_future_dated_order_is_dead_lettered_and_moves_no_number() {
     let settings = fresh_topics("future");
-    create_topics(&settings).await;
+    create_topics(&settings, 1).await;
     let server = Server::start(
         &settings.topics,
         &helpers::unique("future"),
@@ -172,20 +168,10 @@ async fn recreate_topic(settings: &KafkaSettings, topic: &str) {
     panic!("{topic} could not be created again");
 }
 
-async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
-    for _ in 0..300 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_letter_the_topic_does_not_take_is_never_skipped_even_through_a_kill() {
     let settings = fresh_topics("dlq-down");
-    create_topics(&settings).await;
+    create_topics(&settings, 1).await;
     let group = helpers::unique("dlq-down");
     let dlq = format!("{}-dlq", settings.topics.orders);
     let server = Server::start(&settings.topics, &group, &database_url());
@@ -255,7 +241,7 @@ async fn the_simulators_events_ahead_of_the_clock_carry_their_time_and_are_appli
     use storepulse::simulate::scenario::ScenarioConfig;
     use storepulse::simulate::{self, SimulateOptions};
     let settings = fresh_topics("ahead");
-    create_topics(&settings).await;
+    create_topics(&settings, 1).await;
     let server = Server::start(&settings.topics, &helpers::unique("ahead"), &database_url());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -314,3 +314,34 @@ pub fn produce_raw(records: &[(&str, String, Vec<u8>)]) {
         .flush(Duration::from_secs(30))
         .expect("every record is delivered");
 }
+
+/// Polls `condition` every 200 ms, for at most a minute.
+pub async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    for _ in 0..300 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Creates the three topics of `settings` with `partitions` partitions each.
+pub async fn create_topics(settings: &storepulse::kafka::KafkaSettings, partitions: i32) {
+    storepulse::kafka::ensure_topics(
+        settings,
+        &settings.topics.all(),
+        partitions,
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("topics are created");
+}
+
+/// The names of the threads of process `pid` (Linux truncates them to 15 bytes).
+pub fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .collect()
+}

@@ -1,7 +1,9 @@
 //! `storepulse serve` against the real broker and database: exact numbers, dead letters,
 //! crashes at random points, a clean restart, and PostgreSQL going away and coming back.
 
-use crate::helpers::{self, Server, database_url, fresh_topics, position_total, produce_raw};
+use crate::helpers::{
+    self, Server, create_topics, database_url, fresh_topics, position_total, produce_raw, wait_for,
+};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -11,7 +13,7 @@ use storepulse::events::{
     Channel, Codec, Event, OrderCancelled, OrderLine, OrderPlaced, SessionSeen, StockChangeReason,
     StockChanged,
 };
-use storepulse::kafka::{self, KafkaSettings};
+use storepulse::kafka::KafkaSettings;
 use storepulse::simulate::scenario::{FlashSale, ScenarioConfig};
 use storepulse::simulate::{self, SimulateOptions};
 use tokio_util::sync::CancellationToken;
@@ -19,12 +21,6 @@ use tokio_util::sync::CancellationToken;
 /// 2026-11-27T14:00:00Z: 15:00 in Berlin, 23:00 in Tokyo.
 const T0: i64 = 1_795_788_000_000;
 const MIN: i64 = 60_000;
-
-async fn create_topics(settings: &KafkaSettings) {
-    kafka::ensure_topics(settings, &settings.topics.all(), 3, Duration::from_secs(15))
-        .await
-        .expect("topics are created");
-}
 
 fn order(id: &str, store: &str, at: i64, total: i64, currency: &str) -> Event {
     Event::OrderPlaced(OrderPlaced {
@@ -80,7 +76,7 @@ fn money(list: &Value, currency: &str) -> Option<i64> {
 async fn the_snapshot_equals_independently_computed_numbers_and_poison_goes_to_the_dead_letter_topic()
  {
     let settings = fresh_topics("exact");
-    create_topics(&settings).await;
+    create_topics(&settings, 3).await;
     let codec = Codec::new(&Default::default()).expect("schemas");
     let encode = |e: &Event| codec.encode(e).expect("encodes");
     let t = &settings.topics;
@@ -325,7 +321,7 @@ async fn produce_flash_sale(
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_at_random_points_then_restarted_ends_equal_to_an_uninterrupted_run() {
     let settings = fresh_topics("crash");
-    create_topics(&settings).await;
+    create_topics(&settings, 3).await;
     let group = helpers::unique("crash-group");
     let url = database_url();
     // The simulator runs while serve is killed and restarted.
@@ -390,7 +386,7 @@ async fn postgres_going_away_delays_checkpoints_but_never_processing() {
     let url = format!("postgres://postgres@127.0.0.1:{port}/storepulse");
 
     let settings = fresh_topics("pgdown");
-    create_topics(&settings).await;
+    create_topics(&settings, 3).await;
     let first = produce_flash_sale(&settings, 31, 3_000, None).await;
     let group = helpers::unique("pgdown-group");
     let server = Server::start(&settings.topics, &group, &url);
@@ -482,21 +478,11 @@ impl Drop for PrivateStack {
     }
 }
 
-async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
-    for _ in 0..300 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkpoint_of_another_format_is_ignored_and_the_state_rebuilt_from_kafka() {
     use sqlx::Connection;
     let settings = fresh_topics("format");
-    create_topics(&settings).await;
+    create_topics(&settings, 3).await;
     let total = produce_flash_sale(&settings, 41, 1_500, None).await;
     let group = helpers::unique("format-group");
     let url = database_url();

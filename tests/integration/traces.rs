@@ -6,7 +6,6 @@
 use crate::helpers::{self, Server, database_url, fresh_topics};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use storepulse::kafka;
 
 fn jaeger_api() -> String {
     let port = std::env::var("STOREPULSE_JAEGER_QUERY_PORT").unwrap_or_else(|_| "16686".into());
@@ -124,10 +123,7 @@ async fn an_orders_trace_runs_from_the_producer_through_processing_to_its_frame(
             ("OTEL_TRACES_SAMPLER", "always_on"),
         ],
     );
-    let threads = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
-        .expect("threads")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .collect::<Vec<_>>();
+    let threads = helpers::thread_names(server.pid());
     assert!(
         threads.iter().any(|t| t.starts_with("OpenTelemetry")),
         "an exporter thread runs: {threads:?}"
@@ -299,24 +295,14 @@ fn produce_with_traceparent(topic: &str, traceparent: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_an_endpoint_nothing_is_exported_and_no_exporter_thread_runs() {
     let settings = fresh_topics("untraced");
-    kafka::ensure_topics(
-        &settings,
-        &settings.topics.all(),
-        1,
-        Duration::from_secs(15),
-    )
-    .await
-    .expect("topics");
+    helpers::create_topics(&settings, 1).await;
     let server = Server::start(
         &settings.topics,
         &helpers::unique("untraced"),
         &database_url(),
     );
     tokio::task::block_in_place(|| server.snapshot_at(0, Duration::from_secs(60)));
-    let threads = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
-        .expect("threads")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .collect::<Vec<_>>();
+    let threads = helpers::thread_names(server.pid());
     assert!(threads.len() > 3, "threads are listed: {threads:?}");
     assert!(
         !threads.iter().any(|t| t.starts_with("OpenTelemetry")),
