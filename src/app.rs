@@ -27,7 +27,6 @@ use crate::kafka::{self, KafkaSettings};
 use crate::live::LogLimits;
 use crate::metrics::Metrics;
 use anyhow::Context;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -110,8 +109,7 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
 
 /// The channels, counters and checkpoint store, and the HTTP side's share of them.
 fn wire(settings: &Settings, stages: &Stages) -> anyhow::Result<(Wiring, AppState)> {
-    let metrics = Arc::new(Metrics::default());
-    metrics.consumer_lag.store(-1, Ordering::Relaxed);
+    let metrics = Arc::new(Metrics::new(&settings.kafka().topics));
     let store =
         CheckpointStore::connect_lazy(&settings.checkpoint.database_url, &settings.kafka.group_id)
             .context("checkpoint store settings")?;
@@ -438,14 +436,18 @@ async fn monitor_lag(
             Ok(highs) => partitions
                 .iter()
                 .zip(highs)
-                .map(|((_, _, key), high)| (high - position.next_offset(*key)).max(0))
+                .map(|((topic, partition, key), high)| {
+                    let next = position.next_offset(*key);
+                    metrics.partition(topic, *partition, next, high);
+                    (high - next).max(0)
+                })
                 .sum(),
             Err(error) => {
                 tracing::debug!(error = %error, "watermarks unavailable");
                 -1
             }
         };
-        metrics.consumer_lag.store(lag, Ordering::Relaxed);
+        metrics.consumer_lag.set(lag);
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = stop.cancelled() => {}
@@ -495,7 +497,7 @@ async fn checkpoint_writer(mut w: Writer) {
                     let _ = w.written.send(frozen);
                 }
                 Err(error) => {
-                    Metrics::inc(&w.metrics.checkpoint_failures);
+                    w.metrics.checkpoint_failures.inc();
                     if finishing {
                         tracing::error!(error = %error, "final checkpoint failed; the next start resumes from the previous one");
                         return;
@@ -528,13 +530,16 @@ impl Writer {
             self.migrated = true;
         }
         let written = self.store.write(frozen, &self.layout, self.keep).await?;
-        Metrics::inc(&self.metrics.checkpoints);
+        self.metrics.checkpoints.inc();
         self.metrics
-            .checkpoint_last_micros
-            .store(written.duration.as_micros() as u64, Ordering::Relaxed);
-        self.metrics
-            .checkpoint_last_bytes
-            .store(written.bytes as u64, Ordering::Relaxed);
+            .checkpoint_duration
+            .observe(written.duration.as_secs_f64());
+        self.metrics.checkpoint_size.observe(written.bytes as f64);
+        self.metrics.checkpoint_last_success.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
         tracing::debug!(id = written.id, bytes = written.bytes, duration = ?written.duration, "checkpoint written");
         Ok(())
     }
@@ -592,7 +597,7 @@ mod tests {
             migrated: true,
             stop: stop.clone(),
         }));
-        let failures = || metrics.checkpoint_failures.load(Ordering::Relaxed);
+        let failures = || metrics.checkpoint_failures.get();
         for _ in 0..600 {
             if failures() > 0 {
                 break;

@@ -1,283 +1,756 @@
-//! Process metrics: plain atomic counters and gauges, rendered in the Prometheus text
-//! format at `/metrics`. Written from the ingest thread and the checkpoint writer, read by
-//! HTTP; no locks.
+//! Process metrics on `prometheus-client`, exposed at `/metrics` in the OpenMetrics text
+//! format (exemplars need it). Written from the ingest thread, the checkpoint writer, the
+//! lag monitor and HTTP; read by the scrape. No lock on a per-record path: counters and
+//! gauges are atomics, labelled ones are created once and kept as handles.
 //!
-//! Labelled counters are arrays indexed by the label's own type (`TopicRole::ALL`,
-//! `DecodeError::index`), so a new role or decode error is counted without a change here.
+//! Labels are types: a topic role, an event type, a decode error, an opening path or a
+//! disconnect reason maps to its label in an exhaustive `match`, so a new variant cannot
+//! go uncounted. The topic label is the real topic name. Histograms are observed per batch,
+//! per frame or per checkpoint, never per event. docs/operations.md lists every metric.
 
-use crate::events::{DecodeError, TopicRole};
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+mod process;
+
+use crate::events::{DecodeError, Event, StoreId, TopicRole};
+use crate::kafka::Topics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Distinct stores given their own `scope` label on the freshness histogram; events of
+/// further stores are observed under `scope="other"` (store ids come from producers, and
+/// a label per id would let one bad producer grow the series without bound).
+pub const MAX_SCOPE_LABELS: usize = 64;
+
+/// The `scope` label of the all-stores view.
+pub const ALL_SCOPE: &str = "all";
+
+/// A gauge of seconds (or another fractional unit).
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventTypeLabels {
+    event_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: String,
+}
+
+/// An exemplar's labels: the trace of a sampled record in the observed frame.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabels {
+    trace_id: String,
+}
+
+/// The `event_type` labels, in [`event_type_index`] order.
+const EVENT_TYPES: [&str; 4] = [
+    "order_placed",
+    "order_cancelled",
+    "stock_changed",
+    "session_seen",
+];
+
+/// An event type's place in [`EVENT_TYPES`] (exhaustive: a new event type must be added).
+fn event_type_index(event: &Event) -> usize {
+    match event {
+        Event::OrderPlaced(_) => 0,
+        Event::OrderCancelled(_) => 1,
+        Event::StockChanged(_) => 2,
+        Event::SessionSeen(_) => 3,
+    }
+}
+
+/// Who opened a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpeningPath {
+    /// From the shared frame log and snapshot, without a round trip to ingest.
+    Shared,
+    /// By the ingest engine (no fresh shared snapshot, rule 4 or 5).
+    Engine,
+}
+
+impl OpeningPath {
+    fn label(self) -> &'static str {
+        match self {
+            OpeningPath::Shared => "shared",
+            OpeningPath::Engine => "engine",
+        }
+    }
+}
+
+/// Why a live stream ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client went away (closed the connection, or the network did).
+    ClientClosed,
+    /// The client took nothing for the stall timeout; the server closed it.
+    Stalled,
+    /// The server is shutting down.
+    Shutdown,
+    /// The frame feed ended (ingest stopped) or a fresh opening failed.
+    FeedEnded,
+}
+
+impl DisconnectReason {
+    const ALL: [DisconnectReason; 4] = [
+        DisconnectReason::ClientClosed,
+        DisconnectReason::Stalled,
+        DisconnectReason::Shutdown,
+        DisconnectReason::FeedEnded,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DisconnectReason::ClientClosed => "client_closed",
+            DisconnectReason::Stalled => "stalled",
+            DisconnectReason::Shutdown => "shutdown",
+            DisconnectReason::FeedEnded => "feed_ended",
+        }
+    }
+}
+
+/// Buckets of latencies from 1 ms to ~9 min (doubling).
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 20)
+}
 
 /// The metrics of one process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    /// Records read, per topic role (in `TopicRole::ALL` order; see [`Metrics::record_read`]).
-    pub records: [AtomicU64; TopicRole::ALL.len()],
+    registry: Registry,
+    records: [Counter; TopicRole::ALL.len()],
+    events: [Counter; 4],
+    poison: Family<ReasonLabels, Counter>,
+    openings: [Counter; 2],
+    disconnects: Family<ReasonLabels, Counter>,
+    partition_position: Family<PartitionLabels, Gauge>,
+    partition_high_watermark: Family<PartitionLabels, Gauge>,
+    partition_lag: Family<PartitionLabels, Gauge>,
+    freshness: Family<ScopeLabels, HistogramWithExemplars<TraceLabels>>,
+    /// Store scopes given a label so far (saturates past [`MAX_SCOPE_LABELS`]).
+    store_scopes: AtomicUsize,
     /// Events applied.
-    pub applied: AtomicU64,
+    pub applied: Counter,
     /// Duplicate event ids skipped.
-    pub duplicates: AtomicU64,
-    /// Events later than the allowed lateness.
-    pub late: AtomicU64,
-    /// Orders placed again, or cancelled again, under a new event id (counted once).
-    pub repeated: AtomicU64,
+    pub duplicates: Counter,
+    /// Events later than the allowed lateness (applied where their minute is still held).
+    pub late: Counter,
+    /// Orders placed or cancelled again under a new event id (counted once).
+    pub repeated: Counter,
     /// Events of a day older than every held day (changed nothing).
-    pub expired: AtomicU64,
-    /// Poison records waiting for the dead-letter topic to acknowledge them.
-    pub dead_letters_pending: AtomicI64,
-    /// How long the oldest of them has waited, milliseconds (0 when none waits).
-    pub dead_letters_oldest_ms: AtomicI64,
-    /// Poison records, per decode error (see [`Metrics::poison_record`]).
-    pub decode_errors: [AtomicU64; DecodeError::LABELS.len()],
+    pub expired: Counter,
     /// Poison records delivered to the dead-letter topic.
-    pub dead_lettered: AtomicU64,
-    /// Poison records the dead-letter topic did not take (they stay in their source topic).
-    pub dead_letter_failures: AtomicU64,
+    pub dead_lettered: Counter,
+    /// Attempts the dead-letter topic did not take (each retried).
+    pub dead_letter_failures: Counter,
+    /// Poison records waiting for the dead-letter topic to acknowledge them.
+    pub dead_letters_pending: Gauge,
+    /// How long the oldest of them has waited, seconds (0 when none waits).
+    pub dead_letters_oldest_wait: FloatGauge,
     /// Consumer errors reported by the client.
-    pub consumer_errors: AtomicU64,
+    pub consumer_errors: Counter,
     /// Checkpoints written.
-    pub checkpoints: AtomicU64,
+    pub checkpoints: Counter,
     /// Checkpoint attempts that failed.
-    pub checkpoint_failures: AtomicU64,
-    /// Duration of the last checkpoint, microseconds.
-    pub checkpoint_last_micros: AtomicU64,
-    /// Size of the last checkpoint's state, bytes.
-    pub checkpoint_last_bytes: AtomicU64,
-    /// Records between the position and the partition ends (-1 unknown).
-    pub consumer_lag: AtomicI64,
-    /// Newest event time applied, epoch ms.
-    pub newest_event_time_ms: AtomicI64,
-    /// Snapshots served from cache / serialised.
-    pub snapshots_cached: AtomicU64,
+    pub checkpoint_failures: Counter,
+    /// Duration of each checkpoint transaction.
+    pub checkpoint_duration: Histogram,
+    /// Size of each checkpoint's state.
+    pub checkpoint_size: Histogram,
+    /// When the last checkpoint was written, Unix seconds (0 before the first).
+    pub checkpoint_last_success: FloatGauge,
+    /// Records between the position and the partition ends, all partitions (-1 unknown).
+    pub consumer_lag: Gauge,
+    /// Newest event time applied, Unix seconds.
+    pub newest_event_time: FloatGauge,
+    /// Time to decode and apply one batch of records.
+    pub batch_duration: Histogram,
+    /// Records in one batch.
+    pub batch_records: Histogram,
+    /// Kafka record timestamp (the producer's) → the frame that carries the record.
+    pub produce_to_frame: Histogram,
+    /// Snapshots served from the per-position cache.
+    pub snapshots_cached: Counter,
     /// Snapshots serialised.
-    pub snapshots_built: AtomicU64,
+    pub snapshots_built: Counter,
     /// Delta frames built.
-    pub frames: AtomicU64,
-    /// Bytes of the all-stores encoding of those frames.
-    pub frame_bytes: AtomicU64,
+    pub frames: Counter,
+    /// Bytes of the frames built, as an all-stores subscriber receives them.
+    pub frame_bytes: Counter,
+    /// Size of each frame (all-stores encoding).
+    pub frame_size: Histogram,
     /// Bytes held by the frame log.
-    pub frame_log_bytes: AtomicU64,
+    pub frame_log_bytes: Gauge,
     /// Live streams open now.
-    pub subscribers: AtomicI64,
-    /// Streams that fell behind their queue and caught up from the frame log (or from a
-    /// snapshot when the log had moved past them).
-    pub lagged_subscribers: AtomicU64,
-    /// Times a stream behind (several frames queued, or lagged) caught up from the frame
-    /// log's shared pieces.
-    pub catch_ups: AtomicU64,
-    /// Catch-up writes that were a span of frames (shared, conflated once per scope).
-    pub span_writes: AtomicU64,
-    /// Streams opened from the shared log and snapshot, without a round trip to ingest.
-    pub openings_shared: AtomicU64,
-    /// Streams opened by the ingest engine (no fresh shared snapshot, rule 4 or 5).
-    pub openings_engine: AtomicU64,
-    /// Streams closed because the client took nothing for the stall timeout.
-    pub stalled_disconnects: AtomicU64,
+    pub subscribers: Gauge,
+    /// Streams refused because the subscriber cap was reached.
+    pub refused_streams: Counter,
+    /// Streams that fell behind their queue and caught up from the frame log.
+    pub lagged_subscribers: Counter,
+    /// Times a stream behind caught up from the frame log's shared pieces.
+    pub catch_ups: Counter,
+    /// Catch-up writes that were a span of frames (conflated once per scope, shared).
+    pub span_writes: Counter,
+    /// Openings that were a resync (rule 5: an id of another layout, or not an id).
+    pub resyncs: Counter,
+}
+
+impl Default for Metrics {
+    /// With the default topic names (tests).
+    fn default() -> Self {
+        Metrics::new(&crate::kafka::KafkaSettings::default().topics)
+    }
 }
 
 impl Metrics {
-    /// Adds one to a counter.
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Every metric, registered, with the labels known up front created at zero.
+    pub fn new(topics: &Topics) -> Metrics {
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let r = root.sub_registry_with_prefix("storepulse");
+        let records_family = Family::<TopicLabels, Counter>::default();
+        r.register(
+            "records",
+            "Kafka records read, by topic",
+            records_family.clone(),
+        );
+        let records = TopicRole::ALL.map(|role| {
+            records_family.get_or_create_owned(&TopicLabels {
+                topic: topics.name(role).to_owned(),
+            })
+        });
+        let events_family = Family::<EventTypeLabels, Counter>::default();
+        r.register(
+            "events",
+            "Events decoded, by type (before dedup)",
+            events_family.clone(),
+        );
+        let events = EVENT_TYPES
+            .map(|event_type| events_family.get_or_create_owned(&EventTypeLabels { event_type }));
+        let poison = Family::<ReasonLabels, Counter>::default();
+        r.register(
+            "poison_records",
+            "Records that did not decode or validate, by reason (each dead-lettered)",
+            poison.clone(),
+        );
+        for reason in DecodeError::LABELS {
+            let _ = poison.get_or_create_owned(&ReasonLabels { reason });
+        }
+        let openings_family = Family::<PathLabels, Counter>::default();
+        r.register(
+            "stream_openings",
+            "Streams opened, by who chose the opening: shared (log and snapshot) or engine",
+            openings_family.clone(),
+        );
+        let openings = [OpeningPath::Shared, OpeningPath::Engine]
+            .map(|path| openings_family.get_or_create_owned(&PathLabels { path: path.label() }));
+        let disconnects = Family::<ReasonLabels, Counter>::default();
+        r.register(
+            "disconnects",
+            "Live streams ended, by reason",
+            disconnects.clone(),
+        );
+        for reason in DisconnectReason::ALL {
+            let _ = disconnects.get_or_create_owned(&ReasonLabels {
+                reason: reason.label(),
+            });
+        }
+        let freshness =
+            Family::<ScopeLabels, HistogramWithExemplars<TraceLabels>>::new_with_constructor(
+                || HistogramWithExemplars::new(latency_buckets()),
+            );
+        r.register_with_unit(
+            "freshness",
+            "Event time (occurred_at) to the frame that carries it, by scope (a store or all); the oldest event of each frame. Exemplar: a sampled record's trace",
+            Unit::Seconds,
+            freshness.clone(),
+        );
+        let m = Metrics {
+            records,
+            events,
+            poison,
+            openings,
+            disconnects,
+            freshness,
+            store_scopes: AtomicUsize::new(0),
+            partition_position: Family::default(),
+            partition_high_watermark: Family::default(),
+            partition_lag: Family::default(),
+            applied: Counter::default(),
+            duplicates: Counter::default(),
+            late: Counter::default(),
+            repeated: Counter::default(),
+            expired: Counter::default(),
+            dead_lettered: Counter::default(),
+            dead_letter_failures: Counter::default(),
+            dead_letters_pending: Gauge::default(),
+            dead_letters_oldest_wait: FloatGauge::default(),
+            consumer_errors: Counter::default(),
+            checkpoints: Counter::default(),
+            checkpoint_failures: Counter::default(),
+            checkpoint_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            checkpoint_size: Histogram::new(exponential_buckets(1024.0, 2.0, 18)),
+            checkpoint_last_success: FloatGauge::default(),
+            consumer_lag: Gauge::default(),
+            newest_event_time: FloatGauge::default(),
+            batch_duration: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
+            batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            produce_to_frame: Histogram::new(latency_buckets()),
+            snapshots_cached: Counter::default(),
+            snapshots_built: Counter::default(),
+            frames: Counter::default(),
+            frame_bytes: Counter::default(),
+            frame_size: Histogram::new(exponential_buckets(64.0, 2.0, 16)),
+            frame_log_bytes: Gauge::default(),
+            subscribers: Gauge::default(),
+            refused_streams: Counter::default(),
+            lagged_subscribers: Counter::default(),
+            catch_ups: Counter::default(),
+            span_writes: Counter::default(),
+            resyncs: Counter::default(),
+            registry: Registry::default(),
+        };
+        m.consumer_lag.set(-1);
+        let counters: [(&str, &str, &Counter); 19] = [
+            (
+                "events_applied",
+                "Events applied to the aggregates",
+                &m.applied,
+            ),
+            (
+                "duplicate_events",
+                "Events skipped as duplicates of an applied event id",
+                &m.duplicates,
+            ),
+            (
+                "late_events",
+                "Events older than the allowed lateness behind the newest event",
+                &m.late,
+            ),
+            (
+                "repeated_events",
+                "Orders placed or cancelled again under a new event id (each order counts once)",
+                &m.repeated,
+            ),
+            (
+                "expired_events",
+                "Events of a day older than every held day: counted, changed nothing",
+                &m.expired,
+            ),
+            (
+                "dead_lettered",
+                "Poison records the dead-letter topic acknowledged",
+                &m.dead_lettered,
+            ),
+            (
+                "dead_letter_failures",
+                "Attempts the dead-letter topic did not take (each retried; the record is kept)",
+                &m.dead_letter_failures,
+            ),
+            (
+                "consumer_errors",
+                "Errors reported by the Kafka consumer",
+                &m.consumer_errors,
+            ),
+            ("checkpoints", "Checkpoints written", &m.checkpoints),
+            (
+                "checkpoint_failures",
+                "Checkpoint attempts that failed (retried with backoff)",
+                &m.checkpoint_failures,
+            ),
+            (
+                "snapshots_built",
+                "Snapshots serialised",
+                &m.snapshots_built,
+            ),
+            (
+                "snapshots_cached",
+                "Snapshots served from the per-position cache",
+                &m.snapshots_cached,
+            ),
+            (
+                "frames",
+                "Delta frames built (each serialised once for every subscriber)",
+                &m.frames,
+            ),
+            (
+                "frame_bytes",
+                "Bytes of the frames built, as an all-stores subscriber receives them",
+                &m.frame_bytes,
+            ),
+            (
+                "refused_streams",
+                "Streams refused with 503 because the subscriber cap was reached",
+                &m.refused_streams,
+            ),
+            (
+                "lagged_subscribers",
+                "Streams that fell behind their queue and caught up from the frame log (or a snapshot)",
+                &m.lagged_subscribers,
+            ),
+            (
+                "catch_ups",
+                "Times a stream behind caught up from the frame log's shared pieces",
+                &m.catch_ups,
+            ),
+            (
+                "span_writes",
+                "Catch-up writes that were a shared, conflated span of frames",
+                &m.span_writes,
+            ),
+            (
+                "resyncs",
+                "Openings that were a resync snapshot (an id of another layout, or not an id)",
+                &m.resyncs,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+        let gauges: [(&str, &str, &Gauge); 4] = [
+            (
+                "consumer_lag_records",
+                "Records between the position and the partition ends, all partitions (-1: unknown)",
+                &m.consumer_lag,
+            ),
+            (
+                "dead_letters_pending",
+                "Poison records not yet acknowledged by the dead-letter topic (no checkpoint covers them)",
+                &m.dead_letters_pending,
+            ),
+            ("subscribers", "Live streams open now", &m.subscribers),
+            (
+                "frame_log_bytes",
+                "Bytes held by the frame log",
+                &m.frame_log_bytes,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            r.register(name, help, gauge.clone());
+        }
+        let seconds: [(&str, &str, &FloatGauge); 3] = [
+            (
+                "dead_letters_oldest_wait",
+                "How long the oldest poison record has waited for the dead-letter topic",
+                &m.dead_letters_oldest_wait,
+            ),
+            (
+                "newest_event_timestamp",
+                "Newest event time applied, Unix time",
+                &m.newest_event_time,
+            ),
+            (
+                "checkpoint_last_success_timestamp",
+                "When the last checkpoint was written, Unix time (0: none yet)",
+                &m.checkpoint_last_success,
+            ),
+        ];
+        for (name, help, gauge) in seconds {
+            r.register_with_unit(name, help, Unit::Seconds, gauge.clone());
+        }
+        let histograms: [(&str, &str, Unit, &Histogram); 6] = [
+            (
+                "produce_to_frame",
+                "Kafka record timestamp (set by the producer) to the frame carrying the record; the oldest record of each frame",
+                Unit::Seconds,
+                &m.produce_to_frame,
+            ),
+            (
+                "batch_duration",
+                "Decoding and applying one batch of records (up to 2 000)",
+                Unit::Seconds,
+                &m.batch_duration,
+            ),
+            (
+                "checkpoint_duration",
+                "One checkpoint transaction",
+                Unit::Seconds,
+                &m.checkpoint_duration,
+            ),
+            (
+                "checkpoint_size",
+                "One checkpoint's state",
+                Unit::Bytes,
+                &m.checkpoint_size,
+            ),
+            (
+                "frame_size",
+                "One frame as an all-stores subscriber receives it",
+                Unit::Bytes,
+                &m.frame_size,
+            ),
+            (
+                "batch_records",
+                "Records in one batch",
+                Unit::Other("records".into()),
+                &m.batch_records,
+            ),
+        ];
+        for (name, help, unit, histogram) in histograms {
+            r.register_with_unit(name, help, unit, histogram.clone());
+        }
+        let partitions: [(&str, &str, &Family<PartitionLabels, Gauge>); 3] = [
+            (
+                "partition_position",
+                "Next offset ingest reads, per partition",
+                &m.partition_position,
+            ),
+            (
+                "partition_high_watermark",
+                "The partition's end (its next offset to be written)",
+                &m.partition_high_watermark,
+            ),
+            (
+                "partition_lag_records",
+                "Records between the position and the partition's end",
+                &m.partition_lag,
+            ),
+        ];
+        for (name, help, family) in partitions {
+            r.register(name, help, family.clone());
+        }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
-    /// Counts a record read from a topic of `role`.
+    /// Counts a record read from the topic of `role`.
     pub fn record_read(&self, role: TopicRole) {
-        Metrics::inc(&self.records[role.index()]);
+        self.records[role.index()].inc();
+    }
+
+    /// Counts a decoded event by its type.
+    pub fn event_decoded(&self, event: &Event) {
+        self.events[event_type_index(event)].inc();
     }
 
     /// Counts a poison record by its decode error.
     pub fn poison_record(&self, error: &DecodeError) {
-        Metrics::inc(&self.decode_errors[error.index()]);
+        self.poison
+            .get_or_create(&ReasonLabels {
+                reason: error.label(),
+            })
+            .inc();
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(
-                out,
-                "# HELP storepulse_{name} {help}\n# TYPE storepulse_{name} counter"
-            );
-            for (labels, value) in samples {
-                let _ = writeln!(out, "storepulse_{name}{labels} {value}");
+    /// Counts a stream opening.
+    pub fn opened(&self, path: OpeningPath) {
+        self.openings[match path {
+            OpeningPath::Shared => 0,
+            OpeningPath::Engine => 1,
+        }]
+        .inc();
+    }
+
+    /// Counts a stream's end.
+    pub fn disconnected(&self, reason: DisconnectReason) {
+        self.disconnects
+            .get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
+    /// How many streams ended for `reason`.
+    pub fn disconnects(&self, reason: DisconnectReason) -> u64 {
+        self.disconnects
+            .get(&ReasonLabels {
+                reason: reason.label(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Publishes one partition's position, end and lag.
+    pub fn partition(&self, topic: &str, partition: i32, position: i64, high_watermark: i64) {
+        let labels = PartitionLabels {
+            topic: topic.to_owned(),
+            partition,
+        };
+        self.partition_position.get_or_create(&labels).set(position);
+        self.partition_high_watermark
+            .get_or_create(&labels)
+            .set(high_watermark);
+        self.partition_lag
+            .get_or_create(&labels)
+            .set((high_watermark - position).max(0));
+    }
+
+    /// Observes how old the oldest event of a frame's scope was when the frame went out.
+    /// `store` `None` is the all-stores scope; stores past [`MAX_SCOPE_LABELS`] share
+    /// `scope="other"`. The exemplar is a sampled record's trace in the frame, if any.
+    pub fn observe_freshness(&self, store: Option<&StoreId>, age: Duration, trace: Option<&str>) {
+        let scope = match store {
+            None => ALL_SCOPE.to_owned(),
+            Some(store) => {
+                let labels = ScopeLabels {
+                    scope: store.0.clone(),
+                };
+                let known = self.freshness.get(&labels).is_some();
+                if known || self.store_scopes.fetch_add(1, Ordering::Relaxed) < MAX_SCOPE_LABELS {
+                    labels.scope
+                } else {
+                    "other".to_owned()
+                }
             }
         };
-        let roles = TopicRole::ALL.map(|role| format!("{{topic=\"{}\"}}", role.name()));
-        let samples: Vec<(&str, u64)> = TopicRole::ALL
-            .iter()
-            .map(|role| {
-                (
-                    roles[role.index()].as_str(),
-                    get(&self.records[role.index()]),
-                )
-            })
-            .collect();
-        counter(
-            "records_total",
-            "Kafka records read, by topic role.",
-            &samples,
-        );
-        counter(
-            "events_applied_total",
-            "Events applied to the aggregates.",
-            &[("", get(&self.applied))],
-        );
-        counter(
-            "duplicate_events_total",
-            "Events skipped as duplicates of an applied event id.",
-            &[("", get(&self.duplicates))],
-        );
-        counter(
-            "late_events_total",
-            "Events older than the allowed lateness behind the newest event.",
-            &[("", get(&self.late))],
-        );
-        counter(
-            "repeated_events_total",
-            "Orders placed or cancelled again under a new event id (each order counts once).",
-            &[("", get(&self.repeated))],
-        );
-        counter(
-            "expired_events_total",
-            "Events of a day older than every held day: counted, changed nothing.",
-            &[("", get(&self.expired))],
-        );
-        let labels: Vec<String> = DecodeError::LABELS
-            .iter()
-            .map(|l| format!("{{reason=\"{l}\"}}"))
-            .collect();
-        let samples: Vec<(&str, u64)> = labels
-            .iter()
-            .zip(&self.decode_errors)
-            .map(|(l, c)| (l.as_str(), get(c)))
-            .collect();
-        counter(
-            "poison_records_total",
-            "Records that did not decode or validate, by reason.",
-            &samples,
-        );
-        counter(
-            "dead_lettered_total",
-            "Poison records written to the dead-letter topic.",
-            &[("", get(&self.dead_lettered))],
-        );
-        counter(
-            "dead_letter_failures_total",
-            "Poison records the dead-letter topic did not take.",
-            &[("", get(&self.dead_letter_failures))],
-        );
-        counter(
-            "consumer_errors_total",
-            "Errors reported by the Kafka consumer.",
-            &[("", get(&self.consumer_errors))],
-        );
-        counter(
-            "checkpoints_total",
-            "Checkpoints written.",
-            &[("", get(&self.checkpoints))],
-        );
-        counter(
-            "checkpoint_failures_total",
-            "Checkpoint attempts that failed (retried with backoff).",
-            &[("", get(&self.checkpoint_failures))],
-        );
-        counter(
-            "snapshots_built_total",
-            "Snapshots serialised.",
-            &[("", get(&self.snapshots_built))],
-        );
-        counter(
-            "snapshots_cached_total",
-            "Snapshots served from the per-position cache.",
-            &[("", get(&self.snapshots_cached))],
-        );
-        counter(
-            "frames_total",
-            "Delta frames built (each serialised once for every subscriber).",
-            &[("", get(&self.frames))],
-        );
-        counter(
-            "frame_bytes_total",
-            "Bytes of the frames built, as an all-stores subscriber receives them.",
-            &[("", get(&self.frame_bytes))],
-        );
-        counter(
-            "catch_ups_total",
-            "Times a stream behind caught up from the frame log's shared pieces.",
-            &[("", get(&self.catch_ups))],
-        );
-        counter(
-            "span_writes_total",
-            "Catch-up writes that were a shared span of frames.",
-            &[("", get(&self.span_writes))],
-        );
-        counter(
-            "stream_openings_total",
-            "Streams opened, by who chose the opening: shared (log and snapshot) or engine.",
-            &[
-                ("{path=\"shared\"}", get(&self.openings_shared)),
-                ("{path=\"engine\"}", get(&self.openings_engine)),
-            ],
-        );
-        counter(
-            "lagged_subscribers_total",
-            "Streams that fell behind their queue and caught up from the frame log (or a snapshot).",
-            &[("", get(&self.lagged_subscribers))],
-        );
-        counter(
-            "stalled_disconnects_total",
-            "Streams closed because the client read nothing for the stall timeout.",
-            &[("", get(&self.stalled_disconnects))],
-        );
-        let mut gauge = |name: &str, help: &str, value: i64| {
-            let _ = writeln!(
-                out,
-                "# HELP storepulse_{name} {help}\n# TYPE storepulse_{name} gauge\nstorepulse_{name} {value}"
-            );
-        };
-        gauge(
-            "consumer_lag_records",
-            "Records between the position and the partition ends (-1: unknown).",
-            self.consumer_lag.load(Ordering::Relaxed),
-        );
-        gauge(
-            "newest_event_time_ms",
-            "Newest event time applied, epoch milliseconds.",
-            self.newest_event_time_ms.load(Ordering::Relaxed),
-        );
-        gauge(
-            "checkpoint_last_duration_us",
-            "Duration of the last checkpoint transaction.",
-            get(&self.checkpoint_last_micros) as i64,
-        );
-        gauge(
-            "checkpoint_last_bytes",
-            "Size of the last checkpoint's state.",
-            get(&self.checkpoint_last_bytes) as i64,
-        );
-        gauge(
-            "frame_log_bytes",
-            "Bytes held by the frame log.",
-            get(&self.frame_log_bytes) as i64,
-        );
-        gauge(
-            "subscribers",
-            "Live streams open now.",
-            self.subscribers.load(Ordering::Relaxed),
-        );
-        gauge(
-            "dead_letters_pending",
-            "Poison records not yet acknowledged by the dead-letter topic (no checkpoint covers them).",
-            self.dead_letters_pending.load(Ordering::Relaxed),
-        );
-        gauge(
-            "dead_letters_oldest_wait_ms",
-            "How long the oldest poison record has waited for the dead-letter topic.",
-            self.dead_letters_oldest_ms.load(Ordering::Relaxed),
-        );
+        let exemplar = trace.map(|trace_id| TraceLabels {
+            trace_id: trace_id.to_owned(),
+        });
+        self.freshness
+            .get_or_create(&ScopeLabels { scope })
+            .observe(age.as_secs_f64(), exemplar, Some(SystemTime::now()));
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_decode_error_and_disconnect_reason_is_exposed_at_zero() {
+        let text = Metrics::default().render();
+        for label in DecodeError::LABELS {
+            assert!(
+                text.contains(&format!(
+                    "storepulse_poison_records_total{{reason=\"{label}\"}} 0\n"
+                )),
+                "{label}"
+            );
+        }
+        for reason in DisconnectReason::ALL {
+            assert!(text.contains(&format!(
+                "storepulse_disconnects_total{{reason=\"{}\"}} 0\n",
+                reason.label()
+            )));
+        }
+        assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with EOF");
+    }
+
+    #[test]
+    fn the_topic_label_is_the_real_topic_name() {
+        let topics = Topics {
+            orders: "shop.orders.v1".into(),
+            inventory: "shop.inventory".into(),
+            activity: "shop.activity".into(),
+        };
+        let metrics = Metrics::new(&topics);
+        metrics.record_read(TopicRole::Orders);
+        metrics.record_read(TopicRole::Orders);
+        let text = metrics.render();
+        assert!(
+            text.contains("storepulse_records_total{topic=\"shop.orders.v1\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("storepulse_records_total{topic=\"shop.activity\"} 0\n"));
+    }
+
+    #[test]
+    fn freshness_scopes_are_bounded_and_carry_a_trace_exemplar() {
+        let metrics = Metrics::default();
+        metrics.observe_freshness(
+            None,
+            Duration::from_millis(150),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        );
+        for n in 0..(MAX_SCOPE_LABELS + 10) {
+            metrics.observe_freshness(
+                Some(&StoreId(format!("store-{n}"))),
+                Duration::from_millis(20),
+                None,
+            );
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains("storepulse_freshness_seconds_bucket{le=\"0.256\",scope=\"all\"} 1 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.15"),
+            "{text}"
+        );
+        assert!(text.contains("storepulse_freshness_seconds_count{scope=\"other\"} 10\n"));
+        assert!(text.contains("storepulse_freshness_seconds_count{scope=\"store-0\"} 1\n"));
+        assert!(!text.contains(&format!("scope=\"store-{MAX_SCOPE_LABELS}\"")));
+    }
+
+    #[test]
+    fn partition_gauges_carry_topic_and_partition() {
+        let metrics = Metrics::default();
+        metrics.partition("orders", 3, 90, 100);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "storepulse_partition_lag_records{topic=\"orders\",partition=\"3\"} 10\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "storepulse_partition_high_watermark{topic=\"orders\",partition=\"3\"} 100\n"
+        ));
+    }
+
+    #[test]
+    fn process_metrics_are_exposed() {
+        let text = Metrics::default().render();
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_threads ",
+        ] {
+            let value: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("{name} in {text}"))
+                .parse()
+                .expect("a number");
+            assert!(value >= 0.0, "{name}");
+        }
+        let rss: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(
+            rss > 1_000_000.0,
+            "a test process holds more than 1 MB: {rss}"
+        );
     }
 }

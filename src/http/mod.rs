@@ -185,16 +185,11 @@ async fn readyz(State(app): State<AppState>) -> Response {
         tokio::time::timeout(Duration::from_secs(2), app.checkpoints.is_reachable())
             .await
             .unwrap_or(false);
-    let lag = app
-        .metrics
-        .consumer_lag
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let lag = app.metrics.consumer_lag.get();
     let lag = (lag >= 0).then_some(lag);
     let caught_up = status.assigned && lag.is_some_and(|lag| lag <= app.max_lag);
-    let load =
-        |gauge: &std::sync::atomic::AtomicI64| gauge.load(std::sync::atomic::Ordering::Relaxed);
-    let dead_letters_pending = load(&app.metrics.dead_letters_pending);
-    let dead_letters_oldest_ms = load(&app.metrics.dead_letters_oldest_ms);
+    let dead_letters_pending = app.metrics.dead_letters_pending.get();
+    let dead_letters_oldest_ms = (app.metrics.dead_letters_oldest_wait.get() * 1000.0) as i64;
     // A poison record waiting this long means the dead-letter topic is not taking them:
     // checkpoints are held back until it does.
     let dead_letter_topic = dead_letters_oldest_ms < DEAD_LETTER_WAIT_READY_MS;
@@ -225,7 +220,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         app.metrics.render(),
     )
 }

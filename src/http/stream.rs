@@ -15,7 +15,7 @@ use super::{ApiError, AppState};
 use crate::events::StoreId;
 use crate::ingest::{Hub, Request, Subscribed, Subscription};
 use crate::live::{self, Encoded, Encoding, Piece};
-use crate::metrics::Metrics;
+use crate::metrics::{DisconnectReason, Metrics, OpeningPath};
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Query, State};
@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
@@ -39,12 +39,43 @@ pub struct StreamQuery {
     since: Option<String>,
 }
 
-/// Counts an open stream; the count drops when the stream ends.
-struct SubscriberGuard(Arc<Metrics>);
+/// Counts an open stream; the count drops when the stream ends, and a stream that was
+/// served counts its end by reason.
+struct SubscriberGuard {
+    metrics: Arc<Metrics>,
+    /// Why the stream ended; `None` until it is served (a refused stream is no disconnect).
+    ending: Option<DisconnectReason>,
+    /// Set by the stall watch when it closed the connection.
+    stalled: Option<Arc<AtomicBool>>,
+}
+
+impl SubscriberGuard {
+    /// The guard, and how many streams were open before this one.
+    fn new(metrics: &Arc<Metrics>) -> (SubscriberGuard, i64) {
+        let before = metrics.subscribers.inc();
+        let guard = SubscriberGuard {
+            metrics: Arc::clone(metrics),
+            ending: None,
+            stalled: None,
+        };
+        (guard, before)
+    }
+}
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.subscribers.dec();
+        if let Some(reason) = self.ending {
+            let stalled = self
+                .stalled
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Acquire));
+            self.metrics.disconnected(if stalled {
+                DisconnectReason::Stalled
+            } else {
+                reason
+            });
+        }
     }
 }
 
@@ -63,7 +94,7 @@ impl SharedProgress {
     fn event(&self, app: &AppState) -> Arc<Encoded> {
         let key = (
             app.status.borrow().newest_event_time,
-            app.metrics.consumer_lag.load(Ordering::Relaxed),
+            app.metrics.consumer_lag.get(),
         );
         let mut held = self
             .0
@@ -115,7 +146,7 @@ async fn open(
     since: Option<String>,
 ) -> Result<Subscribed, ApiError> {
     if let Some(subscription) = hub.try_open(store.as_ref(), since.as_deref(), Instant::now()) {
-        Metrics::inc(&app.metrics.openings_shared);
+        app.metrics.opened(OpeningPath::Shared);
         return Ok(Subscribed::Started(subscription));
     }
     subscribe(app, store, since).await
@@ -135,9 +166,9 @@ pub(super) async fn stream(
         .get()
         .cloned()
         .ok_or_else(ApiError::ingest_stopped)?;
-    let open_streams = app.metrics.subscribers.fetch_add(1, Ordering::Relaxed);
-    let guard = SubscriberGuard(Arc::clone(&app.metrics));
+    let (mut guard, open_streams) = SubscriberGuard::new(&app.metrics);
     if open_streams >= app.stream.max_subscribers as i64 {
+        app.metrics.refused_streams.inc();
         return Ok((
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "5")],
@@ -163,8 +194,9 @@ pub(super) async fn stream(
     let stall = StallWatch::start(
         connection.map(|Extension(ConnectInfo(c))| c.kill),
         app.stream.stall_timeout,
-        Arc::clone(&app.metrics),
     );
+    guard.ending = Some(DisconnectReason::ClientClosed);
+    guard.stalled = Some(stall.fired());
     let client = Client {
         hub,
         store,
@@ -203,7 +235,7 @@ impl Client {
             .iter()
             .filter_map(|piece| {
                 if let Piece::Span(_) = piece {
-                    Metrics::inc(&metrics.span_writes);
+                    metrics.span_writes.inc();
                 }
                 piece.bytes_for(self.store.as_ref(), self.encoding)
             })
@@ -251,7 +283,7 @@ impl Client {
     /// The shared pieces from this client's last frame to the newest.
     fn catch_up(&mut self, metrics: &Metrics) -> Option<Vec<Bytes>> {
         let (pieces, newest) = self.hub.catch_up(self.last_seq)?;
-        Metrics::inc(&metrics.catch_ups);
+        metrics.catch_ups.inc();
         self.last_seq = newest;
         Some(self.bytes_of(&pieces, metrics))
     }
@@ -267,7 +299,7 @@ fn writer(
     guard: SubscriberGuard,
 ) -> impl futures_core::Stream<Item = Result<Bytes, std::convert::Infallible>> {
     async_stream::stream! {
-        let _guard = guard;
+        let mut guard = guard;
         if client.encoding == Encoding::Gzip {
             yield Ok(Bytes::from_static(&live::GZIP_HEADER));
         }
@@ -287,13 +319,19 @@ fn writer(
                 received = live.recv() => match received {
                     Ok(frame) => client.on_frame(&frame, !live.is_empty(), &metrics),
                     Err(RecvError::Lagged(_)) => {
-                        Metrics::inc(&metrics.lagged_subscribers);
+                        metrics.lagged_subscribers.inc();
                         client.catch_up(&metrics)
                     }
-                    Err(RecvError::Closed) => break,
+                    Err(RecvError::Closed) => {
+                        guard.ending = Some(DisconnectReason::FeedEnded);
+                        break;
+                    }
                 },
                 _ = ticker.tick() => Some(vec![app.progress.event(&app).for_encoding(client.encoding)]),
-                () = app.stop.cancelled() => break,
+                () = app.stop.cancelled() => {
+                    guard.ending = Some(DisconnectReason::Shutdown);
+                    break;
+                }
             };
             let writes = match written {
                 Some(writes) => writes,
@@ -304,7 +342,10 @@ fn writer(
                         live = fresh.live;
                         writes
                     }
-                    _ => break,
+                    _ => {
+                        guard.ending = Some(DisconnectReason::FeedEnded);
+                        break;
+                    }
                 },
             };
             for bytes in writes {
@@ -325,25 +366,31 @@ pub(super) struct StallWatch {
     offered_at: Arc<AtomicU64>,
     epoch: tokio::time::Instant,
     watchdog: Option<tokio::task::JoinHandle<()>>,
+    /// Set when the watch closed the connection.
+    fired: Arc<AtomicBool>,
 }
 
 impl StallWatch {
-    pub(super) fn start(
-        kill: Option<KillSwitch>,
-        timeout: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub(super) fn start(kill: Option<KillSwitch>, timeout: Duration) -> Self {
         let offered_at = Arc::new(AtomicU64::new(0));
+        let fired = Arc::new(AtomicBool::new(false));
         let epoch = tokio::time::Instant::now();
         let watchdog = kill.filter(|_| !timeout.is_zero()).map(|kill| {
             let offered_at = Arc::clone(&offered_at);
-            tokio::spawn(watch_for_stall(offered_at, epoch, timeout, kill, metrics))
+            let fired = Arc::clone(&fired);
+            tokio::spawn(watch_for_stall(offered_at, epoch, timeout, kill, fired))
         });
         StallWatch {
             offered_at,
             epoch,
             watchdog,
+            fired,
         }
+    }
+
+    /// True once the watch has closed the connection.
+    pub(super) fn fired(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.fired)
     }
 
     /// A chunk is handed to hyper.
@@ -364,7 +411,7 @@ async fn watch_for_stall(
     epoch: tokio::time::Instant,
     timeout: Duration,
     kill: KillSwitch,
-    metrics: Arc<Metrics>,
+    fired: Arc<AtomicBool>,
 ) {
     let mut deadline = epoch + timeout;
     loop {
@@ -376,7 +423,7 @@ async fn watch_for_stall(
         }
         let stuck_from = epoch + Duration::from_millis(since);
         if stuck_from + timeout <= tokio::time::Instant::now() {
-            Metrics::inc(&metrics.stalled_disconnects);
+            fired.store(true, Ordering::Release);
             tracing::info!(
                 ?timeout,
                 "disconnecting a stream client that stopped reading"
@@ -403,12 +450,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_chunk_not_taken_for_the_stall_timeout_kills_the_connection() {
         let kill = KillSwitch::default();
-        let metrics = Arc::new(Metrics::default());
-        let watch = StallWatch::start(
-            Some(kill.clone()),
-            Duration::from_secs(30),
-            Arc::clone(&metrics),
-        );
+        let watch = StallWatch::start(Some(kill.clone()), Duration::from_secs(30));
         // Reading clients: chunks offered and taken, for longer than the timeout.
         for _ in 0..100 {
             watch.offered();
@@ -421,17 +463,13 @@ mod tests {
         assert!(!kill.is_killed(), "not before the timeout");
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(kill.is_killed(), "a chunk offered 31 s ago and never taken");
-        assert_eq!(metrics.stalled_disconnects.load(Ordering::Relaxed), 1);
+        assert!(watch.fired().load(Ordering::Acquire), "and says so");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_zero_timeout_never_disconnects() {
         let kill = KillSwitch::default();
-        let watch = StallWatch::start(
-            Some(kill.clone()),
-            Duration::ZERO,
-            Arc::new(Metrics::default()),
-        );
+        let watch = StallWatch::start(Some(kill.clone()), Duration::ZERO);
         watch.offered();
         tokio::time::sleep(Duration::from_secs(3_600)).await;
         assert!(!kill.is_killed());

@@ -25,7 +25,6 @@ use rdkafka::ClientContext;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -76,11 +75,11 @@ impl ProducerContext for DeliveryReports {
         match result {
             Ok(_) => {
                 if ledger.pending.remove(&number).is_some() {
-                    Metrics::inc(&self.metrics.dead_lettered);
+                    self.metrics.dead_lettered.inc();
                 }
             }
             Err((error, _)) => {
-                Metrics::inc(&self.metrics.dead_letter_failures);
+                self.metrics.dead_letter_failures.inc();
                 let now = Instant::now();
                 let waiting = ledger.pending.len();
                 if let Some(pending) = ledger.pending.get_mut(&number) {
@@ -97,7 +96,7 @@ impl ProducerContext for DeliveryReports {
         }
         self.metrics
             .dead_letters_pending
-            .store(ledger.pending.len() as i64, Ordering::Relaxed);
+            .set(ledger.pending.len() as i64);
     }
 }
 
@@ -165,7 +164,7 @@ impl DeadLetters {
         ledger.pending.insert(number, pending);
         self.metrics
             .dead_letters_pending
-            .store(ledger.pending.len() as i64, Ordering::Relaxed);
+            .set(ledger.pending.len() as i64);
     }
 
     /// Queues one attempt; false if the producer refused it (a failed attempt, retried).
@@ -180,7 +179,7 @@ impl DeadLetters {
         match self.producer.send(record) {
             Ok(()) => true,
             Err((error, _)) => {
-                Metrics::inc(&self.metrics.dead_letter_failures);
+                self.metrics.dead_letter_failures.inc();
                 tracing::debug!(error = %error, record = %pending.origin, "could not queue a dead letter; retrying");
                 false
             }
@@ -203,8 +202,8 @@ impl DeadLetters {
             .max()
             .unwrap_or_default();
         self.metrics
-            .dead_letters_oldest_ms
-            .store(oldest.as_millis() as i64, Ordering::Relaxed);
+            .dead_letters_oldest_wait
+            .set(oldest.as_secs_f64());
     }
 
     /// How many poison records have been sent so far (the number the next one gets).

@@ -14,17 +14,17 @@
 //! | a request from HTTP | [`Engine::handle_request`] |
 //! | time passing | [`Engine::tick`] (checkpoints, status) |
 
+use super::freshness::PendingAges;
 use super::hub::{Hub, SharedSnapshot, Subscription};
 use crate::aggregate::{Applied, Changes, Layout, RecordRef, State};
 use crate::checkpoint::Frozen;
 use crate::events::{Codec, DecodeError, StoreId, check_event_time};
 use crate::live::{self, Encoded, FrameBuilder, SnapshotEvent, Start};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OpeningPath};
 use bytes::Bytes;
 use opentelemetry::trace::TraceContextExt;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Most sampled records a frame span links to (it counts them all).
@@ -124,6 +124,8 @@ pub struct Engine {
     /// Sampled records since the last frame (bounded) and how many there were.
     sampled: Vec<opentelemetry::trace::SpanContext>,
     sampled_records: u64,
+    /// How old what the next frame carries is (for the freshness histograms).
+    pending_ages: PendingAges,
     dirty: bool,
     snapshots: SnapshotCache,
     builder: FrameBuilder,
@@ -155,6 +157,7 @@ impl Engine {
             snapshots: SnapshotCache::default(),
             sampled: Vec::new(),
             sampled_records: 0,
+            pending_ages: PendingAges::default(),
             builder: FrameBuilder::new(),
             parked: Vec::new(),
             started: now,
@@ -196,15 +199,25 @@ impl Engine {
         )?;
         let outcome = self.state.apply(&event, at, &mut self.changes);
         let metrics = &self.out.metrics;
+        metrics.event_decoded(&event);
         match outcome.applied {
-            Applied::Applied => Metrics::inc(&metrics.applied),
-            Applied::Duplicate => Metrics::inc(&metrics.duplicates),
-            Applied::Repeated => Metrics::inc(&metrics.repeated),
-            Applied::Expired => Metrics::inc(&metrics.expired),
+            Applied::Applied => {
+                metrics.applied.inc();
+                self.pending_ages.note(&event, record_time_ms);
+            }
+            Applied::Duplicate => {
+                metrics.duplicates.inc();
+            }
+            Applied::Repeated => {
+                metrics.repeated.inc();
+            }
+            Applied::Expired => {
+                metrics.expired.inc();
+            }
             Applied::AlreadyApplied => {}
         }
         if outcome.late {
-            Metrics::inc(&metrics.late);
+            metrics.late.inc();
         }
         Ok(())
     }
@@ -289,6 +302,12 @@ impl Engine {
         // takes a good part of it, and frames must not crowd out the records they report.
         self.last_frame = Instant::now();
         let frame_bytes = frame.all.len() as u64;
+        let trace = self
+            .sampled
+            .first()
+            .map(|record| record.trace_id().to_string());
+        self.pending_ages
+            .observe(&self.out.metrics, unix_millis_now(), trace.as_deref());
         // Traced only when sampled records went into it: a `frame` span (child of the first,
         // linked to the others) and the fan-out inside it.
         let span = self.frame_span(frame.seq, frame_bytes);
@@ -296,20 +315,17 @@ impl Engine {
         let _deliver = span.as_ref().map(|_| {
             tracing::info_span!(
                 "deliver",
-                "storepulse.subscribers" = self.out.metrics.subscribers.load(Ordering::Relaxed),
+                "storepulse.subscribers" = self.out.metrics.subscribers.get(),
                 "storepulse.frame.bytes" = frame_bytes,
             )
             .entered()
         });
         let log_bytes = self.out.hub.publish(frame);
         let metrics = &self.out.metrics;
-        metrics
-            .frame_log_bytes
-            .store(log_bytes as u64, Ordering::Relaxed);
-        Metrics::inc(&metrics.frames);
-        metrics
-            .frame_bytes
-            .fetch_add(frame_bytes, Ordering::Relaxed);
+        metrics.frame_log_bytes.set(log_bytes as i64);
+        metrics.frames.inc();
+        metrics.frame_bytes.inc_by(frame_bytes);
+        metrics.frame_size.observe(frame_bytes as f64);
     }
 
     /// Chooses where a subscription starts (`live::start`) and subscribes it to the frames
@@ -380,7 +396,7 @@ impl Engine {
     /// The subscription of a decided start. Nothing is pending (the caller emitted it), so
     /// a snapshot contains exactly the frames up to the newest.
     fn started_at(&mut self, start: Start, store: Option<StoreId>) -> Subscribed {
-        Metrics::inc(&self.out.metrics.openings_engine);
+        self.out.metrics.opened(OpeningPath::Engine);
         let hub = Arc::clone(&self.out.hub);
         let newest = self.builder.last_seq();
         let kind = match start {
@@ -391,7 +407,10 @@ impl Engine {
                 SnapshotEvent::Snapshot // unreachable: the log does not change meanwhile
             }
             Start::Snapshot => SnapshotEvent::Snapshot,
-            Start::Resync => SnapshotEvent::Resync,
+            Start::Resync => {
+                self.out.metrics.resyncs.inc();
+                SnapshotEvent::Resync
+            }
             Start::UnknownStore | Start::WaitUntil(_) => return Subscribed::UnknownStore,
         };
         let Some(event) = self.snapshot_event(store, kind) else {
@@ -437,11 +456,11 @@ impl Engine {
     /// The JSON snapshot of a scope at the current position, serialised once.
     fn snapshot_json(&mut self, store: Option<StoreId>) -> Option<Bytes> {
         if let Some(json) = self.snapshots.json.get(&store) {
-            Metrics::inc(&self.out.metrics.snapshots_cached);
+            self.out.metrics.snapshots_cached.inc();
             return Some(json.clone());
         }
         let snapshot = self.state.snapshot(&self.layout, store.as_ref())?;
-        Metrics::inc(&self.out.metrics.snapshots_built);
+        self.out.metrics.snapshots_built.inc();
         let json = Bytes::from(
             serde_json::to_vec(&snapshot)
                 .unwrap_or_else(|e| panic!("a snapshot always serialises: {e}")),
@@ -460,7 +479,7 @@ impl Engine {
     ) -> Option<Arc<Encoded>> {
         let key = (store, kind);
         if let Some(event) = self.snapshots.events.get(&key) {
-            Metrics::inc(&self.out.metrics.snapshots_cached);
+            self.out.metrics.snapshots_cached.inc();
             return Some(Arc::clone(event));
         }
         let json = self.snapshot_json(key.0.clone())?;
@@ -484,12 +503,20 @@ impl Engine {
     fn publish_status(&self) {
         self.out
             .metrics
-            .newest_event_time_ms
-            .store(self.state.newest_event_time(), Ordering::Relaxed);
+            .newest_event_time
+            .set(self.state.newest_event_time() as f64 / 1000.0);
         self.out.status.send_replace(Status {
             assigned: true,
             position: self.state.position().clone(),
             newest_event_time: self.state.newest_event_time(),
         });
     }
+}
+
+/// The wall clock in Unix milliseconds (frames are stamped for the freshness histograms;
+/// the core never reads a clock).
+fn unix_millis_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

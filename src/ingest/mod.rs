@@ -11,6 +11,7 @@
 
 mod dead_letter;
 mod engine;
+mod freshness;
 mod hub;
 
 pub use dead_letter::DeadLetters;
@@ -112,11 +113,7 @@ impl Ingest {
             self.engine.publish_checkpoint(Arc::clone(&last));
         } else {
             tracing::error!(
-                pending = self
-                    .engine
-                    .metrics()
-                    .dead_letters_pending
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                pending = self.engine.metrics().dead_letters_pending.get(),
                 "final checkpoint withheld: poison records are not in the dead-letter topic yet; the next start reads them again"
             );
             if let Some((frozen, sent)) = held
@@ -137,21 +134,34 @@ impl Ingest {
         roles: &[(String, TopicRole)],
     ) {
         let mut wait = POLL_WAIT;
+        let mut first: Option<Instant> = None;
+        let mut records = 0u64;
         for _ in 0..BATCH {
             let Some(result) = consumer.poll(wait) else {
-                return;
+                break;
             };
             wait = Duration::ZERO;
+            first.get_or_insert_with(Instant::now);
+            records += 1;
             match result {
                 Ok(message) => self.on_record(&message, dead_letters, roles),
                 Err(error) => {
-                    crate::metrics::Metrics::inc(&self.engine.metrics().consumer_errors);
+                    self.engine.metrics().consumer_errors.inc();
                     // Once per 10 s: a broker that is away fails every poll.
                     if let Some(held_back) = self.consumer_errors_log.allow(Instant::now()) {
                         tracing::warn!(error = %error, similar_errors_not_logged = held_back, "consumer error (storepulse_consumer_errors_total counts them all)");
                     }
                 }
             }
+        }
+        // From the first record in hand to the last: decode, apply, dead-letter (the wait
+        // for the first is not work).
+        if let Some(first) = first {
+            let metrics = self.engine.metrics();
+            metrics
+                .batch_duration
+                .observe(first.elapsed().as_secs_f64());
+            metrics.batch_records.observe(records as f64);
         }
     }
 

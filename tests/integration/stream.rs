@@ -536,7 +536,10 @@ async fn a_client_that_falls_behind_the_queue_catches_up_with_shared_spans_not_a
         deltas(&slow_events),
         deltas(&fast_events)
     );
-    assert_eq!(counter(&server, "storepulse_stalled_disconnects_total"), 0);
+    assert_eq!(
+        counter(&server, "storepulse_disconnects_total{reason=\"stalled\"}"),
+        0
+    );
     assert_each_ends_at_the_snapshot(&server, &[&fast_events, &slow_events]);
 }
 
@@ -554,7 +557,7 @@ async fn a_client_that_reads_nothing_is_disconnected_and_resumes_exactly_by_its_
     // blocked socket the server closes it.
     let (fast_events, total) = produce_while_reading(&settings, fast, first).await;
     assert!(
-        counter(&server, "storepulse_stalled_disconnects_total") >= 1,
+        counter(&server, "storepulse_disconnects_total{reason=\"stalled\"}") >= 1,
         "the client that read nothing was disconnected"
     );
     // It reads what its socket held, finds the end, and reconnects with its last id, as an
