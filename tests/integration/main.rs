@@ -9,6 +9,7 @@ mod cli;
 mod dead_letters;
 mod helpers;
 mod postgres;
+mod prometheus;
 mod serve;
 mod simulate;
 mod stack;
