@@ -7,7 +7,8 @@
 //! delays checkpoints (the caller retries with backoff) and never stops processing.
 
 use crate::aggregate::{AggregateConfig, Layout, State};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use storepulse_core::checkpoint::{FORMAT_VERSION, FormatError, Frozen};
@@ -19,9 +20,19 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// A failed checkpoint operation.
 #[derive(Debug, Error)]
 pub enum CheckpointError {
-    /// The database did not answer or refused.
+    /// The database did not answer or refused (inside the store; callers get
+    /// [`CheckpointError::Unavailable`], which says where and why).
     #[error("checkpoint store: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database did not answer or refused: which one (no password), and the cause a
+    /// direct connection attempt reports when the pool only says it timed out.
+    #[error("checkpoint store {target}: {cause}")]
+    Unavailable {
+        /// `postgres://host:port/database`.
+        target: String,
+        /// Why, e.g. "Connection refused (os error 111)".
+        cause: String,
+    },
     /// Migrations failed.
     #[error("checkpoint migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -52,25 +63,78 @@ pub struct Written {
 pub struct CheckpointStore {
     pool: PgPool,
     group: String,
+    options: PgConnectOptions,
+    target: String,
 }
 
 impl CheckpointStore {
     /// A store on a lazily connecting pool: creating it never fails on a dead database.
     pub fn connect_lazy(database_url: &str, group: &str) -> Result<Self, CheckpointError> {
+        let options: PgConnectOptions = database_url.parse()?;
+        let target = format!(
+            "postgres://{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(database_url)?;
+            .connect_lazy_with(options.clone());
         Ok(CheckpointStore {
             pool,
             group: group.to_owned(),
+            options,
+            target,
         })
+    }
+
+    /// Where the store is (`postgres://host:port/database`, no password).
+    pub fn target(&self) -> &str {
+        &self.target
     }
 
     /// Applies the migrations in `migrations/`.
     pub async fn migrate(&self) -> Result<(), CheckpointError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        let result = MIGRATOR.run(&self.pool).await;
+        match result {
+            Err(sqlx::migrate::MigrateError::Execute(error)) => Err(self.unavailable(error).await),
+            other => Ok(other?),
+        }
+    }
+
+    /// A database error as [`CheckpointError::Unavailable`]: the pool says only "timed out",
+    /// so then one direct connection is tried for the real cause.
+    async fn unavailable(&self, error: sqlx::Error) -> CheckpointError {
+        let cause = if matches!(error, sqlx::Error::PoolTimedOut) {
+            match tokio::time::timeout(
+                Duration::from_secs(3),
+                PgConnection::connect_with(&self.options),
+            )
+            .await
+            {
+                Err(_) => "no answer within 3 s".to_owned(),
+                Ok(Err(direct)) => direct.to_string(),
+                Ok(Ok(connection)) => {
+                    let _ = connection.close().await;
+                    "no pooled connection within 3 s, though a direct one succeeds (the database is overloaded or at max_connections)".to_owned()
+                }
+            }
+        } else {
+            error.to_string()
+        };
+        CheckpointError::Unavailable {
+            target: self.target.clone(),
+            cause,
+        }
+    }
+
+    /// [`CheckpointError::Database`] made [`CheckpointError::Unavailable`].
+    async fn explained<T>(&self, result: Result<T, CheckpointError>) -> Result<T, CheckpointError> {
+        match result {
+            Err(CheckpointError::Database(error)) => Err(self.unavailable(error).await),
+            other => other,
+        }
     }
 
     /// True if the database answers a trivial query.
@@ -80,6 +144,16 @@ impl CheckpointStore {
 
     /// Writes a checkpoint and prunes all but the newest `keep`, in one transaction.
     pub async fn write(
+        &self,
+        frozen: &Frozen,
+        layout: &Layout,
+        keep: i64,
+    ) -> Result<Written, CheckpointError> {
+        let result = self.write_transaction(frozen, layout, keep).await;
+        self.explained(result).await
+    }
+
+    async fn write_transaction(
         &self,
         frozen: &Frozen,
         layout: &Layout,
@@ -142,6 +216,15 @@ impl CheckpointStore {
         layout: &Layout,
         config: Arc<AggregateConfig>,
     ) -> Result<Option<(i64, State)>, CheckpointError> {
+        let result = self.read_newest(layout, config).await;
+        self.explained(result).await
+    }
+
+    async fn read_newest(
+        &self,
+        layout: &Layout,
+        config: Arc<AggregateConfig>,
+    ) -> Result<Option<(i64, State)>, CheckpointError> {
         let skipped: (i64,) = sqlx::query_as(
             "SELECT count(*) FROM checkpoints WHERE group_name = $1
                AND (format_version <> $2 OR layout_tag <> $3)
@@ -176,5 +259,48 @@ impl CheckpointStore {
         let state = storepulse_core::checkpoint::restore(FORMAT_VERSION, &bytes, config)
             .map_err(|source| CheckpointError::Corrupt { id, source })?;
         Ok(Some((id, state)))
+    }
+}
+
+#[cfg(test)]
+mod unavailable_tests {
+    use super::*;
+    use crate::events::TopicRole;
+
+    #[tokio::test]
+    async fn a_down_database_is_named_with_the_real_cause_not_a_pool_timeout() {
+        // Nothing listens on port 1; the password never appears.
+        let store =
+            CheckpointStore::connect_lazy("postgres://postgres:secret@127.0.0.1:1/none", "g")
+                .expect("a lazy pool");
+        assert_eq!(store.target(), "postgres://127.0.0.1:1/none");
+        let layout = Layout::new(vec![
+            (TopicRole::Orders, "o".into(), 1),
+            (TopicRole::Inventory, "i".into(), 1),
+            (TopicRole::Activity, "a".into(), 1),
+        ]);
+        let error = store
+            .load_newest(&layout, Arc::new(AggregateConfig::default()))
+            .await
+            .expect_err("nothing listens");
+        let text = error.to_string();
+        assert!(
+            text.starts_with("checkpoint store postgres://127.0.0.1:1/none: "),
+            "{text}"
+        );
+        assert!(text.to_lowercase().contains("refused"), "the cause: {text}");
+        assert!(
+            !text.contains("pool timed out") && !text.contains("secret"),
+            "{text}"
+        );
+        let migrate = store
+            .migrate()
+            .await
+            .expect_err("nothing listens")
+            .to_string();
+        assert!(
+            migrate.contains("127.0.0.1:1") && migrate.to_lowercase().contains("refused"),
+            "{migrate}"
+        );
     }
 }

@@ -25,9 +25,15 @@ async fn main() -> anyhow::Result<()> {
     } else {
         lines.boxed()
     };
-    // RUST_LOG filters the log lines only: spans are exported whatever the log level.
+    // RUST_LOG filters the log lines only: spans are exported whatever the log level, and
+    // our spans (only sampled records have any) reach the log layer too, so a line logged
+    // inside one carries its fields: `trace_id` and `span_id` (JSON: under "span").
+    use tracing_subscriber::filter::FilterExt;
     let log_filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "storepulse=info,warn".into());
+        .unwrap_or_else(|_| "storepulse=info,warn".into())
+        .or(tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_span() && meta.target().starts_with("storepulse")
+        }));
     let span_filter =
         tracing_subscriber::filter::Targets::new().with_target("storepulse", tracing::Level::INFO);
     tracing_subscriber::registry()

@@ -5,20 +5,87 @@
 //! No endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), or
 //! `OTEL_SDK_DISABLED=true`: no exporter, no tracer, no thread, and the record path checks
 //! one boolean. With one: the SDK's batch processor exports on a thread of its own, the
-//! sampler comes from `OTEL_TRACES_SAMPLER`/`_ARG`, the resource from `OTEL_SERVICE_NAME`
-//! and `OTEL_RESOURCE_ATTRIBUTES`, headers from `OTEL_EXPORTER_OTLP_HEADERS`; spans are
-//! flushed by [`Telemetry::shutdown`], after the final checkpoint.
+//! resource comes from `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`, headers from
+//! `OTEL_EXPORTER_OTLP_HEADERS`; spans are flushed by [`Telemetry::shutdown`], after the
+//! final checkpoint.
+//!
+//! Sampling (`OTEL_TRACES_SAMPLER`/`_ARG`) is decided here, before any span object exists:
+//! a record whose `traceparent` is sampled gets a span (its flag is read without parsing
+//! the header); a record without one is a root, and [`RootSampler`] picks every n-th
+//! (`traceidratio` 0.01: one in 100; `always_on` and the default `parentbased_always_on`:
+//! all; `*always_off`: none). The SDK then samples whatever is started (parent-based,
+//! roots always on), so a ratio is applied once, not twice.
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Whether spans are exported: checked on every record, so a plain flag.
 static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Root spans: one in this many is started (0: none).
+static ROOT_EVERY: AtomicU64 = AtomicU64::new(1);
+
+/// Roots seen so far (the ingest thread's or the simulator's; one writer each).
+static ROOTS_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// Which roots get a span, from `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootSampler {
+    /// Every n-th root (1: all).
+    Every(u64),
+    /// None.
+    Never,
+}
+
+impl RootSampler {
+    /// The spec's samplers; records with a `traceparent` follow its sampled flag whichever
+    /// is chosen (storepulse reads `always_on`, `always_off` and `traceidratio` as their
+    /// `parentbased_` forms). An unknown sampler or a bad ratio is an error.
+    pub fn from_spec(sampler: Option<&str>, arg: Option<&str>) -> Result<RootSampler, String> {
+        let ratio = || -> Result<RootSampler, String> {
+            let ratio: f64 = match arg {
+                None => 1.0,
+                Some(arg) => arg
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("OTEL_TRACES_SAMPLER_ARG {arg:?} is not a number"))?,
+            };
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(format!(
+                    "OTEL_TRACES_SAMPLER_ARG {ratio} is not between 0 and 1"
+                ));
+            }
+            Ok(if ratio == 0.0 {
+                RootSampler::Never
+            } else {
+                RootSampler::Every((1.0 / ratio).round().max(1.0) as u64)
+            })
+        };
+        match sampler.map(str::trim) {
+            None | Some("" | "always_on" | "parentbased_always_on") => Ok(RootSampler::Every(1)),
+            Some("always_off" | "parentbased_always_off") => Ok(RootSampler::Never),
+            Some("traceidratio" | "parentbased_traceidratio") => ratio(),
+            Some(other) => Err(format!(
+                "OTEL_TRACES_SAMPLER {other:?} is not one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio"
+            )),
+        }
+    }
+}
+
+/// Whether this root (a record without `traceparent`, a record the simulator sends) gets a
+/// span: an uncontended counter, no span object unless it does.
+pub fn root_sampled() -> bool {
+    let every = ROOT_EVERY.load(Ordering::Relaxed);
+    every != 0
+        && ROOTS_SEEN
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(every)
+}
 
 /// Messaging attribute names (OpenTelemetry semantic conventions for Kafka).
 pub mod attributes {
@@ -58,6 +125,21 @@ impl Telemetry {
         if disabled || endpoint.is_none() {
             return (Telemetry { provider: None }, None);
         }
+        let roots = RootSampler::from_spec(
+            var("OTEL_TRACES_SAMPLER").as_deref(),
+            var("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+        )
+        .unwrap_or_else(|error| {
+            eprintln!("[storepulse] {error}; sampling every root (parentbased_always_on)");
+            RootSampler::Every(1)
+        });
+        ROOT_EVERY.store(
+            match roots {
+                RootSampler::Every(n) => n,
+                RootSampler::Never => 0,
+            },
+            Ordering::Relaxed,
+        );
         let exporter = match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
@@ -76,6 +158,10 @@ impl Telemetry {
         }
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
+            // What is started is sampled: the decision was made above (see the module doc).
+            .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+                opentelemetry_sdk::trace::Sampler::AlwaysOn,
+            )))
             .with_resource(resource.build())
             .build();
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -132,19 +218,30 @@ fn sampled_flag(traceparent: &[u8]) -> bool {
 }
 
 /// The `process {topic}` span of a record whose trace context is sampled (a CONSUMER span,
-/// child of the producer's), or `None` (no exporter, no header, or not sampled: nothing is
-/// created).
+/// child of the producer's), or of a record without one that the [`RootSampler`] picks (a
+/// root); else `None`, and nothing is created. The span's `trace_id` and `span_id` are
+/// also fields, so JSON log lines inside it carry them.
 pub fn record_span(message: &BorrowedMessage<'_>, group: &str) -> Option<tracing::Span> {
     if !enabled() {
         return None;
     }
-    let headers = message.headers()?;
-    let traceparent = headers.iter().find(|h| h.key == "traceparent")?.value?;
-    if !sampled_flag(traceparent) {
+    let parent = match message.headers() {
+        Some(headers) => match headers.iter().find(|h| h.key == "traceparent") {
+            Some(header) => {
+                if !header.value.is_some_and(sampled_flag) {
+                    return None;
+                }
+                Some(opentelemetry::global::get_text_map_propagator(|p| {
+                    p.extract(&KafkaHeaders(headers))
+                }))
+            }
+            None => None,
+        },
+        None => None,
+    };
+    if parent.is_none() && !root_sampled() {
         return None;
     }
-    let parent =
-        opentelemetry::global::get_text_map_propagator(|p| p.extract(&KafkaHeaders(headers)));
     let topic = message.topic();
     let span = tracing::info_span!(
         "process",
@@ -160,8 +257,15 @@ pub fn record_span(message: &BorrowedMessage<'_>, group: &str) -> Option<tracing
         "messaging.operation.type" = "process",
         "storepulse.event_id" = tracing::field::Empty,
         "storepulse.store_id" = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
-    let _ = span.set_parent(parent);
+    if let Some(parent) = parent {
+        let _ = span.set_parent(parent);
+    }
+    let context = span_context(&span);
+    span.record("trace_id", tracing::field::display(context.trace_id()));
+    span.record("span_id", tracing::field::display(context.span_id()));
     Some(span)
 }
 
@@ -179,7 +283,7 @@ pub fn span_context(span: &tracing::Span) -> SpanContext {
 /// A `send {topic}` PRODUCER span for a record about to be produced, and the
 /// `traceparent` that carries it; `None` when no spans are exported.
 pub fn producer_span(topic: &str, key: &str) -> Option<(tracing::Span, String)> {
-    if !enabled() {
+    if !enabled() || !root_sampled() {
         return None;
     }
     let span = tracing::info_span!(
@@ -222,6 +326,41 @@ mod tests {
         assert!(!sampled_flag(format!("{id}-0x").as_bytes()));
         assert!(!sampled_flag(b"00-short-01"));
         assert!(!sampled_flag(b""));
+    }
+
+    #[test]
+    fn samplers_follow_the_spec_names_and_a_ratio_picks_one_root_in_n() {
+        let from = RootSampler::from_spec;
+        assert_eq!(from(None, None), Ok(RootSampler::Every(1)));
+        assert_eq!(
+            from(Some("parentbased_always_on"), None),
+            Ok(RootSampler::Every(1))
+        );
+        assert_eq!(from(Some("always_off"), None), Ok(RootSampler::Never));
+        assert_eq!(
+            from(Some("traceidratio"), Some("0.01")),
+            Ok(RootSampler::Every(100))
+        );
+        assert_eq!(
+            from(Some("parentbased_traceidratio"), Some("0.3")),
+            Ok(RootSampler::Every(3))
+        );
+        assert_eq!(
+            from(Some("traceidratio"), Some("0")),
+            Ok(RootSampler::Never)
+        );
+        assert_eq!(from(Some("traceidratio"), None), Ok(RootSampler::Every(1)));
+        assert!(
+            from(Some("traceidratio"), Some("2"))
+                .expect_err("an error")
+                .contains("between 0 and 1")
+        );
+        assert!(from(Some("traceidratio"), Some("x")).is_err());
+        assert!(
+            from(Some("jaeger_remote"), None)
+                .expect_err("an error")
+                .contains("not one of")
+        );
     }
 
     #[test]

@@ -175,6 +175,23 @@ impl Server {
         database_url: &str,
         environment: &[(&str, &str)],
     ) -> Server {
+        Server::start_logging(
+            topics,
+            group,
+            database_url,
+            environment,
+            std::process::Stdio::inherit(),
+        )
+    }
+
+    /// [`Server::start_with`], its log (stderr) going to `log`.
+    pub fn start_logging(
+        topics: &Topics,
+        group: &str,
+        database_url: &str,
+        environment: &[(&str, &str)],
+        log: std::process::Stdio,
+    ) -> Server {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
             .arg("serve")
@@ -193,7 +210,7 @@ impl Server {
             .env("RUST_LOG", "storepulse=warn,warn")
             .envs(environment.iter().copied())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("serve starts");
         let stdout = child.stdout.take().expect("stdout is piped");

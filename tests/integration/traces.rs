@@ -309,3 +309,88 @@ async fn without_an_endpoint_nothing_is_exported_and_no_exporter_thread_runs() {
         "no exporter thread: {threads:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_log_lines_in_a_sampled_span_carry_its_ids_and_headerless_records_are_sampled_one_in_n()
+ {
+    let settings = fresh_topics("tracelogs");
+    helpers::create_topics(&settings, 1).await;
+    let log_path = std::env::temp_dir().join(format!("{}.log", helpers::unique("serve-json")));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let endpoint = otlp_endpoint();
+    let server = Server::start_logging(
+        &settings.topics,
+        &helpers::unique("tracelogs"),
+        &database_url(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+            ("STOREPULSE_LOG_FORMAT", "json"),
+        ],
+        log.into(),
+    );
+    // One poison record with a sampled context, then four without any: a ratio of 0.5
+    // starts a root span for one in two of them.
+    let trace = format!("{:032x}", rand::random::<u128>() | 1);
+    let orders = settings.topics.orders.clone();
+    let parent = format!("00-{trace}-{:016x}-01", rand::random::<u64>() | 1);
+    tokio::task::block_in_place(|| {
+        produce_with_traceparent(&orders, &parent);
+        let junk: Vec<(&str, String, Vec<u8>)> = (0..4)
+            .map(|n| {
+                (
+                    orders.as_str(),
+                    format!("junk-{n}"),
+                    b"not avro either".to_vec(),
+                )
+            })
+            .collect();
+        helpers::produce_raw(&junk);
+    });
+    helpers::wait_for(
+        || server.metric("storepulse_poison_records_total{reason=\"unknown_framing\"}") == 5,
+        "five poison records counted",
+    )
+    .await;
+    assert!(server.terminate(), "serve exits 0");
+    let text = std::fs::read_to_string(&log_path).expect("the log");
+    let _ = std::fs::remove_file(&log_path);
+    let poison_lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("poison record"))
+        })
+        .collect();
+    assert_eq!(poison_lines.len(), 5, "{text}");
+    let ids = |line: &Value| {
+        (
+            line["span"]["trace_id"].as_str().map(str::to_owned),
+            line["span"]["span_id"].as_str().map(str::to_owned),
+        )
+    };
+    let (first_trace, first_span) = ids(&poison_lines[0]);
+    assert_eq!(
+        first_trace.as_deref(),
+        Some(trace.as_str()),
+        "{}",
+        poison_lines[0]
+    );
+    assert!(first_span.is_some_and(|s| s.len() == 16 && s != "0000000000000000"));
+    let headerless: Vec<_> = poison_lines[1..].iter().map(ids).collect();
+    let traced = headerless
+        .iter()
+        .filter(|(t, s)| t.is_some() && s.is_some())
+        .count();
+    assert_eq!(traced, 2, "one in two roots is sampled: {headerless:?}");
+    assert!(
+        headerless
+            .iter()
+            .flat_map(|(t, _)| t)
+            .all(|t| *t != trace && t.len() == 32),
+        "roots start their own traces: {headerless:?}"
+    );
+}
