@@ -269,6 +269,29 @@ pub fn record_span(message: &BorrowedMessage<'_>, group: &str) -> Option<tracing
     Some(span)
 }
 
+/// Whether a stream connection is traced: its request's `traceparent` is sampled, or,
+/// without one, the [`RootSampler`] picks it. Only traced connections get `write` spans.
+pub fn connection_traced(traceparent: Option<&[u8]>) -> bool {
+    enabled()
+        && match traceparent {
+            Some(value) => sampled_flag(value),
+            None => root_sampled(),
+        }
+}
+
+/// The `write` span of a frame to one traced connection: a child of the frame's span, so
+/// an order's trace ends at the bytes handed to the client's socket.
+pub fn write_span(frame: SpanContext, seq: u64, scope: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "write",
+        "storepulse.frame.seq" = seq,
+        "storepulse.scope" = scope.unwrap_or("all"),
+        "storepulse.write.bytes" = tracing::field::Empty,
+    );
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(frame));
+    span
+}
+
 /// Marks a span as failed with `reason` (a dead-lettered record).
 pub fn fail(span: &tracing::Span, reason: &str) {
     span.record("otel.status_code", "error");

@@ -197,11 +197,14 @@ pub(super) async fn stream(
     );
     guard.ending = Some(DisconnectReason::ClientClosed);
     guard.stalled = Some(stall.fired());
+    let traced =
+        crate::telemetry::connection_traced(headers.get("traceparent").map(HeaderValue::as_bytes));
     let client = Client {
         hub,
         store,
         encoding,
         last_seq: subscription.last_seq,
+        traced,
     };
     let mut response =
         Body::from_stream(writer(app, client, subscription, stall, guard)).into_response();
@@ -226,6 +229,8 @@ struct Client {
     store: Option<StoreId>,
     encoding: Encoding,
     last_seq: u64,
+    /// Frames that carried sampled records get a `write` span on this connection.
+    traced: bool,
 }
 
 impl Client {
@@ -315,9 +320,19 @@ fn writer(
         let heartbeat = app.stream.heartbeat;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         loop {
+            let mut write_span = None;
             let written = tokio::select! {
                 received = live.recv() => match received {
-                    Ok(frame) => client.on_frame(&frame, !live.is_empty(), &metrics),
+                    Ok(frame) => {
+                        if client.traced && let Some(parent) = client.hub.trace_of(frame.seq) {
+                            write_span = Some(crate::telemetry::write_span(
+                                parent,
+                                frame.seq,
+                                client.store.as_ref().map(|s| s.0.as_str()),
+                            ));
+                        }
+                        client.on_frame(&frame, !live.is_empty(), &metrics)
+                    }
                     Err(RecvError::Lagged(_)) => {
                         metrics.lagged_subscribers.inc();
                         client.catch_up(&metrics)
@@ -348,10 +363,15 @@ fn writer(
                     }
                 },
             };
+            let bytes_written: usize = writes.iter().map(Bytes::len).sum();
             for bytes in writes {
                 stall.offered();
                 yield Ok(bytes);
                 stall.taken();
+            }
+            // Ends once hyper took the bytes into the connection's buffer.
+            if let Some(span) = write_span.take() {
+                span.record("storepulse.write.bytes", bytes_written);
             }
         }
     }

@@ -311,6 +311,11 @@ impl Engine {
         // Traced only when sampled records went into it: a `frame` span (child of the first,
         // linked to the others) and the fan-out inside it.
         let span = self.frame_span(frame.seq, frame_bytes);
+        if let Some(span) = &span {
+            self.out
+                .hub
+                .note_trace(frame.seq, crate::telemetry::span_context(span));
+        }
         let _frame = span.as_ref().map(tracing::Span::enter);
         let _deliver = span.as_ref().map(|_| {
             tracing::info_span!(

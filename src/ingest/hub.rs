@@ -60,7 +60,14 @@ pub struct Hub {
     published: RwLock<Published>,
     frames: broadcast::Sender<Arc<Frame>>,
     layout: Layout,
+    /// The span of each recent frame that carried sampled records (newest last, at most
+    /// [`TRACED_FRAMES`]): traced connections parent their `write` spans on it. Untraced
+    /// connections never look.
+    traces: std::sync::Mutex<std::collections::VecDeque<(u64, opentelemetry::trace::SpanContext)>>,
 }
+
+/// How many traced frames the hub remembers for `write` spans.
+const TRACED_FRAMES: usize = 64;
 
 impl Hub {
     /// An empty hub; each subscriber's receiver holds up to `queue_frames` frames before it
@@ -74,7 +81,31 @@ impl Hub {
             }),
             frames,
             layout,
+            traces: Default::default(),
         }
+    }
+
+    /// Remembers the span of frame `seq` (before it is published).
+    pub fn note_trace(&self, seq: u64, span: opentelemetry::trace::SpanContext) {
+        let mut traces = self
+            .traces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if traces.len() == TRACED_FRAMES {
+            traces.pop_front();
+        }
+        traces.push_back((seq, span));
+    }
+
+    /// The span of frame `seq`, if it carried sampled records and is recent.
+    pub fn trace_of(&self, seq: u64) -> Option<opentelemetry::trace::SpanContext> {
+        self.traces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, span)| span.clone())
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Published> {

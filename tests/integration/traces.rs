@@ -109,7 +109,8 @@ fn as_text(v: Option<&Value>) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_orders_trace_runs_from_the_producer_through_processing_to_its_frame() {
+async fn an_orders_trace_runs_from_the_producer_through_processing_and_its_frame_to_the_write_to_a_client()
+ {
     let settings = fresh_topics("traces");
     let service = helpers::unique("traced");
     let endpoint = otlp_endpoint();
@@ -128,6 +129,41 @@ async fn an_orders_trace_runs_from_the_producer_through_processing_to_its_frame(
         threads.iter().any(|t| t.starts_with("OpenTelemetry")),
         "an exporter thread runs: {threads:?}"
     );
+    // Topics first, so the stream below opens on an assigned layout.
+    helpers::create_topics(&settings, 2).await;
+    helpers::wait_for(
+        || server.get("/api/snapshot").0 == 200,
+        "partitions assigned",
+    )
+    .await;
+    // A dashboard whose request carries a sampled context: its connection is traced, so
+    // the frames it is written get `write` spans. It reads until serve stops.
+    let reader = {
+        let address = server.address.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(&address).expect("connects");
+            let parent = format!(
+                "00-{:032x}-{:016x}-01",
+                rand::random::<u128>() | 1,
+                rand::random::<u64>() | 1
+            );
+            write!(
+                stream,
+                "GET /api/stream HTTP/1.1\r\nHost: {address}\r\ntraceparent: {parent}\r\n\r\n"
+            )
+            .expect("request");
+            let mut read = 0usize;
+            let mut buffer = [0u8; 8192];
+            while let Ok(n) = stream.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                read += n;
+            }
+            read
+        })
+    };
     // The simulator, traced too: it creates the topics and sends 300 records, paced so
     // that each frame carries a few (a frame links at most 32 sampled records).
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
@@ -168,6 +204,10 @@ async fn an_orders_trace_runs_from_the_producer_through_processing_to_its_frame(
     assert!(
         server.terminate(),
         "SIGTERM exits 0 (and flushes the spans)"
+    );
+    assert!(
+        reader.join().expect("reader") > 0,
+        "the dashboard read frames"
     );
 
     let orders = settings.topics.orders.clone();
@@ -212,12 +252,20 @@ async fn an_orders_trace_runs_from_the_producer_through_processing_to_its_frame(
                 .filter(|s| s.name == "framed")
                 .flat_map(|s| s.links.clone())
                 .next();
-            let deliver = if frame {
-                spans.iter().any(|s| s.name == "deliver")
+            let frame_spans = if frame {
+                spans
             } else {
-                framed_in.is_some_and(|t| spans_of(&t).iter().any(|s| s.name == "deliver"))
+                framed_in.map(|t| spans_of(&t)).unwrap_or_default()
             };
-            if producer && process && deliver {
+            // The fan-out, and the write to the traced client's connection.
+            let deliver = frame_spans.iter().any(|s| s.name == "deliver");
+            let write = frame_spans.iter().any(|s| {
+                s.name == "write"
+                    && as_text(s.attributes.get("storepulse.write.bytes"))
+                        .parse::<u64>()
+                        .is_ok_and(|b| b > 0)
+            });
+            if producer && process && deliver && write {
                 found = Some(record.offset);
                 break 'search;
             }
@@ -226,7 +274,7 @@ async fn an_orders_trace_runs_from_the_producer_through_processing_to_its_frame(
     }
     assert!(
         found.is_some(),
-        "an order's trace holds its producer span, its process span (topic, partition, offset), its frame and the fan-out"
+        "an order's trace holds its producer span, its process span (topic, partition, offset), its frame, the fan-out and the write to the traced dashboard"
     );
     // Its spans may reach Jaeger's store in another batch: wait for them too.
     let failed = |spans: &[Span]| {
