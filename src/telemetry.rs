@@ -292,6 +292,24 @@ pub fn write_span(frame: SpanContext, seq: u64, scope: Option<&str>) -> tracing:
     span
 }
 
+/// On a sampled record's span: the event decoded (its id and store as attributes).
+pub fn decoded(span: &tracing::Span, event_id: &str, store: &str) {
+    span.record("storepulse.event_id", event_id);
+    span.record("storepulse.store_id", store);
+    span.add_event("decoded", Vec::new());
+}
+
+/// On a sampled record's span: what applying it did (`applied`, `duplicate`, …).
+pub fn applied(span: &tracing::Span, outcome: &'static str, late: bool) {
+    span.add_event(
+        "applied",
+        vec![
+            opentelemetry::KeyValue::new("storepulse.outcome", outcome),
+            opentelemetry::KeyValue::new("storepulse.late", late),
+        ],
+    );
+}
+
 /// Marks a span as failed with `reason` (a dead-lettered record).
 pub fn fail(span: &tracing::Span, reason: &str) {
     span.record("otel.status_code", "error");

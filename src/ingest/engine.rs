@@ -190,14 +190,32 @@ impl Engine {
         payload: &[u8],
         record_time_ms: Option<i64>,
     ) -> Result<(), DecodeError> {
+        self.process_traced(at, payload, record_time_ms, None)
+    }
+
+    /// [`Engine::process_record`] for a sampled record: its span gets the event id and
+    /// store as attributes, and `decoded` and `applied` (with the outcome) as events.
+    pub fn process_traced(
+        &mut self,
+        at: RecordRef,
+        payload: &[u8],
+        record_time_ms: Option<i64>,
+        span: Option<&tracing::Span>,
+    ) -> Result<(), DecodeError> {
         self.dirty = true;
         let event = self.codec.decode(payload)?;
+        if let Some(span) = span {
+            crate::telemetry::decoded(span, event.event_id(), &event.store_id().0);
+        }
         check_event_time(
             &event,
             record_time_ms,
             self.state.config().max_future_skew_ms,
         )?;
         let outcome = self.state.apply(&event, at, &mut self.changes);
+        if let Some(span) = span {
+            crate::telemetry::applied(span, outcome_label(outcome.applied), outcome.late);
+        }
         let metrics = &self.out.metrics;
         metrics.event_decoded(&event);
         match outcome.applied {
@@ -515,6 +533,17 @@ impl Engine {
             position: self.state.position().clone(),
             newest_event_time: self.state.newest_event_time(),
         });
+    }
+}
+
+/// An apply outcome as a span attribute.
+fn outcome_label(applied: Applied) -> &'static str {
+    match applied {
+        Applied::Applied => "applied",
+        Applied::Duplicate => "duplicate",
+        Applied::AlreadyApplied => "already_applied",
+        Applied::Repeated => "repeated",
+        Applied::Expired => "expired",
     }
 }
 

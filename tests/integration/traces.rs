@@ -243,6 +243,8 @@ async fn an_orders_trace_runs_from_the_producer_through_processing_and_its_frame
                     && as_text(s.attributes.get("messaging.kafka.offset"))
                         == record.offset.to_string()
                     && as_text(s.attributes.get("messaging.system")) == "kafka"
+                    && as_text(s.attributes.get("storepulse.store_id")).starts_with("store-")
+                    && !as_text(s.attributes.get("storepulse.event_id")).is_empty()
             });
             // The frame that carried it: in this trace (it was the frame's first sampled
             // record), or linked from its `framed` span; the fan-out is inside the frame.
