@@ -5,13 +5,90 @@
 //! watermarks); knows nothing about events.
 
 use crate::events::TopicRole;
+use crate::log_every::LogEvery;
 use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use thiserror::Error;
+
+/// How often librdkafka's own repeated errors and log lines are let through.
+const CLIENT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// librdkafka's errors and logs, rate-limited: a broker that is away makes every client
+/// report "all brokers down" many times a second (hundreds of lines in half a minute);
+/// here the first is logged, then one per 10 s with how many were held back.
+#[derive(Debug)]
+pub struct QuietLogs {
+    errors: Mutex<LogEvery>,
+    logs: Mutex<LogEvery>,
+}
+
+impl Default for QuietLogs {
+    fn default() -> Self {
+        QuietLogs {
+            errors: Mutex::new(LogEvery::new(CLIENT_LOG_EVERY)),
+            logs: Mutex::new(LogEvery::new(CLIENT_LOG_EVERY)),
+        }
+    }
+}
+
+fn allow(limiter: &Mutex<LogEvery>) -> Option<u64> {
+    limiter
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .allow(Instant::now())
+}
+
+impl ClientContext for QuietLogs {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if matches!(level, RDKafkaLogLevel::Debug) {
+            tracing::debug!(target: "librdkafka", facility, "{message}");
+            return;
+        }
+        let Some(held_back) = allow(&self.logs) else {
+            return;
+        };
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility, similar_lines_not_logged = held_back, "{message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", facility, similar_lines_not_logged = held_back, "{message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug => {
+                tracing::info!(target: "librdkafka", facility, similar_lines_not_logged = held_back, "{message}")
+            }
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if let Some(held_back) = allow(&self.errors) {
+            tracing::error!(error = %error, reason, similar_errors_not_logged = held_back, "kafka client error (repeats are logged once per 10 s)");
+        }
+    }
+}
+
+impl ConsumerContext for QuietLogs {}
+
+/// A consumer whose client logs are rate-limited.
+pub type Consumer = BaseConsumer<QuietLogs>;
+
+/// Creates a client from `config` with a [`QuietLogs`] context.
+pub fn quiet<T: rdkafka::config::FromClientConfigAndContext<QuietLogs>>(
+    config: &ClientConfig,
+) -> Result<T, KafkaError> {
+    config
+        .create_with_context(QuietLogs::default())
+        .map_err(KafkaError::Config)
+}
 
 /// The names of the three topics.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,8 +197,7 @@ pub async fn ensure_topics(
     partitions: i32,
     timeout: Duration,
 ) -> Result<Vec<String>, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> =
-        base_config(settings).create().map_err(KafkaError::Config)?;
+    let admin: AdminClient<QuietLogs> = quiet(&base_config(settings))?;
     let new_topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
@@ -179,10 +255,7 @@ pub fn partition_counts(
     topics: &[&str],
     timeout: Duration,
 ) -> Result<Vec<Option<i32>>, KafkaError> {
-    let consumer: BaseConsumer = base_config(settings)
-        .set("group.id", "storepulse-metadata")
-        .create()
-        .map_err(KafkaError::Config)?;
+    let consumer: Consumer = quiet(base_config(settings).set("group.id", "storepulse-metadata"))?;
     let metadata = consumer
         .fetch_metadata(None, timeout)
         .map_err(KafkaError::Request)?;
@@ -201,17 +274,14 @@ pub fn partition_counts(
 
 /// Asks the broker for partitions' high watermarks (their ends), with one long-lived client.
 pub struct WatermarkProbe {
-    consumer: BaseConsumer,
+    consumer: Consumer,
 }
 
 impl WatermarkProbe {
     /// A probe for `settings`' broker.
     pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
         Ok(WatermarkProbe {
-            consumer: base_config(settings)
-                .set("group.id", "storepulse-watermarks")
-                .create()
-                .map_err(KafkaError::Config)?,
+            consumer: quiet(base_config(settings).set("group.id", "storepulse-watermarks"))?,
         })
     }
 
@@ -237,10 +307,7 @@ impl WatermarkProbe {
 /// topic holds (from its creation, ignoring retention). Blocking: call from a blocking
 /// thread.
 pub fn total_records(settings: &KafkaSettings, topic: &str) -> Result<i64, KafkaError> {
-    let consumer: BaseConsumer = base_config(settings)
-        .set("group.id", "storepulse-watermarks")
-        .create()
-        .map_err(KafkaError::Config)?;
+    let consumer: Consumer = quiet(base_config(settings).set("group.id", "storepulse-watermarks"))?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)

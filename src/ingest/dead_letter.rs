@@ -63,9 +63,19 @@ struct Ledger {
 struct DeliveryReports {
     metrics: Arc<Metrics>,
     ledger: Arc<Mutex<Ledger>>,
+    /// The client's own errors and logs, rate-limited.
+    logs: kafka::QuietLogs,
 }
 
-impl ClientContext for DeliveryReports {}
+impl ClientContext for DeliveryReports {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.logs.log(level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.logs.error(error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryReports {
     type DeliveryOpaque = Box<u64>;
@@ -126,6 +136,7 @@ impl DeadLetters {
             .create_with_context(DeliveryReports {
                 metrics: Arc::clone(&metrics),
                 ledger: Arc::clone(&ledger),
+                logs: kafka::QuietLogs::default(),
             })
             .map_err(kafka::KafkaError::Config)?;
         Ok(DeadLetters {

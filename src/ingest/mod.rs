@@ -22,7 +22,7 @@ use crate::aggregate::{Layout, PartitionKey, RecordRef};
 use crate::checkpoint::Frozen;
 use crate::events::TopicRole;
 use crate::kafka::{self, KafkaSettings};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::sync::Arc;
@@ -60,9 +60,8 @@ impl Ingest {
     /// Runs until `stop`; returns the final frozen checkpoint. Blocking: run on its own
     /// thread.
     pub fn run(mut self) -> Result<Arc<Frozen>, kafka::KafkaError> {
-        let consumer: BaseConsumer = kafka::consumer_config(&self.kafka, &self.group_id)
-            .create()
-            .map_err(kafka::KafkaError::Config)?;
+        let consumer: kafka::Consumer =
+            kafka::quiet(&kafka::consumer_config(&self.kafka, &self.group_id))?;
         let metrics = Arc::clone(self.engine.metrics());
         let dead_letters = DeadLetters::new(&self.kafka, self.dead_letter_topic.clone(), metrics)?;
         consumer
@@ -129,7 +128,7 @@ impl Ingest {
     /// queued.
     fn read_batch(
         &mut self,
-        consumer: &BaseConsumer,
+        consumer: &kafka::Consumer,
         dead_letters: &DeadLetters,
         roles: &[(String, TopicRole)],
     ) {
@@ -235,7 +234,7 @@ fn assignment(
 
 /// Commits a durable checkpoint's positions to the consumer group: for lag tools only,
 /// correctness never reads them.
-fn commit_for_lag_tools(consumer: &BaseConsumer, written: &Frozen) {
+fn commit_for_lag_tools(consumer: &kafka::Consumer, written: &Frozen) {
     let mut offsets = TopicPartitionList::new();
     for (topic, partition, next) in &written.partitions {
         if *next > 0 {

@@ -121,11 +121,12 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
-/// A W3C trace context header value with random ids (never all-zero) and the sampled flag.
-fn traceparent(rng: &mut ChaCha8Rng) -> String {
+/// A W3C trace context header value with random ids (never all-zero), sampled or not.
+fn traceparent(rng: &mut ChaCha8Rng, sampled: bool) -> String {
     let trace_id: u128 = rng.random::<u128>().max(1);
     let span_id: u64 = rng.random::<u64>().max(1);
-    format!("00-{trace_id:032x}-{span_id:016x}-01")
+    let flags = if sampled { "01" } else { "00" };
+    format!("00-{trace_id:032x}-{span_id:016x}-{flags}")
 }
 
 /// Produces the scenario until its count or duration is reached, or `stop` is cancelled;
@@ -177,13 +178,15 @@ pub async fn run(
             let event = scenario.next().unwrap_or_else(|| unreachable!("endless"));
             let payload = codec.encode(&event)?;
             let topic = settings.topics.name(event.kind().topic_role());
-            // With an exporter: a PRODUCER span per record, whose context the record
-            // carries, so its trace begins here. Without: a random context marked sampled,
-            // as an upstream system that traces elsewhere would send.
+            // With an exporter: a PRODUCER span per record the sampler picks, whose context
+            // the record carries, so its trace begins here; the others carry a context
+            // marked not sampled (the producer decided; serve follows). Without an
+            // exporter: a random context marked sampled, as an upstream system that traces
+            // elsewhere would send.
             let send_span = crate::telemetry::producer_span(topic, event.key());
             let trace = match &send_span {
                 Some((_, traceparent)) => traceparent.clone(),
-                None => traceparent(&mut trace_rng),
+                None => traceparent(&mut trace_rng, !crate::telemetry::enabled()),
             };
             // Unpaced, event time runs ahead of the clock: such a record carries its event
             // time as its Kafka timestamp, so serve's future guard (which compares the two)

@@ -90,3 +90,28 @@ fn json_logs_are_one_object_a_line_with_level_target_and_message() {
         assert!(json["fields"]["message"].is_string(), "{line}");
     }
 }
+
+#[test]
+fn a_missing_broker_is_logged_once_per_10_s_per_client_not_per_retry() {
+    // librdkafka reports "all brokers down" many times a second once its clients run
+    // (278 error lines in 25 s before its logs were rate-limited).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .arg("serve")
+        .env("STOREPULSE_KAFKA_BROKERS", "127.0.0.1:1")
+        .env("STOREPULSE_HTTP_ADDR", "127.0.0.1:0")
+        .env("STOREPULSE_DATABASE_URL", crate::helpers::database_url())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    std::thread::sleep(std::time::Duration::from_secs(35));
+    child.kill().expect("killed");
+    let out = child.wait_with_output().expect("reaped");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors = stderr.lines().filter(|l| l.contains(" ERROR ")).count();
+    assert!(
+        (1..=12).contains(&errors),
+        "{errors} error lines in 35 s: {stderr}"
+    );
+}
