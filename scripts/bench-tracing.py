@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Tracing overhead on serve's catch-up (not a test): `scripts/bench tracing`.
 
-Two topic sets of BENCH_EVENTS records from the simulator: one with every record's
-traceparent sampled, one where the simulator's own sampler (traceidratio 0.01) sampled
-1 %. serve catches up on them from scratch with no endpoint (off), with an endpoint on the
-1 % set, and with an endpoint on the all-sampled set (100 %), BENCH_RUNS times interleaved;
+Three topic sets of BENCH_EVENTS records from the simulator: every record's traceparent
+sampled, 1 % sampled (the simulator's sampler, traceidratio 0.01), none sampled
+(always_off: every record still carries a traceparent, flagged 00). serve catches up on
+them from scratch: no endpoint (off); an endpoint on the none set (the header check
+only); on the 1 % set, into Jaeger and into a closed port (spans built and exported, but
+no collector spending CPU on the same two cores); with headers not read and serve's own
+1 % root sampler; on the all set (100 %); BENCH_RUNS times interleaved;
 events/s is records over the time from the first record applied to the last (from
 `storepulse_records_total`, polled every 20 ms). Prints a Markdown table of medians."""
 import json, os, random, socket, statistics, subprocess, sys, time, urllib.request
@@ -34,7 +37,7 @@ def records(port):
         return 0
     return sum(int(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("storepulse_records_total{"))
 
-def catch_up(name, endpoint):
+def catch_up(name, endpoint=None, extra=None):
     port = free_port()
     env = {**os.environ, **topics(name), "STOREPULSE_HTTP_ADDR": f"127.0.0.1:{port}",
            "STOREPULSE_GROUP_ID": f"bench-tracing-{tag}-{random.getrandbits(32):08x}", "RUST_LOG": "error"}
@@ -42,7 +45,8 @@ def catch_up(name, endpoint):
         if k.startswith("OTEL_"):
             del env[k]
     if endpoint:
-        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    env.update(extra or {})
     serve = subprocess.Popen([bin_, "serve"], env=env, stdout=subprocess.DEVNULL)
     try:
         first = None
@@ -60,15 +64,26 @@ def catch_up(name, endpoint):
         serve.kill(); serve.wait()
 
 simulate("all", {})  # no exporter: every traceparent is a random sampled one
-simulate("1pc", {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_TRACES_SAMPLER": "traceidratio",
-                 "OTEL_TRACES_SAMPLER_ARG": "0.01", "OTEL_SERVICE_NAME": "bench-simulate"})
-results = {"off": [], "1 %": [], "100 %": []}
+sim = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_SERVICE_NAME": "bench-simulate"}
+simulate("1pc", {**sim, "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"})
+simulate("none", {**sim, "OTEL_TRACES_SAMPLER": "always_off"})
+closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: export fails at once
+modes = {
+    "off (no endpoint)": ("all", None),
+    "endpoint, 0 % sampled (header check only)": ("none", otlp),
+    "1 %, into Jaeger": ("1pc", otlp),
+    "1 %, collector unreachable": ("1pc", closed),
+    "1 %, own sampler, headers not read (telemetry.producer_context = false)": ("all", otlp, {
+        "STOREPULSE_TRACE_PRODUCER_CONTEXT": "false", "OTEL_TRACES_SAMPLER": "traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.01"}),
+    "100 %, into Jaeger": ("all", otlp),
+}
+results = {mode: [] for mode in modes}
 for _ in range(runs):
-    results["off"].append(catch_up("all", False))
-    results["1 %"].append(catch_up("1pc", True))
-    results["100 %"].append(catch_up("all", True))
-base = statistics.median(results["off"])
-print(f"serve catch-up of {events:,} records, tracing off / 1 % / 100 % sampled, {runs} interleaved runs:\n")
+    for mode, (name, endpoint, *extra) in modes.items():
+        results[mode].append(catch_up(name, endpoint, *extra))
+base = statistics.median(results["off (no endpoint)"])
+print(f"serve catch-up of {events:,} records by tracing mode, {runs} interleaved runs:\n")
 print("| tracing | events/s (median) | runs | vs off |")
 print("|---|---:|---|---:|")
 for mode, values in results.items():

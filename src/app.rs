@@ -83,6 +83,7 @@ struct Pipeline {
 pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     let stages = Stages::new();
+    crate::telemetry::follow_producer_context(settings.telemetry.producer_context);
     let (wiring, http_app) = wire(&settings, &stages)?;
     let server = tasks.spawn(run_http(start_http(&settings)?, http_app));
     let migrated = migrate_early(&settings, &wiring.store).await;

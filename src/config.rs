@@ -42,6 +42,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_MIGRATE_ON_START", "checkpoint.migrate_on_start"),
     ("STOREPULSE_HTTP_ADDR", "http.addr"),
     ("STOREPULSE_READY_MAX_LAG", "ready.max_lag"),
+    (
+        "STOREPULSE_TRACE_PRODUCER_CONTEXT",
+        "telemetry.producer_context",
+    ),
     ("STOREPULSE_FRAME_INTERVAL", "stream.frame_interval"),
     ("STOREPULSE_HEARTBEAT", "stream.heartbeat"),
     ("STOREPULSE_RESUME_WAIT", "stream.resume_wait"),
@@ -182,6 +186,14 @@ pub struct ReadySection {
     pub max_lag: i64,
 }
 
+/// `[telemetry]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// Read each record's `traceparent` to continue the producer's trace.
+    pub producer_context: bool,
+}
+
 /// `[aggregate]`
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -227,6 +239,8 @@ pub struct Settings {
     pub ready: ReadySection,
     /// The live stream.
     pub stream: StreamSection,
+    /// Traces (beyond the OTEL_* variables).
+    pub telemetry: TelemetrySection,
     /// Business rules.
     pub aggregate: AggregateSection,
 }

@@ -27,6 +27,15 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// Whether spans are exported: checked on every record, so a plain flag.
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
+/// Whether records' `traceparent` headers are read (`telemetry.producer_context`).
+static FOLLOW_PRODUCER: AtomicBool = AtomicBool::new(true);
+
+/// Sets whether `serve` reads each record's `traceparent` (true: continue the producer's
+/// trace; false: never read headers, every record is a root for the [`RootSampler`]).
+pub fn follow_producer_context(follow: bool) {
+    FOLLOW_PRODUCER.store(follow, Ordering::Relaxed);
+}
+
 /// Root spans: one in this many is started (0: none).
 static ROOT_EVERY: AtomicU64 = AtomicU64::new(1);
 
@@ -225,7 +234,12 @@ pub fn record_span(message: &BorrowedMessage<'_>, group: &str) -> Option<tracing
     if !enabled() {
         return None;
     }
-    let parent = match message.headers() {
+    let headers = if FOLLOW_PRODUCER.load(Ordering::Relaxed) {
+        message.headers()
+    } else {
+        None // never parsed: the cost of reading them is what this setting avoids
+    };
+    let parent = match headers {
         Some(headers) => match headers.iter().find(|h| h.key == "traceparent") {
             Some(header) => {
                 if !header.value.is_some_and(sampled_flag) {

@@ -360,9 +360,12 @@ async fn without_an_endpoint_nothing_is_exported_and_no_exporter_thread_runs() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn json_log_lines_in_a_sampled_span_carry_its_ids_and_headerless_records_are_sampled_one_in_n()
- {
+/// The trace and span ids (`span.trace_id`, `span.span_id`) of the JSON log lines of five
+/// poison records: one with a sampled `traceparent` (its trace id is returned too), then
+/// four without one; serve samples roots at 0.5, with `environment` on top.
+async fn poison_log_ids(
+    environment: &[(&str, &str)],
+) -> (String, Vec<(Option<String>, Option<String>)>) {
     let settings = fresh_topics("tracelogs");
     helpers::create_topics(&settings, 1).await;
     let log_path = std::env::temp_dir().join(format!("{}.log", helpers::unique("serve-json")));
@@ -377,7 +380,10 @@ async fn json_log_lines_in_a_sampled_span_carry_its_ids_and_headerless_records_a
             ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
             ("STOREPULSE_LOG_FORMAT", "json"),
-        ],
+        ]
+        .into_iter()
+        .chain(environment.iter().copied())
+        .collect::<Vec<_>>(),
         log.into(),
     );
     // One poison record with a sampled context, then four without any: a ratio of 0.5
@@ -422,15 +428,17 @@ async fn json_log_lines_in_a_sampled_span_carry_its_ids_and_headerless_records_a
             line["span"]["span_id"].as_str().map(str::to_owned),
         )
     };
-    let (first_trace, first_span) = ids(&poison_lines[0]);
-    assert_eq!(
-        first_trace.as_deref(),
-        Some(trace.as_str()),
-        "{}",
-        poison_lines[0]
-    );
+    (trace, poison_lines.iter().map(ids).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_log_lines_in_a_sampled_span_carry_its_ids_and_headerless_records_are_sampled_one_in_n()
+ {
+    let (trace, lines) = poison_log_ids(&[]).await;
+    let (first_trace, first_span) = lines[0].clone();
+    assert_eq!(first_trace.as_deref(), Some(trace.as_str()), "{lines:?}");
     assert!(first_span.is_some_and(|s| s.len() == 16 && s != "0000000000000000"));
-    let headerless: Vec<_> = poison_lines[1..].iter().map(ids).collect();
+    let headerless = &lines[1..];
     let traced = headerless
         .iter()
         .filter(|(t, s)| t.is_some() && s.is_some())
@@ -442,5 +450,21 @@ async fn json_log_lines_in_a_sampled_span_carry_its_ids_and_headerless_records_a
             .flat_map(|(t, _)| t)
             .all(|t| *t != trace && t.len() == 32),
         "roots start their own traces: {headerless:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_producer_context_off_headers_are_not_read_and_every_record_is_a_root() {
+    let (trace, lines) = poison_log_ids(&[("STOREPULSE_TRACE_PRODUCER_CONTEXT", "false")]).await;
+    assert!(
+        lines
+            .iter()
+            .all(|(t, _)| t.as_deref() != Some(trace.as_str())),
+        "the producer's trace is not continued: {lines:?}"
+    );
+    let traced = lines.iter().filter(|(t, _)| t.is_some()).count();
+    assert!(
+        (2..=3).contains(&traced),
+        "one in two of the five records is a sampled root: {lines:?}"
     );
 }
