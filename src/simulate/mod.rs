@@ -188,16 +188,14 @@ pub async fn run(
                 Some((_, traceparent)) => traceparent.clone(),
                 None => traceparent(&mut trace_rng, !crate::telemetry::enabled()),
             };
-            // Unpaced, event time runs ahead of the clock: such a record carries its event
-            // time as its Kafka timestamp, so serve's future guard (which compares the two)
-            // takes it. Records dated now or earlier keep the send time.
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
+            // The record's Kafka timestamp is its event time: replay finds a time range by
+            // record time (offsets for times), and serve's future guard, which compares the
+            // two, takes every simulated record (the broker refuses timestamps more than
+            // `message.timestamp.after.max.ms`, 1 h, ahead).
             let mut record = BaseRecord::to(topic)
                 .key(event.key())
                 .payload(&payload)
-                .timestamp(now_ms.max(event.occurred_at()))
+                .timestamp(event.occurred_at())
                 .headers(OwnedHeaders::new().insert(Header {
                     key: "traceparent",
                     value: Some(trace.as_str()),
