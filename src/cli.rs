@@ -31,6 +31,7 @@ impl Cli {
         match self.command {
             Command::Simulate(_) => "storepulse-simulate",
             Command::Serve(_) => "storepulse",
+            Command::Replay(_) => "storepulse-replay",
             Command::Schemas(_) | Command::Migrate(_) => "storepulse-cli",
         }
     }
@@ -47,6 +48,62 @@ pub enum Command {
     Serve(ConfigArgs),
     /// Apply the checkpoint store's database migrations.
     Migrate(ConfigArgs),
+    /// Read the topics again (read-only) through serve's own decode and apply: a snapshot as
+    /// of a time or position, or a timeline of the numbers.
+    Replay(Box<ReplayArgs>),
+}
+
+/// Options of `storepulse replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Start of the rows, by record time: RFC 3339 (2026-11-27T14:00:00Z), a duration back
+    /// from now (-2h), or now. Required: the state before it is rebuilt (warm-up), not
+    /// printed.
+    #[arg(long, allow_hyphen_values = true)]
+    from: String,
+    /// End of the range, by record time (records before it) [default: now].
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "to_position")]
+    to: Option<String>,
+    /// End of the range as a position: an SSE event id or a snapshot's `position`.
+    #[arg(long)]
+    to_position: Option<String>,
+    /// One snapshot, the JSON of /api/snapshot, as of this time: the same as --to with no
+    /// --every.
+    #[arg(long, allow_hyphen_values = true, conflicts_with_all = ["to", "to_position", "every"])]
+    as_of: Option<String>,
+    /// A timeline: the rows of every store and the rollup at --from, every this long
+    /// (e.g. 1m), and at --to.
+    #[arg(long, value_parser = parse_duration)]
+    every: Option<Duration>,
+    /// Only this store (no rollup rows).
+    #[arg(long)]
+    store: Option<String>,
+    /// Timeline format: csv or jsonl.
+    #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl"])]
+    format: String,
+    /// Write to this file instead of stdout.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Print the resolved offsets and what would be read, then stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// No summary on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// A time for replay: `now`, `-2h` (back from now) or RFC 3339.
+fn parse_time(s: &str, now_ms: i64) -> anyhow::Result<i64> {
+    if let Some(back) = s.strip_prefix('-') {
+        let back = parse_duration(back).map_err(anyhow::Error::msg)?;
+        return Ok(now_ms - back.as_millis() as i64);
+    }
+    if s == "now" {
+        return Ok(now_ms);
+    }
+    parse_start(s).map_err(anyhow::Error::msg)
 }
 
 /// Where the settings of `serve` and `migrate` come from.
@@ -231,6 +288,7 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
         Command::Simulate(args) => simulate(*args, stop).await,
         Command::Schemas(args) => schemas(&args),
         Command::Serve(args) => app::serve(args.settings()?, stop).await,
+        Command::Replay(args) => replay(*args).await,
         Command::Migrate(args) => {
             let settings = args.settings()?;
             CheckpointStore::connect_lazy(
@@ -244,6 +302,58 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use crate::replay::{End, Format, ReplayOptions};
+    let settings = args.config.settings()?;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let from_ms = parse_time(&args.from, now_ms).context("--from")?;
+    let end = match (&args.as_of, &args.to, &args.to_position) {
+        (Some(at), _, _) => End::Time(parse_time(at, now_ms).context("--as-of")?),
+        (None, Some(to), _) => End::Time(parse_time(to, now_ms).context("--to")?),
+        (None, None, Some(position)) => End::Position(position.clone()),
+        (None, None, None) => End::Time(now_ms),
+    };
+    let options = ReplayOptions {
+        from_ms,
+        end,
+        every_ms: args.every.map(|d| d.as_millis() as i64),
+        store: args.store.clone().map(crate::events::StoreId),
+        format: if args.format == "jsonl" {
+            Format::Jsonl
+        } else {
+            Format::Csv
+        },
+        dry_run: args.dry_run,
+    };
+    let out_path = args.out.clone();
+    let quiet = args.quiet;
+    let summary = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut out: Box<dyn std::io::Write> = match &out_path {
+            Some(path) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            )),
+            None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        };
+        Ok(crate::replay::run(&settings, &options, &mut out)?)
+    })
+    .await
+    .context("replay thread")??;
+    if !quiet && !args.dry_run {
+        eprintln!(
+            "[replay] {} records ({} poison records skipped, as serve dead-letters them) in {:.1} s ({:.0} records/s); {} outputs",
+            summary.records,
+            summary.dead_letters,
+            summary.elapsed.as_secs_f64(),
+            summary.records as f64 / summary.elapsed.as_secs_f64().max(1e-9),
+            summary.outputs
+        );
+    }
+    Ok(())
 }
 
 fn schemas(args: &SchemasArgs) -> anyhow::Result<()> {

@@ -70,6 +70,10 @@ impl ClientContext for QuietLogs {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // The end of a partition is news only to a reader that asked for it (replay).
+        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            return;
+        }
         if let Some(held_back) = allow(&self.errors) {
             tracing::error!(error = %error, reason, similar_errors_not_logged = held_back, "kafka client error (repeats are logged once per 10 s)");
         }

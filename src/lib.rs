@@ -34,5 +34,6 @@ pub mod ingest;
 pub mod kafka;
 pub mod log_every;
 pub mod metrics;
+pub mod replay;
 pub mod simulate;
 pub mod telemetry;

@@ -10,6 +10,7 @@ mod dead_letters;
 mod helpers;
 mod postgres;
 mod prometheus;
+mod replay;
 mod serve;
 mod simulate;
 mod stack;

@@ -1,0 +1,623 @@
+//! `storepulse replay`: the topics read again, read-only, through the same decode, event
+//! time check and apply as `serve`, to answer "what did the dashboard show at 14:07:30" and
+//! "how did the numbers move minute by minute" exactly as live computed them.
+//!
+//! Read-only and isolated: every partition is assigned explicitly (no group membership,
+//! no offset commits, no checkpoint written), so it may run beside `serve`. A range is
+//! resolved to offsets by record time with the broker's offsets-for-times: the state "at
+//! T" is, in every partition, every record before the first one whose timestamp is at or
+//! after T. State needs history (today's totals, stock levels), so reading starts at each
+//! partition's earliest retained offset (the warm-up); the rows start at `--from`.
+//!
+//! A timeline applies, step by step, exactly the records before each step's offsets: a
+//! partition that reaches its boundary is paused (records already fetched past it wait in
+//! memory) until every partition has, then the step's rows are written.
+
+pub mod rows;
+
+use crate::aggregate::{Changes, Layout, PartitionKey, PositionError, RecordRef, State};
+use crate::config::Settings;
+use crate::events::{Codec, StoreId, TopicRole, check_event_time};
+use crate::kafka::{self, KafkaError};
+use rdkafka::consumer::Consumer as _;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// How long one request to the broker may take.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a replay waits for the next record of a partition it still needs.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the range ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Records with a timestamp before this (Unix ms).
+    Time(i64),
+    /// Records before this position (an SSE id or a snapshot's `position`).
+    Position(String),
+}
+
+/// What is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Timeline as CSV (one line per step, scope and currency).
+    Csv,
+    /// Timeline as JSON Lines (one object per step and scope).
+    Jsonl,
+}
+
+/// A replay's request.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    /// Start of the rows (Unix ms, record time).
+    pub from_ms: i64,
+    /// End of the range.
+    pub end: End,
+    /// A timeline with a row per this many ms; `None`: one snapshot at the end.
+    pub every_ms: Option<i64>,
+    /// Only this store (and no rollup).
+    pub store: Option<StoreId>,
+    /// Timeline format.
+    pub format: Format,
+    /// Print the plan and stop.
+    pub dry_run: bool,
+}
+
+/// A replay that cannot run, and why.
+#[derive(Debug, Error)]
+pub enum ReplayError {
+    /// The end is before the start.
+    #[error("the range ends ({to}) before it starts ({from})")]
+    EndBeforeStart {
+        /// `--from`.
+        from: String,
+        /// `--to`.
+        to: String,
+    },
+    /// A timeline needs times.
+    #[error("--every needs --to as a time (a position has no time to step to)")]
+    EveryNeedsTime,
+    /// A position of another layout, or not a position.
+    #[error("{position:?} is not a position of these topics (layout {layout}): {source}")]
+    Position {
+        /// What was given.
+        position: String,
+        /// This layout's tag.
+        layout: String,
+        /// Why.
+        source: PositionError,
+    },
+    /// A position past the partitions' ends.
+    #[error(
+        "position {position:?} is ahead of the topics (partition {partition} ends at offset {end})"
+    )]
+    PositionAhead {
+        /// What was given.
+        position: String,
+        /// The partition.
+        partition: String,
+        /// Its end.
+        end: i64,
+    },
+    /// Nothing retained in the range.
+    #[error(
+        "no record at or after {from} is retained (the topics hold {held} records, all dated before it)"
+    )]
+    NothingInRange {
+        /// `--from`.
+        from: String,
+        /// Records retained.
+        held: i64,
+    },
+    /// A topic is missing.
+    #[error("topic {0:?} does not exist")]
+    MissingTopic(String),
+    /// The store never appears in the range.
+    #[error("unknown store {store:?}: the stores in the range are {known}")]
+    UnknownStore {
+        /// What was asked.
+        store: String,
+        /// What there is.
+        known: String,
+    },
+    /// The broker stopped delivering a partition the replay still needs.
+    #[error(
+        "no record of {partition} for {seconds} s although the range needs offsets up to {end}"
+    )]
+    Stalled {
+        /// The partition.
+        partition: String,
+        /// How long.
+        seconds: u64,
+        /// Its end.
+        end: i64,
+    },
+    /// Kafka.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// Settings.
+    #[error("settings: {0}")]
+    Settings(String),
+    /// Writing the output.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Records read and applied (or skipped as poison).
+    pub records: u64,
+    /// Poison records skipped (serve dead-letters them).
+    pub dead_letters: u64,
+    /// Rows or snapshots written.
+    pub outputs: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// One step: its time (`None` for a position), and each partition's end offset
+/// (exclusive), in layout order.
+#[derive(Clone, Debug)]
+struct Step {
+    time_ms: Option<i64>,
+    ends: Vec<i64>,
+}
+
+/// The resolved range.
+struct Plan {
+    layout: Layout,
+    names: Vec<(String, i32)>,
+    low: Vec<i64>,
+    high: Vec<i64>,
+    from: Vec<i64>,
+    steps: Vec<Step>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    if ms % 1000 == 0 {
+        humantime::format_rfc3339_seconds(time).to_string()
+    } else {
+        humantime::format_rfc3339_millis(time).to_string()
+    }
+}
+
+/// Runs a replay to `out` (blocking: call from a blocking thread).
+pub fn run(
+    settings: &Settings,
+    options: &ReplayOptions,
+    out: &mut dyn Write,
+) -> Result<Summary, ReplayError> {
+    let started = Instant::now();
+    let kafka_settings = settings.kafka();
+    let consumer: kafka::Consumer = kafka::quiet(
+        kafka::consumer_config(&kafka_settings, "storepulse-replay")
+            .set("enable.partition.eof", "true"),
+    )?;
+    let plan = resolve(&kafka_settings, &consumer, options)?;
+    if options.dry_run {
+        print_plan(&plan, options, out)?;
+        return Ok(Summary::default());
+    }
+    let codec = Codec::new(
+        &settings
+            .confluent_ids()
+            .map_err(|e| ReplayError::Settings(e.to_string()))?,
+    )
+    .map_err(|e| ReplayError::Settings(e.to_string()))?;
+    let config = std::sync::Arc::new(
+        settings
+            .aggregate_config()
+            .map_err(|e| ReplayError::Settings(e.to_string()))?,
+    );
+    let mut reader = Reader {
+        state: State::new(config),
+        codec,
+        changes: Changes::default(),
+        summary: Summary::default(),
+    };
+    reader.read(&consumer, &plan, options, out)?;
+    reader.summary.elapsed = started.elapsed();
+    Ok(reader.summary)
+}
+
+/// Resolves times and positions to offsets.
+fn resolve(
+    settings: &kafka::KafkaSettings,
+    consumer: &kafka::Consumer,
+    options: &ReplayOptions,
+) -> Result<Plan, ReplayError> {
+    let topics = settings.topics.all();
+    let counts = kafka::partition_counts(settings, &topics, BROKER_TIMEOUT)?;
+    let mut layout_topics = Vec::new();
+    for (role, (name, count)) in TopicRole::ALL.iter().zip(topics.iter().zip(counts)) {
+        let count = count.ok_or_else(|| ReplayError::MissingTopic((*name).to_owned()))?;
+        layout_topics.push((*role, (*name).to_owned(), count));
+    }
+    let layout = Layout::new(layout_topics);
+    let names: Vec<(String, i32)> = layout
+        .topics()
+        .iter()
+        .flat_map(|(_, name, count)| (0..*count).map(move |p| (name.clone(), p)))
+        .collect();
+    let mut low = Vec::new();
+    let mut high = Vec::new();
+    for (name, partition) in &names {
+        let (l, h) = consumer
+            .fetch_watermarks(name, *partition, BROKER_TIMEOUT)
+            .map_err(KafkaError::Request)?;
+        low.push(l);
+        high.push(h);
+    }
+    let offsets_at = |time_ms: i64| -> Result<Vec<i64>, ReplayError> {
+        let mut list = TopicPartitionList::new();
+        for (name, partition) in &names {
+            list.add_partition_offset(name, *partition, Offset::Offset(time_ms))
+                .map_err(KafkaError::Request)?;
+        }
+        let found = consumer
+            .offsets_for_times(list, BROKER_TIMEOUT)
+            .map_err(KafkaError::Request)?;
+        Ok(names
+            .iter()
+            .zip(&high)
+            .map(|((name, partition), high)| {
+                match found.find_partition(name, *partition).map(|e| e.offset()) {
+                    Some(Offset::Offset(n)) => n.min(*high),
+                    _ => *high, // no record at or after the time: everything is before it
+                }
+            })
+            .collect())
+    };
+    let from = offsets_at(options.from_ms)?;
+    if from == high && high.iter().zip(&low).any(|(h, l)| h > l) && options.every_ms.is_some() {
+        return Err(ReplayError::NothingInRange {
+            from: rfc3339(options.from_ms),
+            held: high.iter().zip(&low).map(|(h, l)| h - l).sum(),
+        });
+    }
+    let steps = match (&options.end, options.every_ms) {
+        (End::Position(text), None) => {
+            let position = layout
+                .decode(text)
+                .map_err(|source| ReplayError::Position {
+                    position: text.chars().take(200).collect(),
+                    layout: layout.tag().to_owned(),
+                    source,
+                })?;
+            let ends: Vec<i64> = layout
+                .partitions()
+                .map(|p| position.next_offset(p))
+                .collect();
+            if let Some(((name, partition), high)) = names
+                .iter()
+                .zip(&high)
+                .zip(&ends)
+                .find(|((_, high), end)| **end > **high)
+                .map(|(name_high, _)| name_high)
+            {
+                return Err(ReplayError::PositionAhead {
+                    position: text.clone(),
+                    partition: format!("{name}/{partition}"),
+                    end: *high,
+                });
+            }
+            vec![Step {
+                time_ms: None,
+                ends,
+            }]
+        }
+        (End::Position(_), Some(_)) => return Err(ReplayError::EveryNeedsTime),
+        (End::Time(to_ms), every) => {
+            if *to_ms < options.from_ms {
+                return Err(ReplayError::EndBeforeStart {
+                    from: rfc3339(options.from_ms),
+                    to: rfc3339(*to_ms),
+                });
+            }
+            let times = match every {
+                Some(every) => rows::steps(options.from_ms, *to_ms, every),
+                None => vec![*to_ms],
+            };
+            times
+                .into_iter()
+                .map(|t| {
+                    Ok(Step {
+                        time_ms: Some(t),
+                        ends: offsets_at(t)?,
+                    })
+                })
+                .collect::<Result<_, ReplayError>>()?
+        }
+    };
+    Ok(Plan {
+        layout,
+        names,
+        low,
+        high,
+        from,
+        steps,
+    })
+}
+
+fn print_plan(plan: &Plan, options: &ReplayOptions, out: &mut dyn Write) -> std::io::Result<()> {
+    let ends = &plan
+        .steps
+        .last()
+        .map(|s| s.ends.clone())
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "layout {} ({} partitions)",
+        plan.layout.tag(),
+        plan.names.len()
+    )?;
+    writeln!(
+        out,
+        "{:<40} {:>10} {:>10} {:>10} {:>10}",
+        "partition", "earliest", "from", "end", "to read"
+    )?;
+    let mut warm_up = 0;
+    let mut in_range = 0;
+    for (i, (name, partition)) in plan.names.iter().enumerate() {
+        let from = plan.from[i].min(ends[i]).max(plan.low[i]);
+        warm_up += from - plan.low[i];
+        in_range += ends[i].max(from) - from;
+        writeln!(
+            out,
+            "{:<40} {:>10} {:>10} {:>10} {:>10}",
+            format!("{name}/{partition}"),
+            plan.low[i],
+            from,
+            ends[i],
+            (ends[i] - plan.low[i]).max(0)
+        )?;
+    }
+    writeln!(
+        out,
+        "warm-up: {warm_up} records from each partition's earliest offset to --from (the state needs the day's history and stock); range: {in_range} records; {} {}",
+        plan.steps.len(),
+        if options.every_ms.is_some() {
+            "timeline steps"
+        } else {
+            "snapshot"
+        }
+    )
+}
+
+/// The state being rebuilt.
+struct Reader {
+    state: State,
+    codec: Codec,
+    changes: Changes,
+    summary: Summary,
+}
+
+/// A record fetched past the current step's boundary, waiting for its step.
+struct Held {
+    offset: i64,
+    timestamp: Option<i64>,
+    payload: Vec<u8>,
+}
+
+impl Reader {
+    /// Exactly what `serve` does with a record: decode, check its event time, apply; a
+    /// poison record moves the position and changes nothing.
+    fn apply(&mut self, at: RecordRef, payload: &[u8], timestamp: Option<i64>) {
+        self.summary.records += 1;
+        let skew = self.state.config().max_future_skew_ms;
+        let decoded = self
+            .codec
+            .decode(payload)
+            .and_then(|event| check_event_time(&event, timestamp, skew).map(|()| event));
+        match decoded {
+            Ok(event) => {
+                self.state.apply(&event, at, &mut self.changes);
+                if self.summary.records.is_multiple_of(4096) {
+                    self.changes = Changes::default(); // only serve's frames read them
+                }
+            }
+            Err(_) => {
+                self.summary.dead_letters += 1;
+                self.state.skip(at);
+            }
+        }
+    }
+
+    fn read(
+        &mut self,
+        consumer: &kafka::Consumer,
+        plan: &Plan,
+        options: &ReplayOptions,
+        out: &mut dyn Write,
+    ) -> Result<(), ReplayError> {
+        let keys: Vec<PartitionKey> = plan.layout.partitions().collect();
+        let last = plan
+            .steps
+            .last()
+            .map(|s| s.ends.clone())
+            .unwrap_or_default();
+        let mut assignment = TopicPartitionList::new();
+        for (i, (name, partition)) in plan.names.iter().enumerate() {
+            if last[i] > plan.low[i] {
+                assignment
+                    .add_partition_offset(name, *partition, Offset::Offset(plan.low[i]))
+                    .map_err(KafkaError::Request)?;
+            }
+        }
+        consumer.assign(&assignment).map_err(KafkaError::Request)?;
+        let n = plan.names.len();
+        let mut held: Vec<VecDeque<Held>> = (0..n).map(|_| VecDeque::new()).collect();
+        let mut paused = vec![false; n];
+        // A partition whose records up to the range's end are all fetched.
+        let mut exhausted: Vec<bool> = (0..n).map(|i| last[i] <= plan.low[i]).collect();
+        let index = |topic: &str, partition: i32| {
+            plan.names
+                .iter()
+                .position(|(t, p)| t == topic && *p == partition)
+        };
+        let one = |i: usize| {
+            let mut list = TopicPartitionList::new();
+            let _ = list.add_partition(&plan.names[i].0, plan.names[i].1);
+            list
+        };
+        if options.format == Format::Csv && options.every_ms.is_some() {
+            writeln!(out, "{}", rows::CSV_HEADER)?;
+        }
+        let mut store_seen = false;
+        for step in &plan.steps {
+            // Records held from before: those of this step first, in offset order.
+            for i in 0..n {
+                while held[i].front().is_some_and(|h| h.offset < step.ends[i]) {
+                    let Some(h) = held[i].pop_front() else { break };
+                    self.apply(
+                        RecordRef {
+                            partition: keys[i],
+                            offset: h.offset,
+                        },
+                        &h.payload,
+                        h.timestamp,
+                    );
+                }
+                if paused[i] && held[i].is_empty() && !exhausted[i] {
+                    consumer.resume(&one(i)).map_err(KafkaError::Request)?;
+                    paused[i] = false;
+                }
+            }
+            let mut waiting_since = Instant::now();
+            loop {
+                let complete = (0..n).all(|i| {
+                    exhausted[i]
+                        || !held[i].is_empty()
+                        || self.state.position().next_offset(keys[i]) >= step.ends[i]
+                        || step.ends[i] <= plan.low[i]
+                });
+                if complete {
+                    break;
+                }
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(message)) => {
+                        waiting_since = Instant::now();
+                        let Some(i) = index(message.topic(), message.partition()) else {
+                            continue;
+                        };
+                        let offset = message.offset();
+                        let timestamp = message.timestamp().to_millis();
+                        if offset >= last[i] {
+                            exhausted[i] = true; // past the range: the rest is never needed
+                        } else if offset < step.ends[i] && held[i].is_empty() {
+                            self.apply(
+                                RecordRef {
+                                    partition: keys[i],
+                                    offset,
+                                },
+                                message.payload().unwrap_or_default(),
+                                timestamp,
+                            );
+                            continue;
+                        } else {
+                            held[i].push_back(Held {
+                                offset,
+                                timestamp,
+                                payload: message.payload().unwrap_or_default().to_vec(),
+                            });
+                        }
+                        if !paused[i] {
+                            consumer.pause(&one(i)).map_err(KafkaError::Request)?;
+                            paused[i] = true;
+                        }
+                    }
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                        // Everything the partition held when it was read is in; its end
+                        // was resolved before, so nothing it still needs comes later.
+                        for (i, (_, p)) in plan.names.iter().enumerate() {
+                            if *p == partition
+                                && self.state.position().next_offset(keys[i])
+                                    >= plan.high[i].min(last[i])
+                            {
+                                exhausted[i] = true;
+                            }
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(error = %error, "replay: consumer error");
+                    }
+                    None => {}
+                }
+                if waiting_since.elapsed() > STALL_TIMEOUT {
+                    let i = (0..n)
+                        .find(|i| {
+                            !exhausted[*i]
+                                && held[*i].is_empty()
+                                && self.state.position().next_offset(keys[*i]) < step.ends[*i]
+                        })
+                        .unwrap_or(0);
+                    return Err(ReplayError::Stalled {
+                        partition: format!("{}/{}", plan.names[i].0, plan.names[i].1),
+                        seconds: STALL_TIMEOUT.as_secs(),
+                        end: step.ends[i],
+                    });
+                }
+            }
+            store_seen |= self.write_step(step, plan, options, out)?;
+        }
+        if let Some(store) = &options.store
+            && !store_seen
+        {
+            return Err(ReplayError::UnknownStore {
+                store: store.0.clone(),
+                known: self
+                    .state
+                    .stores()
+                    .keys()
+                    .map(|s| s.0.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// The output of one step; false if the store asked for is not (yet) in the state.
+    fn write_step(
+        &mut self,
+        step: &Step,
+        plan: &Plan,
+        options: &ReplayOptions,
+        out: &mut dyn Write,
+    ) -> Result<bool, ReplayError> {
+        let Some(snapshot) = self.state.snapshot(&plan.layout, options.store.as_ref()) else {
+            return Ok(false);
+        };
+        self.summary.outputs += 1;
+        match (options.every_ms, step.time_ms) {
+            (Some(_), Some(time_ms)) => {
+                for row in rows::rows(&rfc3339(time_ms), &snapshot) {
+                    match options.format {
+                        Format::Csv => {
+                            for line in rows::csv_lines(&row) {
+                                writeln!(out, "{line}")?;
+                            }
+                        }
+                        Format::Jsonl => {
+                            serde_json::to_writer(&mut *out, &row).map_err(std::io::Error::from)?;
+                            writeln!(out)?;
+                        }
+                    }
+                }
+            }
+            _ => {
+                serde_json::to_writer(&mut *out, &snapshot).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            }
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,250 @@
+//! What a replay prints, built from the same views as `/api/snapshot`: the steps of a
+//! timeline, one row per step and scope (and currency, in CSV), and the formats. Pure: no
+//! I/O, no clock; the reader in `replay/mod.rs` hands it snapshots.
+
+use crate::aggregate::view::{Money, Snapshot, StoreView};
+
+/// The times of a timeline's rows: `from`, then every `every_ms` while before `to`, then
+/// `to` itself (a range that is not a whole number of steps ends with a shorter one).
+pub fn steps(from_ms: i64, to_ms: i64, every_ms: i64) -> Vec<i64> {
+    let mut steps = Vec::new();
+    let mut at = from_ms;
+    while at < to_ms {
+        steps.push(at);
+        at = at.saturating_add(every_ms.max(1));
+    }
+    steps.push(to_ms);
+    steps
+}
+
+/// Digits after the decimal point of a currency's minor unit (ISO 4217; 2 unless listed).
+pub fn minor_digits(currency: &str) -> u32 {
+    match currency {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        _ => 2,
+    }
+}
+
+/// Minor units as a decimal amount in the currency's unit, e.g. `1234.50` (EUR), `980`
+/// (JPY). Exact: integer arithmetic only.
+pub fn format_minor(minor: i64, currency: &str) -> String {
+    let digits = minor_digits(currency);
+    if digits == 0 {
+        return minor.to_string();
+    }
+    let scale = 10_i64.pow(digits);
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    let scale = scale.unsigned_abs();
+    format!(
+        "{sign}{}.{:0width$}",
+        abs / scale,
+        abs % scale,
+        width = digits as usize
+    )
+}
+
+/// One timeline row: a scope (a store, or `all`) at a step.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Row {
+    /// The step, RFC 3339 (UTC).
+    pub time: String,
+    /// A store id, or `all`.
+    pub scope: String,
+    /// Orders placed today (the store's day; each store's own day in `all`).
+    pub orders: u64,
+    /// Net revenue of today's orders, per currency.
+    pub revenue: Vec<Amount>,
+    /// Cancellations today.
+    pub cancelled: u64,
+    /// Gross revenue / orders today, per currency, rounded down to a minor unit.
+    pub average_order: Vec<Amount>,
+    /// Distinct visitors in the last 5 minutes of event time (HyperLogLog estimate).
+    pub active_users_5m: u64,
+    /// Distinct visitors today (estimate).
+    pub active_users_today: u64,
+    /// SKUs on the low-stock list.
+    pub low_stock: usize,
+    /// SKUs below zero.
+    pub oversold: usize,
+    /// Active alerts.
+    pub alerts: usize,
+    /// The SKU with the most units ordered in the last 15 minutes (`store/sku`), if any.
+    pub top_sku: Option<String>,
+}
+
+/// An amount in one currency.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Amount {
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Integer minor units (exact).
+    pub minor: i64,
+    /// The same in the currency's unit, e.g. `1234.50`.
+    pub formatted: String,
+}
+
+fn amounts(money: &[Money]) -> Vec<Amount> {
+    money
+        .iter()
+        .map(|m| Amount {
+            currency: m.currency.clone(),
+            minor: m.minor,
+            formatted: format_minor(m.minor, &m.currency),
+        })
+        .collect()
+}
+
+fn row(time: &str, scope: &str, view: &StoreView) -> Row {
+    let c = &view.counters;
+    Row {
+        time: time.to_owned(),
+        scope: scope.to_owned(),
+        orders: c.orders_today,
+        revenue: amounts(&c.revenue_today),
+        cancelled: c.cancelled_today,
+        average_order: amounts(&c.average_order_value),
+        active_users_5m: c.active_users.last_5_minutes,
+        active_users_today: c.active_users.today,
+        low_stock: view.lists.low_stock.len(),
+        oversold: view.lists.oversold.len(),
+        alerts: view.lists.alerts.len(),
+        top_sku: view
+            .lists
+            .top_products
+            .first()
+            .map(|t| format!("{}/{}", t.store_id, t.sku)),
+    }
+}
+
+/// The rows of one step: every store of the snapshot in id order, then `all` (a
+/// one-store snapshot has no `all`).
+pub fn rows(time: &str, snapshot: &Snapshot) -> Vec<Row> {
+    let mut out: Vec<Row> = snapshot
+        .stores
+        .iter()
+        .map(|(id, view)| row(time, id, view))
+        .collect();
+    if let Some(all) = &snapshot.all_stores {
+        out.push(row(time, "all", all));
+    }
+    out
+}
+
+/// The CSV header.
+pub const CSV_HEADER: &str = "time,scope,orders,cancelled,active_users_5m,active_users_today,low_stock,oversold,alerts,top_sku,currency,revenue_minor,revenue,average_order_minor,average_order";
+
+/// A row as CSV lines: one per currency of its revenue (a scope without orders has one
+/// line with the currency columns empty). Fields never hold commas or quotes (ids are
+/// validated on decode), but are quoted when they would.
+pub fn csv_lines(row: &Row) -> Vec<String> {
+    let quote = |s: &str| {
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_owned()
+        }
+    };
+    let common = format!(
+        "{},{},{},{},{},{},{},{},{},{}",
+        quote(&row.time),
+        quote(&row.scope),
+        row.orders,
+        row.cancelled,
+        row.active_users_5m,
+        row.active_users_today,
+        row.low_stock,
+        row.oversold,
+        row.alerts,
+        quote(row.top_sku.as_deref().unwrap_or("")),
+    );
+    if row.revenue.is_empty() {
+        return vec![format!("{common},,,,,")];
+    }
+    row.revenue
+        .iter()
+        .map(|revenue| {
+            let average = row
+                .average_order
+                .iter()
+                .find(|a| a.currency == revenue.currency);
+            format!(
+                "{common},{},{},{},{},{}",
+                quote(&revenue.currency),
+                revenue.minor,
+                revenue.formatted,
+                average.map_or(String::new(), |a| a.minor.to_string()),
+                average.map_or(String::new(), |a| a.formatted.clone()),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_start_at_from_and_end_at_to() {
+        assert_eq!(steps(0, 180_000, 60_000), vec![0, 60_000, 120_000, 180_000]);
+        assert_eq!(steps(0, 150_000, 60_000), vec![0, 60_000, 120_000, 150_000]);
+        assert_eq!(steps(5, 5, 60_000), vec![5]);
+    }
+
+    #[test]
+    fn amounts_are_formatted_exactly_in_the_currencys_unit() {
+        assert_eq!(format_minor(123_450, "EUR"), "1234.50");
+        assert_eq!(format_minor(5, "USD"), "0.05");
+        assert_eq!(format_minor(-205, "EUR"), "-2.05");
+        assert_eq!(format_minor(980, "JPY"), "980");
+        assert_eq!(format_minor(1_234, "KWD"), "1.234");
+        assert_eq!(format_minor(i64::MIN, "EUR"), "-92233720368547758.08");
+    }
+
+    #[test]
+    fn a_row_is_one_csv_line_per_currency_or_one_without() {
+        let mut row = Row {
+            time: "2026-11-27T14:00:00Z".into(),
+            scope: "store-berlin".into(),
+            orders: 3,
+            revenue: Vec::new(),
+            cancelled: 1,
+            average_order: Vec::new(),
+            active_users_5m: 7,
+            active_users_today: 9,
+            low_stock: 2,
+            oversold: 0,
+            alerts: 1,
+            top_sku: Some("store-berlin/BER-0001".into()),
+        };
+        assert_eq!(
+            csv_lines(&row),
+            vec!["2026-11-27T14:00:00Z,store-berlin,3,1,7,9,2,0,1,store-berlin/BER-0001,,,,,"]
+        );
+        row.revenue = amounts(&[
+            Money {
+                currency: "EUR".into(),
+                minor: 1050,
+            },
+            Money {
+                currency: "JPY".into(),
+                minor: 900,
+            },
+        ]);
+        row.average_order = amounts(&[Money {
+            currency: "EUR".into(),
+            minor: 350,
+        }]);
+        let lines = csv_lines(&row);
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0].ends_with(",EUR,1050,10.50,350,3.50"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].ends_with(",JPY,900,900,,"), "{}", lines[1]);
+        assert_eq!(CSV_HEADER.split(',').count(), lines[0].split(',').count());
+    }
+}

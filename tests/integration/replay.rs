@@ -1,0 +1,286 @@
+//! `storepulse replay` against the real broker: a snapshot replayed at the position of a
+//! live snapshot taken mid-sale equals it field by field; a timeline's steps equal
+//! `--as-of` at those steps, and its last row equals what `serve` shows at the end; bad
+//! ranges, positions and stores are clear errors.
+
+use crate::helpers::{self, Server, database_url, fresh_topics};
+use serde_json::Value;
+use std::process::Output;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use storepulse::kafka::Topics;
+
+fn replay(topics: &Topics, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .arg("replay")
+        .args(args)
+        .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
+        .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
+        .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
+        .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity)
+        .output()
+        .expect("replay runs")
+}
+
+fn stdout_of(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("UTF-8")
+}
+
+fn rfc3339(ms: i64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+}
+
+/// `(orders, cancelled)` of a scope in a snapshot (`all` is the rollup).
+fn counters(snapshot: &Value, scope: &str) -> (u64, u64) {
+    let view = if scope == "all" {
+        &snapshot["all_stores"]
+    } else {
+        &snapshot["stores"][scope]
+    };
+    (
+        view["orders_today"].as_u64().unwrap_or(0),
+        view["cancelled_today"].as_u64().unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_equals_as_of() {
+    let settings = fresh_topics("replay");
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let from_ms = now_ms - now_ms % 60_000 - 60_000;
+    let server = Server::start(
+        &settings.topics,
+        &helpers::unique("replay"),
+        &database_url(),
+    );
+    // A sale at 500 records/s, event time now: a live snapshot is taken in the middle.
+    let topics = settings.topics.clone();
+    let sale = std::thread::spawn(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+            .args(["simulate", "--quiet", "--count", "3000", "--rate", "500"])
+            .args([
+                "--partitions",
+                "2",
+                "--stores",
+                "3",
+                "--skus",
+                "6",
+                "--seed",
+                "11",
+            ])
+            .args(["--flash-sale-at", "1s"])
+            .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
+            .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
+            .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
+            .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity)
+            .status()
+            .expect("simulate runs")
+    });
+    let live = tokio::task::block_in_place(|| server.snapshot_at(1000, Duration::from_secs(60)));
+    let position = live["position"].as_str().expect("a position").to_owned();
+    assert!(
+        helpers::position_total(&live) < 3000,
+        "taken mid-sale: {position}"
+    );
+    let replayed: Value = serde_json::from_str(&stdout_of(&replay(
+        &settings.topics,
+        &[
+            "--from",
+            &rfc3339(from_ms),
+            "--to-position",
+            &position,
+            "--quiet",
+        ],
+    )))
+    .expect("a snapshot");
+    assert_eq!(
+        replayed, live,
+        "replay at {position} equals the live snapshot"
+    );
+
+    assert!(sale.join().expect("sale").success());
+    let end = tokio::task::block_in_place(|| server.snapshot_at(3000, Duration::from_secs(60)));
+    let to_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        + 60_000;
+    // The timeline by minute, as JSON Lines.
+    let timeline = stdout_of(&replay(
+        &settings.topics,
+        &[
+            "--from",
+            &rfc3339(from_ms),
+            "--to",
+            &rfc3339(to_ms),
+            "--every",
+            "20s",
+            "--format",
+            "jsonl",
+            "--quiet",
+        ],
+    ));
+    let rows: Vec<Value> = timeline
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    let times: Vec<String> = rows
+        .iter()
+        .map(|r| r["time"].as_str().unwrap_or_default().to_owned())
+        .fold(Vec::new(), |mut acc, t| {
+            if acc.last() != Some(&t) {
+                acc.push(t);
+            }
+            acc
+        });
+    assert!(times.len() >= 4, "steps: {times:?}");
+    // The last step is after every record: serve's final view.
+    let last = times.last().expect("a last step");
+    for row in rows.iter().filter(|r| r["time"] == last.as_str()) {
+        let scope = row["scope"].as_str().expect("scope");
+        assert_eq!(
+            (
+                row["orders"].as_u64().unwrap_or(0),
+                row["cancelled"].as_u64().unwrap_or(0)
+            ),
+            counters(&end, scope),
+            "last row of {scope} equals serve's view"
+        );
+    }
+    // Every step equals --as-of at that step.
+    for time in &times {
+        let as_of: Value = serde_json::from_str(&stdout_of(&replay(
+            &settings.topics,
+            &["--from", &rfc3339(from_ms), "--as-of", time, "--quiet"],
+        )))
+        .expect("a snapshot");
+        for row in rows.iter().filter(|r| r["time"] == time.as_str()) {
+            let scope = row["scope"].as_str().expect("scope");
+            assert_eq!(
+                (
+                    row["orders"].as_u64().unwrap_or(0),
+                    row["cancelled"].as_u64().unwrap_or(0)
+                ),
+                counters(&as_of, scope),
+                "{time} {scope}"
+            );
+            let revenue = if scope == "all" {
+                &as_of["all_stores"]["revenue_today"]
+            } else {
+                &as_of["stores"][scope]["revenue_today"]
+            };
+            let minors: Vec<i64> = row["revenue"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["minor"].as_i64())
+                .collect();
+            let expected: Vec<i64> = revenue
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["minor"].as_i64())
+                .collect();
+            assert_eq!(minors, expected, "{time} {scope} revenue");
+        }
+    }
+    assert!(server.terminate());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_ranges_positions_and_stores_are_clear_errors() {
+    let settings = fresh_topics("replay-errors");
+    helpers::create_topics(&settings, 2).await;
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args([
+            "simulate",
+            "--quiet",
+            "--count",
+            "200",
+            "--rate",
+            "0",
+            "--no-create-topics",
+        ])
+        .args([
+            "--stores",
+            "2",
+            "--start",
+            "2026-12-01T10:00:00Z",
+            "--event-rate",
+            "10",
+        ])
+        .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
+        .env("STOREPULSE_TOPIC_ORDERS", &settings.topics.orders)
+        .env("STOREPULSE_TOPIC_INVENTORY", &settings.topics.inventory)
+        .env("STOREPULSE_TOPIC_ACTIVITY", &settings.topics.activity)
+        .status()
+        .expect("simulate runs");
+    assert!(status.success());
+    let error = |args: &[&str]| {
+        let out = replay(&settings.topics, args);
+        assert!(!out.status.success(), "{args:?} must fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = error(&[
+        "--from",
+        "2026-12-01T10:10:00Z",
+        "--to",
+        "2026-12-01T10:00:00Z",
+    ]);
+    assert!(e.contains("ends") && e.contains("before it starts"), "{e}");
+    let e = error(&[
+        "--from",
+        "2026-12-01T10:00:00Z",
+        "--to-position",
+        "0badc0de:1,2,3",
+    ]);
+    assert!(e.contains("not a position of these topics"), "{e}");
+    let e = error(&[
+        "--from",
+        "2026-12-01T10:00:00Z",
+        "--to",
+        "2026-12-01T10:01:00Z",
+        "--store",
+        "store-atlantis",
+    ]);
+    assert!(
+        e.contains("unknown store \"store-atlantis\"") && e.contains("store-berlin"),
+        "{e}"
+    );
+    let e = error(&[
+        "--from",
+        "2030-01-01T00:00:00Z",
+        "--to",
+        "2030-01-01T01:00:00Z",
+        "--every",
+        "1m",
+    ]);
+    assert!(
+        e.contains("no record at or after 2030-01-01T00:00:00Z"),
+        "{e}"
+    );
+    let e = error(&["--to", "now"]);
+    assert!(e.contains("--from"), "--from is required: {e}");
+    // A dry run says what it would read.
+    let plan = stdout_of(&replay(
+        &settings.topics,
+        &[
+            "--from",
+            "2026-12-01T10:00:10Z",
+            "--to",
+            "2026-12-01T10:00:20Z",
+            "--dry-run",
+        ],
+    ));
+    assert!(
+        plan.contains("warm-up:") && plan.contains(&format!("{}/0", settings.topics.orders)),
+        "{plan}"
+    );
+}
