@@ -245,6 +245,40 @@ pub struct Settings {
     pub aggregate: AggregateSection,
 }
 
+/// Sets `key` (dotted) to `raw`, typed as the value already there: a number stays a number,
+/// a flag a flag, anything else is a string. `origin` names where `raw` came from.
+fn set_typed(
+    table: &mut toml::Table,
+    key: &str,
+    raw: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let path: Vec<&str> = key.split('.').collect();
+    let mut node = table;
+    for part in &path[..path.len() - 1] {
+        node = node
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Invalid {
+                key: key.to_string(),
+                message: "not a section".into(),
+            })?;
+    }
+    let last = path[path.len() - 1];
+    let value = match node.get(last) {
+        Some(toml::Value::Integer(_)) => raw.trim().parse().map(toml::Value::Integer).ok(),
+        Some(toml::Value::Boolean(_)) => raw.trim().parse().map(toml::Value::Boolean).ok(),
+        _ => Some(toml::Value::String(raw.to_owned())),
+    }
+    .ok_or_else(|| ConfigError::Invalid {
+        key: key.to_string(),
+        message: format!("{origin}={raw:?} is not of the setting's type"),
+    })?;
+    node.insert(last.to_owned(), value);
+    Ok(())
+}
+
 fn merge(into: &mut toml::Table, from: toml::Table) {
     for (key, value) in from {
         match (into.get_mut(&key), value) {
@@ -271,38 +305,27 @@ impl Settings {
         file: Option<(&str, &str)>,
         environment: &HashMap<String, String>,
     ) -> Result<Settings, ConfigError> {
+        Settings::load_with(file, environment, &[])
+    }
+
+    /// [`Settings::load`], then `key=value` overrides on top (replay's what-if), each typed
+    /// as its default is.
+    pub fn load_with(
+        file: Option<(&str, &str)>,
+        environment: &HashMap<String, String>,
+        overrides: &[(String, String)],
+    ) -> Result<Settings, ConfigError> {
         let mut table = parse("config/default.toml", DEFAULTS)?;
         if let Some((name, text)) = file {
             merge(&mut table, parse(name, text)?);
         }
         for (variable, key) in ENVIRONMENT {
-            let Some(raw) = environment.get(*variable) else {
-                continue;
-            };
-            // Typed as the default is: a number stays a number, a flag a flag.
-            let path: Vec<&str> = key.split('.').collect();
-            let mut node = &mut table;
-            for part in &path[..path.len() - 1] {
-                node = node
-                    .entry(part.to_string())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    .as_table_mut()
-                    .ok_or_else(|| ConfigError::Invalid {
-                        key: key.to_string(),
-                        message: "not a section".into(),
-                    })?;
+            if let Some(raw) = environment.get(*variable) {
+                set_typed(&mut table, key, raw, variable)?;
             }
-            let last = path[path.len() - 1];
-            let value = match node.get(last) {
-                Some(toml::Value::Integer(_)) => raw.trim().parse().map(toml::Value::Integer).ok(),
-                Some(toml::Value::Boolean(_)) => raw.trim().parse().map(toml::Value::Boolean).ok(),
-                _ => Some(toml::Value::String(raw.clone())),
-            }
-            .ok_or_else(|| ConfigError::Invalid {
-                key: key.to_string(),
-                message: format!("{variable}={raw:?} is not of the setting's type"),
-            })?;
-            node.insert(last.to_owned(), value);
+        }
+        for (key, raw) in overrides {
+            set_typed(&mut table, key, raw, key)?;
         }
         let settings: Settings =
             toml::Value::Table(table)

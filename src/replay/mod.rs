@@ -227,6 +227,24 @@ pub fn run(
     Ok(reader.summary)
 }
 
+/// The timeline rows of a replay, in memory (for a what-if's comparison).
+pub fn collect_rows(
+    settings: &Settings,
+    options: &ReplayOptions,
+) -> Result<(Vec<rows::Row>, Summary), ReplayError> {
+    let mut options = options.clone();
+    options.format = Format::Jsonl;
+    let mut buffer = Vec::new();
+    let summary = run(settings, &options, &mut buffer)?;
+    let rows = buffer
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(serde_json::from_slice)
+        .collect::<Result<Vec<rows::Row>, _>>()
+        .map_err(std::io::Error::from)?;
+    Ok((rows, summary))
+}
+
 /// Resolves times and positions to offsets.
 fn resolve(
     settings: &kafka::KafkaSettings,

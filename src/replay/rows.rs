@@ -47,7 +47,7 @@ pub fn format_minor(minor: i64, currency: &str) -> String {
 }
 
 /// One timeline row: a scope (a store, or `all`) at a step.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     /// The step, RFC 3339 (UTC).
     pub time: String,
@@ -76,7 +76,7 @@ pub struct Row {
 }
 
 /// An amount in one currency.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Amount {
     /// ISO 4217 code.
     pub currency: String,
@@ -182,6 +182,79 @@ pub fn csv_lines(row: &Row) -> Vec<String> {
         .collect()
 }
 
+/// The header of a what-if's differences.
+pub const DIFFERENCES_HEADER: &str = "time,scope,field,configured,what_if";
+
+fn amounts_text(amounts: &[Amount]) -> String {
+    amounts
+        .iter()
+        .map(|a| format!("{} {}", a.currency, a.formatted))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Every field that differs between the rows of the same step and scope, as
+/// `time,scope,field,configured,what_if` lines, in row order. A scope present in one run
+/// only shows as `(none)` on the other side.
+pub fn differences(configured: &[Row], what_if: &[Row]) -> Vec<String> {
+    let fields = |row: &Row| -> Vec<(&'static str, String)> {
+        vec![
+            ("orders", row.orders.to_string()),
+            ("cancelled", row.cancelled.to_string()),
+            ("revenue", amounts_text(&row.revenue)),
+            ("average_order", amounts_text(&row.average_order)),
+            ("active_users_5m", row.active_users_5m.to_string()),
+            ("active_users_today", row.active_users_today.to_string()),
+            ("low_stock", row.low_stock.to_string()),
+            ("oversold", row.oversold.to_string()),
+            ("alerts", row.alerts.to_string()),
+            ("top_sku", row.top_sku.clone().unwrap_or_default()),
+        ]
+    };
+    let key = |row: &Row| (row.time.clone(), row.scope.clone());
+    let mut keys: Vec<(String, String)> = configured.iter().map(key).collect();
+    for row in what_if {
+        if !keys.contains(&key(row)) {
+            keys.push(key(row));
+        }
+    }
+    let mut out = Vec::new();
+    for (time, scope) in keys {
+        let find = |rows: &[Row]| {
+            rows.iter()
+                .find(|r| r.time == time && r.scope == scope)
+                .map(&fields)
+        };
+        let (a, b) = (find(configured), find(what_if));
+        let none = || -> Vec<(&'static str, String)> {
+            fields(&Row {
+                time: String::new(),
+                scope: String::new(),
+                orders: 0,
+                revenue: Vec::new(),
+                cancelled: 0,
+                average_order: Vec::new(),
+                active_users_5m: 0,
+                active_users_today: 0,
+                low_stock: 0,
+                oversold: 0,
+                alerts: 0,
+                top_sku: None,
+            })
+            .into_iter()
+            .map(|(f, _)| (f, "(none)".to_owned()))
+            .collect()
+        };
+        let (a, b) = (a.unwrap_or_else(none), b.unwrap_or_else(none));
+        for ((field, left), (_, right)) in a.iter().zip(&b) {
+            if left != right {
+                out.push(format!("{time},{scope},{field},{left},{right}"));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +274,39 @@ mod tests {
         assert_eq!(format_minor(980, "JPY"), "980");
         assert_eq!(format_minor(1_234, "KWD"), "1.234");
         assert_eq!(format_minor(i64::MIN, "EUR"), "-92233720368547758.08");
+    }
+
+    #[test]
+    fn differences_name_each_changed_field_and_none_when_equal() {
+        let row = Row {
+            time: "t".into(),
+            scope: "all".into(),
+            orders: 3,
+            revenue: Vec::new(),
+            cancelled: 0,
+            average_order: Vec::new(),
+            active_users_5m: 1,
+            active_users_today: 1,
+            low_stock: 2,
+            oversold: 0,
+            alerts: 2,
+            top_sku: None,
+        };
+        assert!(differences(std::slice::from_ref(&row), std::slice::from_ref(&row)).is_empty());
+        let mut more = row.clone();
+        more.low_stock = 5;
+        more.alerts = 6;
+        assert_eq!(
+            differences(std::slice::from_ref(&row), &[more]),
+            vec!["t,all,low_stock,2,5", "t,all,alerts,2,6"]
+        );
+        let mut other = row.clone();
+        other.scope = "store-x".into();
+        assert!(
+            differences(&[row], &[other])
+                .iter()
+                .any(|l| l == "t,all,orders,3,(none)")
+        );
     }
 
     #[test]

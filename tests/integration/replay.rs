@@ -191,6 +191,40 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
             assert_eq!(minors, expected, "{time} {scope} revenue");
         }
     }
+    // What-if: the configured threshold again changes nothing; a threshold above every
+    // level puts every SKU on the low-stock list.
+    let what_if = |set: &str| {
+        stdout_of(&replay(
+            &settings.topics,
+            &[
+                "--from",
+                &rfc3339(from_ms),
+                "--to",
+                &rfc3339(to_ms),
+                "--every",
+                "30s",
+                "--set",
+                set,
+                "--quiet",
+            ],
+        ))
+    };
+    assert_eq!(
+        what_if("aggregate.low_stock_threshold=10"),
+        "time,scope,field,configured,what_if\n",
+        "the default threshold, set again: no difference"
+    );
+    let changed = what_if("aggregate.low_stock_threshold=1000000");
+    assert!(
+        changed.lines().any(|l| l.contains(",all,low_stock,")),
+        "{changed}"
+    );
+    assert!(
+        !changed
+            .lines()
+            .any(|l| l.contains(",orders,") || l.contains(",revenue,")),
+        "a stock threshold moves no order numbers: {changed}"
+    );
     assert!(server.terminate());
 }
 

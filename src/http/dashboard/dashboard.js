@@ -198,6 +198,9 @@ function setStatus(status) {
   const badge = $('connection');
   badge.className = `badge ${status}`;
   badge.textContent = { connecting: 'Connecting…', live: 'Live', reconnecting: 'Reconnecting…', resynced: 'Resynced' }[status];
+  // The banner follows at once (a refusal's reason goes with the connection it explained),
+  // not at the next freshness tick.
+  renderFreshness();
 }
 
 function selected() {
