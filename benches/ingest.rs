@@ -18,6 +18,10 @@
 //! Prints Markdown for `docs/benchmarks.md`. Not a test: nothing here asserts a speed.
 //! Settings: `BENCH_EVENTS` (default 2 000 000), `BENCH_RUNS` (3), and the stack's
 //! `STOREPULSE_KAFKA_BROKERS` / `STOREPULSE_DATABASE_URL`.
+//!
+//! `BENCH_REPLAY=1` (`scripts/bench replay`) measures `storepulse replay` instead, on topics
+//! of its own (record timestamps are event times): per run, interleaved, the bare
+//! consumer, serve's catch-up, `replay --as-of` the end, and a timeline every minute.
 
 mod common;
 
@@ -351,10 +355,117 @@ async fn checkpoint_cost(skus: usize) -> (f64, f64, usize) {
     (freeze, written.duration.as_secs_f64(), written.bytes)
 }
 
+/// One `storepulse replay` over `topics` with `args`; wall seconds of the whole process.
+fn replay_run(topics: &Topics, args: &[&str]) -> f64 {
+    let started = Instant::now();
+    let out = std::process::Command::new(common::serve_bin())
+        .arg("replay")
+        .args(args)
+        .args(["--quiet", "--out", "/dev/null"])
+        .env("STOREPULSE_KAFKA_BROKERS", brokers())
+        .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
+        .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
+        .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity)
+        .output()
+        .expect("replay runs");
+    assert!(
+        out.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    started.elapsed().as_secs_f64()
+}
+
+/// `BENCH_REPLAY=1`: replay beside the bare consumer and serve's catch-up.
+async fn replay_bench(events: u64, runs: usize) {
+    let settings = KafkaSettings {
+        brokers: brokers(),
+        topics: Topics {
+            orders: format!("bench-replay-{events}-orders"),
+            inventory: format!("bench-replay-{events}-inventory"),
+            activity: format!("bench-replay-{events}-activity"),
+        },
+    };
+    prefill(&settings, events).await;
+    // The catalog's events start at 1 795 773 600 000 ms at 2 000 events/s of event time.
+    let start_ms: i64 = 1_795_773_600_000;
+    let end_ms = start_ms + (events as i64 * 1000 / 2000) + 60_000;
+    let time = |ms: i64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64))
+            .to_string()
+    };
+    let (from, to) = (time(start_ms), time(end_ms));
+    let modes = [
+        "bare rdkafka consumer (baseline)",
+        "serve, catch-up from offset 0",
+        "replay --as-of the end",
+        "replay --every 1m (timeline)",
+        "replay --every 10s (timeline)",
+    ];
+    let mut walls: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for run in 1..=runs {
+        let s = settings.clone();
+        walls[0].push(
+            tokio::task::spawn_blocking(move || baseline(&s, events).0)
+                .await
+                .expect("baseline"),
+        );
+        let t = settings.topics.clone();
+        walls[1].push(
+            tokio::task::spawn_blocking(move || serve_catch_up(&t, events).0)
+                .await
+                .expect("serve"),
+        );
+        walls[2].push(replay_run(
+            &settings.topics,
+            &["--from", &from, "--as-of", &to],
+        ));
+        walls[3].push(replay_run(
+            &settings.topics,
+            &["--from", &from, "--to", &to, "--every", "1m"],
+        ));
+        walls[4].push(replay_run(
+            &settings.topics,
+            &["--from", &from, "--to", &to, "--every", "10s"],
+        ));
+        eprintln!(
+            "[bench] run {run}: {:?}",
+            walls
+                .iter()
+                .map(|w| w.last().copied().unwrap_or(0.0))
+                .collect::<Vec<_>>()
+        );
+    }
+    let base = median(walls[0].clone());
+    let serve = median(walls[1].clone());
+    let as_of = median(walls[2].clone());
+    println!(
+        "replay of {events} records ({} min of event time), medians of {runs} interleaved runs:\n",
+        (end_ms - start_ms) / 60_000
+    );
+    println!("| path | events/s | wall s | vs bare consumer | vs serve catch-up | vs as-of |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (mode, values) in modes.iter().zip(&walls) {
+        let wall = median(values.clone());
+        println!(
+            "| {mode} | {:.0} | {wall:.2} | {:.2} | {:.2} | {:.2} |",
+            events as f64 / wall,
+            base / wall,
+            serve / wall,
+            as_of / wall
+        );
+    }
+    println!("\nruns (wall s): {walls:.2?}");
+}
+
 #[tokio::main]
 async fn main() {
     let events = env_or("BENCH_EVENTS", 2_000_000);
     let runs = env_or("BENCH_RUNS", 3) as usize;
+    if std::env::var("BENCH_REPLAY").is_ok_and(|v| v == "1") {
+        replay_bench(events, runs).await;
+        return;
+    }
     let settings = KafkaSettings {
         brokers: brokers(),
         topics: Topics {
