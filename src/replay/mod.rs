@@ -64,6 +64,8 @@ pub struct ReplayOptions {
     pub store: Option<StoreId>,
     /// Timeline format.
     pub format: Format,
+    /// Print the alerts raised and cleared between steps instead of rows.
+    pub alerts: bool,
     /// Print the plan and stop.
     pub dry_run: bool,
 }
@@ -221,6 +223,7 @@ pub fn run(
         codec,
         changes: Changes::default(),
         summary: Summary::default(),
+        alerts: Default::default(),
     };
     reader.read(&consumer, &plan, options, out)?;
     reader.summary.elapsed = started.elapsed();
@@ -415,6 +418,8 @@ struct Reader {
     codec: Codec,
     changes: Changes,
     summary: Summary,
+    /// The alerts active at the last step (`--alerts`).
+    alerts: std::collections::BTreeMap<String, rows::AlertChange>,
 }
 
 /// A record fetched past the current step's boundary, waiting for its step.
@@ -486,7 +491,12 @@ impl Reader {
             list
         };
         if options.format == Format::Csv && options.every_ms.is_some() {
-            writeln!(out, "{}", rows::CSV_HEADER)?;
+            let header = if options.alerts {
+                rows::ALERTS_HEADER
+            } else {
+                rows::CSV_HEADER
+            };
+            writeln!(out, "{header}")?;
         }
         let mut store_seen = false;
         for step in &plan.steps {
@@ -616,6 +626,20 @@ impl Reader {
         };
         self.summary.outputs += 1;
         match (options.every_ms, step.time_ms) {
+            (Some(_), Some(time_ms)) if options.alerts => {
+                let now = rows::active_alerts(&snapshot);
+                for change in rows::alert_changes(&self.alerts, &now, &rfc3339(time_ms)) {
+                    match options.format {
+                        Format::Csv => writeln!(out, "{}", rows::alert_csv(&change))?,
+                        Format::Jsonl => {
+                            serde_json::to_writer(&mut *out, &change)
+                                .map_err(std::io::Error::from)?;
+                            writeln!(out)?;
+                        }
+                    }
+                }
+                self.alerts = now;
+            }
             (Some(_), Some(time_ms)) => {
                 for row in rows::rows(&rfc3339(time_ms), &snapshot) {
                     match options.format {

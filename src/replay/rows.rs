@@ -3,6 +3,7 @@
 //! I/O, no clock; the reader in `replay/mod.rs` hands it snapshots.
 
 use crate::aggregate::view::{Money, Snapshot, StoreView};
+use std::collections::BTreeMap;
 
 /// The times of a timeline's rows: `from`, then every `every_ms` while before `to`, then
 /// `to` itself (a range that is not a whole number of steps ends with a shorter one).
@@ -182,6 +183,99 @@ pub fn csv_lines(row: &Row) -> Vec<String> {
         .collect()
 }
 
+/// An alert raised or cleared between two steps.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AlertChange {
+    /// The first step at which it was active (raised) or no longer was (cleared).
+    pub time: String,
+    /// `raised` or `cleared`.
+    pub change: &'static str,
+    /// The alert's stable id.
+    pub id: String,
+    /// `oversold`, `sold_out`, `sell_out_imminent` or `low_stock`.
+    pub kind: String,
+    /// Store of the SKU.
+    pub store_id: String,
+    /// The SKU.
+    pub sku: String,
+    /// Its level at `time` (for a cleared alert: the level when last active).
+    pub level: i64,
+    /// Event time of the record that started the condition (exact), RFC 3339.
+    pub since: String,
+}
+
+/// The alerts active in a snapshot's stores, by id.
+pub fn active_alerts(snapshot: &Snapshot) -> BTreeMap<String, AlertChange> {
+    snapshot
+        .stores
+        .values()
+        .flat_map(|view| &view.lists.alerts)
+        .map(|alert| {
+            let kind = serde_json::to_value(alert.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            (
+                alert.id.clone(),
+                AlertChange {
+                    time: String::new(),
+                    change: "raised",
+                    id: alert.id.clone(),
+                    kind,
+                    store_id: alert.store_id.clone(),
+                    sku: alert.sku.clone(),
+                    level: alert.level,
+                    since: alert.since.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// What changed from `before` to `now` at step `time`: alerts raised (in `now` only), then
+/// cleared (in `before` only), each in id order.
+pub fn alert_changes(
+    before: &BTreeMap<String, AlertChange>,
+    now: &BTreeMap<String, AlertChange>,
+    time: &str,
+) -> Vec<AlertChange> {
+    let raised = now
+        .iter()
+        .filter(|(id, _)| !before.contains_key(*id))
+        .map(|(_, a)| AlertChange {
+            time: time.to_owned(),
+            change: "raised",
+            ..a.clone()
+        });
+    let cleared = before
+        .iter()
+        .filter(|(id, _)| !now.contains_key(*id))
+        .map(|(_, a)| AlertChange {
+            time: time.to_owned(),
+            change: "cleared",
+            ..a.clone()
+        });
+    raised.chain(cleared).collect()
+}
+
+/// The CSV header of `--alerts`.
+pub const ALERTS_HEADER: &str = "time,change,id,kind,store_id,sku,level,since";
+
+/// An alert change as a CSV line.
+pub fn alert_csv(change: &AlertChange) -> String {
+    format!(
+        "{},{},{},{},{},{},{},{}",
+        change.time,
+        change.change,
+        change.id,
+        change.kind,
+        change.store_id,
+        change.sku,
+        change.level,
+        change.since
+    )
+}
+
 /// The header of a what-if's differences.
 pub const DIFFERENCES_HEADER: &str = "time,scope,field,configured,what_if";
 
@@ -274,6 +368,31 @@ mod tests {
         assert_eq!(format_minor(980, "JPY"), "980");
         assert_eq!(format_minor(1_234, "KWD"), "1.234");
         assert_eq!(format_minor(i64::MIN, "EUR"), "-92233720368547758.08");
+    }
+
+    #[test]
+    fn alert_changes_are_raised_then_cleared_in_id_order() {
+        let alert = |id: &str| AlertChange {
+            time: String::new(),
+            change: "raised",
+            id: id.into(),
+            kind: "sold_out".into(),
+            store_id: "store-berlin".into(),
+            sku: "BER-0001".into(),
+            level: 0,
+            since: "2026-12-02T05:00:01Z".into(),
+        };
+        let before = BTreeMap::from([("a".to_owned(), alert("a")), ("b".to_owned(), alert("b"))]);
+        let now = BTreeMap::from([("b".to_owned(), alert("b")), ("c".to_owned(), alert("c"))]);
+        let changes = alert_changes(&before, &now, "t");
+        let summary: Vec<(&str, &str)> =
+            changes.iter().map(|c| (c.change, c.id.as_str())).collect();
+        assert_eq!(summary, vec![("raised", "c"), ("cleared", "a")]);
+        assert_eq!(
+            alert_csv(&changes[0]),
+            "t,raised,c,sold_out,store-berlin,BER-0001,0,2026-12-02T05:00:01Z"
+        );
+        assert!(alert_changes(&now, &now, "t").is_empty());
     }
 
     #[test]

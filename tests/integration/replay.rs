@@ -191,6 +191,42 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
             assert_eq!(minors, expected, "{time} {scope} revenue");
         }
     }
+    // Alerts: raised and cleared between steps; folded up, the alerts active at the end are
+    // exactly serve's final ones.
+    let changes = stdout_of(&replay(
+        &settings.topics,
+        &[
+            "--from",
+            &rfc3339(from_ms),
+            "--to",
+            &rfc3339(to_ms),
+            "--every",
+            "20s",
+            "--alerts",
+            "--format",
+            "jsonl",
+            "--quiet",
+        ],
+    ));
+    let mut active = std::collections::BTreeSet::new();
+    for line in changes.lines() {
+        let change: Value = serde_json::from_str(line).expect("a JSON change");
+        let id = change["id"].as_str().expect("an id").to_owned();
+        match change["change"].as_str() {
+            Some("raised") => assert!(active.insert(id), "raised twice: {line}"),
+            Some("cleared") => assert!(active.remove(&id), "cleared but not raised: {line}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let live_alerts: std::collections::BTreeSet<String> = end["stores"]
+        .as_object()
+        .expect("stores")
+        .values()
+        .flat_map(|v| v["alerts"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!changes.is_empty(), "the sale raises alerts");
+    assert_eq!(active, live_alerts, "alerts at the end");
     // What-if: the configured threshold again changes nothing; a threshold above every
     // level puts every SKU on the low-stock list.
     let what_if = |set: &str| {
