@@ -220,6 +220,51 @@ impl CheckpointStore {
         self.explained(result).await
     }
 
+    /// The newest checkpoint of this group, format and layout whose position `fits`
+    /// (replay: at or before where it must start), restored; `None` if none fits.
+    pub async fn load_newest_fitting(
+        &self,
+        layout: &Layout,
+        config: Arc<AggregateConfig>,
+        fits: impl Fn(&crate::aggregate::Position) -> bool,
+    ) -> Result<Option<(i64, State)>, CheckpointError> {
+        let result = self.read_newest_fitting(layout, config, fits).await;
+        self.explained(result).await
+    }
+
+    async fn read_newest_fitting(
+        &self,
+        layout: &Layout,
+        config: Arc<AggregateConfig>,
+        fits: impl Fn(&crate::aggregate::Position) -> bool,
+    ) -> Result<Option<(i64, State)>, CheckpointError> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, position FROM checkpoints WHERE group_name = $1 AND format_version = $2
+               AND layout_tag = $3 ORDER BY id DESC",
+        )
+        .bind(&self.group)
+        .bind(FORMAT_VERSION)
+        .bind(layout.tag())
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(id) = rows.into_iter().find_map(|(id, position)| {
+            layout
+                .decode(&position)
+                .ok()
+                .filter(|position| fits(position))
+                .map(|_| id)
+        }) else {
+            return Ok(None);
+        };
+        let (bytes,): (Vec<u8>,) = sqlx::query_as("SELECT state FROM checkpoints WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        let state = storepulse_core::checkpoint::restore(FORMAT_VERSION, &bytes, config)
+            .map_err(|source| CheckpointError::Corrupt { id, source })?;
+        Ok(Some((id, state)))
+    }
+
     async fn read_newest(
         &self,
         layout: &Layout,

@@ -6,8 +6,9 @@
 //! no offset commits, no checkpoint written), so it may run beside `serve`. A range is
 //! resolved to offsets by record time with the broker's offsets-for-times: the state "at
 //! T" is, in every partition, every record before the first one whose timestamp is at or
-//! after T. State needs history (today's totals, stock levels), so reading starts at each
-//! partition's earliest retained offset (the warm-up); the rows start at `--from`.
+//! after T. State needs history (today's totals, stock levels), so reading starts from the
+//! newest checkpoint of serve's group at or before the first step (read only), or else at
+//! each partition's earliest retained offset (the warm-up); the rows start at `--from`.
 //!
 //! A timeline applies, step by step, exactly the records before each step's offsets: a
 //! partition that reaches its boundary is paused (records already fetched past it wait in
@@ -203,8 +204,14 @@ pub fn run(
             .set("enable.partition.eof", "true"),
     )?;
     let plan = resolve(&kafka_settings, &consumer, options)?;
+    let config = std::sync::Arc::new(
+        settings
+            .aggregate_config()
+            .map_err(|e| ReplayError::Settings(e.to_string()))?,
+    );
+    let warm = warm_up(settings, &plan, &config);
     if options.dry_run {
-        print_plan(&plan, options, out)?;
+        print_plan(&plan, options, warm.as_ref().map(|(id, _)| *id), out)?;
         return Ok(Summary::default());
     }
     let codec = Codec::new(
@@ -213,13 +220,8 @@ pub fn run(
             .map_err(|e| ReplayError::Settings(e.to_string()))?,
     )
     .map_err(|e| ReplayError::Settings(e.to_string()))?;
-    let config = std::sync::Arc::new(
-        settings
-            .aggregate_config()
-            .map_err(|e| ReplayError::Settings(e.to_string()))?,
-    );
     let mut reader = Reader {
-        state: State::new(config),
+        state: warm.map_or_else(|| State::new(config), |(_, state)| state),
         codec,
         changes: Changes::default(),
         summary: Summary::default(),
@@ -246,6 +248,40 @@ pub fn collect_rows(
         .collect::<Result<Vec<rows::Row>, _>>()
         .map_err(std::io::Error::from)?;
     Ok((rows, summary))
+}
+
+/// The newest checkpoint of `serve`'s group (`kafka.group_id`, read only) from which the
+/// first step is reachable: at or before the first step in every partition and not older
+/// than what is retained. `None` (read from the earliest offsets) when there is none, or the
+/// checkpoint store does not answer (logged).
+fn warm_up(
+    settings: &Settings,
+    plan: &Plan,
+    config: &std::sync::Arc<crate::aggregate::AggregateConfig>,
+) -> Option<(i64, State)> {
+    let first = plan.steps.first()?;
+    let store = crate::checkpoint::CheckpointStore::connect_lazy(
+        &settings.checkpoint.database_url,
+        &settings.kafka.group_id,
+    )
+    .ok()?;
+    let keys: Vec<PartitionKey> = plan.layout.partitions().collect();
+    let fits = |position: &crate::aggregate::Position| {
+        keys.iter().enumerate().all(|(i, key)| {
+            let next = position.next_offset(*key);
+            next <= first.ends[i] && (next >= plan.low[i] || plan.low[i] == 0)
+        })
+    };
+    let loaded = tokio::runtime::Handle::try_current()
+        .ok()?
+        .block_on(store.load_newest_fitting(&plan.layout, std::sync::Arc::clone(config), fits));
+    match loaded {
+        Ok(found) => found,
+        Err(error) => {
+            tracing::warn!(error = %error, "replay: no checkpoint for the warm-up; reading from the earliest offsets");
+            None
+        }
+    }
 }
 
 /// Resolves times and positions to offsets.
@@ -367,7 +403,12 @@ fn resolve(
     })
 }
 
-fn print_plan(plan: &Plan, options: &ReplayOptions, out: &mut dyn Write) -> std::io::Result<()> {
+fn print_plan(
+    plan: &Plan,
+    options: &ReplayOptions,
+    checkpoint: Option<i64>,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     let ends = &plan
         .steps
         .last()
@@ -400,9 +441,15 @@ fn print_plan(plan: &Plan, options: &ReplayOptions, out: &mut dyn Write) -> std:
             (ends[i] - plan.low[i]).max(0)
         )?;
     }
+    let source = match checkpoint {
+        Some(id) => format!(
+            "from checkpoint {id} (of serve's kafka.group_id), then the records after its position"
+        ),
+        None => format!("{warm_up} records from each partition's earliest offset to --from"),
+    };
     writeln!(
         out,
-        "warm-up: {warm_up} records from each partition's earliest offset to --from (the state needs the day's history and stock); range: {in_range} records; {} {}",
+        "warm-up: {source} (the state needs the day's history and stock); range: {in_range} records; {} {}",
         plan.steps.len(),
         if options.every_ms.is_some() {
             "timeline steps"
@@ -467,10 +514,16 @@ impl Reader {
             .map(|s| s.ends.clone())
             .unwrap_or_default();
         let mut assignment = TopicPartitionList::new();
+        // From the warm-up checkpoint's position, or the earliest retained offset.
+        let start: Vec<i64> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| self.state.position().next_offset(*key).max(plan.low[i]))
+            .collect();
         for (i, (name, partition)) in plan.names.iter().enumerate() {
-            if last[i] > plan.low[i] {
+            if last[i] > start[i] {
                 assignment
-                    .add_partition_offset(name, *partition, Offset::Offset(plan.low[i]))
+                    .add_partition_offset(name, *partition, Offset::Offset(start[i]))
                     .map_err(KafkaError::Request)?;
             }
         }
@@ -479,7 +532,7 @@ impl Reader {
         let mut held: Vec<VecDeque<Held>> = (0..n).map(|_| VecDeque::new()).collect();
         let mut paused = vec![false; n];
         // A partition whose records up to the range's end are all fetched.
-        let mut exhausted: Vec<bool> = (0..n).map(|i| last[i] <= plan.low[i]).collect();
+        let mut exhausted: Vec<bool> = (0..n).map(|i| last[i] <= start[i]).collect();
         let index = |topic: &str, partition: i32| {
             plan.names
                 .iter()

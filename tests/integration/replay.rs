@@ -10,9 +10,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use storepulse::kafka::Topics;
 
 fn replay(topics: &Topics, args: &[&str]) -> Output {
+    replay_for_group(topics, "storepulse-replay-test-no-checkpoints", args)
+}
+
+/// A replay that may warm up from the checkpoints of serve's group `group`.
+fn replay_for_group(topics: &Topics, group: &str, args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
         .arg("replay")
         .args(args)
+        .env("STOREPULSE_GROUP_ID", group)
+        .env("STOREPULSE_DATABASE_URL", database_url())
         .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
         .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
         .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
@@ -261,7 +268,52 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
             .any(|l| l.contains(",orders,") || l.contains(",revenue,")),
         "a stock threshold moves no order numbers: {changed}"
     );
-    assert!(server.terminate());
+    // Warm-up from serve's final checkpoint (at the end position): nothing left to read,
+    // and the restored state shows what serve showed.
+    let group = server.group.clone();
+    assert!(
+        server.terminate(),
+        "serve exits 0 (final checkpoint written)"
+    );
+    let end_position = end["position"].as_str().expect("position").to_owned();
+    let plan = stdout_of(&replay_for_group(
+        &settings.topics,
+        &group,
+        &[
+            "--from",
+            &rfc3339(from_ms),
+            "--to-position",
+            &end_position,
+            "--dry-run",
+        ],
+    ));
+    assert!(plan.contains("warm-up: from checkpoint"), "{plan}");
+    let warmed: Value = serde_json::from_str(&stdout_of(&replay_for_group(
+        &settings.topics,
+        &group,
+        &[
+            "--from",
+            &rfc3339(from_ms),
+            "--to-position",
+            &end_position,
+            "--quiet",
+        ],
+    )))
+    .expect("a snapshot");
+    assert_eq!(warmed, end, "from the checkpoint: serve's final view");
+    // A range before the checkpoint cannot start from it: read from the earliest offsets.
+    let plan = stdout_of(&replay_for_group(
+        &settings.topics,
+        &group,
+        &[
+            "--from",
+            &rfc3339(from_ms),
+            "--to-position",
+            &position,
+            "--dry-run",
+        ],
+    ));
+    assert!(!plan.contains("from checkpoint"), "{plan}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
