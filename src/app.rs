@@ -128,6 +128,10 @@ fn wire(settings: &Settings, stages: &Stages) -> anyhow::Result<(Wiring, AppStat
         stream: Arc::new(settings.stream.clone()),
         stop: stages.http.clone(),
         progress: Default::default(),
+        replays: Arc::new(crate::replay::stream::ReplayService::new(
+            Arc::new(settings.clone()),
+            settings.replay.max_concurrent,
+        )),
     };
     let wiring = Wiring {
         codec: Codec::new(&settings.confluent_ids()?).context("schemas")?,

@@ -42,6 +42,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_MIGRATE_ON_START", "checkpoint.migrate_on_start"),
     ("STOREPULSE_HTTP_ADDR", "http.addr"),
     ("STOREPULSE_READY_MAX_LAG", "ready.max_lag"),
+    ("STOREPULSE_REPLAY_MAX_CONCURRENT", "replay.max_concurrent"),
     (
         "STOREPULSE_TRACE_PRODUCER_CONTEXT",
         "telemetry.producer_context",
@@ -186,6 +187,14 @@ pub struct ReadySection {
     pub max_lag: i64,
 }
 
+/// `[replay]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaySection {
+    /// Replay streams at once.
+    pub max_concurrent: usize,
+}
+
 /// `[telemetry]`
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -241,6 +250,8 @@ pub struct Settings {
     pub stream: StreamSection,
     /// Traces (beyond the OTEL_* variables).
     pub telemetry: TelemetrySection,
+    /// Replays streamed to dashboards.
+    pub replay: ReplaySection,
     /// Business rules.
     pub aggregate: AggregateSection,
 }

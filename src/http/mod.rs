@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 mod dashboard;
 pub mod listener;
+mod replay;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub stop: CancellationToken,
     /// The heartbeat's `progress` event, encoded once per change for every stream.
     pub progress: Arc<stream::SharedProgress>,
+    /// Replays streamed to dashboards.
+    pub replays: Arc<crate::replay::stream::ReplayService>,
 }
 
 impl AppState {
@@ -108,6 +111,7 @@ pub fn app(state: AppState) -> Router {
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/snapshot", get(snapshot))
         .route("/api/stream", get(stream::stream))
+        .route("/api/replay/stream", get(replay::replay_stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -109,6 +109,10 @@ impl TestServer {
             stream: Arc::new(stream),
             stop: CancellationToken::new(),
             progress: Default::default(),
+            replays: Arc::new(crate::replay::stream::ReplayService::new(
+                Arc::new(crate::config::defaults().clone()),
+                1,
+            )),
         });
         TestServer {
             router,

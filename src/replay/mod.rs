@@ -15,6 +15,7 @@
 //! memory) until every partition has, then the step's rows are written.
 
 pub mod rows;
+pub mod stream;
 
 use crate::aggregate::{Changes, Layout, PartitionKey, PositionError, RecordRef, State};
 use crate::config::Settings;
@@ -226,6 +227,7 @@ pub fn run(
         changes: Changes::default(),
         summary: Summary::default(),
         alerts: Default::default(),
+        keep_changes: false,
     };
     reader.read(&consumer, &plan, options, out)?;
     reader.summary.elapsed = started.elapsed();
@@ -467,6 +469,8 @@ struct Reader {
     summary: Summary,
     /// The alerts active at the last step (`--alerts`).
     alerts: std::collections::BTreeMap<String, rows::AlertChange>,
+    /// Keep every change for frames (the replay stream); else they are dropped now and then.
+    keep_changes: bool,
 }
 
 /// A record fetched past the current step's boundary, waiting for its step.
@@ -489,7 +493,7 @@ impl Reader {
         match decoded {
             Ok(event) => {
                 self.state.apply(&event, at, &mut self.changes);
-                if self.summary.records.is_multiple_of(4096) {
+                if !self.keep_changes && self.summary.records.is_multiple_of(4096) {
                     self.changes = Changes::default(); // only serve's frames read them
                 }
             }
@@ -506,6 +510,52 @@ impl Reader {
         plan: &Plan,
         options: &ReplayOptions,
         out: &mut dyn Write,
+    ) -> Result<(), ReplayError> {
+        if options.format == Format::Csv && options.every_ms.is_some() {
+            let header = if options.alerts {
+                rows::ALERTS_HEADER
+            } else {
+                rows::CSV_HEADER
+            };
+            writeln!(out, "{header}")?;
+        }
+        let mut store_seen = false;
+        self.read_steps(
+            consumer,
+            plan,
+            |reader, step| {
+                store_seen |= reader.write_step(step, plan, options, out)?;
+                Ok(())
+            },
+            |_, _| Ok(()),
+        )?;
+        if let Some(store) = &options.store
+            && !store_seen
+        {
+            return Err(ReplayError::UnknownStore {
+                store: store.0.clone(),
+                known: self
+                    .state
+                    .stores()
+                    .keys()
+                    .map(|s| s.0.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// Applies, step after step, exactly the records before each step's offsets, calling
+    /// `on_step` once a step is complete and `on_record` after each record applied (with its
+    /// timestamp).
+    fn read_steps(
+        &mut self,
+        consumer: &kafka::Consumer,
+        plan: &Plan,
+        mut on_step: impl FnMut(&mut Reader, &Step) -> Result<(), ReplayError>,
+        mut on_record: impl FnMut(&mut Reader, Option<i64>) -> Result<(), ReplayError>,
     ) -> Result<(), ReplayError> {
         let keys: Vec<PartitionKey> = plan.layout.partitions().collect();
         let last = plan
@@ -543,15 +593,6 @@ impl Reader {
             let _ = list.add_partition(&plan.names[i].0, plan.names[i].1);
             list
         };
-        if options.format == Format::Csv && options.every_ms.is_some() {
-            let header = if options.alerts {
-                rows::ALERTS_HEADER
-            } else {
-                rows::CSV_HEADER
-            };
-            writeln!(out, "{header}")?;
-        }
-        let mut store_seen = false;
         for step in &plan.steps {
             // Records held from before: those of this step first, in offset order.
             for i in 0..n {
@@ -565,6 +606,7 @@ impl Reader {
                         &h.payload,
                         h.timestamp,
                     );
+                    on_record(self, h.timestamp)?;
                 }
                 if paused[i] && held[i].is_empty() && !exhausted[i] {
                     consumer.resume(&one(i)).map_err(KafkaError::Request)?;
@@ -601,6 +643,7 @@ impl Reader {
                                 message.payload().unwrap_or_default(),
                                 timestamp,
                             );
+                            on_record(self, timestamp)?;
                             continue;
                         } else {
                             held[i].push_back(Held {
@@ -646,23 +689,8 @@ impl Reader {
                     });
                 }
             }
-            store_seen |= self.write_step(step, plan, options, out)?;
+            on_step(self, step)?;
         }
-        if let Some(store) = &options.store
-            && !store_seen
-        {
-            return Err(ReplayError::UnknownStore {
-                store: store.0.clone(),
-                known: self
-                    .state
-                    .stores()
-                    .keys()
-                    .map(|s| s.0.clone())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
-        out.flush()?;
         Ok(())
     }
 

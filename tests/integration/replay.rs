@@ -406,3 +406,201 @@ async fn bad_ranges_positions_and_stores_are_clear_errors() {
         "{plan}"
     );
 }
+
+/// One SSE event: name, id, data.
+type Event = (String, Option<String>, Vec<u8>);
+
+/// GET over HTTP/1.0 (the body ends with the connection, no chunking) with headers; the
+/// status and the events of the body, in order.
+fn sse_get(address: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<Event>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {address}\r\n{extra}\r\n"
+    )
+    .expect("request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let mut events = Vec::new();
+    storepulse::live::client::SseParser::new().push(&response[split + 4..], |e| {
+        events.push((e.event.to_owned(), e.id.map(str::to_owned), e.data.to_vec()));
+    });
+    (status, events)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_stream_rebuilds_the_as_of_view_resumes_by_its_own_ids_and_is_bounded() {
+    let settings = fresh_topics("replay-stream");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args([
+            "simulate",
+            "--quiet",
+            "--count",
+            "1200",
+            "--rate",
+            "0",
+            "--event-rate",
+            "20",
+        ])
+        .args([
+            "--start",
+            "2026-12-02T05:00:00Z",
+            "--stores",
+            "2",
+            "--skus",
+            "5",
+            "--partitions",
+            "2",
+        ])
+        .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
+        .env("STOREPULSE_TOPIC_ORDERS", &settings.topics.orders)
+        .env("STOREPULSE_TOPIC_INVENTORY", &settings.topics.inventory)
+        .env("STOREPULSE_TOPIC_ACTIVITY", &settings.topics.activity)
+        .status()
+        .expect("simulate runs");
+    assert!(status.success());
+    let server = Server::start_with(
+        &settings.topics,
+        &helpers::unique("replay-stream"),
+        &database_url(),
+        &[("STOREPULSE_REPLAY_MAX_CONCURRENT", "1")],
+    );
+    tokio::task::block_in_place(|| server.snapshot_at(1200, Duration::from_secs(60)));
+    let (from, to) = ("2026-12-02T05:00:10Z", "2026-12-02T05:00:50Z");
+    let path = format!("/api/replay/stream?from={from}&to={to}&speed=200");
+    let (code, events) = tokio::task::block_in_place(|| sse_get(&server.address, &path, &[]));
+    assert_eq!(code, 200);
+    let names: Vec<&str> = events.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"snapshot"), "{names:?}");
+    assert_eq!(names.last(), Some(&"end"), "{names:?}");
+    assert!(
+        names.iter().filter(|n| **n == "delta").count() >= 3,
+        "{names:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|(_, id, _)| id.as_deref().is_none_or(|i| i.starts_with("R1."))),
+        "replay ids have their own namespace"
+    );
+    // Applied as the page applies them: the view at `to`.
+    let apply = |view: &mut storepulse::live::client::ClientView, events: &[Event]| {
+        for (event, id, data) in events {
+            view.apply(storepulse::live::client::SseRef {
+                event,
+                id: id.as_deref(),
+                data,
+            })
+            .expect("applies");
+        }
+    };
+    let mut view = storepulse::live::client::ClientView::default();
+    apply(&mut view, &events);
+    let as_of: Value = serde_json::from_str(&stdout_of(&replay(
+        &settings.topics,
+        &["--from", from, "--as-of", to, "--quiet"],
+    )))
+    .expect("a snapshot");
+    let rebuilt = view.view.clone().expect("a view");
+    assert_eq!(
+        rebuilt["stores"], as_of["stores"],
+        "the streamed view at its end is --as-of to"
+    );
+    assert_eq!(rebuilt["all_stores"], as_of["all_stores"]);
+
+    // Resume mid-replay with its own id: no snapshot, the deltas after it, the same end.
+    let middle = events.len() / 2;
+    let (_, middle_id, _) = &events[middle];
+    let middle_id = middle_id.clone().expect("a delta id");
+    let (_, rest) = tokio::task::block_in_place(|| {
+        sse_get(&server.address, &path, &[("Last-Event-ID", &middle_id)])
+    });
+    assert_ne!(
+        rest.first().map(|e| e.0.as_str()),
+        Some("snapshot"),
+        "resumed, not restarted"
+    );
+    let mut resumed = storepulse::live::client::ClientView::default();
+    apply(&mut resumed, &events[..=middle]);
+    apply(&mut resumed, &rest);
+    assert_eq!(
+        resumed.view.expect("a view")["stores"],
+        as_of["stores"],
+        "resumed exactly"
+    );
+    // A live id sent to the replay restarts it from its snapshot; a replay id sent to the
+    // live stream is not an id there (a resync).
+    let live_position = as_of["position"].as_str().expect("position").to_owned();
+    let (_, restarted) = tokio::task::block_in_place(|| {
+        sse_get(&server.address, &path, &[("Last-Event-ID", &live_position)])
+    });
+    assert_eq!(restarted.first().map(|e| e.0.as_str()), Some("snapshot"));
+    let live_first = tokio::task::block_in_place(|| {
+        use std::io::{BufRead, Write};
+        let mut stream = std::net::TcpStream::connect(&server.address).expect("connects");
+        write!(
+            stream,
+            "GET /api/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {middle_id}\r\n\r\n"
+        )
+        .expect("request");
+        let reader = std::io::BufReader::new(stream);
+        reader
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with("event: "))
+            .unwrap_or_default()
+    });
+    assert_eq!(live_first, "event: resync");
+    // One slot: while a slow replay runs, another gets 503 with Retry-After.
+    let slow = format!("/api/replay/stream?from={from}&to={to}&speed=1");
+    let address = server.address.clone();
+    let holder = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&address).expect("connects");
+        write!(stream, "GET {slow} HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
+        let mut first = [0u8; 64];
+        let _ = stream.read(&mut first);
+        std::thread::sleep(Duration::from_secs(2));
+        drop(stream); // nobody reads: the replay stops and frees its slot
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let (busy, body) = tokio::task::block_in_place(|| helpers::http_get(&server.address, &path));
+    assert_eq!(busy, 503, "{body}");
+    assert!(body.contains("replay slot"), "{body}");
+    holder.join().expect("holder");
+    helpers::wait_for(
+        || {
+            helpers::http_get(
+                &server.address,
+                "/api/replay/stream?from=2026-12-02T05:00:10Z&to=2026-12-02T05:00:11Z&speed=1000",
+            )
+            .0 == 200
+        },
+        "the slot freed once its reader left",
+    )
+    .await;
+    let (bad, reason) = helpers::http_get(
+        &server.address,
+        "/api/replay/stream?from=2026-12-02T05:00:10Z&to=2026-12-02T05:00:00Z",
+    );
+    assert_eq!(bad, 400, "{reason}");
+    assert!(server.terminate());
+}

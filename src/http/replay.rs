@@ -1,0 +1,102 @@
+//! `GET /api/replay/stream`: a past range replayed over the live stream's protocol (see
+//! `replay/stream.rs`), for the dashboard's "watch a past sale". Validates the request,
+//! takes a slot (503 with `Retry-After` when every slot is busy) and relays the replay
+//! thread's bytes.
+
+use super::{ApiError, AppState};
+use crate::replay::stream::ReplayRequest;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+/// The query.
+#[derive(Debug, Deserialize)]
+pub(super) struct ReplayQuery {
+    /// Start, RFC 3339.
+    from: String,
+    /// End, RFC 3339.
+    to: String,
+    /// Event time per wall time (1 to 1000; default 10).
+    speed: Option<u32>,
+    /// One store.
+    store: Option<String>,
+}
+
+fn time(name: &str, value: &str) -> Result<i64, ApiError> {
+    let at = humantime::parse_rfc3339_weak(value).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        reason: format!("{name}: {e} (e.g. 2026-12-02T14:00:00Z)"),
+    })?;
+    at.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .ok_or_else(|| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            reason: format!("{name}: out of range"),
+        })
+}
+
+/// The handler.
+pub(super) async fn replay_stream(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(ApiError::bad_query)?;
+    let bad = |reason: String| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        reason,
+    };
+    let from_ms = time("from", &query.from)?;
+    let to_ms = time("to", &query.to)?;
+    if to_ms <= from_ms {
+        return Err(bad(format!(
+            "to ({}) is not after from ({})",
+            query.to, query.from
+        )));
+    }
+    let speed = query.speed.unwrap_or(10);
+    if !(1..=1000).contains(&speed) {
+        return Err(bad(format!("speed {speed} is not between 1 and 1000")));
+    }
+    if query
+        .store
+        .as_deref()
+        .is_some_and(|s| s.is_empty() || s.len() > 128)
+    {
+        return Err(bad("store: an id of 1 to 128 characters".into()));
+    }
+    let request = ReplayRequest {
+        from_ms,
+        to_ms,
+        speed,
+        store: query.store.map(crate::events::StoreId),
+    };
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let Ok(mut bytes) = app.replays.start(request, last_event_id) else {
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "10")],
+            axum::Json(json!({ "error": "every replay slot is busy (replay.max_concurrent); retry later" })),
+        )
+            .into_response());
+    };
+    let body = Body::from_stream(async_stream::stream! {
+        while let Some(chunk) = bytes.recv().await {
+            yield Ok::<_, std::convert::Infallible>(chunk);
+        }
+    });
+    let mut response = body.into_response();
+    let response_headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, "text/event-stream"),
+        (header::CACHE_CONTROL, "no-cache, no-transform"),
+        (header::HeaderName::from_static("x-accel-buffering"), "no"),
+    ] {
+        response_headers.insert(name, HeaderValue::from_static(value));
+    }
+    Ok(response)
+}
