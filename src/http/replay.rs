@@ -23,6 +23,9 @@ pub(super) struct ReplayQuery {
     speed: Option<u32>,
     /// One store.
     store: Option<String>,
+    /// The last id seen, for a client that cannot send `Last-Event-ID` (a new
+    /// EventSource after a pause).
+    since: Option<String>,
 }
 
 fn time(name: &str, value: &str) -> Result<i64, ApiError> {
@@ -73,9 +76,12 @@ pub(super) async fn replay_stream(
         from_ms,
         to_ms,
         speed,
-        store: query.store.map(crate::events::StoreId),
+        store: query.store.clone().map(crate::events::StoreId),
     };
-    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query.since.as_deref());
     let Ok(mut bytes) = app.replays.start(request, last_event_id) else {
         return Ok((
             StatusCode::SERVICE_UNAVAILABLE,

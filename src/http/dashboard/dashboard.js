@@ -4,7 +4,9 @@
 // tab takes over and resumes by its last id. It applies the stream exactly as docs/api.md
 // says (snapshot/resync replace, deltas merge by merge.js), lets the browser reconnect with
 // Last-Event-ID, honours Retry-After, and renders at most five times a second, only the
-// parts whose data changed.
+// parts whose data changed. A past range can be watched again ("Replay"): the same events
+// from /api/replay/stream, under a banner that says it is not live; no notification fires
+// from a replay, and "Back to live" rejoins the live stream.
 
 import { applyDelta, positionAfter } from './merge.js';
 
@@ -35,7 +37,11 @@ const state = {
   seenAlerts: new Set(JSON.parse(sessionStorage.getItem('storepulse.alerts') ?? '[]')),
   notify: false,
   primed: false, // alerts of the first snapshot are history, not news
+  replay: null, // { from, to, speed, store, paused, ended } while watching a past range
 };
+
+// A replay id is `R1.<tag>.<position>`: its position orders it (docs/api.md).
+const positionOf = (id) => (id && id.startsWith('R1.') ? id.slice(id.indexOf('.', 3) + 1) : id);
 
 // ---- the stream contract: merge.js (shared with the browser tests) ----------------------
 
@@ -51,13 +57,18 @@ function handle(type, data, id) {
     if (state.tab?.leader) setStatus(type === 'resync' ? 'resynced' : 'live');
     rememberStores();
   } else if (type === 'delta') {
-    if (!state.view || !positionAfter(id, state.view.position)) return;
+    if (!state.view || !positionAfter(positionOf(id), state.view.position)) return;
     applyDelta(state.view, JSON.parse(data));
     state.lastId = id;
     state.asOfMs = state.view.as_of_ms;
     state.dataAt = Date.now();
     state.frames += 1;
     if (state.tab?.leader && (state.status !== 'resynced' || Date.now() - state.resyncedAt > 10_000)) setStatus('live');
+  } else if (type === 'end' && state.replay) {
+    state.replay.ended = true;
+    state.source?.close(); // an EventSource would reconnect and resume at the end again
+    state.source = null;
+    renderReplay();
   } else if (type === 'progress') {
     const progress = JSON.parse(data);
     if (progress.as_of_ms) state.asOfMs = progress.as_of_ms;
@@ -167,6 +178,108 @@ function leaveScope() {
   state.source = null;
 }
 
+// ---- watching a past range again ------------------------------------------------------
+
+function openReplay(since) {
+  const r = state.replay;
+  state.source?.close();
+  const params = new URLSearchParams({ from: r.from, to: r.to, speed: String(r.speed) });
+  if (r.store) params.set('store', r.store);
+  if (since) params.set('since', since); // resume exactly where the pause left it
+  const source = new EventSource(`/api/replay/stream?${params}`);
+  state.source = source;
+  for (const type of ['snapshot', 'resync', 'delta', 'end']) {
+    source.addEventListener(type, (e) => { if (state.source === source) handle(type, e.data, e.lastEventId); });
+  }
+  source.addEventListener('error', (e) => {
+    if (state.source !== source || !e.data) return;
+    state.replay.failed = JSON.parse(e.data).error; // the range cannot be replayed
+    source.close();
+    schedule();
+  });
+  source.onerror = () => {
+    // 503 when every replay slot is busy: the browser gives up; say so and retry.
+    if (source.readyState === EventSource.CLOSED && state.source === source && !state.replay?.ended) {
+      state.replay.failed = 'busy: every replay slot is taken, retrying in 10 s';
+      schedule();
+      setTimeout(() => { if (state.source === source && state.replay) openReplay(state.lastId); }, 10_000);
+    }
+  };
+}
+
+function startReplay(from, to, speed) {
+  leaveScope(); // another tab takes the live stream over for this scope
+  state.replay = { from, to, speed, store: state.store, paused: false, ended: false, failed: null };
+  state.view = null;
+  state.lastId = null;
+  state.dataAt = 0;
+  state.lag = null;
+  setStatus('replay');
+  openReplay(null);
+  schedule();
+}
+
+function backToLive() {
+  state.source?.close();
+  state.source = null;
+  state.replay = null;
+  state.view = null;
+  state.lastId = null;
+  state.dataAt = 0;
+  setStatus('connecting');
+  joinScope();
+  schedule();
+}
+
+function renderReplay() {
+  const r = state.replay;
+  const banner = $('replay-banner');
+  banner.hidden = !r;
+  $('replay-form').hidden = Boolean(r);
+  if (!r) return;
+  const from = Date.parse(r.from);
+  const to = Date.parse(r.to);
+  const at = state.asOfMs ?? from;
+  const scope = r.store || 'all stores';
+  const label = `REPLAY ${replayClock(from)}–${replayClock(to)} ${scope} at ${r.speed}× — not live`;
+  if ($('replay-label').textContent !== label) $('replay-label').textContent = label;
+  const progress = $('replay-progress');
+  progress.value = Math.max(0, Math.min(1, (at - from) / (to - from)));
+  const stateText = r.failed ? r.failed : r.ended ? 'ended' : r.paused ? 'paused' : `at ${replayClock(Math.max(at, from))}`;
+  if ($('replay-state').textContent !== stateText) $('replay-state').textContent = stateText;
+  $('replay-pause').textContent = r.paused ? 'Resume' : 'Pause';
+  $('replay-pause').disabled = r.ended;
+}
+
+// Replayed times in UTC, labelled (the range was given in absolute times).
+const replayClock = (ms) => clock('UTC', 'long').format(new Date(ms));
+
+$('replay-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const from = new Date($('replay-from').value);
+  const to = new Date($('replay-to').value);
+  if (!(from < to)) {
+    $('replay-error').textContent = 'The end must be after the start.';
+    return;
+  }
+  $('replay-error').textContent = '';
+  startReplay(from.toISOString(), to.toISOString(), Number($('replay-speed').value));
+});
+$('replay-pause').addEventListener('click', () => {
+  const r = state.replay;
+  if (!r || r.ended) return;
+  r.paused = !r.paused;
+  if (r.paused) {
+    state.source?.close();
+    state.source = null;
+  } else {
+    openReplay(state.lastId);
+  }
+  renderReplay();
+  schedule();
+});
+$('replay-live').addEventListener('click', backToLive);
+
 // ---- rendering -----------------------------------------------------------------------
 
 let pending = false;
@@ -197,7 +310,7 @@ function setStatus(status) {
   state.status = status;
   const badge = $('connection');
   badge.className = `badge ${status}`;
-  badge.textContent = { connecting: 'Connecting…', live: 'Live', reconnecting: 'Reconnecting…', resynced: 'Resynced' }[status];
+  badge.textContent = { connecting: 'Connecting…', live: 'Live', reconnecting: 'Reconnecting…', resynced: 'Resynced', replay: 'Replay' }[status];
   // The banner follows at once (a refusal's reason goes with the connection it explained),
   // not at the next freshness tick.
   renderFreshness();
@@ -387,7 +500,7 @@ function renderAlerts(v) {
   // notification at most once per alert id, even across reconnects, restarts and reloads
   // (ids are stable, docs/api.md).
   let notified = false;
-  for (const alert of v.alerts) {
+  for (const alert of state.replay ? [] : v.alerts) {
     if (state.seenAlerts.has(alert.id)) continue;
     state.seenAlerts.add(alert.id);
     notified = true;
@@ -423,8 +536,9 @@ function renderFreshness() {
   if ($('freshness').textContent !== freshness) $('freshness').textContent = freshness;
   // Heartbeats keep the connection alive but are not data: stale means no snapshot or
   // delta for a while (the producers stopped, or the processor is stuck), or far behind.
-  const quiet = state.dataAt && now - state.dataAt > STALE_AFTER_MS;
-  const behind = state.lag != null && state.lag > STALE_LAG;
+  renderReplay();
+  const quiet = !state.replay && state.dataAt && now - state.dataAt > STALE_AFTER_MS;
+  const behind = !state.replay && state.lag != null && state.lag > STALE_LAG;
   const refused = state.problem && state.status !== 'live';
   const banner = $('stale');
   banner.hidden = !(quiet || behind || refused);
@@ -489,7 +603,13 @@ if ('Notification' in window) {
 
 setInterval(renderFreshness, 1_000);
 fillStores();
-joinScope();
+const linked = new URLSearchParams(location.search);
+if (linked.get('replay_from') && linked.get('replay_to')) {
+  // A shared link to a replay: ?replay_from=…&replay_to=…&replay_speed=10
+  startReplay(linked.get('replay_from'), linked.get('replay_to'), Number(linked.get('replay_speed')) || 10);
+} else {
+  joinScope();
+}
 
 // For tests and the curious: the applied view and the connection state.
 window.storepulse = {
@@ -498,5 +618,6 @@ window.storepulse = {
   status: () => state.status,
   frames: () => state.frames,
   role: () => (state.tab?.leader ? 'leader' : 'follower'),
+  replay: () => state.replay,
   alertsShown: () => [...document.querySelectorAll('#alerts [data-alert-id]')].map((li) => li.dataset.alertId),
 };
