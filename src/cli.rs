@@ -89,7 +89,7 @@ pub struct ReplayArgs {
     /// Print the resolved offsets and what would be read, then stop.
     #[arg(long)]
     dry_run: bool,
-    /// No summary on stderr.
+    /// No progress bar and no summary on stderr.
     #[arg(long)]
     quiet: bool,
     /// Instead of rows: every alert raised or cleared, at the first step it was (no longer)
@@ -342,6 +342,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             Format::Csv
         },
         alerts: args.alerts,
+        progress: !args.quiet && !args.dry_run,
         dry_run: args.dry_run,
     };
     if !args.set.is_empty() {

@@ -68,6 +68,8 @@ pub struct ReplayOptions {
     pub format: Format,
     /// Print the alerts raised and cleared between steps instead of rows.
     pub alerts: bool,
+    /// A progress bar on stderr (records read of the total, rate, ETA) when it is a terminal.
+    pub progress: bool,
     /// Print the plan and stop.
     pub dry_run: bool,
 }
@@ -228,8 +230,15 @@ pub fn run(
         summary: Summary::default(),
         alerts: Default::default(),
         keep_changes: false,
+        progress: None,
     };
+    if options.progress {
+        reader.progress = Some(progress_bar(&plan, &reader.state));
+    }
     reader.read(&consumer, &plan, options, out)?;
+    if let Some(bar) = reader.progress.take() {
+        bar.finish_and_clear();
+    }
     reader.summary.elapsed = started.elapsed();
     Ok(reader.summary)
 }
@@ -250,6 +259,28 @@ pub fn collect_rows(
         .collect::<Result<Vec<rows::Row>, _>>()
         .map_err(std::io::Error::from)?;
     Ok((rows, summary))
+}
+
+/// A bar of the records to read (from the warm-up's start to the range's end in every
+/// partition); drawn on stderr only when it is a terminal.
+fn progress_bar(plan: &Plan, state: &State) -> indicatif::ProgressBar {
+    let last = plan.steps.last().map(|s| s.ends.clone()).unwrap_or_default();
+    let total: i64 = plan
+        .layout
+        .partitions()
+        .enumerate()
+        .map(|(i, key)| (last[i] - state.position().next_offset(key).max(plan.low[i])).max(0))
+        .sum();
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(u64::try_from(total).unwrap_or(0)),
+        indicatif::ProgressDrawTarget::stderr_with_hz(4),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "[replay] {bar:30} {pos}/{len} records, {per_sec}, ETA {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// The newest checkpoint of `serve`'s group (`kafka.group_id`, read only) from which the
@@ -471,6 +502,8 @@ struct Reader {
     alerts: std::collections::BTreeMap<String, rows::AlertChange>,
     /// Keep every change for frames (the replay stream); else they are dropped now and then.
     keep_changes: bool,
+    /// The progress bar, if one is drawn.
+    progress: Option<indicatif::ProgressBar>,
 }
 
 /// A record fetched past the current step's boundary, waiting for its step.
@@ -485,6 +518,11 @@ impl Reader {
     /// poison record moves the position and changes nothing.
     fn apply(&mut self, at: RecordRef, payload: &[u8], timestamp: Option<i64>) {
         self.summary.records += 1;
+        if let Some(bar) = &self.progress
+            && self.summary.records.is_multiple_of(1024)
+        {
+            bar.inc(1024); // the bar takes a lock: once per 1024 records
+        }
         let skew = self.state.config().max_future_skew_ms;
         let decoded = self
             .codec

@@ -135,6 +135,7 @@ fn run(
         store: request.store.clone(),
         format: super::Format::Jsonl,
         alerts: false,
+        progress: false,
         dry_run: false,
     };
     let kafka_settings = settings.kafka();
@@ -175,6 +176,7 @@ fn run(
         summary: super::Summary::default(),
         alerts: Default::default(),
         keep_changes: true,
+        progress: None,
     };
     let tag = request.tag();
     let pacer = std::cell::RefCell::new(Pacer {
