@@ -10,6 +10,11 @@
 //! Prints Markdown for `docs/benchmarks.md`. Not a test: nothing here asserts a speed.
 //! Settings: `BENCH_CLIENTS` (default 1000), `BENCH_SECONDS` (15), `BENCH_RATE` (2000/s),
 //! `BENCH_FRAME_INTERVAL` (serve's `stream.frame_interval`; its default when unset).
+//!
+//! `BENCH_REPLAYS=n` (default 0): the topics first get a history (100 000 records dated an
+//! hour ago), and while the live clients are measured, n dashboards each watch that history
+//! through `/api/replay/stream`, paced to last the whole measurement: what replays cost the
+//! live path.
 
 mod common;
 
@@ -98,6 +103,30 @@ async fn main() {
         .map(|v| ("STOREPULSE_FRAME_INTERVAL", v))
         .into_iter()
         .collect();
+    let replays = common::setting("BENCH_REPLAYS", 0) as usize;
+    // A history for the replays: 100 000 records an hour ago, 2 000 a second of event time.
+    let history_start = common::now_ms() - 3_600_000;
+    let history_ms: i64 = 50_000;
+    if replays > 0 {
+        storepulse::simulate::run(
+            &settings,
+            storepulse::simulate::SimulateOptions {
+                scenario: common::catalog(3, history_start),
+                rate: None,
+                count: Some(100_000),
+                duration: None,
+                partitions: 4,
+                create_topics: false,
+                message_timeout: Duration::from_secs(60),
+                progress_every: None,
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .expect("history produced");
+    }
+    let mut environment = environment;
+    environment.push(("STOREPULSE_REPLAY_MAX_CONCURRENT", "16"));
     let (mut serve, address) = common::spawn_serve(
         &settings.topics,
         &format!("bench-latency-{suffix}"),
@@ -126,6 +155,43 @@ async fn main() {
         let (settings, stop) = (settings.clone(), stop.clone());
         tokio::task::spawn_blocking(move || bare_consumer(settings, stop))
     };
+    // The replays: the history at a speed that makes it last the measurement.
+    let speed = (history_ms / 1000 / seconds.max(1) as i64).max(1);
+    let time = |ms: i64| {
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64))
+            .to_string()
+    };
+    let replay_path = format!(
+        "/api/replay/stream?from={}&to={}&speed={speed}",
+        time(history_start),
+        time(history_start + history_ms)
+    );
+    let replayed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for _ in 0..replays {
+        let (address, path, stop, replayed) = (
+            address.clone(),
+            replay_path.clone(),
+            stop.clone(),
+            Arc::clone(&replayed),
+        );
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await else { return };
+            let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+            if stream.write_all(request.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut chunk = vec![0u8; 16 * 1024];
+            loop {
+                tokio::select! {
+                    read = stream.read(&mut chunk) => match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => { replayed.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed); }
+                    },
+                    () = stop.cancelled() => return,
+                }
+            }
+        }));
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acked = common::load::produce(&settings, suffix.into(), rate, seconds).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -156,9 +222,10 @@ async fn main() {
     frames.sort_unstable();
     base.sort_unstable();
     println!(
-        "{} records at {rate}/s for {seconds} s; {clients} SSE clients; {} frame deliveries",
+        "{} records at {rate}/s for {seconds} s; {clients} SSE clients; {} frame deliveries; {replays} replays at {speed}x read {} bytes",
         acked,
-        frames.len()
+        frames.len(),
+        replayed.load(std::sync::atomic::Ordering::Relaxed)
     );
     println!();
     println!("| path | p50 ms | p99 ms | p99.9 ms | samples |");

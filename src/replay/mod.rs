@@ -264,7 +264,11 @@ pub fn collect_rows(
 /// A bar of the records to read (from the warm-up's start to the range's end in every
 /// partition); drawn on stderr only when it is a terminal.
 fn progress_bar(plan: &Plan, state: &State) -> indicatif::ProgressBar {
-    let last = plan.steps.last().map(|s| s.ends.clone()).unwrap_or_default();
+    let last = plan
+        .steps
+        .last()
+        .map(|s| s.ends.clone())
+        .unwrap_or_default();
     let total: i64 = plan
         .layout
         .partitions()
