@@ -7,8 +7,8 @@
 //! resync), a live id (or another replay's) sent here restarts this replay from its
 //! snapshot, and this replay's own id resumes it exactly: the state is rebuilt up to that
 //! position and the deltas after it follow. Each replay has its own consumer on its own
-//! thread, at most `max_concurrent` at once; one whose client went away stops at its next
-//! write.
+//! thread (scheduled `SCHED_IDLE`: it yields to the live path), at most `max_concurrent` at
+//! once; one whose client went away stops at its next write.
 
 use super::{End, Plan, ReplayError, ReplayOptions, Step};
 use crate::aggregate::Changes;
@@ -94,11 +94,30 @@ impl ReplayService {
         std::thread::Builder::new()
             .name("storepulse-replay".into())
             .spawn(move || {
+                lowest_priority();
                 let _entered = runtime.enter();
                 stream(&settings, &request, resume.as_deref(), &tx, permit);
             })
             .map_err(|_| Busy)?;
         Ok(rx)
+    }
+}
+
+/// Replays yield to everything else: this thread, and the consumer threads librdkafka
+/// starts from it (they inherit it), run under `SCHED_IDLE`, only when a core would
+/// otherwise idle, so the live ingest and live clients keep their share on a busy machine.
+/// Where that is not allowed, the replay runs at normal priority (logged).
+fn lowest_priority() {
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_native_id,
+    };
+    if let Err(error) = set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    ) {
+        tracing::debug!(?error, "replay thread keeps normal priority");
     }
 }
 
