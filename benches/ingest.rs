@@ -351,7 +351,11 @@ async fn checkpoint_cost(skus: usize) -> (f64, f64, usize) {
     let freeze = started.elapsed().as_secs_f64();
     let store = CheckpointStore::connect_lazy(&database_url(), "bench-checkpoint").expect("pool");
     store.migrate().await.expect("migrations");
-    let written = store.write(&frozen, &layout, 1).await.expect("written");
+    let keep = storepulse::checkpoint::Keep {
+        newest: 1,
+        hourly: 0,
+    };
+    let written = store.write(&frozen, &layout, keep).await.expect("written");
     (freeze, written.duration.as_secs_f64(), written.bytes)
 }
 

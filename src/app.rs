@@ -205,7 +205,10 @@ fn start_pipeline(
         writer: tasks.spawn(checkpoint_writer(Writer {
             store: wiring.store,
             layout: layout.clone(),
-            keep: settings.checkpoint.keep,
+            keep: crate::checkpoint::Keep {
+                newest: settings.checkpoint.keep,
+                hourly: settings.checkpoint.keep_hourly,
+            },
             frozen: checkpoint_rx,
             written: written_tx,
             metrics: Arc::clone(&wiring.metrics),
@@ -463,7 +466,7 @@ async fn monitor_lag(
 struct Writer {
     store: CheckpointStore,
     layout: Layout,
-    keep: i64,
+    keep: crate::checkpoint::Keep,
     frozen: watch::Receiver<Option<Arc<Frozen>>>,
     written: mpsc::UnboundedSender<Arc<Frozen>>,
     metrics: Arc<Metrics>,
@@ -595,7 +598,10 @@ mod tests {
         let writer = tokio::spawn(checkpoint_writer(Writer {
             store,
             layout,
-            keep: 3,
+            keep: crate::checkpoint::Keep {
+                newest: 3,
+                hourly: 0,
+            },
             frozen,
             written,
             metrics: Arc::clone(&metrics),

@@ -58,6 +58,17 @@ pub struct Written {
     pub duration: Duration,
 }
 
+/// Which checkpoints a write keeps (the others of the group are deleted in its
+/// transaction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keep {
+    /// The newest this many (restarts load the newest).
+    pub newest: i64,
+    /// Also the newest checkpoint of each of the last this many hours of event time
+    /// (`newest_event_time` truncated to the hour): warm-ups for replays of older ranges.
+    pub hourly: i64,
+}
+
 /// Checkpoints of one group in one database.
 #[derive(Clone, Debug)]
 pub struct CheckpointStore {
@@ -142,12 +153,12 @@ impl CheckpointStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// Writes a checkpoint and prunes all but the newest `keep`, in one transaction.
+    /// Writes a checkpoint and prunes all but those `keep` keeps, in one transaction.
     pub async fn write(
         &self,
         frozen: &Frozen,
         layout: &Layout,
-        keep: i64,
+        keep: Keep,
     ) -> Result<Written, CheckpointError> {
         let result = self.write_transaction(frozen, layout, keep).await;
         self.explained(result).await
@@ -157,7 +168,7 @@ impl CheckpointStore {
         &self,
         frozen: &Frozen,
         layout: &Layout,
-        keep: i64,
+        keep: Keep,
     ) -> Result<Written, CheckpointError> {
         let started = Instant::now();
         let mut tx = self.pool.begin().await?;
@@ -194,11 +205,16 @@ impl CheckpointStore {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "DELETE FROM checkpoints WHERE group_name = $1 AND id NOT IN
-               (SELECT id FROM checkpoints WHERE group_name = $1 ORDER BY id DESC LIMIT $2)",
+            "DELETE FROM checkpoints WHERE group_name = $1
+               AND id NOT IN (SELECT id FROM checkpoints WHERE group_name = $1
+                                ORDER BY id DESC LIMIT $2)
+               AND id NOT IN (SELECT max(id) FROM checkpoints WHERE group_name = $1
+                                GROUP BY div(newest_event_time, 3600000)
+                                ORDER BY div(newest_event_time, 3600000) DESC LIMIT $3)",
         )
         .bind(&self.group)
-        .bind(keep)
+        .bind(keep.newest)
+        .bind(keep.hourly)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -39,6 +39,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_DATABASE_URL", "checkpoint.database_url"),
     ("STOREPULSE_CHECKPOINT_INTERVAL", "checkpoint.interval"),
     ("STOREPULSE_CHECKPOINT_KEEP", "checkpoint.keep"),
+    (
+        "STOREPULSE_CHECKPOINT_KEEP_HOURLY",
+        "checkpoint.keep_hourly",
+    ),
     ("STOREPULSE_MIGRATE_ON_START", "checkpoint.migrate_on_start"),
     ("STOREPULSE_HTTP_ADDR", "http.addr"),
     ("STOREPULSE_READY_MAX_LAG", "ready.max_lag"),
@@ -134,8 +138,10 @@ pub struct CheckpointSection {
     /// Interval between checkpoints.
     #[serde(deserialize_with = "duration")]
     pub interval: Duration,
-    /// Checkpoints kept.
+    /// Newest checkpoints kept.
     pub keep: i64,
+    /// Hours of event time whose newest checkpoint is kept too (replay warm-ups).
+    pub keep_hourly: i64,
     /// Run migrations on start.
     pub migrate_on_start: bool,
 }
@@ -361,6 +367,9 @@ impl Settings {
         }
         if self.checkpoint.keep < 1 {
             return Err(invalid("checkpoint.keep", "must be at least 1"));
+        }
+        if self.checkpoint.keep_hourly < 0 {
+            return Err(invalid("checkpoint.keep_hourly", "must be 0 or more"));
         }
         if self.aggregate.days_held < 1 {
             return Err(invalid("aggregate.days_held", "must be at least 1"));

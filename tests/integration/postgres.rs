@@ -19,3 +19,79 @@ async fn the_configured_database_answers_queries() {
         "connected to the database the URL names ({database} in {url})"
     );
 }
+
+/// `checkpoint.keep` newest plus the newest of each of the last `keep_hourly` hours of event
+/// time survive a write; everything else of the group is deleted in its transaction.
+#[tokio::test]
+async fn a_write_keeps_the_newest_and_the_newest_of_each_recent_hour() {
+    use storepulse::aggregate::Layout;
+    use storepulse::checkpoint::{CheckpointStore, Frozen, Keep};
+    use storepulse::events::TopicRole;
+    let group = crate::helpers::unique("keep-hourly");
+    let store = CheckpointStore::connect_lazy(&database_url(), &group).expect("a URL");
+    store.migrate().await.expect("migrations apply");
+    let layout = Layout::new(vec![(TopicRole::Orders, "orders".to_owned(), 1)]);
+    const HOUR: i64 = 3_600_000;
+    let base = 1_800_000_000_000 / HOUR * HOUR;
+    let minutes = |m: i64| base + m * 60_000;
+    // Hours 0, 1, 2 and 3 after `base`, written in time order like serve does.
+    let times = [
+        minutes(0),
+        minutes(10),
+        minutes(60),
+        minutes(90),
+        minutes(120),
+        minutes(180),
+        minutes(181),
+    ];
+    let keep = Keep {
+        newest: 2,
+        hourly: 3,
+    };
+    for (offset, time) in times.iter().enumerate() {
+        let frozen = Frozen {
+            bytes: vec![0; 8],
+            position: format!("test:{offset}"),
+            partitions: vec![("orders".to_owned(), 0, offset as i64)],
+            newest_event_time: *time,
+        };
+        store.write(&frozen, &layout, keep).await.expect("written");
+    }
+    let mut connection = sqlx::PgConnection::connect(&database_url())
+        .await
+        .expect("postgres answers");
+    let kept: Vec<(i64,)> = sqlx::query_as(
+        "SELECT newest_event_time FROM checkpoints WHERE group_name = $1 ORDER BY id",
+    )
+    .bind(&group)
+    .fetch_all(&mut connection)
+    .await
+    .expect("a query runs");
+    let kept: Vec<i64> = kept.into_iter().map(|(t,)| t).collect();
+    // Newest two (3:00, 3:01); newest of hours 3, 2 and 1 (3:01, 2:00, 1:30); hour 0 is gone.
+    assert_eq!(
+        kept,
+        vec![minutes(90), minutes(120), minutes(180), minutes(181)]
+    );
+    // With no hourly checkpoints only the newest stay.
+    let frozen = Frozen {
+        bytes: vec![0; 8],
+        position: "test:7".to_owned(),
+        partitions: vec![("orders".to_owned(), 0, 7)],
+        newest_event_time: minutes(182),
+    };
+    let newest_only = Keep {
+        newest: 2,
+        hourly: 0,
+    };
+    store
+        .write(&frozen, &layout, newest_only)
+        .await
+        .expect("written");
+    let count: (i64,) = sqlx::query_as("SELECT count(*) FROM checkpoints WHERE group_name = $1")
+        .bind(&group)
+        .fetch_one(&mut connection)
+        .await
+        .expect("a query runs");
+    assert_eq!(count.0, 2);
+}
