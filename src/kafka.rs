@@ -71,7 +71,13 @@ impl ClientContext for QuietLogs {
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         // The end of a partition is news only to a reader that asked for it (replay).
-        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+        if matches!(
+            error,
+            rdkafka::error::KafkaError::PartitionEOF(_)
+                | rdkafka::error::KafkaError::Global(
+                    rdkafka::types::RDKafkaErrorCode::PartitionEOF
+                )
+        ) {
             return;
         }
         if let Some(held_back) = allow(&self.errors) {
