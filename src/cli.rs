@@ -61,8 +61,18 @@ pub struct ReplayArgs {
     /// Start of the rows, by record time: RFC 3339 (2026-11-27T14:00:00Z), a duration back
     /// from now (-2h), or now. Required: the state before it is rebuilt (warm-up), not
     /// printed.
-    #[arg(long, allow_hyphen_values = true)]
-    from: String,
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        required_unless_present = "from_position",
+        conflicts_with = "from_position"
+    )]
+    from: Option<String>,
+    /// Start of the rows at a position instead: an SSE event id or a snapshot's
+    /// `position`; the first row is exactly there, later steps count from the time of the
+    /// newest record before it.
+    #[arg(long)]
+    from_position: Option<String>,
     /// End of the range, by record time (records before it) [default: now].
     #[arg(long, allow_hyphen_values = true, conflicts_with = "to_position")]
     to: Option<String>,
@@ -324,7 +334,17 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let from_ms = parse_time(&args.from, now_ms).context("--from")?;
+    let from_ms = match (&args.from, &args.from_position) {
+        (Some(from), _) => parse_time(from, now_ms).context("--from")?,
+        (None, Some(position)) => {
+            let (settings, position) = (settings.clone(), position.clone());
+            tokio::task::spawn_blocking(move || crate::replay::position_time(&settings, &position))
+                .await
+                .context("replay thread")?
+                .context("--from-position")?
+        }
+        (None, None) => anyhow::bail!("--from or --from-position is required"),
+    };
     let end = match (&args.as_of, &args.to, &args.to_position) {
         (Some(at), _, _) => End::Time(parse_time(at, now_ms).context("--as-of")?),
         (None, Some(to), _) => End::Time(parse_time(to, now_ms).context("--to")?),
@@ -333,6 +353,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let options = ReplayOptions {
         from_ms,
+        from_position: args.from_position.clone(),
         end,
         every_ms: args.every.map(|d| d.as_millis() as i64),
         store: args.store.clone().map(crate::events::StoreId),
@@ -388,10 +409,6 @@ async fn what_if(
     settings: &Settings,
     mut options: crate::replay::ReplayOptions,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !args.alerts,
-        "--set compares rows; --alerts with --set is not supported yet (run --alerts twice)"
-    );
     let mut overrides = Vec::new();
     for set in &args.set {
         let (key, value) = set
@@ -413,29 +430,45 @@ async fn what_if(
     }
     let base = settings.clone();
     let run_options = options.clone();
-    let ((configured, summary), (what_if, _)) = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::replay::ReplayError>((
-            crate::replay::collect_rows(&base, &run_options)?,
-            crate::replay::collect_rows(&changed, &run_options)?,
-        ))
+    let alerts = args.alerts;
+    let (header, lines, compared, summary) = tokio::task::spawn_blocking(move || {
+        if alerts {
+            let (configured, summary) = crate::replay::collect_alert_lines(&base, &run_options)?;
+            let (what_if, _) = crate::replay::collect_alert_lines(&changed, &run_options)?;
+            let lines = crate::replay::rows::alert_differences(&configured, &what_if);
+            Ok::<_, crate::replay::ReplayError>((
+                crate::replay::rows::ALERT_DIFFERENCES_HEADER,
+                lines,
+                format!("{} and {} alert changes", configured.len(), what_if.len()),
+                summary,
+            ))
+        } else {
+            let (configured, summary) = crate::replay::collect_rows(&base, &run_options)?;
+            let (what_if, _) = crate::replay::collect_rows(&changed, &run_options)?;
+            let lines = crate::replay::rows::differences(&configured, &what_if);
+            Ok((
+                crate::replay::rows::DIFFERENCES_HEADER,
+                lines,
+                format!("{} rows", configured.len()),
+                summary,
+            ))
+        }
     })
     .await
     .context("replay thread")??;
-    let lines = crate::replay::rows::differences(&configured, &what_if);
     let mut out: Box<dyn std::io::Write> = match &args.out {
         Some(path) => Box::new(std::fs::File::create(path)?),
         None => Box::new(std::io::stdout().lock()),
     };
-    writeln!(out, "{}", crate::replay::rows::DIFFERENCES_HEADER)?;
+    writeln!(out, "{header}")?;
     for line in &lines {
         writeln!(out, "{line}")?;
     }
     if !args.quiet {
         eprintln!(
-            "[replay] what-if {}: {} differences over {} rows ({} records read twice)",
+            "[replay] what-if {}: {} differences over {compared} ({} records read twice)",
             args.set.join(" "),
             lines.len(),
-            configured.len(),
             summary.records
         );
     }

@@ -58,6 +58,9 @@ pub enum Format {
 pub struct ReplayOptions {
     /// Start of the rows (Unix ms, record time).
     pub from_ms: i64,
+    /// The first step exactly at this position (an SSE id or a snapshot's `position`;
+    /// `from_ms` is then [`position_time`] of it).
+    pub from_position: Option<String>,
     /// End of the range.
     pub end: End,
     /// A timeline with a row per this many ms; `None`: one snapshot at the end.
@@ -98,6 +101,25 @@ pub enum ReplayError {
         /// Why.
         source: PositionError,
     },
+    /// `--from` is older than what a partition still holds.
+    #[error(
+        "{from} is before the retained records: {partition} holds records from offset {offset}, dated {earliest} (older ones were deleted by the topic's retention.ms / retention.bytes); use --from {earliest} or later"
+    )]
+    BeforeRetention {
+        /// `--from`.
+        from: String,
+        /// The partition.
+        partition: String,
+        /// Its earliest retained record's time.
+        earliest: String,
+        /// Its earliest retained offset.
+        offset: i64,
+    },
+    /// A start position before every retained record: it has no time.
+    #[error(
+        "position {0:?} is at the start of every partition (no record before it): use --from with a time"
+    )]
+    PositionAtStart(String),
     /// A position past the partitions' ends.
     #[error(
         "position {position:?} is ahead of the topics (partition {partition} ends at offset {end})"
@@ -261,6 +283,25 @@ pub fn collect_rows(
     Ok((rows, summary))
 }
 
+/// The alert lines (CSV, no header) of an `--alerts` replay, in memory (for a what-if).
+pub fn collect_alert_lines(
+    settings: &Settings,
+    options: &ReplayOptions,
+) -> Result<(Vec<String>, Summary), ReplayError> {
+    let mut options = options.clone();
+    options.format = Format::Csv;
+    options.alerts = true;
+    let mut buffer = Vec::new();
+    let summary = run(settings, &options, &mut buffer)?;
+    let text = String::from_utf8_lossy(&buffer);
+    let lines = text
+        .lines()
+        .filter(|line| !line.is_empty() && *line != rows::ALERTS_HEADER)
+        .map(str::to_owned)
+        .collect();
+    Ok((lines, summary))
+}
+
 /// A bar of the records to read (from the warm-up's start to the range's end in every
 /// partition); drawn on stderr only when it is a terminal.
 fn progress_bar(plan: &Plan, state: &State) -> indicatif::ProgressBar {
@@ -321,12 +362,18 @@ fn warm_up(
     }
 }
 
-/// Resolves times and positions to offsets.
-fn resolve(
+/// The topics' partitions, in layout order, with their retained offsets.
+struct Topology {
+    layout: Layout,
+    names: Vec<(String, i32)>,
+    low: Vec<i64>,
+    high: Vec<i64>,
+}
+
+fn topology(
     settings: &kafka::KafkaSettings,
     consumer: &kafka::Consumer,
-    options: &ReplayOptions,
-) -> Result<Plan, ReplayError> {
+) -> Result<Topology, ReplayError> {
     let topics = settings.topics.all();
     let counts = kafka::partition_counts(settings, &topics, BROKER_TIMEOUT)?;
     let mut layout_topics = Vec::new();
@@ -349,9 +396,111 @@ fn resolve(
         low.push(l);
         high.push(h);
     }
+    Ok(Topology {
+        layout,
+        names,
+        low,
+        high,
+    })
+}
+
+/// Each partition's next offset at `text` (an SSE id or a snapshot's `position`), checked
+/// against this layout and the partitions' ends.
+fn position_ends(topology: &Topology, text: &str) -> Result<Vec<i64>, ReplayError> {
+    let position = topology
+        .layout
+        .decode(text)
+        .map_err(|source| ReplayError::Position {
+            position: text.chars().take(200).collect(),
+            layout: topology.layout.tag().to_owned(),
+            source,
+        })?;
+    let ends: Vec<i64> = topology
+        .layout
+        .partitions()
+        .map(|p| position.next_offset(p))
+        .collect();
+    if let Some(((name, partition), high)) = topology
+        .names
+        .iter()
+        .zip(&topology.high)
+        .zip(&ends)
+        .find(|((_, high), end)| **end > **high)
+        .map(|(name_high, _)| name_high)
+    {
+        return Err(ReplayError::PositionAhead {
+            position: text.to_owned(),
+            partition: format!("{name}/{partition}"),
+            end: *high,
+        });
+    }
+    Ok(ends)
+}
+
+/// The record time at which a position was current: one ms after the newest timestamp of
+/// the records just before it (`--from-position` starts its timeline there).
+pub fn position_time(settings: &Settings, text: &str) -> Result<i64, ReplayError> {
+    let kafka_settings = settings.kafka();
+    let consumer: kafka::Consumer = kafka::quiet(&kafka::consumer_config(
+        &kafka_settings,
+        "storepulse-replay",
+    ))?;
+    let topology = topology(&kafka_settings, &consumer)?;
+    let ends = position_ends(&topology, text)?;
+    let mut newest = None;
+    for (i, (name, partition)) in topology.names.iter().enumerate() {
+        if ends[i] <= topology.low[i] {
+            continue; // nothing retained before the position in this partition
+        }
+        let timestamp = timestamp_at(&consumer, name, *partition, ends[i] - 1)?;
+        newest = newest.max(timestamp);
+    }
+    newest.map(|t| t + 1).ok_or(ReplayError::PositionAtStart(
+        text.chars().take(200).collect(),
+    ))
+}
+
+/// The timestamp of the record at `offset` (which must be retained).
+fn timestamp_at(
+    consumer: &kafka::Consumer,
+    name: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<Option<i64>, ReplayError> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(name, partition, Offset::Offset(offset))
+        .map_err(KafkaError::Request)?;
+    consumer.assign(&list).map_err(KafkaError::Request)?;
+    let waiting = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => return Ok(message.timestamp().to_millis()),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None
+                if waiting.elapsed() > STALL_TIMEOUT =>
+            {
+                return Err(ReplayError::Stalled {
+                    partition: format!("{name}/{partition}"),
+                    seconds: STALL_TIMEOUT.as_secs(),
+                    end: offset + 1,
+                });
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(error)) => tracing::warn!(error = %error, "replay: consumer error"),
+        }
+    }
+}
+
+/// Resolves times and positions to offsets.
+fn resolve(
+    settings: &kafka::KafkaSettings,
+    consumer: &kafka::Consumer,
+    options: &ReplayOptions,
+) -> Result<Plan, ReplayError> {
+    let topology = topology(settings, consumer)?;
+    let (names, low, high) = (&topology.names, &topology.low, &topology.high);
     let offsets_at = |time_ms: i64| -> Result<Vec<i64>, ReplayError> {
         let mut list = TopicPartitionList::new();
-        for (name, partition) in &names {
+        for (name, partition) in names {
             list.add_partition_offset(name, *partition, Offset::Offset(time_ms))
                 .map_err(KafkaError::Request)?;
         }
@@ -360,7 +509,7 @@ fn resolve(
             .map_err(KafkaError::Request)?;
         Ok(names
             .iter()
-            .zip(&high)
+            .zip(high)
             .map(|((name, partition), high)| {
                 match found.find_partition(name, *partition).map(|e| e.offset()) {
                     Some(Offset::Offset(n)) => n.min(*high),
@@ -369,39 +518,36 @@ fn resolve(
             })
             .collect())
     };
-    let from = offsets_at(options.from_ms)?;
-    if from == high && high.iter().zip(&low).any(|(h, l)| h > l) && options.every_ms.is_some() {
+    let from = match &options.from_position {
+        Some(text) => position_ends(&topology, text)?,
+        None => offsets_at(options.from_ms)?,
+    };
+    // Records were deleted (retention) from a partition and --from is older than its
+    // earliest retained record: the rows would be missing those records.
+    if options.from_position.is_none() {
+        for (i, (name, partition)) in names.iter().enumerate() {
+            if low[i] > 0 && from[i] == low[i] && high[i] > low[i] {
+                let earliest = timestamp_at(consumer, name, *partition, low[i])?;
+                if let Some(earliest) = earliest.filter(|t| *t > options.from_ms) {
+                    return Err(ReplayError::BeforeRetention {
+                        from: rfc3339(options.from_ms),
+                        partition: format!("{name}/{partition}"),
+                        earliest: rfc3339(earliest),
+                        offset: low[i],
+                    });
+                }
+            }
+        }
+    }
+    if from == *high && high.iter().zip(low).any(|(h, l)| h > l) && options.every_ms.is_some() {
         return Err(ReplayError::NothingInRange {
             from: rfc3339(options.from_ms),
-            held: high.iter().zip(&low).map(|(h, l)| h - l).sum(),
+            held: high.iter().zip(low).map(|(h, l)| h - l).sum(),
         });
     }
     let steps = match (&options.end, options.every_ms) {
         (End::Position(text), None) => {
-            let position = layout
-                .decode(text)
-                .map_err(|source| ReplayError::Position {
-                    position: text.chars().take(200).collect(),
-                    layout: layout.tag().to_owned(),
-                    source,
-                })?;
-            let ends: Vec<i64> = layout
-                .partitions()
-                .map(|p| position.next_offset(p))
-                .collect();
-            if let Some(((name, partition), high)) = names
-                .iter()
-                .zip(&high)
-                .zip(&ends)
-                .find(|((_, high), end)| **end > **high)
-                .map(|(name_high, _)| name_high)
-            {
-                return Err(ReplayError::PositionAhead {
-                    position: text.clone(),
-                    partition: format!("{name}/{partition}"),
-                    end: *high,
-                });
-            }
+            let ends = position_ends(&topology, text)?;
             vec![Step {
                 time_ms: None,
                 ends,
@@ -430,6 +576,21 @@ fn resolve(
                 .collect::<Result<_, ReplayError>>()?
         }
     };
+    let mut steps = steps;
+    let several = steps.len() > 1;
+    if options.from_position.is_some()
+        && several
+        && let Some(first) = steps.first_mut()
+        && first.time_ms == Some(options.from_ms)
+    {
+        first.ends.clone_from(&from); // the first row exactly at the position
+    }
+    let Topology {
+        layout,
+        names,
+        low,
+        high,
+    } = topology;
     Ok(Plan {
         layout,
         names,

@@ -349,9 +349,59 @@ pub fn differences(configured: &[Row], what_if: &[Row]) -> Vec<String> {
     out
 }
 
+/// The header of a what-if's alert differences: which run only, then the alert line.
+pub const ALERT_DIFFERENCES_HEADER: &str = "run,time,change,id,kind,store_id,sku,level,since";
+
+/// The alert lines (as [`alert_csv`]) of one run and not the other, prefixed
+/// `configured_only,` or `what_if_only,`, in the order of the step they belong to (the
+/// configured run's first at equal times). Lines are compared whole and counted: an alert
+/// raised twice in one run and once in the other shows once.
+pub fn alert_differences(configured: &[String], what_if: &[String]) -> Vec<String> {
+    fn minus<'a>(a: &'a [String], b: &[String]) -> Vec<&'a String> {
+        let mut left: std::collections::HashMap<&String, usize> = Default::default();
+        for line in b {
+            *left.entry(line).or_default() += 1;
+        }
+        a.iter()
+            .filter(|line| match left.get_mut(line) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    false
+                }
+                _ => true,
+            })
+            .collect()
+    }
+    let time = |line: &str| line.split(',').next().unwrap_or_default().to_owned();
+    let mut out: Vec<(String, u8, String)> = minus(configured, what_if)
+        .into_iter()
+        .map(|l| (time(l), 0, format!("configured_only,{l}")))
+        .chain(
+            minus(what_if, configured)
+                .into_iter()
+                .map(|l| (time(l), 1, format!("what_if_only,{l}"))),
+        )
+        .collect();
+    out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    out.into_iter().map(|(_, _, line)| line).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alert_differences_list_each_runs_own_lines_in_time_order() {
+        let lines = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let same = lines(&["t1,raised,a", "t2,cleared,a"]);
+        assert!(alert_differences(&same, &same).is_empty());
+        let configured = lines(&["t1,raised,a", "t2,raised,b", "t2,raised,b"]);
+        let what_if = lines(&["t1,raised,a", "t1,raised,c", "t2,raised,b"]);
+        assert_eq!(
+            alert_differences(&configured, &what_if),
+            vec!["what_if_only,t1,raised,c", "configured_only,t2,raised,b"]
+        );
+    }
 
     #[test]
     fn steps_start_at_from_and_end_at_to() {

@@ -149,6 +149,7 @@ fn run(
 ) -> Result<(), ReplayError> {
     let options = ReplayOptions {
         from_ms: request.from_ms,
+        from_position: None,
         end: End::Time(request.to_ms),
         every_ms: Some((request.to_ms - request.from_ms).max(1)),
         store: request.store.clone(),

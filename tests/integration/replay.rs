@@ -161,6 +161,47 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
             "last row of {scope} equals serve's view"
         );
     }
+    // A timeline from the live snapshot's position: its first row is that snapshot exactly,
+    // its last serve's final view.
+    let from_position = stdout_of(&replay(
+        &settings.topics,
+        &[
+            "--from-position",
+            &position,
+            "--to",
+            &rfc3339(to_ms),
+            "--every",
+            "20s",
+            "--format",
+            "jsonl",
+            "--quiet",
+        ],
+    ));
+    let position_rows: Vec<Value> = from_position
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    let first_time = position_rows[0]["time"].clone();
+    for row in position_rows.iter().filter(|r| r["time"] == first_time) {
+        let scope = row["scope"].as_str().expect("scope");
+        assert_eq!(
+            (
+                row["orders"].as_u64().unwrap_or(0),
+                row["cancelled"].as_u64().unwrap_or(0)
+            ),
+            counters(&live, scope),
+            "first row from {position} of {scope} equals the live snapshot"
+        );
+    }
+    let last_time = position_rows.last().expect("rows")["time"].clone();
+    for row in position_rows.iter().filter(|r| r["time"] == last_time) {
+        let scope = row["scope"].as_str().expect("scope");
+        assert_eq!(
+            row["orders"].as_u64().unwrap_or(0),
+            counters(&end, scope).0,
+            "last row from the position of {scope}"
+        );
+    }
     // Every step equals --as-of at that step.
     for time in &times {
         let as_of: Value = serde_json::from_str(&stdout_of(&replay(
@@ -268,6 +309,42 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
             .any(|l| l.contains(",orders,") || l.contains(",revenue,")),
         "a stock threshold moves no order numbers: {changed}"
     );
+    // What-if over alerts: unchanged, nothing; a higher threshold raises low-stock alerts the
+    // configured run never raised, and removes none of its oversold/sold-out ones.
+    let alerts_what_if = |set: &str| {
+        stdout_of(&replay(
+            &settings.topics,
+            &[
+                "--from",
+                &rfc3339(from_ms),
+                "--to",
+                &rfc3339(to_ms),
+                "--every",
+                "20s",
+                "--alerts",
+                "--set",
+                set,
+                "--quiet",
+            ],
+        ))
+    };
+    assert_eq!(
+        alerts_what_if("aggregate.low_stock_threshold=10"),
+        "run,time,change,id,kind,store_id,sku,level,since\n"
+    );
+    let changed = alerts_what_if("aggregate.low_stock_threshold=1000000");
+    assert!(
+        changed
+            .lines()
+            .any(|l| l.starts_with("what_if_only,") && l.contains(",raised,low_stock:")),
+        "{changed}"
+    );
+    assert!(
+        !changed
+            .lines()
+            .any(|l| l.starts_with("configured_only,") && l.contains(",oversold,")),
+        "a low-stock threshold does not clear an oversold alert: {changed}"
+    );
     // Warm-up from serve's final checkpoint (at the end position): nothing left to read,
     // and the restored state shows what serve showed.
     let group = server.group.clone();
@@ -301,8 +378,9 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
     )))
     .expect("a snapshot");
     assert_eq!(warmed, end, "from the checkpoint: serve's final view");
-    // A range before the checkpoint cannot start from it: read from the earliest offsets.
-    let plan = stdout_of(&replay_for_group(
+    // A range before the final checkpoint warms up from an older one that fits (or from
+    // the earliest offsets) and still shows exactly what live showed there.
+    let warmed: Value = serde_json::from_str(&stdout_of(&replay_for_group(
         &settings.topics,
         &group,
         &[
@@ -310,10 +388,11 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
             &rfc3339(from_ms),
             "--to-position",
             &position,
-            "--dry-run",
+            "--quiet",
         ],
-    ));
-    assert!(!plan.contains("from checkpoint"), "{plan}");
+    )))
+    .expect("a snapshot");
+    assert_eq!(warmed, live, "warmed up before {position}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -404,6 +483,35 @@ async fn bad_ranges_positions_and_stores_are_clear_errors() {
     assert!(
         plan.contains("warm-up:") && plan.contains(&format!("{}/0", settings.topics.orders)),
         "{plan}"
+    );
+    // Records deleted by retention: a range from before what is retained is refused, and
+    // the error says what is retained.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", helpers::brokers())
+            .create()
+            .expect("an admin client");
+    let mut deleted = rdkafka::TopicPartitionList::new();
+    deleted
+        .add_partition_offset(&settings.topics.orders, 0, rdkafka::Offset::Offset(5))
+        .expect("a partition");
+    admin
+        .delete_records(&deleted, &rdkafka::admin::AdminOptions::new())
+        .await
+        .expect("records deleted");
+    let e = error(&[
+        "--from",
+        "2026-12-01T09:00:00Z",
+        "--to",
+        "2026-12-01T10:00:20Z",
+    ]);
+    assert!(
+        e.contains("before the retained records")
+            && e.contains(&format!(
+                "{}/0 holds records from offset 5",
+                settings.topics.orders
+            )),
+        "{e}"
     );
 }
 
@@ -603,4 +711,107 @@ async fn a_replay_stream_rebuilds_the_as_of_view_resumes_by_its_own_ids_and_is_b
     );
     assert_eq!(bad, 400, "{reason}");
     assert!(server.terminate());
+}
+
+/// `storepulse simulate` into `topics` with `args`, to completion.
+fn simulate_into(topics: &Topics, args: &[&str]) {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args(["simulate", "--quiet", "--no-create-topics"])
+        .args(args)
+        .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
+        .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
+        .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
+        .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity)
+        .status()
+        .expect("simulate runs");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_across_a_sigkill_of_serve_warmed_up_from_its_checkpoints_gives_the_same_rows() {
+    let settings = fresh_topics("replay-kill");
+    helpers::create_topics(&settings, 2).await;
+    let group = helpers::unique("replay-kill");
+    let keep = [("STOREPULSE_CHECKPOINT_KEEP", "1000")];
+    let topics = &settings.topics;
+    let server = Server::start_with(topics, &group, &database_url(), &keep);
+    simulate_into(
+        topics,
+        &[
+            "--count",
+            "1500",
+            "--rate",
+            "0",
+            "--event-rate",
+            "20",
+            "--start",
+            "2026-12-02T05:00:00Z",
+            "--stores",
+            "2",
+        ],
+    );
+    tokio::task::block_in_place(|| server.snapshot_at(1500, Duration::from_secs(60)));
+    // A checkpoint of all of part 1 (then SIGKILL loses nothing checkpointed).
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url())
+        .await
+        .expect("postgres answers");
+    for attempt in 0.. {
+        let (checkpointed,): (Option<i64>,) = sqlx::query_as(
+            "SELECT sum(next_offset)::bigint FROM checkpoint_positions WHERE checkpoint_id =
+               (SELECT max(id) FROM checkpoints WHERE group_name = $1)",
+        )
+        .bind(&group)
+        .fetch_one(&mut db)
+        .await
+        .expect("a query runs");
+        if checkpointed == Some(1500) {
+            break;
+        }
+        assert!(attempt < 300, "no checkpoint of part 1: {checkpointed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.kill(); // SIGKILL: no final checkpoint
+    let server = Server::start_with(topics, &group, &database_url(), &keep);
+    // Part 2 in real time, so the restarted serve checkpoints in the middle of it.
+    simulate_into(
+        topics,
+        &[
+            "--count",
+            "1500",
+            "--rate",
+            "500",
+            "--start",
+            "2026-12-02T05:01:15Z",
+            "--stores",
+            "2",
+            "--seed",
+            "2",
+        ],
+    );
+    tokio::task::block_in_place(|| server.snapshot_at(3000, Duration::from_secs(60)));
+    assert!(server.terminate());
+    let args = [
+        "--from",
+        "2026-12-02T05:01:16Z",
+        "--to",
+        "2026-12-02T05:01:19Z",
+        "--every",
+        "1s",
+        "--format",
+        "jsonl",
+        "--quiet",
+    ];
+    let plan = stdout_of(&replay_for_group(
+        topics,
+        &group,
+        &[args[0], args[1], args[2], args[3], "--dry-run"],
+    ));
+    assert!(plan.contains("warm-up: from checkpoint"), "{plan}");
+    let warmed = stdout_of(&replay_for_group(topics, &group, &args));
+    let from_scratch = stdout_of(&replay(topics, &args));
+    assert!(warmed.lines().count() >= 8, "{warmed}");
+    assert_eq!(
+        warmed, from_scratch,
+        "rows from a checkpoint of a serve restarted after SIGKILL equal rows from the earliest offsets"
+    );
 }
