@@ -91,6 +91,13 @@ impl ApiError {
         }
     }
 
+    fn bad_request(reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            reason: reason.into(),
+        }
+    }
+
     fn unknown_store() -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,
@@ -105,6 +112,73 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Longest `store` parameter, on every endpoint.
+const MAX_STORE_ID: usize = 200;
+
+/// The `store` parameter of every endpoint: absent (all stores), or an id of 1 to
+/// [`MAX_STORE_ID`] bytes; anything else is the same 400 everywhere.
+fn store_param(store: Option<String>) -> Result<Option<StoreId>, ApiError> {
+    match store {
+        Some(store) if store.is_empty() || store.len() > MAX_STORE_ID => Err(
+            ApiError::bad_request(format!("store must be a store id of 1 to {MAX_STORE_ID} bytes")),
+        ),
+        store => Ok(store.map(StoreId)),
+    }
+}
+
+/// Longest request target (path and query) answered; longer is 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most bytes of request headers (names and values) answered; more is 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// 414 and 431 with a JSON reason, before any handler runs (hyper's own limits, far
+/// above these, answer without a body).
+async fn request_limits(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return ApiError {
+            status: StatusCode::URI_TOO_LONG,
+            reason: format!("the request target is {uri} bytes; at most {MAX_URI_BYTES}"),
+        }
+        .into_response();
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return ApiError {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            reason: format!("the request headers are {headers} bytes; at most {MAX_HEADER_BYTES}"),
+        }
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        reason: format!("no such endpoint: {}", uri.path().chars().take(200).collect::<String>()),
+    }
+}
+
+async fn wrong_method(method: axum::http::Method) -> Response {
+    let mut response = ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        reason: format!("{method} is not allowed here; every endpoint answers GET (and HEAD)"),
+    }
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
 /// The router, testable without a socket.
 pub fn app(state: AppState) -> Router {
     Router::new()
@@ -116,6 +190,9 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(dashboard::routes())
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn(request_limits))
         .with_state(state)
 }
 
@@ -132,19 +209,12 @@ async fn snapshot(
     query: Result<Query<SnapshotQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(ApiError::bad_query)?;
-    if let Some(store) = &query.store
-        && (store.is_empty() || store.len() > 200)
-    {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            reason: "store must be a store id of 1 to 200 characters".into(),
-        });
-    }
+    let store = store_param(query.store)?;
     app.ensure_assigned()?;
     let (reply, answer) = oneshot::channel();
     app.requests
         .send(Request::Snapshot {
-            store: query.store.clone().map(StoreId),
+            store: store.clone(),
             reply,
         })
         .await
@@ -170,7 +240,7 @@ async fn snapshot(
             status: StatusCode::NOT_FOUND,
             reason: format!(
                 "no events for store {:?} yet",
-                query.store.unwrap_or_default()
+                store.map(|s| s.0).unwrap_or_default()
             ),
         }),
     }

@@ -65,18 +65,11 @@ pub(super) async fn replay_stream(
     if !(1..=1000).contains(&speed) {
         return Err(bad(format!("speed {speed} is not between 1 and 1000")));
     }
-    if query
-        .store
-        .as_deref()
-        .is_some_and(|s| s.is_empty() || s.len() > 128)
-    {
-        return Err(bad("store: an id of 1 to 128 characters".into()));
-    }
     let request = ReplayRequest {
         from_ms,
         to_ms,
         speed,
-        store: query.store.clone().map(crate::events::StoreId),
+        store: super::store_param(query.store.clone())?,
     };
     let last_event_id = headers
         .get("last-event-id")

@@ -160,6 +160,7 @@ pub(super) async fn stream(
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(ApiError::bad_query)?;
+    let store = super::store_param(query.store)?;
     app.ensure_assigned()?;
     let hub = app
         .hub
@@ -176,7 +177,6 @@ pub(super) async fn stream(
         )
             .into_response());
     }
-    let store = query.store.map(StoreId);
     // A header that is not text is as good as a malformed id: it gets a resync snapshot.
     let since = headers
         .get("last-event-id")

@@ -295,6 +295,60 @@ async fn the_snapshot_api_answers_with_the_engines_views_and_json_errors() {
     );
 }
 
+/// Every 4xx is JSON with a reason, and a bad `store` is the same 400 on every endpoint.
+#[tokio::test]
+async fn every_error_is_json_and_a_bad_store_is_the_same_400_everywhere() {
+    let mut server = TestServer::start(Duration::from_secs(1));
+    server.feed(50);
+    let long_store = "x".repeat(201);
+    let long_uri = format!("/api/snapshot?store={}", "y".repeat(9_000));
+    let mut cases = vec![
+        ("/nowhere".to_owned(), StatusCode::NOT_FOUND),
+        ("/api/snapshots".to_owned(), StatusCode::NOT_FOUND),
+        (long_uri, StatusCode::URI_TOO_LONG),
+    ];
+    for endpoint in [
+        "/api/snapshot?",
+        "/api/stream?",
+        "/api/replay/stream?from=2026-12-02T05:00:00Z&to=2026-12-02T05:01:00Z&",
+    ] {
+        cases.push((format!("{endpoint}store="), StatusCode::BAD_REQUEST));
+        cases.push((format!("{endpoint}store={long_store}"), StatusCode::BAD_REQUEST));
+    }
+    let mut reasons = std::collections::BTreeSet::new();
+    for (uri, expected) in &cases {
+        let (status, answer) = server.json(uri).await;
+        assert_eq!(status, *expected, "{}", &uri[..uri.len().min(80)]);
+        let reason = answer["error"].as_str().unwrap_or_default().to_owned();
+        assert!(!reason.is_empty(), "{uri}: a reason");
+        if *expected == StatusCode::BAD_REQUEST {
+            reasons.insert(reason);
+        }
+    }
+    assert_eq!(reasons.len(), 1, "one answer for a bad store: {reasons:?}");
+    // A method no endpoint answers: 405, JSON, and what is allowed.
+    let response = server
+        .router
+        .clone()
+        .oneshot(
+            HttpRequest::post("/api/snapshot")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "GET, HEAD");
+    let reason: serde_json::Value = serde_json::from_slice(&body(response).await).expect("JSON");
+    assert!(reason["error"].as_str().is_some_and(|e| e.contains("POST")));
+    // Headers over the limit: 431 with a reason.
+    let big = "z".repeat(super::MAX_HEADER_BYTES);
+    let response = server.get("/healthz", &[("x-padding", &big)]).await;
+    assert_eq!(response.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let reason: serde_json::Value = serde_json::from_slice(&body(response).await).expect("JSON");
+    assert!(reason["error"].as_str().is_some_and(|e| e.contains("headers")));
+}
+
 #[tokio::test]
 async fn health_readiness_and_metrics_answer_without_kafka_or_postgres() {
     let mut server = TestServer::start(Duration::from_secs(1));
