@@ -20,7 +20,7 @@ use crate::aggregate::{AggregateConfig, Layout, PartitionKey, State};
 use crate::checkpoint::{CheckpointError, CheckpointStore, Frozen};
 use crate::config::Settings;
 use crate::events::{Codec, TopicRole};
-use crate::http::listener::{Connection, StreamListener};
+use crate::http::listener::StreamListener;
 use crate::http::{self, AppState};
 use crate::ingest::{Engine, EngineSettings, Hub, Ingest, Outputs, Status};
 use crate::kafka::{self, KafkaSettings};
@@ -85,7 +85,12 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
     let stages = Stages::new();
     crate::telemetry::follow_producer_context(settings.telemetry.producer_context);
     let (wiring, http_app) = wire(&settings, &stages)?;
-    let server = tasks.spawn(run_http(start_http(&settings)?, http_app));
+    raise_open_files_limit();
+    let server = tasks.spawn(run_http(
+        start_http(&settings, wiring.metrics.accept_errors.clone())?,
+        http_app,
+        settings.http.header_timeout,
+    ));
     let migrated = migrate_early(&settings, &wiring.store).await;
     let kafka_settings = settings.kafka();
     ensure_dead_letter_topic(&kafka_settings, &settings.kafka.dead_letter_topic).await;
@@ -261,25 +266,36 @@ async fn shut_down(
 }
 
 /// Binds the HTTP listener (printing its address: scripts and tests read that line).
-fn start_http(settings: &Settings) -> anyhow::Result<StreamListener> {
+/// Raises the soft limit of open files to the hard one: every client is a descriptor, and
+/// a common default soft limit of 1024 runs out long before memory does.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open files limit (RLIMIT_NOFILE soft = hard)"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+    }
+}
+
+fn start_http(
+    settings: &Settings,
+    accept_errors: prometheus_client::metrics::counter::Counter,
+) -> anyhow::Result<StreamListener> {
     let listener = http::listener::bind(settings.http.addr)
         .with_context(|| format!("cannot listen on {}", settings.http.addr))?;
     let address = listener.local_addr()?;
     let send_buffer = Some(settings.stream.socket_send_buffer).filter(|b| *b > 0);
     println!("storepulse serving on http://{address}");
     tracing::info!(%address, "http listening");
-    Ok(StreamListener::new(listener, send_buffer)?)
+    Ok(StreamListener::new(listener, send_buffer, accept_errors)?)
 }
 
 /// Serves until the HTTP stage is cancelled; the open streams end on the same token.
-async fn run_http(listener: StreamListener, app: AppState) -> std::io::Result<()> {
+async fn run_http(
+    listener: StreamListener,
+    app: AppState,
+    header_timeout: Duration,
+) -> std::io::Result<()> {
     let stop = app.stop.clone();
-    axum::serve(
-        listener,
-        http::app(app).into_make_service_with_connect_info::<Connection>(),
-    )
-    .with_graceful_shutdown(async move { stop.cancelled().await })
-    .await
+    http::server::serve(listener, http::app(app), header_timeout, stop).await
 }
 
 /// Stopped before ingest started: only HTTP runs.

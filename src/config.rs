@@ -45,6 +45,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     ("STOREPULSE_MIGRATE_ON_START", "checkpoint.migrate_on_start"),
     ("STOREPULSE_HTTP_ADDR", "http.addr"),
+    ("STOREPULSE_HTTP_HEADER_TIMEOUT", "http.header_timeout"),
     ("STOREPULSE_READY_MAX_LAG", "ready.max_lag"),
     ("STOREPULSE_REPLAY_MAX_CONCURRENT", "replay.max_concurrent"),
     (
@@ -152,6 +153,10 @@ pub struct CheckpointSection {
 pub struct HttpSection {
     /// Listen address.
     pub addr: SocketAddr,
+    /// Longest wait for a request's headers, from the connection's start or its previous
+    /// response (so also the keep-alive idle timeout).
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
 }
 
 /// `[stream]`

@@ -216,6 +216,8 @@ pub struct Metrics {
     pub subscribers: Gauge,
     /// Streams refused because the subscriber cap was reached.
     pub refused_streams: Counter,
+    /// Failed `accept` calls (e.g. out of file descriptors), each followed by a back-off.
+    pub accept_errors: Counter,
     /// Streams that fell behind their queue and caught up from the frame log.
     pub lagged_subscribers: Counter,
     /// Times a stream behind caught up from the frame log's shared pieces.
@@ -335,6 +337,7 @@ impl Metrics {
             frame_log_bytes: Gauge::default(),
             subscribers: Gauge::default(),
             refused_streams: Counter::default(),
+            accept_errors: Counter::default(),
             lagged_subscribers: Counter::default(),
             catch_ups: Counter::default(),
             span_writes: Counter::default(),
@@ -342,7 +345,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         m.consumer_lag.set(-1);
-        let counters: [(&str, &str, &Counter); 19] = [
+        let counters: [(&str, &str, &Counter); 20] = [
             (
                 "events_applied",
                 "Events applied to the aggregates",
@@ -413,6 +416,11 @@ impl Metrics {
                 "refused_streams",
                 "Streams refused with 503 because the subscriber cap was reached",
                 &m.refused_streams,
+            ),
+            (
+                "accept_errors",
+                "Failed accepts (e.g. EMFILE: out of file descriptors), each followed by a back-off of 10 ms doubling to 1 s",
+                &m.accept_errors,
             ),
             (
                 "lagged_subscribers",

@@ -61,7 +61,11 @@ impl Drop for StreamListener {
 impl StreamListener {
     /// Takes over a bound listener, accepted from on a thread of its own; `send_buffer` of
     /// `None` keeps the kernel's autotuning.
-    pub fn new(inner: TcpListener, send_buffer: Option<usize>) -> io::Result<Self> {
+    pub fn new(
+        inner: TcpListener,
+        send_buffer: Option<usize>,
+        accept_errors: prometheus_client::metrics::counter::Counter,
+    ) -> io::Result<Self> {
         let local = inner.local_addr()?;
         let inner = inner.into_std()?;
         inner.set_nonblocking(false)?;
@@ -69,7 +73,7 @@ impl StreamListener {
         let (tx, accepted) = tokio::sync::mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("accept".into())
-            .spawn(move || accept_until_closed(&inner, &tx))?;
+            .spawn(move || accept_until_closed(&inner, &tx, &accept_errors))?;
         Ok(StreamListener {
             accepted,
             local,
@@ -79,28 +83,39 @@ impl StreamListener {
     }
 }
 
-/// Accepts until the server stops taking connections (the receiver is dropped). An error
-/// (e.g. out of file descriptors) is logged at most once a second and retried after a
-/// pause, as axum does.
+/// First pause after a failed accept; doubled per failure in a row, up to
+/// [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest pause after failed accepts.
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Accepts until the server stops taking connections (the receiver is dropped). A failed
+/// accept (e.g. EMFILE, out of file descriptors: the pending connection stays queued) is
+/// counted, logged once per 10 s with the count held back, and followed by a pause that
+/// doubles while accepts keep failing, so a full descriptor table does not spin a core.
 fn accept_until_closed(
     listener: &std::net::TcpListener,
     accepted: &tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    errors: &prometheus_client::metrics::counter::Counter,
 ) {
-    let mut last_warning: Option<std::time::Instant> = None;
+    let mut log = crate::log_every::LogEvery::new(std::time::Duration::from_secs(10));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     while !accepted.is_closed() {
         match listener.accept() {
             Ok(connection) => {
+                backoff = ACCEPT_BACKOFF_MIN;
                 if accepted.send(connection).is_err() {
                     return;
                 }
             }
             Err(_) if accepted.is_closed() => return, // woken by the listener's drop
             Err(error) => {
-                if last_warning.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1)) {
-                    tracing::warn!(%error, "accept failed; retrying");
-                    last_warning = Some(std::time::Instant::now());
+                errors.inc();
+                if let Some(held_back) = log.allow(std::time::Instant::now()) {
+                    tracing::warn!(%error, similar_errors_not_logged = held_back, retry_in = ?backoff, "accept failed (repeats are logged once per 10 s, counted in storepulse_accept_errors_total)");
                 }
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
@@ -257,7 +272,7 @@ mod tests {
     #[tokio::test]
     async fn the_accept_thread_serves_connections_and_the_port_closes_with_the_listener() {
         let bound = bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
-        let mut listener = StreamListener::new(bound, None).expect("listener");
+        let mut listener = StreamListener::new(bound, None, Default::default()).expect("listener");
         let address = listener.local.to_string();
         for _ in 0..3 {
             let client = tokio::net::TcpStream::connect(&address);

@@ -1,6 +1,6 @@
 //! The HTTP API (axum): the router, snapshots, health, readiness and metrics; the live
-//! stream is `stream.rs`, the sockets `listener.rs`, the page `dashboard.rs`. The only
-//! axum code.
+//! stream is `stream.rs`, the sockets `listener.rs`, the connection loop `server.rs`, the
+//! page `dashboard.rs`. The only axum and hyper code.
 //!
 //! Handlers never touch the state: a snapshot is requested from the ingest engine, which
 //! serialises it once per (position, scope) and caches it; the handler sends those shared
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 mod dashboard;
 pub mod listener;
 mod replay;
+pub mod server;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -119,9 +120,11 @@ const MAX_STORE_ID: usize = 200;
 /// [`MAX_STORE_ID`] bytes; anything else is the same 400 everywhere.
 fn store_param(store: Option<String>) -> Result<Option<StoreId>, ApiError> {
     match store {
-        Some(store) if store.is_empty() || store.len() > MAX_STORE_ID => Err(
-            ApiError::bad_request(format!("store must be a store id of 1 to {MAX_STORE_ID} bytes")),
-        ),
+        Some(store) if store.is_empty() || store.len() > MAX_STORE_ID => {
+            Err(ApiError::bad_request(format!(
+                "store must be a store id of 1 to {MAX_STORE_ID} bytes"
+            )))
+        }
         store => Ok(store.map(StoreId)),
     }
 }
@@ -133,11 +136,11 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// 414 and 431 with a JSON reason, before any handler runs (hyper's own limits, far
 /// above these, answer without a body).
-async fn request_limits(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let uri = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+async fn request_limits(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let uri = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
     if uri > MAX_URI_BYTES {
         return ApiError {
             status: StatusCode::URI_TOO_LONG,
@@ -163,7 +166,10 @@ async fn request_limits(
 async fn no_route(uri: axum::http::Uri) -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
-        reason: format!("no such endpoint: {}", uri.path().chars().take(200).collect::<String>()),
+        reason: format!(
+            "no such endpoint: {}",
+            uri.path().chars().take(200).collect::<String>()
+        ),
     }
 }
 

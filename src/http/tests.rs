@@ -313,7 +313,10 @@ async fn every_error_is_json_and_a_bad_store_is_the_same_400_everywhere() {
         "/api/replay/stream?from=2026-12-02T05:00:00Z&to=2026-12-02T05:01:00Z&",
     ] {
         cases.push((format!("{endpoint}store="), StatusCode::BAD_REQUEST));
-        cases.push((format!("{endpoint}store={long_store}"), StatusCode::BAD_REQUEST));
+        cases.push((
+            format!("{endpoint}store={long_store}"),
+            StatusCode::BAD_REQUEST,
+        ));
     }
     let mut reasons = std::collections::BTreeSet::new();
     for (uri, expected) in &cases {
@@ -344,9 +347,16 @@ async fn every_error_is_json_and_a_bad_store_is_the_same_400_everywhere() {
     // Headers over the limit: 431 with a reason.
     let big = "z".repeat(super::MAX_HEADER_BYTES);
     let response = server.get("/healthz", &[("x-padding", &big)]).await;
-    assert_eq!(response.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
     let reason: serde_json::Value = serde_json::from_slice(&body(response).await).expect("JSON");
-    assert!(reason["error"].as_str().is_some_and(|e| e.contains("headers")));
+    assert!(
+        reason["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("headers"))
+    );
 }
 
 #[tokio::test]

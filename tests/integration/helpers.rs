@@ -192,8 +192,30 @@ impl Server {
         environment: &[(&str, &str)],
         log: std::process::Stdio,
     ) -> Server {
+        Server::start_wrapped(&[], topics, group, database_url, environment, log)
+    }
+
+    /// [`Server::start_logging`] run by `wrapper` (e.g. `["prlimit", "--nofile=256:4096",
+    /// "--"]`), which must exec `serve` in its place.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        topics: &Topics,
+        group: &str,
+        database_url: &str,
+        environment: &[(&str, &str)],
+        log: std::process::Stdio,
+    ) -> Server {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        let program = env!("CARGO_BIN_EXE_storepulse");
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut command = std::process::Command::new(first);
+                command.args(rest).arg(program);
+                command
+            }
+            None => std::process::Command::new(program),
+        };
+        let mut child = command
             .arg("serve")
             .env("STOREPULSE_KAFKA_BROKERS", brokers())
             .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)

@@ -8,6 +8,7 @@ mod architecture;
 mod cli;
 mod dead_letters;
 mod helpers;
+mod limits;
 mod postgres;
 mod prometheus;
 mod replay;

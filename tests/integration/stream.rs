@@ -299,7 +299,7 @@ async fn ids_that_mean_nothing_here_get_a_resync_and_a_moved_log_a_snapshot() {
     let position = snapshot["position"].as_str().expect("position").to_owned();
     let (tag, offsets) = position.split_once(':').expect("tagged");
     let negative = format!("{tag}:{}", offsets.replace(',', ",-"));
-    let huge = "9".repeat(100_000);
+    let huge = "9".repeat(10_000);
     let hostile: Vec<Vec<u8>> = vec![
         b"garbage".to_vec(),
         b"deadbeef:1,2,3".to_vec(),
@@ -318,6 +318,25 @@ async fn ids_that_mean_nothing_here_get_a_resync_and_a_moved_log_a_snapshot() {
                 String::from_utf8_lossy(&id[..id.len().min(40)])
             );
             assert_eq!(first.id.as_deref(), Some(position.as_str()));
+        }
+        // Past the header limit (16 KiB in all): a 431 with a JSON reason, not a resync.
+        {
+            use std::io::{Read, Write};
+            let mut raw = std::net::TcpStream::connect(&address).expect("connects");
+            write!(
+                raw,
+                "GET /api/stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\nLast-Event-ID: {}\r\n\r\n",
+                "9".repeat(100_000)
+            )
+            .expect("written");
+            let mut answer = String::new();
+            raw.read_to_string(&mut answer).expect("read");
+            assert!(
+                answer.starts_with("HTTP/1.1 431"),
+                "{}",
+                &answer[..answer.len().min(200)]
+            );
+            assert!(answer.contains("{\"error\":"), "{answer}");
         }
         // `?since=` works like the header; a store-scoped stream carries that store only.
         // A valid id of this layout, behind, that is no frame's id: a snapshot (rule 3).
