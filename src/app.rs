@@ -14,7 +14,7 @@
 //! 3. checkpoint writer: write it (bounded by [`FINAL_CHECKPOINT_WAIT`]);
 //! 4. lag monitor;
 //!
-//! then exit 0 (non-zero if ingest failed).
+//! then exit 0 (non-zero if ingest failed or the final checkpoint was not written).
 
 use crate::aggregate::{AggregateConfig, Layout, PartitionKey, State};
 use crate::checkpoint::{CheckpointError, CheckpointStore, Frozen};
@@ -75,7 +75,7 @@ struct Wiring {
 /// The running pipeline's tasks.
 struct Pipeline {
     ingest: JoinHandle<Result<Arc<Frozen>, kafka::KafkaError>>,
-    writer: JoinHandle<()>,
+    writer: JoinHandle<bool>,
     monitor: JoinHandle<()>,
 }
 
@@ -248,18 +248,26 @@ async fn shut_down(
         None => pipeline.ingest.await,
     };
     stages.writer.cancel();
-    if tokio::time::timeout(FINAL_CHECKPOINT_WAIT, pipeline.writer)
-        .await
-        .is_err()
+    let final_checkpoint = match tokio::time::timeout(FINAL_CHECKPOINT_WAIT, pipeline.writer).await
     {
-        tracing::error!(wait = ?FINAL_CHECKPOINT_WAIT, "the final checkpoint did not finish in time");
-    }
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(anyhow::anyhow!(
+            "the final checkpoint failed; the next start resumes from the previous one"
+        )),
+        Ok(Err(_)) => Err(anyhow::anyhow!("the checkpoint writer panicked")),
+        Err(_) => {
+            tracing::error!(wait = ?FINAL_CHECKPOINT_WAIT, "the final checkpoint did not finish in time");
+            Err(anyhow::anyhow!(
+                "the final checkpoint did not finish within {FINAL_CHECKPOINT_WAIT:?}"
+            ))
+        }
+    };
     stages.monitor.cancel();
     let _ = pipeline.monitor.await;
     tasks.wait().await;
     http_result.context("http server")?;
     match ingest_result {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(_)) => final_checkpoint,
         Ok(Err(error)) => Err(error).context("ingest failed"),
         Err(_) => anyhow::bail!("the ingest thread panicked"),
     }
@@ -504,8 +512,9 @@ fn next_backoff(current: Duration) -> Duration {
 
 /// Writes the newest frozen checkpoint whenever it changes; on failure retries with
 /// exponential backoff ([`FIRST_BACKOFF`] to [`MAX_BACKOFF`]), always with the newest one.
-/// On stop, writes what is newest once more and returns.
-async fn checkpoint_writer(mut w: Writer) {
+/// On stop, writes what is newest once more and returns whether that final write
+/// succeeded (or had nothing new to write).
+async fn checkpoint_writer(mut w: Writer) -> bool {
     let mut backoff = FIRST_BACKOFF;
     let mut last_position: Option<String> = None;
     loop {
@@ -524,7 +533,7 @@ async fn checkpoint_writer(mut w: Writer) {
                     w.metrics.checkpoint_failures.inc();
                     if finishing {
                         tracing::error!(error = %error, "final checkpoint failed; the next start resumes from the previous one");
-                        return;
+                        return false;
                     }
                     tracing::warn!(error = %error, retry_in = ?backoff, "checkpoint failed; processing continues");
                     tokio::select! {
@@ -537,10 +546,10 @@ async fn checkpoint_writer(mut w: Writer) {
             }
         }
         if finishing {
-            return;
+            return true;
         }
         tokio::select! {
-            changed = w.frozen.changed() => if changed.is_err() && !w.stop.is_cancelled() { return },
+            changed = w.frozen.changed() => if changed.is_err() && !w.stop.is_cancelled() { return true },
             () = w.stop.cancelled() => {}
         }
     }
@@ -635,10 +644,11 @@ mod tests {
         // Stopped while backing off: one last attempt, then it returns (no endless retry).
         stop.cancel();
         drop(frozen_tx);
-        tokio::time::timeout(Duration::from_secs(30), writer)
+        let final_written = tokio::time::timeout(Duration::from_secs(30), writer)
             .await
             .expect("the writer stops")
             .expect("no panic");
+        assert!(!final_written, "the failed final checkpoint is reported");
         assert!(written_rx.try_recv().is_err(), "nothing was written");
     }
 }

@@ -517,3 +517,30 @@ async fn a_checkpoint_of_another_format_is_ignored_and_the_state_rebuilt_from_ka
     .expect("thread");
     assert_eq!(rebuilt, expected, "rebuilt from kafka, not misread");
 }
+
+/// `serve` stopped while its checkpoint store is away exits non-zero and says why: a
+/// supervisor must not take a lost final checkpoint for a clean stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_exits_non_zero_when_its_final_checkpoint_fails() {
+    let settings = crate::helpers::fresh_topics("final-checkpoint");
+    crate::helpers::create_topics(&settings, 1).await;
+    let log_path = std::env::temp_dir().join(format!(
+        "{}.log",
+        crate::helpers::unique("final-checkpoint")
+    ));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    // Nothing listens on port 1: every checkpoint fails.
+    let server = Server::start_logging(
+        &settings.topics,
+        &crate::helpers::unique("final-checkpoint"),
+        "postgres://postgres@127.0.0.1:1/none",
+        &[],
+        log.into(),
+    );
+    crate::helpers::wait_for(|| server.get("/healthz").0 == 200, "serve answers").await;
+    let clean = tokio::task::block_in_place(|| server.terminate());
+    assert!(!clean, "exit status is non-zero");
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    assert!(text.contains("final checkpoint failed"), "{text}");
+    let _ = std::fs::remove_file(&log_path);
+}
