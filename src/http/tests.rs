@@ -152,7 +152,7 @@ impl TestServer {
         self.jobs
             .send(Box::new(move |engine: &mut Engine| {
                 for (at, bytes) in records {
-                    if engine.process_record(at, &bytes, None).is_err() {
+                    if engine.process_record(at, Some(&bytes), None).is_err() {
                         engine.skip(at);
                     }
                 }

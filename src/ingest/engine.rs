@@ -182,12 +182,12 @@ impl Engine {
         &self.out.metrics
     }
 
-    /// Decodes and applies one record at `at`. On a poison record returns the error; the
-    /// caller dead-letters it and then calls [`Engine::skip`].
+    /// Decodes and applies one record at `at` (`None`: a tombstone, poison). On a poison
+    /// record returns the error; the caller dead-letters it and then calls [`Engine::skip`].
     pub fn process_record(
         &mut self,
         at: RecordRef,
-        payload: &[u8],
+        payload: Option<&[u8]>,
         record_time_ms: Option<i64>,
     ) -> Result<(), DecodeError> {
         self.process_traced(at, payload, record_time_ms, None)
@@ -198,12 +198,12 @@ impl Engine {
     pub fn process_traced(
         &mut self,
         at: RecordRef,
-        payload: &[u8],
+        payload: Option<&[u8]>,
         record_time_ms: Option<i64>,
         span: Option<&tracing::Span>,
     ) -> Result<(), DecodeError> {
         self.dirty = true;
-        let event = self.codec.decode(payload)?;
+        let event = self.codec.decode(payload.ok_or(DecodeError::Tombstone)?)?;
         if let Some(span) = span {
             crate::telemetry::decoded(span, event.event_id(), &event.store_id().0);
         }

@@ -191,12 +191,10 @@ impl Ingest {
         let span = crate::telemetry::record_span(message, &self.group_id);
         let _entered = span.as_ref().map(tracing::Span::enter);
         let record_time_ms = message.timestamp().to_millis();
-        if let Err(error) = self.engine.process_traced(
-            at,
-            message.payload().unwrap_or_default(),
-            record_time_ms,
-            span.as_ref(),
-        ) {
+        if let Err(error) =
+            self.engine
+                .process_traced(at, message.payload(), record_time_ms, span.as_ref())
+        {
             if let Some(span) = &span {
                 crate::telemetry::fail(span, &error.to_string());
             }

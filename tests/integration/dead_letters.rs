@@ -281,3 +281,57 @@ async fn the_simulators_events_ahead_of_the_clock_carry_their_time_and_are_appli
         "their Kafka timestamps are their event times"
     );
 }
+
+/// A tombstone (a record with no value) is dead-lettered with reason `tombstone`, and the
+/// next record is processed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tombstone_is_dead_lettered_with_its_own_reason() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let settings = crate::helpers::fresh_topics("tombstone");
+    crate::helpers::create_topics(&settings, 1).await;
+    let server = crate::helpers::Server::start(
+        &settings.topics,
+        &crate::helpers::unique("tombstone"),
+        &crate::helpers::database_url(),
+    );
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", crate::helpers::brokers())
+        .create()
+        .expect("a producer");
+    producer
+        .send(BaseRecord::<str, [u8]>::to(&settings.topics.orders).key("order-1"))
+        .map_err(|(e, _)| e)
+        .expect("queued");
+    producer.flush(Duration::from_secs(30)).expect("delivered");
+    let dlq = format!("{}-dlq", settings.topics.orders);
+    let records = tokio::task::block_in_place(|| {
+        crate::helpers::consume_all(
+            &crate::helpers::brokers(),
+            &[&dlq],
+            1,
+            Duration::from_secs(60),
+        )
+    });
+    let header = |name: &str| {
+        records[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("storepulse-error").as_deref(), Some("tombstone"));
+    assert!(
+        header("storepulse-reason").is_some_and(|r| r.contains("no value")),
+        "{:?}",
+        records[0].headers
+    );
+    let (_, metrics) = server.get("/metrics");
+    let poison: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("storepulse_poison_records_total{"))
+        .collect();
+    assert!(
+        poison.contains(&"storepulse_poison_records_total{reason=\"tombstone\"} 1"),
+        "{poison:?}"
+    );
+}

@@ -149,6 +149,9 @@ impl FromStr for ConfluentIds {
 /// dead-letters it and moves on; none is worth a retry.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum DecodeError {
+    /// A record without a value (a tombstone): no event to decode.
+    #[error("tombstone: the record has no value")]
+    Tombstone,
     /// Shorter than the framing's header.
     #[error("record of {len} bytes is shorter than its {framing} header")]
     TooShort {
@@ -212,7 +215,8 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// Every label, indexed by [`DecodeError::index`] (metrics keep one counter each).
-    pub const LABELS: [&'static str; 7] = [
+    pub const LABELS: [&'static str; 8] = [
+        "tombstone",
         "too_short",
         "unknown_framing",
         "unknown_fingerprint",
@@ -226,13 +230,14 @@ impl DecodeError {
     /// exhaustive, so a new variant cannot go uncounted.
     pub fn index(&self) -> usize {
         match self {
-            DecodeError::TooShort { .. } => 0,
-            DecodeError::UnknownFraming { .. } => 1,
-            DecodeError::UnknownFingerprint { .. } => 2,
-            DecodeError::UnknownConfluentId { .. } => 3,
-            DecodeError::Malformed { .. } => 4,
-            DecodeError::Invalid { .. } => 5,
-            DecodeError::EventTimeInFuture { .. } => 6,
+            DecodeError::Tombstone => 0,
+            DecodeError::TooShort { .. } => 1,
+            DecodeError::UnknownFraming { .. } => 2,
+            DecodeError::UnknownFingerprint { .. } => 3,
+            DecodeError::UnknownConfluentId { .. } => 4,
+            DecodeError::Malformed { .. } => 5,
+            DecodeError::Invalid { .. } => 6,
+            DecodeError::EventTimeInFuture { .. } => 7,
         }
     }
 
