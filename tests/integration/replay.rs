@@ -54,6 +54,30 @@ fn counters(snapshot: &Value, scope: &str) -> (u64, u64) {
     )
 }
 
+/// The rows of a JSON Lines timeline.
+fn jsonl_rows(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect()
+}
+
+/// Every row of step `time` has the `(orders, cancelled)` of its scope in `snapshot`.
+fn assert_step_equals(rows: &[Value], time: &Value, snapshot: &Value, what: &str) {
+    let step: Vec<&Value> = rows.iter().filter(|r| r["time"] == *time).collect();
+    assert!(!step.is_empty(), "{what}: no row at {time}");
+    for row in step {
+        let scope = row["scope"].as_str().expect("scope");
+        assert_eq!(
+            (
+                row["orders"].as_u64().unwrap_or(0),
+                row["cancelled"].as_u64().unwrap_or(0)
+            ),
+            counters(snapshot, scope),
+            "{what}: {time} {scope}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_equals_as_of() {
     let settings = fresh_topics("replay");
@@ -134,10 +158,7 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
             "--quiet",
         ],
     ));
-    let rows: Vec<Value> = timeline
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON row"))
-        .collect();
+    let rows = jsonl_rows(&timeline);
     let times: Vec<String> = rows
         .iter()
         .map(|r| r["time"].as_str().unwrap_or_default().to_owned())
@@ -149,18 +170,8 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
         });
     assert!(times.len() >= 4, "steps: {times:?}");
     // The last step is after every record: serve's final view.
-    let last = times.last().expect("a last step");
-    for row in rows.iter().filter(|r| r["time"] == last.as_str()) {
-        let scope = row["scope"].as_str().expect("scope");
-        assert_eq!(
-            (
-                row["orders"].as_u64().unwrap_or(0),
-                row["cancelled"].as_u64().unwrap_or(0)
-            ),
-            counters(&end, scope),
-            "last row of {scope} equals serve's view"
-        );
-    }
+    let last = Value::from(times.last().expect("a last step").as_str());
+    assert_step_equals(&rows, &last, &end, "the last step is serve's view");
     // A timeline from the live snapshot's position: its first row is that snapshot exactly,
     // its last serve's final view.
     let from_position = stdout_of(&replay(
@@ -177,31 +188,21 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
             "--quiet",
         ],
     ));
-    let position_rows: Vec<Value> = from_position
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON row"))
-        .collect();
+    let position_rows = jsonl_rows(&from_position);
     let first_time = position_rows[0]["time"].clone();
-    for row in position_rows.iter().filter(|r| r["time"] == first_time) {
-        let scope = row["scope"].as_str().expect("scope");
-        assert_eq!(
-            (
-                row["orders"].as_u64().unwrap_or(0),
-                row["cancelled"].as_u64().unwrap_or(0)
-            ),
-            counters(&live, scope),
-            "first row from {position} of {scope} equals the live snapshot"
-        );
-    }
+    assert_step_equals(
+        &position_rows,
+        &first_time,
+        &live,
+        "from the position: the live snapshot",
+    );
     let last_time = position_rows.last().expect("rows")["time"].clone();
-    for row in position_rows.iter().filter(|r| r["time"] == last_time) {
-        let scope = row["scope"].as_str().expect("scope");
-        assert_eq!(
-            row["orders"].as_u64().unwrap_or(0),
-            counters(&end, scope).0,
-            "last row from the position of {scope}"
-        );
-    }
+    assert_step_equals(
+        &position_rows,
+        &last_time,
+        &end,
+        "from the position: serve's view",
+    );
     // Every step equals --as-of at that step.
     for time in &times {
         let as_of: Value = serde_json::from_str(&stdout_of(&replay(
@@ -209,16 +210,9 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
             &["--from", &rfc3339(from_ms), "--as-of", time, "--quiet"],
         )))
         .expect("a snapshot");
+        assert_step_equals(&rows, &Value::from(time.as_str()), &as_of, "--as-of");
         for row in rows.iter().filter(|r| r["time"] == time.as_str()) {
             let scope = row["scope"].as_str().expect("scope");
-            assert_eq!(
-                (
-                    row["orders"].as_u64().unwrap_or(0),
-                    row["cancelled"].as_u64().unwrap_or(0)
-                ),
-                counters(&as_of, scope),
-                "{time} {scope}"
-            );
             let revenue = if scope == "all" {
                 &as_of["all_stores"]["revenue_today"]
             } else {
