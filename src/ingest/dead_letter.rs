@@ -3,7 +3,10 @@
 //!
 //! Headers: `storepulse-source-topic`, `-source-partition`, `-source-offset`,
 //! `storepulse-error` (the `DecodeError` label), `storepulse-reason` (its message), then
-//! the record's own headers. Key and value are the record's, unchanged.
+//! the record's own headers. Key and value are the record's, unchanged, except that a value
+//! longer than [`MAX_PAYLOAD`] (or than the topic takes: each size refusal halves what is
+//! kept) is cut to a prefix, with `storepulse-original-size` and `storepulse-original-sha256`
+//! saying what the whole value was. A record is never dropped for its size.
 //!
 //! # Nothing lost
 //!
@@ -22,6 +25,7 @@ use crate::kafka::{self, KafkaSettings};
 use crate::log_every::LogEvery;
 use crate::metrics::Metrics;
 use rdkafka::ClientContext;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use std::collections::BTreeMap;
@@ -30,6 +34,10 @@ use std::time::{Duration, Instant};
 
 /// Most poison records waiting for an acknowledgement before ingest stops reading.
 pub const MAX_PENDING: usize = 10_000;
+
+/// Longest value a dead letter keeps: with our headers it stays under the producer's and the
+/// broker's default 1 MB record limit. Longer values are cut to this prefix.
+pub const MAX_PAYLOAD: usize = 900 * 1024;
 
 /// How long the broker gets to acknowledge one attempt before it is failed and retried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,8 +51,15 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// A poison record not yet acknowledged: what to send again.
 struct Pending {
     key: Option<Vec<u8>>,
+    /// The value, or its first [`MAX_PAYLOAD`] bytes (fewer after a size refusal).
     payload: Vec<u8>,
-    headers: OwnedHeaders,
+    /// Length and SHA-256 (hex) of the whole value, written when `payload` is shorter.
+    original_size: usize,
+    original_sha256: String,
+    /// Origin and reason, then the record's own headers (dropped if even an empty value
+    /// is refused for its size).
+    ours: Vec<(&'static str, String)>,
+    theirs: Option<OwnedHeaders>,
     origin: String,
     sent_at: Instant,
     /// Set when an attempt failed: when to send it again.
@@ -93,6 +108,9 @@ impl ProducerContext for DeliveryReports {
                 let now = Instant::now();
                 let waiting = ledger.pending.len();
                 if let Some(pending) = ledger.pending.get_mut(&number) {
+                    if too_large(error) {
+                        pending.shrink();
+                    }
                     pending.retry_at = Some(now + RETRY_AFTER);
                     let origin = pending.origin.clone();
                     let log = ledger
@@ -151,11 +169,15 @@ impl DeadLetters {
     /// the broker acknowledges it. Counted and logged here.
     pub fn send(&self, message: &BorrowedMessage<'_>, error: &DecodeError) {
         self.metrics.poison_record(error);
-        tracing::warn!(error = %error, topic = message.topic(), partition = message.partition(), offset = message.offset(), "poison record: sending it to the dead-letter topic");
+        let value = message.payload().unwrap_or_default();
+        tracing::warn!(error = %error, topic = message.topic(), partition = message.partition(), offset = message.offset(), bytes = value.len(), "poison record: sending it to the dead-letter topic");
         let pending = Pending {
             key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().unwrap_or_default().to_vec(),
-            headers: headers(message, error),
+            payload: value[..value.len().min(MAX_PAYLOAD)].to_vec(),
+            original_size: value.len(),
+            original_sha256: sha256_hex(value),
+            ours: origin_headers(message, error),
+            theirs: message.headers().map(|h| h.detach()),
             origin: format!(
                 "{}/{}@{}",
                 message.topic(),
@@ -169,7 +191,7 @@ impl DeadLetters {
         let number = ledger.next;
         ledger.next += 1;
         let mut pending = pending;
-        if !self.produce(number, &pending) {
+        if !self.produce(number, &mut pending) {
             pending.retry_at = Some(Instant::now() + RETRY_AFTER);
         }
         ledger.pending.insert(number, pending);
@@ -178,12 +200,13 @@ impl DeadLetters {
             .set(ledger.pending.len() as i64);
     }
 
-    /// Queues one attempt; false if the producer refused it (a failed attempt, retried).
-    fn produce(&self, number: u64, pending: &Pending) -> bool {
+    /// Queues one attempt; false if the producer refused it (a failed attempt, retried; one
+    /// refused for its size is shrunk first).
+    fn produce(&self, number: u64, pending: &mut Pending) -> bool {
         let mut record: BaseRecord<'_, [u8], [u8], Box<u64>> =
             BaseRecord::with_opaque_to(&self.topic, Box::new(number))
                 .payload(pending.payload.as_slice())
-                .headers(pending.headers.clone());
+                .headers(pending.headers());
         if let Some(key) = &pending.key {
             record = record.key(key.as_slice());
         }
@@ -192,6 +215,9 @@ impl DeadLetters {
             Err((error, _)) => {
                 self.metrics.dead_letter_failures.inc();
                 tracing::debug!(error = %error, record = %pending.origin, "could not queue a dead letter; retrying");
+                if too_large(&error) {
+                    pending.shrink();
+                }
                 false
             }
         }
@@ -243,33 +269,80 @@ impl DeadLetters {
     }
 }
 
-/// The origin and reason of a poison record, then its own headers.
-fn headers(message: &BorrowedMessage<'_>, error: &DecodeError) -> OwnedHeaders {
-    let partition = message.partition().to_string();
-    let offset = message.offset().to_string();
-    let reason = error.to_string();
-    let ours = [
-        ("storepulse-source-topic", message.topic()),
-        ("storepulse-source-partition", partition.as_str()),
-        ("storepulse-source-offset", offset.as_str()),
-        ("storepulse-error", error.label()),
-        ("storepulse-reason", reason.as_str()),
-    ];
-    let headers = ours
-        .into_iter()
-        .fold(OwnedHeaders::new(), |headers, (key, value)| {
-            headers.insert(Header {
-                key,
-                value: Some(value),
-            })
-        });
-    match message.headers() {
-        Some(original) => original.iter().fold(headers, |headers, header| {
-            headers.insert(Header {
-                key: header.key,
-                value: header.value,
-            })
-        }),
-        None => headers,
+impl Pending {
+    /// Our headers (with the original size and hash when the value is cut), then the
+    /// record's own.
+    fn headers(&self) -> OwnedHeaders {
+        let size = self.original_size.to_string();
+        let cut = self.payload.len() < self.original_size;
+        let sized = cut.then_some([
+            ("storepulse-original-size", size.as_str()),
+            ("storepulse-original-sha256", self.original_sha256.as_str()),
+        ]);
+        let headers = self
+            .ours
+            .iter()
+            .map(|(key, value)| (*key, value.as_str()))
+            .chain(sized.into_iter().flatten())
+            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value),
+                })
+            });
+        match &self.theirs {
+            Some(original) => original.iter().fold(headers, |headers, header| {
+                headers.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                })
+            }),
+            None => headers,
+        }
     }
+
+    /// After a refusal for size: keep half as much of the value; with nothing left to cut,
+    /// drop the record's own headers (ours, with the size and hash, always fit).
+    fn shrink(&mut self) {
+        if self.payload.is_empty() {
+            if self.theirs.take().is_some() {
+                self.ours
+                    .push(("storepulse-headers-dropped", "true".to_owned()));
+            }
+        } else {
+            self.payload.truncate(self.payload.len() / 2);
+        }
+        tracing::warn!(record = %self.origin, kept = self.payload.len(), original = self.original_size, "a dead letter was refused for its size; sending a shorter prefix of its value (the original size and SHA-256 are in its headers)");
+    }
+}
+
+/// Whether a send failed because the record is larger than the producer or topic take.
+fn too_large(error: &rdkafka::error::KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+}
+
+/// Lower-case hex SHA-256 of `value`.
+fn sha256_hex(value: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(value)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// The origin and reason of a poison record.
+fn origin_headers(
+    message: &BorrowedMessage<'_>,
+    error: &DecodeError,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("storepulse-source-topic", message.topic().to_owned()),
+        (
+            "storepulse-source-partition",
+            message.partition().to_string(),
+        ),
+        ("storepulse-source-offset", message.offset().to_string()),
+        ("storepulse-error", error.label().to_owned()),
+        ("storepulse-reason", error.to_string()),
+    ]
 }

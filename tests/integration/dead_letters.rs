@@ -335,3 +335,127 @@ async fn a_tombstone_is_dead_lettered_with_its_own_reason() {
         "{poison:?}"
     );
 }
+
+/// Sends one 1 000 000-byte record (the broker takes it; it is poison) and then a good
+/// order; returns the dead letter, once the order is applied, and serve's metrics. With
+/// `dead_letter_limit` the dead-letter topic is created first with that `max.message.bytes`.
+async fn dead_letter_of_a_huge_record(
+    name: &str,
+    dead_letter_limit: Option<&str>,
+) -> (helpers::ConsumedRecord, Vec<u8>, String) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let settings = fresh_topics(name);
+    let dlq = format!("{}-dlq", settings.topics.orders);
+    if let Some(limit) = dead_letter_limit {
+        let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", helpers::brokers())
+            .create()
+            .expect("an admin client");
+        let topic =
+            NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)).set("max.message.bytes", limit);
+        let created = admin
+            .create_topics([&topic], &AdminOptions::new())
+            .await
+            .expect("the broker answers");
+        assert!(created.iter().all(Result::is_ok), "{created:?}");
+    }
+    create_topics(&settings, 1).await;
+    let server = Server::start(&settings.topics, &helpers::unique(name), &database_url());
+    // Bytes that do not compress (the dead-letter producer compresses; a topic's limit
+    // applies to what it stores).
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let huge: Vec<u8> = (0..1_000_000)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 32) as u8
+        })
+        .collect();
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", helpers::brokers())
+        .set("message.max.bytes", "2000000")
+        .create()
+        .expect("a producer");
+    producer
+        .send(
+            BaseRecord::to(&settings.topics.orders)
+                .key("huge")
+                .payload(&huge),
+        )
+        .map_err(|(e, _)| e)
+        .expect("queued");
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("the broker takes a 1 000 000-byte record");
+    produce(&orders(&settings, &[order("after-huge", T0, 1_500)]));
+    let snapshot = server.snapshot_at(2, Duration::from_secs(60));
+    assert_eq!(berlin(&snapshot).0, 1, "the order after it is applied");
+    let record = tokio::task::block_in_place(|| {
+        helpers::consume_all(&helpers::brokers(), &[&dlq], 1, Duration::from_secs(60))
+    })
+    .remove(0);
+    wait_for(
+        || server.metric("storepulse_dead_lettered_total") == 1,
+        "the dead letter is counted once acknowledged",
+    )
+    .await;
+    let (_, metrics) = server.get("/metrics");
+    (record, huge, metrics)
+}
+
+fn header<'a>(record: &'a helpers::ConsumedRecord, name: &str) -> Option<&'a str> {
+    record
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn sha256_hex(value: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(value)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A record too large for a dead letter is not lost: its value is cut to 900 KiB and the
+/// headers say the original size and SHA-256; it is counted sent once the broker has it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_too_large_for_a_dead_letter_is_cut_with_its_size_and_hash() {
+    let (record, huge, metrics) = dead_letter_of_a_huge_record("huge-dlq", None).await;
+    assert_eq!(record.payload.len(), 900 * 1024);
+    assert_eq!(record.payload, huge[..900 * 1024]);
+    assert_eq!(header(&record, "storepulse-original-size"), Some("1000000"));
+    assert_eq!(
+        header(&record, "storepulse-original-sha256"),
+        Some(sha256_hex(&huge).as_str())
+    );
+    assert_eq!(header(&record, "storepulse-source-offset"), Some("0"));
+    assert!(
+        metrics.contains("storepulse_dead_letter_failures_total 0\n"),
+        "nothing failed on the way"
+    );
+}
+
+/// A dead-letter topic that takes less than 900 KiB: each refusal halves what is kept,
+/// until the topic takes it; the failures are counted, the record is there once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_refused_for_its_size_is_sent_shorter_until_taken() {
+    let (record, huge, metrics) = dead_letter_of_a_huge_record("small-dlq", Some("200000")).await;
+    // 921 600 → 460 800 → 230 400 → 115 200 bytes: the first that fits 200 000.
+    assert_eq!(record.payload.len(), 115_200);
+    assert_eq!(record.payload, huge[..115_200]);
+    assert_eq!(header(&record, "storepulse-original-size"), Some("1000000"));
+    assert_eq!(
+        header(&record, "storepulse-original-sha256"),
+        Some(sha256_hex(&huge).as_str())
+    );
+    let failures = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("storepulse_dead_letter_failures_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(failures, Some(3), "three refusals before it fit");
+}
