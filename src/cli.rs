@@ -32,7 +32,7 @@ impl Cli {
             Command::Simulate(_) => "storepulse-simulate",
             Command::Serve(_) => "storepulse",
             Command::Replay(_) => "storepulse-replay",
-            Command::Schemas(_) | Command::Migrate(_) => "storepulse-cli",
+            Command::Schemas(_) | Command::Migrate(_) | Command::Config(_) => "storepulse-cli",
         }
     }
 }
@@ -48,6 +48,9 @@ pub enum Command {
     Serve(ConfigArgs),
     /// Apply the checkpoint store's database migrations.
     Migrate(ConfigArgs),
+    /// Print the effective configuration (defaults, file, environment) as TOML, secrets
+    /// masked, and which variable set what.
+    Config(ConfigArgs),
     /// Read the topics again (read-only) through serve's own decode and apply: a snapshot as
     /// of a time or position, or a timeline of the numbers.
     Replay(Box<ReplayArgs>),
@@ -139,14 +142,7 @@ impl ConfigArgs {
     }
 
     fn settings_with(&self, overrides: &[(String, String)]) -> anyhow::Result<Settings> {
-        let text = match &self.config {
-            Some(path) => Some((
-                path.display().to_string(),
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-            )),
-            None => None,
-        };
+        let text = self.file_text()?;
         let environment: HashMap<String, String> = std::env::vars().collect();
         Ok(Settings::load_with(
             text.as_ref()
@@ -154,6 +150,29 @@ impl ConfigArgs {
             &environment,
             overrides,
         )?)
+    }
+
+    /// The effective configuration, secrets masked (`storepulse config`).
+    fn effective(&self) -> anyhow::Result<String> {
+        let text = self.file_text()?;
+        let environment: HashMap<String, String> = std::env::vars().collect();
+        Ok(Settings::effective(
+            text.as_ref()
+                .map(|(name, text)| (name.as_str(), text.as_str())),
+            &environment,
+        )?)
+    }
+
+    /// The config file's name and text, if one is given.
+    fn file_text(&self) -> anyhow::Result<Option<(String, String)>> {
+        Ok(match &self.config {
+            Some(path) => Some((
+                path.display().to_string(),
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            )),
+            None => None,
+        })
     }
 }
 
@@ -308,7 +327,15 @@ impl SimulateArgs {
 
 /// Runs a parsed command line until it finishes or `stop` is cancelled (Ctrl-C).
 pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
+    let unknown = crate::config::unknown_variables(&std::env::vars().collect());
+    if !unknown.is_empty() {
+        return Err(crate::config::ConfigError::UnknownVariables(unknown).into());
+    }
     match cli.command {
+        Command::Config(args) => {
+            print!("{}", args.effective()?);
+            Ok(())
+        }
         Command::Simulate(args) => simulate(*args, stop).await,
         Command::Schemas(args) => schemas(&args),
         Command::Serve(args) => app::serve(args.settings()?, stop).await,
@@ -567,4 +594,30 @@ async fn simulate(args: SimulateArgs, stop: CancellationToken) -> anyhow::Result
     result
         .map(|_| ())
         .context("simulation did not deliver every record")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every variable an option reads is in the config module's lists, so it is never
+    /// taken for a typo.
+    #[test]
+    fn every_variable_an_option_reads_is_known() {
+        fn walk(command: &clap::Command, names: &mut HashMap<String, String>) {
+            for arg in command.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    names.insert(env.to_string_lossy().into_owned(), String::new());
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, names);
+            }
+        }
+        let mut names = HashMap::new();
+        walk(&Cli::command(), &mut names);
+        assert!(names.contains_key("STOREPULSE_SIM_RATE"), "{names:?}");
+        assert_eq!(crate::config::unknown_variables(&names), vec![]);
+    }
 }

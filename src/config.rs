@@ -3,7 +3,9 @@
 //! environment variables, in that order of precedence (last wins).
 //!
 //! Loading takes the environment as a map, so tests never touch the process environment.
-//! Unknown keys in a file are an error, never ignored.
+//! Unknown keys in a file are an error, never ignored, and so is an unknown `STOREPULSE_…`
+//! variable (a typo would otherwise be silently ignored). [`Settings::effective`] prints
+//! what a process would run with, secrets masked (`storepulse config`).
 
 use crate::aggregate::AggregateConfig;
 use crate::events::ConfluentIds;
@@ -76,6 +78,116 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ),
 ];
 
+/// `STOREPULSE_…` variables that are not settings but are read by a command's own options
+/// (`simulate`, the config file, the log format) or by the scripts (`scripts/stack`, the
+/// browser tests). Any other `STOREPULSE_…` variable is an error.
+pub const OTHER_ENVIRONMENT: &[&str] = &[
+    "STOREPULSE_CONFIG",
+    "STOREPULSE_LOG_FORMAT",
+    "STOREPULSE_SIM_RATE",
+    "STOREPULSE_SIM_EVENT_RATE",
+    "STOREPULSE_SIM_COUNT",
+    "STOREPULSE_SIM_DURATION",
+    "STOREPULSE_SIM_STORES",
+    "STOREPULSE_SIM_SKUS",
+    "STOREPULSE_SIM_PARTITIONS",
+    "STOREPULSE_SIM_SEED",
+    "STOREPULSE_SIM_START",
+    "STOREPULSE_SIM_FLASH_AT",
+    "STOREPULSE_SIM_FLASH_FOR",
+    "STOREPULSE_SIM_FLASH_SKUS",
+    "STOREPULSE_SIM_OVERSELL",
+    "STOREPULSE_BIN",
+    "STOREPULSE_SCREENSHOT",
+    "STOREPULSE_STACK_DIR",
+    "STOREPULSE_CACHE_DIR",
+    "STOREPULSE_KAFKA_PORT",
+    "STOREPULSE_KAFKA_CONTROLLER_PORT",
+    "STOREPULSE_KAFKA_HEAP",
+    "STOREPULSE_PG_PORT",
+    "STOREPULSE_PG_DATABASE",
+    "STOREPULSE_JAEGER_OTLP_PORT",
+    "STOREPULSE_JAEGER_QUERY_PORT",
+    "STOREPULSE_JAEGER_GRPC_PORT",
+    "STOREPULSE_JAEGER_HEALTH_PORT",
+    "STOREPULSE_PROMETHEUS_PORT",
+    "STOREPULSE_PROMETHEUS_URL",
+];
+
+/// Settings whose values are secrets: masked by [`Settings::effective`] (a URL keeps all
+/// but its password).
+pub const SECRET_KEYS: &[&str] = &["checkpoint.database_url"];
+
+/// Every `STOREPULSE_…` variable of `environment` that nothing reads, with the known
+/// name it is closest to (one or two edits away), if any.
+pub fn unknown_variables(
+    environment: &HashMap<String, String>,
+) -> Vec<(String, Option<&'static str>)> {
+    let known = || {
+        ENVIRONMENT
+            .iter()
+            .map(|(variable, _)| *variable)
+            .chain(OTHER_ENVIRONMENT.iter().copied())
+    };
+    let mut unknown: Vec<_> = environment
+        .keys()
+        .filter(|name| name.starts_with("STOREPULSE_") && !known().any(|k| k == name.as_str()))
+        .map(|name| {
+            let nearest = known()
+                .map(|k| (edit_distance(name, k), k))
+                .filter(|(distance, _)| *distance <= 2)
+                .min()
+                .map(|(_, k)| k);
+            (name.clone(), nearest)
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+/// Levenshtein distance of two ASCII-ish names (bytes).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, x) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, y) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(x != y));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// `scheme://user:password@host/…` with the password replaced by `****`; anything else
+/// not a URL with a password is masked whole unless it has no secret part.
+fn mask_secret(value: &str) -> String {
+    match value.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest
+                .split_once('/')
+                .map_or((rest, None), |(a, p)| (a, Some(p)));
+            let masked = match authority.rsplit_once('@') {
+                Some((credentials, host)) => match credentials.split_once(':') {
+                    Some((user, _)) => format!("{user}:****@{host}"),
+                    None => authority.to_owned(),
+                },
+                None => authority.to_owned(),
+            };
+            match path {
+                Some(path) => format!("{scheme}://{masked}/{path}"),
+                None => format!("{scheme}://{masked}"),
+            }
+        }
+        None if value.is_empty() => String::new(),
+        None => "****".to_owned(),
+    }
+}
+
 /// Why settings could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -87,6 +199,9 @@ pub enum ConfigError {
         /// The parser's message.
         message: String,
     },
+    /// `STOREPULSE_…` variables that no setting or command reads.
+    #[error("unknown environment variable{}: {}", if .0.len() == 1 { "" } else { "s" }, describe_unknown(.0))]
+    UnknownVariables(Vec<(String, Option<&'static str>)>),
     /// A value is of the right type but not acceptable.
     #[error("setting {key}: {message}")]
     Invalid {
@@ -95,6 +210,20 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+fn describe_unknown(unknown: &[(String, Option<&'static str>)]) -> String {
+    let names: Vec<String> = unknown
+        .iter()
+        .map(|(name, nearest)| match nearest {
+            Some(nearest) => format!("{name} (did you mean {nearest}?)"),
+            None => name.clone(),
+        })
+        .collect();
+    format!(
+        "{} (the README's Configuration table lists every variable)",
+        names.join(", ")
+    )
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -337,6 +466,55 @@ impl Settings {
         environment: &HashMap<String, String>,
         overrides: &[(String, String)],
     ) -> Result<Settings, ConfigError> {
+        Ok(Settings::merged(file, environment, overrides)?.0)
+    }
+
+    /// The effective configuration as TOML (what [`Settings::load`] would run with), with
+    /// [`SECRET_KEYS`] masked, preceded by comments naming the file and each variable that
+    /// set something.
+    pub fn effective(
+        file: Option<(&str, &str)>,
+        environment: &HashMap<String, String>,
+    ) -> Result<String, ConfigError> {
+        let (_, mut table) = Settings::merged(file, environment, &[])?;
+        for key in SECRET_KEYS {
+            let (section, name) = key.split_once('.').expect("dotted");
+            if let Some(toml::Value::String(value)) = table
+                .get_mut(section)
+                .and_then(toml::Value::as_table_mut)
+                .and_then(|t| t.get_mut(name))
+            {
+                *value = mask_secret(value);
+            }
+        }
+        let mut out = String::from("# storepulse: effective configuration (secrets masked)\n");
+        out.push_str("# defaults: config/default.toml\n");
+        if let Some((name, _)) = file {
+            out.push_str(&format!("# file: {name}\n"));
+        }
+        for (variable, key) in ENVIRONMENT {
+            if environment.contains_key(*variable) {
+                out.push_str(&format!("# {variable} sets {key}\n"));
+            }
+        }
+        out.push('\n');
+        out.push_str(&toml::to_string(&table).map_err(|e| ConfigError::Parse {
+            source_name: "effective configuration".into(),
+            message: e.to_string(),
+        })?);
+        Ok(out)
+    }
+
+    /// The settings and the merged table they were read from.
+    fn merged(
+        file: Option<(&str, &str)>,
+        environment: &HashMap<String, String>,
+        overrides: &[(String, String)],
+    ) -> Result<(Settings, toml::Table), ConfigError> {
+        let unknown = unknown_variables(environment);
+        if !unknown.is_empty() {
+            return Err(ConfigError::UnknownVariables(unknown));
+        }
         let mut table = parse("config/default.toml", DEFAULTS)?;
         if let Some((name, text)) = file {
             merge(&mut table, parse(name, text)?);
@@ -350,14 +528,14 @@ impl Settings {
             set_typed(&mut table, key, raw, key)?;
         }
         let settings: Settings =
-            toml::Value::Table(table)
+            toml::Value::Table(table.clone())
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
                     source_name: file.map_or("environment", |(name, _)| name).to_owned(),
                     message: e.to_string(),
                 })?;
         settings.validate()?;
-        Ok(settings)
+        Ok((settings, table))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -512,5 +690,84 @@ mod tests {
         let bad_duration =
             Settings::load(None, &env(&[("STOREPULSE_CHECKPOINT_INTERVAL", "often")]));
         assert!(bad_duration.is_err());
+    }
+
+    #[test]
+    fn an_unknown_storepulse_variable_is_an_error_that_suggests_the_known_one() {
+        let typo = Settings::load(None, &env(&[("STOREPULSE_HTTP_ADR", "0.0.0.0:1")]))
+            .expect_err("rejected")
+            .to_string();
+        assert!(typo.contains("STOREPULSE_HTTP_ADR"), "{typo}");
+        assert!(
+            typo.contains("did you mean STOREPULSE_HTTP_ADDR?"),
+            "{typo}"
+        );
+        let far = Settings::load(None, &env(&[("STOREPULSE_NOTHING_LIKE_IT", "1")]))
+            .expect_err("rejected")
+            .to_string();
+        assert!(!far.contains("did you mean"), "{far}");
+        // Variables of other tools and of our scripts pass.
+        Settings::load(
+            None,
+            &env(&[
+                ("STOREPULSE_SIM_RATE", "5"),
+                ("STOREPULSE_PG_PORT", "1"),
+                ("KAFKA_HOME", "/x"),
+            ]),
+        )
+        .expect("known or not ours");
+    }
+
+    #[test]
+    fn every_storepulse_variable_the_scripts_read_is_known() {
+        let sources = [
+            include_str!("../scripts/stack"),
+            include_str!("../scripts/lib.sh"),
+            include_str!("../scripts/test"),
+            include_str!("../scripts/demo"),
+            include_str!("../scripts/bench"),
+            include_str!("../.ci/run"),
+        ];
+        let mut names = HashMap::new();
+        for source in sources {
+            for (at, _) in source.match_indices("STOREPULSE_") {
+                let name: String = source[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if !name.ends_with('_') {
+                    names.insert(name, String::new());
+                }
+            }
+        }
+        assert_eq!(unknown_variables(&names), vec![]);
+    }
+
+    #[test]
+    fn the_effective_configuration_masks_the_database_password_and_loads_back() {
+        let text = Settings::effective(
+            None,
+            &env(&[
+                (
+                    "STOREPULSE_DATABASE_URL",
+                    "postgres://app:hunter2@db:5432/sp",
+                ),
+                ("STOREPULSE_READY_MAX_LAG", "7"),
+            ]),
+        )
+        .expect("effective");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("postgres://app:****@db:5432/sp"), "{text}");
+        assert!(
+            text.contains("# STOREPULSE_READY_MAX_LAG sets ready.max_lag"),
+            "{text}"
+        );
+        let back = Settings::load(Some(("printed", &text)), &HashMap::new()).expect("loads");
+        assert_eq!(back.ready.max_lag, 7);
+        assert_eq!(
+            mask_secret("postgres://postgres@127.0.0.1:15432/storepulse"),
+            "postgres://postgres@127.0.0.1:15432/storepulse"
+        );
+        assert_eq!(mask_secret("plain-secret"), "****");
     }
 }
