@@ -4,6 +4,7 @@
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 say() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # The Rust toolchain comes with the machine (rustup); librdkafka is built from source by
 # the rdkafka crate and needs a C compiler and make.
