@@ -20,6 +20,7 @@ use crate::aggregate::{AggregateConfig, Layout, PartitionKey, State};
 use crate::checkpoint::{CheckpointError, CheckpointStore, Frozen};
 use crate::config::Settings;
 use crate::events::{Codec, TopicRole};
+use crate::http::access::AccessControl;
 use crate::http::listener::StreamListener;
 use crate::http::{self, AppState};
 use crate::ingest::{Engine, EngineSettings, Hub, Ingest, Outputs, Status};
@@ -113,12 +114,51 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
     shut_down(stages, tasks, server, pipeline, ended).await
 }
 
+/// Who may read what: refuses `auth.mode = "none"` on a non-loopback address unless
+/// `auth.allow_anonymous`, reads the key files, and reloads them on SIGHUP.
+fn access_control(settings: &Settings) -> anyhow::Result<AccessControl> {
+    let auth = &settings.auth;
+    if auth.mode == "none" && !settings.http.addr.ip().is_loopback() && !auth.allow_anonymous {
+        anyhow::bail!(
+            "http.addr {} is not a loopback address and auth.mode is \"none\": anyone who can reach it would read every store. Set auth.mode = \"jwt\" with a key (README, Security), or auth.allow_anonymous = true (STOREPULSE_AUTH_ALLOW_ANONYMOUS=true) if a proxy in front authenticates",
+            settings.http.addr
+        );
+    }
+    let verifier = crate::auth::Verifier::new(auth)
+        .context("auth key files")?
+        .map(Arc::new);
+    if let Some(verifier) = &verifier {
+        let verifier = Arc::clone(verifier);
+        tokio::spawn(async move {
+            let Ok(mut hangups) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                match verifier.reload() {
+                    Ok(keys) => tracing::info!(keys, "SIGHUP: auth keys reloaded"),
+                    Err(error) => {
+                        tracing::error!(error = %error, "SIGHUP: auth keys not reloaded; the keys in use stay");
+                    }
+                }
+            }
+        });
+    }
+    Ok(AccessControl {
+        verifier,
+        protect_metrics: auth.protect_metrics,
+        cors_origins: settings.http.cors_origins.clone(),
+    })
+}
+
 /// The channels, counters and checkpoint store, and the HTTP side's share of them.
 fn wire(settings: &Settings, stages: &Stages) -> anyhow::Result<(Wiring, AppState)> {
     let metrics = Arc::new(Metrics::new(&settings.kafka().topics));
     let store =
         CheckpointStore::connect_lazy(&settings.checkpoint.database_url, &settings.kafka.group_id)
             .context("checkpoint store settings")?;
+    let access = Arc::new(access_control(settings)?);
     let (request_tx, requests) = mpsc::channel(1024);
     let (status, status_rx) = watch::channel(Status::default());
     // Set when the partition layout is known; streams wait for assignment before that.
@@ -137,6 +177,7 @@ fn wire(settings: &Settings, stages: &Stages) -> anyhow::Result<(Wiring, AppStat
             Arc::new(settings.clone()),
             settings.replay.max_concurrent,
         )),
+        access: Arc::clone(&access),
     };
     let wiring = Wiring {
         codec: Codec::new(&settings.confluent_ids()?).context("schemas")?,

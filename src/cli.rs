@@ -32,7 +32,9 @@ impl Cli {
             Command::Simulate(_) => "storepulse-simulate",
             Command::Serve(_) => "storepulse",
             Command::Replay(_) => "storepulse-replay",
-            Command::Schemas(_) | Command::Migrate(_) | Command::Config(_) => "storepulse-cli",
+            Command::Schemas(_) | Command::Migrate(_) | Command::Config(_) | Command::Token(_) => {
+                "storepulse-cli"
+            }
         }
     }
 }
@@ -48,12 +50,34 @@ pub enum Command {
     Serve(ConfigArgs),
     /// Apply the checkpoint store's database migrations.
     Migrate(ConfigArgs),
+    /// Sign a bearer token with the configured HS256 secret (auth.hs256_secret), for a
+    /// dashboard user or an API client.
+    Token(TokenArgs),
     /// Print the effective configuration (defaults, file, environment) as TOML, secrets
     /// masked, and which variable set what.
     Config(ConfigArgs),
     /// Read the topics again (read-only) through serve's own decode and apply: a snapshot as
     /// of a time or position, or a timeline of the numbers.
     Replay(Box<ReplayArgs>),
+}
+
+/// Options of `storepulse token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The stores it may read: comma-separated ids, or * for every store and the rollup.
+    #[arg(long)]
+    stores: String,
+    /// viewer (snapshots and streams), analyst (also replays) or operator (also /metrics).
+    #[arg(long, default_value = "viewer", value_parser = ["viewer", "analyst", "operator"])]
+    role: String,
+    /// How long it is valid (e.g. 8h, 30m).
+    #[arg(long, default_value = "8h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Its subject (`sub`): who it is for.
+    #[arg(long, default_value = "")]
+    subject: String,
 }
 
 /// Options of `storepulse replay`.
@@ -332,6 +356,10 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
         return Err(crate::config::ConfigError::UnknownVariables(unknown).into());
     }
     match cli.command {
+        Command::Token(args) => {
+            println!("{}", token(&args)?);
+            Ok(())
+        }
         Command::Config(args) => {
             print!("{}", args.effective()?);
             Ok(())
@@ -353,6 +381,40 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `storepulse token`: an HS256 token for the configured secret.
+fn token(args: &TokenArgs) -> anyhow::Result<String> {
+    use crate::auth::{Grant, Role};
+    use secrecy::ExposeSecret;
+    let settings = args.config.settings()?;
+    anyhow::ensure!(
+        !settings.auth.hs256_secret.expose_secret().is_empty(),
+        "no auth.hs256_secret (STOREPULSE_AUTH_HS256_SECRET) to sign with; tokens for RS256/ES256 keys come from your identity provider"
+    );
+    let stores: Vec<String> = args
+        .stores
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(!stores.is_empty(), "--stores: at least one store id, or *");
+    let role = match args.role.as_str() {
+        "analyst" => Role::Analyst,
+        "operator" => Role::Operator,
+        _ => Role::Viewer,
+    };
+    let now_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let grant = Grant {
+        subject: args.subject.clone(),
+        stores: (!stores.iter().any(|s| s == "*")).then_some(stores),
+        role,
+        expires_at_s: now_s + args.ttl.as_secs() as i64,
+    };
+    crate::auth::sign_hs256(&settings.auth.hs256_secret, &grant).map_err(anyhow::Error::msg)
 }
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {

@@ -48,6 +48,16 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_MIGRATE_ON_START", "checkpoint.migrate_on_start"),
     ("STOREPULSE_HTTP_ADDR", "http.addr"),
     ("STOREPULSE_HTTP_HEADER_TIMEOUT", "http.header_timeout"),
+    ("STOREPULSE_CORS_ORIGINS", "http.cors_origins"),
+    ("STOREPULSE_AUTH_MODE", "auth.mode"),
+    ("STOREPULSE_AUTH_ALLOW_ANONYMOUS", "auth.allow_anonymous"),
+    ("STOREPULSE_AUTH_HS256_SECRET", "auth.hs256_secret"),
+    ("STOREPULSE_AUTH_PUBLIC_KEY_FILE", "auth.public_key_file"),
+    ("STOREPULSE_AUTH_JWKS_FILE", "auth.jwks_file"),
+    ("STOREPULSE_AUTH_ISSUER", "auth.issuer"),
+    ("STOREPULSE_AUTH_AUDIENCE", "auth.audience"),
+    ("STOREPULSE_AUTH_PROTECT_METRICS", "auth.protect_metrics"),
+    ("STOREPULSE_STREAM_MAX_LIFETIME", "stream.max_lifetime"),
     ("STOREPULSE_READY_MAX_LAG", "ready.max_lag"),
     ("STOREPULSE_REPLAY_MAX_CONCURRENT", "replay.max_concurrent"),
     (
@@ -117,7 +127,7 @@ pub const OTHER_ENVIRONMENT: &[&str] = &[
 
 /// Settings whose values are secrets: masked by [`Settings::effective`] (a URL keeps all
 /// but its password).
-pub const SECRET_KEYS: &[&str] = &["checkpoint.database_url"];
+pub const SECRET_KEYS: &[&str] = &["checkpoint.database_url", "auth.hs256_secret"];
 
 /// Every `STOREPULSE_…` variable of `environment` that nothing reads, with the known
 /// name it is closest to (one or two edits away), if any.
@@ -287,6 +297,30 @@ pub struct HttpSection {
     /// response (so also the keep-alive idle timeout).
     #[serde(deserialize_with = "duration")]
     pub header_timeout: Duration,
+    /// Origins allowed to call the API from a browser page (CORS with credentials).
+    pub cors_origins: Vec<String>,
+}
+
+/// `[auth]`: who may read what (see `crate::auth`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// `none` or `jwt`.
+    pub mode: String,
+    /// Allow `none` on a non-loopback address.
+    pub allow_anonymous: bool,
+    /// The HS256 secret (empty: no HS256).
+    pub hs256_secret: secrecy::SecretString,
+    /// A PEM public key (RS256 or ES256), empty for none.
+    pub public_key_file: String,
+    /// A JWKS file, empty for none.
+    pub jwks_file: String,
+    /// Required `iss`, empty for any.
+    pub issuer: String,
+    /// Required `aud`, empty for any.
+    pub audience: String,
+    /// Whether `/metrics` needs role operator.
+    pub protect_metrics: bool,
 }
 
 /// `[stream]`
@@ -318,6 +352,9 @@ pub struct StreamSection {
     pub resume_wait: Duration,
     /// Most concurrent streams.
     pub max_subscribers: usize,
+    /// A stream is closed after this long ("0s": never); the client resumes by id.
+    #[serde(deserialize_with = "duration")]
+    pub max_lifetime: Duration,
 }
 
 /// `[ready]`
@@ -385,6 +422,8 @@ pub struct Settings {
     pub checkpoint: CheckpointSection,
     /// HTTP.
     pub http: HttpSection,
+    /// Access control.
+    pub auth: AuthSection,
     /// Readiness.
     pub ready: ReadySection,
     /// The live stream.
@@ -421,6 +460,14 @@ fn set_typed(
     let value = match node.get(last) {
         Some(toml::Value::Integer(_)) => raw.trim().parse().map(toml::Value::Integer).ok(),
         Some(toml::Value::Boolean(_)) => raw.trim().parse().map(toml::Value::Boolean).ok(),
+        // A list from the environment: comma-separated strings.
+        Some(toml::Value::Array(_)) => Some(toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_owned()))
+                .collect(),
+        )),
         _ => Some(toml::Value::String(raw.to_owned())),
     }
     .ok_or_else(|| ConfigError::Invalid {
@@ -546,6 +593,40 @@ impl Settings {
             key: key.into(),
             message: message.into(),
         };
+        use secrecy::ExposeSecret;
+        let secret = self.auth.hs256_secret.expose_secret();
+        match self.auth.mode.as_str() {
+            "none" => {}
+            "jwt" => {
+                if secret.is_empty()
+                    && self.auth.public_key_file.is_empty()
+                    && self.auth.jwks_file.is_empty()
+                {
+                    return Err(invalid(
+                        "auth.mode",
+                        "jwt needs a key: auth.hs256_secret, auth.public_key_file or auth.jwks_file",
+                    ));
+                }
+            }
+            _ => return Err(invalid("auth.mode", "must be none or jwt")),
+        }
+        if !secret.is_empty() && secret.len() < 32 {
+            return Err(invalid(
+                "auth.hs256_secret",
+                "must be at least 32 bytes (e.g. openssl rand -base64 48)",
+            ));
+        }
+        for origin in &self.http.cors_origins {
+            let scheme_host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            if scheme_host.is_none_or(|rest| rest.is_empty() || rest.contains('/')) {
+                return Err(invalid(
+                    "http.cors_origins",
+                    "each origin is scheme://host[:port] (no path, never *)",
+                ));
+            }
+        }
         if self.checkpoint.interval < Duration::from_millis(100) {
             return Err(invalid("checkpoint.interval", "must be at least 100ms"));
         }

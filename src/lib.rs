@@ -26,6 +26,7 @@
 pub use storepulse_core::{aggregate, events, live};
 
 pub mod app;
+pub mod auth;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -120,14 +120,20 @@ pub enum DisconnectReason {
     Shutdown,
     /// The frame feed ended (ingest stopped) or a fresh opening failed.
     FeedEnded,
+    /// The token expired (a `session-expired` event was sent first).
+    SessionExpired,
+    /// The stream reached `stream.max_lifetime` (the client resumes by id).
+    Lifetime,
 }
 
 impl DisconnectReason {
-    const ALL: [DisconnectReason; 4] = [
+    const ALL: [DisconnectReason; 6] = [
         DisconnectReason::ClientClosed,
         DisconnectReason::Stalled,
         DisconnectReason::Shutdown,
         DisconnectReason::FeedEnded,
+        DisconnectReason::SessionExpired,
+        DisconnectReason::Lifetime,
     ];
 
     fn label(self) -> &'static str {
@@ -136,6 +142,8 @@ impl DisconnectReason {
             DisconnectReason::Stalled => "stalled",
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::FeedEnded => "feed_ended",
+            DisconnectReason::SessionExpired => "session_expired",
+            DisconnectReason::Lifetime => "lifetime",
         }
     }
 }

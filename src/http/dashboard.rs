@@ -13,9 +13,11 @@ const SCRIPT: &str = include_str!("dashboard/dashboard.js");
 const MERGE: &str = include_str!("dashboard/merge.js");
 const STYLE: &str = include_str!("dashboard/dashboard.css");
 
-/// Everything the page may load: its own origin, nothing inline but CSSOM styles.
+/// Everything the page may load: its own origin, nothing inline but CSSOM styles; never
+/// framed (clickjacking).
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'";
+     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (

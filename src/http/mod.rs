@@ -6,6 +6,7 @@
 //! serialises it once per (position, scope) and caches it; the handler sends those shared
 //! bytes as they are.
 
+use crate::auth::Principal;
 use crate::checkpoint::CheckpointStore;
 use crate::config::StreamSection;
 use crate::events::StoreId;
@@ -15,7 +16,7 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+pub mod access;
 mod dashboard;
 pub mod listener;
 mod replay;
@@ -54,6 +56,8 @@ pub struct AppState {
     pub progress: Arc<stream::SharedProgress>,
     /// Replays streamed to dashboards.
     pub replays: Arc<crate::replay::stream::ReplayService>,
+    /// Who may read what (tokens, scopes, CORS).
+    pub access: Arc<access::AccessControl>,
 }
 
 impl AppState {
@@ -99,10 +103,12 @@ impl ApiError {
         }
     }
 
-    fn unknown_store() -> ApiError {
+    /// A store with no events, or out of the token's scope: the same answer, so store ids
+    /// cannot be probed.
+    fn unknown_store(store: &StoreId) -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,
-            reason: "no events for that store yet".into(),
+            reason: format!("no events for store {:?} yet", store.0),
         }
     }
 }
@@ -176,7 +182,7 @@ async fn no_route(uri: axum::http::Uri) -> ApiError {
 async fn wrong_method(method: axum::http::Method) -> Response {
     let mut response = ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
-        reason: format!("{method} is not allowed here; every endpoint answers GET (and HEAD)"),
+        reason: format!("{method} is not allowed here; endpoints answer GET (and HEAD), /api/session also POST and DELETE"),
     }
     .into_response();
     response
@@ -190,6 +196,12 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/snapshot", get(snapshot))
+        .route(
+            "/api/session",
+            get(access::current)
+                .post(access::create)
+                .delete(access::end),
+        )
         .route("/api/stream", get(stream::stream))
         .route("/api/replay/stream", get(replay::replay_stream))
         .route("/healthz", get(healthz))
@@ -198,6 +210,14 @@ pub fn app(state: AppState) -> Router {
         .merge(dashboard::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::layer,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::cors_layer,
+        ))
         .layer(axum::middleware::from_fn(request_limits))
         .with_state(state)
 }
@@ -212,10 +232,12 @@ pub struct SnapshotQuery {
 
 async fn snapshot(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     query: Result<Query<SnapshotQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(ApiError::bad_query)?;
     let store = store_param(query.store)?;
+    access::check_store(&principal, store.as_ref())?;
     app.ensure_assigned()?;
     let (reply, answer) = oneshot::channel();
     app.requests
@@ -242,13 +264,9 @@ async fn snapshot(
             json,
         )
             .into_response()),
-        None => Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            reason: format!(
-                "no events for store {:?} yet",
-                store.map(|s| s.0).unwrap_or_default()
-            ),
-        }),
+        None => Err(store
+            .as_ref()
+            .map_or_else(ApiError::ingest_stopped, ApiError::unknown_store)),
     }
 }
 

@@ -45,10 +45,13 @@ fn time(name: &str, value: &str) -> Result<i64, ApiError> {
 /// The handler.
 pub(super) async fn replay_stream(
     State(app): State<AppState>,
+    axum::Extension(principal): axum::Extension<crate::auth::Principal>,
     headers: HeaderMap,
     query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(ApiError::bad_query)?;
+    let store = super::store_param(query.store.clone())?;
+    super::access::check_store(&principal, store.as_ref())?;
     let bad = |reason: String| ApiError {
         status: StatusCode::BAD_REQUEST,
         reason,
@@ -69,7 +72,7 @@ pub(super) async fn replay_stream(
         from_ms,
         to_ms,
         speed,
-        store: super::store_param(query.store.clone())?,
+        store,
     };
     let last_event_id = headers
         .get("last-event-id")

@@ -12,6 +12,7 @@
 
 use super::listener::{Connection, KillSwitch};
 use super::{ApiError, AppState};
+use crate::auth::Principal;
 use crate::events::StoreId;
 use crate::ingest::{Hub, Request, Subscribed, Subscription};
 use crate::live::{self, Encoded, Encoding, Piece};
@@ -81,6 +82,38 @@ impl Drop for SubscriberGuard {
 
 /// The first event of every stream: reconnect within a second after a drop.
 static RETRY: LazyLock<Encoded> = LazyLock::new(|| Encoded::new(&b"retry: 1000\n\n"[..]));
+
+/// The last event of a stream whose token expired: the page gets a new session and
+/// reconnects with its last id (gapless). The same bytes for every stream.
+static SESSION_EXPIRED: LazyLock<Encoded> = LazyLock::new(|| {
+    Encoded::new(live::sse_event(
+        "session-expired",
+        None,
+        br#"{"reason":"the token has expired: POST /api/session with a new one, then reconnect with the last event id"}"#,
+    ))
+});
+
+/// When a stream ends by itself, and why: the token's expiry or `stream.max_lifetime`,
+/// whichever comes first.
+fn stream_end(
+    principal: &Principal,
+    max_lifetime: Duration,
+) -> Option<(tokio::time::Instant, DisconnectReason)> {
+    let now = tokio::time::Instant::now();
+    let expiry = principal.expires_at_ms.map(|at_ms| {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let left = Duration::from_millis(u64::try_from(at_ms - now_ms).unwrap_or(0));
+        (now + left, DisconnectReason::SessionExpired)
+    });
+    let lifetime =
+        (!max_lifetime.is_zero()).then(|| (now + max_lifetime, DisconnectReason::Lifetime));
+    match (expiry, lifetime) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
 
 /// The newest `progress` event, shared by every stream's heartbeat until it changes.
 #[derive(Debug, Default)]
@@ -155,12 +188,14 @@ async fn open(
 /// The handler.
 pub(super) async fn stream(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     connection: Option<Extension<ConnectInfo<Connection>>>,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(ApiError::bad_query)?;
     let store = super::store_param(query.store)?;
+    super::access::check_store(&principal, store.as_ref())?;
     app.ensure_assigned()?;
     let hub = app
         .hub
@@ -189,7 +224,11 @@ pub(super) async fn stream(
     );
     let subscription = match open(&app, &hub, store.clone(), since).await? {
         Subscribed::Started(subscription) => subscription,
-        Subscribed::UnknownStore => return Err(ApiError::unknown_store()),
+        Subscribed::UnknownStore => {
+            return Err(store
+                .as_ref()
+                .map_or_else(ApiError::ingest_stopped, ApiError::unknown_store));
+        }
     };
     let stall = StallWatch::start(
         connection.map(|Extension(ConnectInfo(c))| c.kill),
@@ -205,6 +244,7 @@ pub(super) async fn stream(
         encoding,
         last_seq: subscription.last_seq,
         traced,
+        ends: stream_end(&principal, app.stream.max_lifetime),
     };
     let mut response =
         Body::from_stream(writer(app, client, subscription, stall, guard)).into_response();
@@ -231,6 +271,8 @@ struct Client {
     last_seq: u64,
     /// Frames that carried sampled records get a `write` span on this connection.
     traced: bool,
+    /// When the stream ends by itself, and why.
+    ends: Option<(tokio::time::Instant, DisconnectReason)>,
 }
 
 impl Client {
@@ -319,6 +361,12 @@ fn writer(
         }
         let heartbeat = app.stream.heartbeat;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let ends_by_itself = client.ends.is_some();
+        let (end_at, end_reason) = client
+            .ends
+            .unwrap_or((tokio::time::Instant::now(), DisconnectReason::Lifetime));
+        let ended = tokio::time::sleep_until(end_at);
+        tokio::pin!(ended);
         loop {
             let mut write_span = None;
             let written = tokio::select! {
@@ -345,6 +393,13 @@ fn writer(
                 _ = ticker.tick() => Some(vec![app.progress.event(&app).for_encoding(client.encoding)]),
                 () = app.stop.cancelled() => {
                     guard.ending = Some(DisconnectReason::Shutdown);
+                    break;
+                }
+                () = &mut ended, if ends_by_itself => {
+                    guard.ending = Some(end_reason);
+                    if end_reason == DisconnectReason::SessionExpired {
+                        yield Ok(SESSION_EXPIRED.for_encoding(client.encoding));
+                    }
                     break;
                 }
             };

@@ -44,6 +44,10 @@ fn layout() -> Layout {
 
 impl TestServer {
     fn start(resume_wait: Duration) -> TestServer {
+        TestServer::start_with(resume_wait, super::access::AccessControl::open())
+    }
+
+    fn start_with(resume_wait: Duration, access: super::access::AccessControl) -> TestServer {
         let settings = Settings::load(None, &Default::default()).expect("default settings");
         let metrics = Arc::new(Metrics::default());
         let (requests_tx, mut requests) = mpsc::channel::<Request>(64);
@@ -113,6 +117,7 @@ impl TestServer {
                 Arc::new(crate::config::defaults().clone()),
                 1,
             )),
+            access: Arc::new(access),
         });
         TestServer {
             router,
@@ -181,7 +186,16 @@ impl TestServer {
     }
 
     async fn get(&self, uri: &str, headers: &[(&str, &str)]) -> axum::response::Response {
-        let mut request = HttpRequest::get(uri);
+        self.send(axum::http::Method::GET, uri, headers).await
+    }
+
+    async fn send(
+        &self,
+        method: axum::http::Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> axum::response::Response {
+        let mut request = HttpRequest::builder().method(method).uri(uri);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -527,5 +541,365 @@ async fn a_client_that_leaves_during_a_rule_4_wait_costs_no_snapshot() {
     assert_eq!(
         server.first_event("/api/stream", None).await.event,
         "snapshot"
+    );
+}
+
+// ---- access control -------------------------------------------------------------------
+
+const SECRET: &str = "router-test-secret-of-at-least-32-bytes";
+
+fn jwt_access(protect_metrics: bool) -> super::access::AccessControl {
+    let mut settings = crate::config::defaults().auth.clone();
+    settings.mode = "jwt".into();
+    settings.hs256_secret = secrecy::SecretString::from(SECRET);
+    settings.protect_metrics = protect_metrics;
+    super::access::AccessControl {
+        verifier: crate::auth::Verifier::new(&settings)
+            .expect("keys")
+            .map(Arc::new),
+        protect_metrics,
+        cors_origins: vec!["https://ops.example".into()],
+    }
+}
+
+fn signed(secret: &str, stores: Option<&[&str]>, role: crate::auth::Role, ttl_s: i64) -> String {
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64;
+    crate::auth::sign_hs256(
+        &secrecy::SecretString::from(secret),
+        &crate::auth::Grant {
+            subject: "test".into(),
+            stores: stores.map(|s| s.iter().map(|s| (*s).to_owned()).collect()),
+            role,
+            expires_at_s: now_s + ttl_s,
+        },
+    )
+    .expect("signs")
+}
+
+/// Every endpoint against every kind of credential: the status each must answer, and a
+/// store out of scope answered exactly like a store with no events.
+#[tokio::test]
+async fn every_endpoint_enforces_tokens_roles_and_store_scopes() {
+    use crate::auth::Role::{Analyst, Operator, Viewer};
+    let mut server = TestServer::start_with(Duration::from_secs(1), jwt_access(true));
+    server.feed(300);
+    let berlin_viewer = signed(SECRET, Some(&["store-berlin"]), Viewer, 300);
+    let berlin_analyst = signed(SECRET, Some(&["store-berlin"]), Analyst, 300);
+    let all_viewer = signed(SECRET, None, Viewer, 300);
+    let all_operator = signed(SECRET, None, Operator, 300);
+    let expired = signed(SECRET, None, Operator, -5);
+    let forged = signed(
+        "some-other-secret-that-is-32-bytes-long",
+        None,
+        Operator,
+        300,
+    );
+    let tokens: [(&str, Option<&str>); 7] = [
+        ("none", None),
+        ("expired", Some(&expired)),
+        ("wrong signature", Some(&forged)),
+        ("berlin viewer", Some(&berlin_viewer)),
+        ("berlin analyst", Some(&berlin_analyst)),
+        ("* viewer", Some(&all_viewer)),
+        ("* operator", Some(&all_operator)),
+    ];
+    let replay = "/api/replay/stream?from=2026-01-01T00:00:00Z&to=2026-01-01T00:01:00Z";
+    let replay_berlin = format!("{replay}&store=store-berlin");
+    let replay_nyc = format!("{replay}&store=store-nyc");
+    // Expected status per token, in the order of `tokens`.
+    let matrix: Vec<(&str, [u16; 7])> = vec![
+        ("/api/snapshot", [401, 401, 401, 403, 403, 200, 200]),
+        (
+            "/api/snapshot?store=store-berlin",
+            [401, 401, 401, 200, 200, 200, 200],
+        ),
+        (
+            "/api/snapshot?store=store-nyc",
+            [401, 401, 401, 404, 404, 200, 200],
+        ),
+        (
+            "/api/snapshot?store=store-nowhere",
+            [401, 401, 401, 404, 404, 404, 404],
+        ),
+        (
+            "/api/stream?store=store-berlin",
+            [401, 401, 401, 200, 200, 200, 200],
+        ),
+        (
+            "/api/stream?store=store-nyc",
+            [401, 401, 401, 404, 404, 200, 200],
+        ),
+        ("/api/stream", [401, 401, 401, 403, 403, 200, 200]),
+        (&replay_berlin, [401, 401, 401, 403, 200, 403, 200]),
+        (&replay_nyc, [401, 401, 401, 403, 404, 403, 200]),
+        (replay, [401, 401, 401, 403, 403, 403, 200]),
+        ("/metrics", [401, 401, 401, 403, 403, 403, 200]),
+        ("/api/session", [401, 401, 401, 200, 200, 200, 200]),
+        ("/healthz", [200, 200, 200, 200, 200, 200, 200]),
+        ("/", [200, 200, 200, 200, 200, 200, 200]),
+    ];
+    let mut failures = Vec::new();
+    for (uri, expected) in &matrix {
+        for ((name, token), want) in tokens.iter().zip(expected) {
+            let bearer = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> = bearer
+                .as_deref()
+                .map(|b| vec![("authorization", b)])
+                .unwrap_or_default();
+            let response = server.get(uri, &headers).await;
+            let status = response.status().as_u16();
+            // Past access control a replay may find its one slot taken: 503, not a refusal.
+            let slot_busy = uri.starts_with("/api/replay") && *want == 200 && status == 503;
+            if status != *want && !slot_busy {
+                failures.push(format!("{uri} with {name}: {status}, expected {want}"));
+                continue;
+            }
+            if status >= 400 && !slot_busy {
+                let body = body(response).await;
+                let json: serde_json::Value =
+                    serde_json::from_slice(&body).expect("every error is JSON");
+                assert!(json["error"].is_string(), "{uri} {name}: {json}");
+                if status == 401 {
+                    assert!(
+                        !String::from_utf8_lossy(&body).contains("eyJ"),
+                        "never echoes a token"
+                    );
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Out of scope and unknown: the same answer but for the id asked about.
+    let reason = |uri: &'static str| {
+        let server = &server;
+        let bearer = format!("Bearer {berlin_viewer}");
+        async move {
+            let response = server.get(uri, &[("authorization", &bearer)]).await;
+            let json: serde_json::Value =
+                serde_json::from_slice(&body(response).await).expect("json");
+            json["error"].as_str().expect("reason").to_owned()
+        }
+    };
+    assert_eq!(
+        reason("/api/snapshot?store=store-nyc")
+            .await
+            .replace("store-nyc", "X"),
+        reason("/api/snapshot?store=store-gone")
+            .await
+            .replace("store-gone", "X"),
+    );
+    assert_eq!(
+        reason("/api/stream?store=store-nyc")
+            .await
+            .replace("store-nyc", "X"),
+        reason("/api/snapshot?store=store-gone")
+            .await
+            .replace("store-gone", "X"),
+    );
+    // A 401 says how to authenticate.
+    let response = server.get("/api/snapshot", &[]).await;
+    assert!(
+        response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Bearer"))
+    );
+}
+
+/// Tokens in the URL are refused with a reason, even with auth off; the session cookie
+/// works where a header would, and only a bearer header can create one.
+#[tokio::test]
+async fn url_tokens_are_refused_and_the_session_cookie_stands_in_for_the_header() {
+    let open = TestServer::start(Duration::from_secs(1));
+    for uri in [
+        "/api/snapshot?access_token=abc",
+        "/api/stream?store=store-berlin&token=abc",
+        "/metrics?JWT=abc",
+    ] {
+        let response = open.get(uri, &[]).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{uri}");
+        let json: serde_json::Value = serde_json::from_slice(&body(response).await).expect("json");
+        assert!(
+            json["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not accepted in the URL")),
+            "{json}"
+        );
+    }
+    let mut server = TestServer::start_with(Duration::from_secs(1), jwt_access(false));
+    server.feed(100);
+    let token = signed(
+        SECRET,
+        Some(&["store-berlin"]),
+        crate::auth::Role::Viewer,
+        300,
+    );
+    let bearer = format!("Bearer {token}");
+    let created = server
+        .send(
+            axum::http::Method::POST,
+            "/api/session",
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::OK);
+    let cookie = created
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a cookie")
+        .to_owned();
+    for attribute in [
+        "__Host-storepulse-session=",
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/",
+        "Max-Age=",
+    ] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    let session: serde_json::Value = serde_json::from_slice(&body(created).await).expect("json");
+    assert_eq!(session["stores"], serde_json::json!(["store-berlin"]));
+    assert_eq!(session["role"], "viewer");
+    let pair = cookie.split(';').next().expect("name=value");
+    assert_eq!(
+        server
+            .get("/api/snapshot?store=store-berlin", &[("cookie", pair)])
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        server
+            .get("/api/snapshot?store=store-nyc", &[("cookie", pair)])
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    // A cookie cannot mint a session (only a bearer header, which a cross-site form
+    // cannot send); logging out clears it.
+    let from_cookie = server
+        .send(
+            axum::http::Method::POST,
+            "/api/session",
+            &[("cookie", pair)],
+        )
+        .await;
+    assert_eq!(from_cookie.status(), StatusCode::UNAUTHORIZED);
+    let ended = server
+        .send(axum::http::Method::DELETE, "/api/session", &[])
+        .await;
+    assert!(
+        ended
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.contains("Max-Age=0"))
+    );
+    // Metrics stay open unless protected.
+    assert_eq!(server.get("/metrics", &[]).await.status(), StatusCode::OK);
+}
+
+/// CORS answers only the allow-listed origin, by name and with credentials; never `*`.
+/// The page may not be framed.
+#[tokio::test]
+async fn cors_answers_only_allowed_origins_and_the_page_cannot_be_framed() {
+    let server = TestServer::start_with(Duration::from_secs(1), jwt_access(false));
+    let preflight = |origin: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .send(
+                    axum::http::Method::OPTIONS,
+                    "/api/snapshot",
+                    &[
+                        ("origin", origin),
+                        ("access-control-request-method", "GET"),
+                        ("access-control-request-headers", "authorization"),
+                    ],
+                )
+                .await
+        }
+    };
+    let allowed = preflight("https://ops.example").await;
+    assert_eq!(allowed.status(), StatusCode::NO_CONTENT);
+    let header = |r: &axum::response::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        header(&allowed, "access-control-allow-origin").as_deref(),
+        Some("https://ops.example")
+    );
+    assert_eq!(
+        header(&allowed, "access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    let refused = preflight("https://evil.example").await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(header(&refused, "access-control-allow-origin"), None);
+    let simple = server
+        .get("/healthz", &[("origin", "https://ops.example")])
+        .await;
+    assert_eq!(
+        header(&simple, "access-control-allow-origin").as_deref(),
+        Some("https://ops.example")
+    );
+    let other = server
+        .get("/healthz", &[("origin", "https://evil.example")])
+        .await;
+    assert_eq!(header(&other, "access-control-allow-origin"), None);
+    let page = server.get("/", &[]).await;
+    assert!(
+        header(&page, "content-security-policy")
+            .is_some_and(|p| p.contains("frame-ancestors 'none'"))
+    );
+}
+
+/// A stream ends at its token's expiry with a `session-expired` event after the frames.
+#[tokio::test]
+async fn a_stream_ends_at_its_tokens_expiry_with_a_session_expired_event() {
+    let mut server = TestServer::start_with(Duration::from_secs(1), jwt_access(false));
+    server.feed(100);
+    let token = signed(
+        SECRET,
+        Some(&["store-berlin"]),
+        crate::auth::Role::Viewer,
+        2,
+    );
+    let bearer = format!("Bearer {token}");
+    let response = server
+        .get(
+            "/api/stream?store=store-berlin",
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = response.into_body();
+    let mut parser = SseParser::new();
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), stream.frame())
+            .await
+            .expect("the stream ends within 10 s");
+        let Some(frame) = frame else { break };
+        if let Ok(data) = frame.expect("a frame").into_data() {
+            parser.push(&data, |e| seen.push(e.to_owned()));
+        }
+    }
+    let names = names(&seen);
+    assert_eq!(names.first(), Some(&"snapshot"), "{names:?}");
+    assert_eq!(names.last(), Some(&"session-expired"), "{names:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "not before its expiry"
     );
 }

@@ -1,0 +1,284 @@
+//! Access control on the HTTP side: where a token is read from (the `Authorization`
+//! header, or the `__Host-storepulse-session` cookie set by `POST /api/session`; never the
+//! URL), which endpoints need one, CORS, and the session endpoints. Verification and
+//! scopes are `crate::auth`; each handler checks its store against the request's
+//! [`Principal`] with [`check_store`].
+
+use super::{ApiError, AppState};
+use crate::auth::{Access, AuthError, Principal, Role, Verifier};
+use crate::events::StoreId;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::sync::Arc;
+
+/// The session cookie. `__Host-`: only set with `Secure`, from this origin, for `/`.
+pub const SESSION_COOKIE: &str = "__Host-storepulse-session";
+
+/// Query parameters that look like a credential: refused on every endpoint.
+const TOKEN_PARAMETERS: &[&str] = &[
+    "access_token",
+    "token",
+    "jwt",
+    "id_token",
+    "auth",
+    "authorization",
+    "bearer",
+    "session",
+];
+
+/// What the access layer needs.
+pub struct AccessControl {
+    /// `None`: `auth.mode = "none"`, everyone is [`Principal::anonymous`].
+    pub verifier: Option<Arc<Verifier>>,
+    /// Whether `/metrics` needs role operator.
+    pub protect_metrics: bool,
+    /// Origins allowed to call from a browser page.
+    pub cors_origins: Vec<String>,
+}
+
+impl AccessControl {
+    /// No access control (the default on loopback, and most tests).
+    pub fn open() -> AccessControl {
+        AccessControl {
+            verifier: None,
+            protect_metrics: false,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// What a path needs before its handler runs.
+enum Needs {
+    /// Nothing (the page, health, readiness; `/api/session` checks its own header).
+    Nothing,
+    /// A principal with at least this role.
+    Role(Role),
+}
+
+fn needs(method: &Method, path: &str, protect_metrics: bool) -> Needs {
+    match path {
+        "/api/session" => Needs::Nothing,
+        "/api/replay/stream" => Needs::Role(Role::Analyst),
+        "/metrics" if protect_metrics => Needs::Role(Role::Operator),
+        _ if path.starts_with("/api/") && method != Method::OPTIONS => Needs::Role(Role::Viewer),
+        _ => Needs::Nothing,
+    }
+}
+
+/// The bearer token of a request: the `Authorization` header, else the session cookie.
+fn token(headers: &HeaderMap, cookie_too: bool) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim());
+    }
+    if !cookie_too {
+        return None;
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value)
+}
+
+fn unauthorized(error: &AuthError) -> Response {
+    let mut response = ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        reason: error.to_string(),
+    }
+    .into_response();
+    let challenge = match error {
+        AuthError::Missing => "Bearer realm=\"storepulse\"",
+        AuthError::Expired | AuthError::Invalid(_) => {
+            "Bearer realm=\"storepulse\", error=\"invalid_token\""
+        }
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+/// The principal of a request's credentials (header or cookie).
+fn authenticate(control: &AccessControl, headers: &HeaderMap) -> Result<Principal, AuthError> {
+    match &control.verifier {
+        None => Ok(Principal::anonymous()),
+        Some(verifier) => verifier.verify(token(headers, true).ok_or(AuthError::Missing)?),
+    }
+}
+
+/// The layer: refuses credentials in the URL, authenticates what needs it, and puts the
+/// [`Principal`] in the request for the handlers.
+pub async fn layer(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    if let Some(query) = request.uri().query()
+        && let Some(name) = query
+            .split('&')
+            .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
+            .find(|name| TOKEN_PARAMETERS.contains(&name.to_ascii_lowercase().as_str()))
+    {
+        return ApiError::bad_request(format!(
+            "{name}: tokens are not accepted in the URL (URLs end up in logs, proxies and browser history); send Authorization: Bearer, or POST /api/session for a cookie"
+        ))
+        .into_response();
+    }
+    let control = &app.access;
+    let required = needs(
+        request.method(),
+        request.uri().path(),
+        control.protect_metrics,
+    );
+    match (authenticate(control, request.headers()), required) {
+        (Ok(principal), Needs::Role(role)) if principal.role < role => {
+            return ApiError {
+                status: StatusCode::FORBIDDEN,
+                reason: format!("this needs a token with role {} or above", role.as_str()),
+            }
+            .into_response();
+        }
+        (Ok(principal), _) => {
+            request.extensions_mut().insert(principal);
+        }
+        (Err(error), Needs::Role(_)) => return unauthorized(&error),
+        (Err(_), Needs::Nothing) => {}
+    }
+    next.run(request).await
+}
+
+/// Answers CORS preflights and adds CORS headers for allowed origins. Outside the access
+/// layer, so a preflight (which carries no credentials) is answered.
+pub async fn cors_layer(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let allowed = origin
+        .as_deref()
+        .filter(|origin| app.access.cors_origins.iter().any(|o| o == origin));
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if preflight {
+        let Some(origin) = allowed else {
+            return ApiError {
+                status: StatusCode::FORBIDDEN,
+                reason: "this origin may not call the API (http.cors_origins)".into(),
+            }
+            .into_response();
+        };
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let headers = response.headers_mut();
+        allow_origin(headers, origin);
+        for (name, value) in [
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, DELETE"),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "authorization, last-event-id, content-type",
+            ),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        return response;
+    }
+    let allowed = allowed.map(str::to_owned);
+    let mut response = next.run(request).await;
+    if let Some(origin) = allowed {
+        allow_origin(response.headers_mut(), &origin);
+    }
+    response
+}
+
+fn allow_origin(headers: &mut HeaderMap, origin: &str) {
+    if let Ok(value) = HeaderValue::from_str(origin) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        headers.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+}
+
+/// Whether `principal` may read `store` (`None`: all stores and the rollup). A store out
+/// of scope is answered exactly as a store with no events, so ids cannot be probed.
+pub fn check_store(principal: &Principal, store: Option<&StoreId>) -> Result<(), ApiError> {
+    match principal.access(store) {
+        Access::Allowed => Ok(()),
+        Access::NotInScope => Err(ApiError::unknown_store(store.expect("a store"))),
+        Access::NeedsStore => Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            reason: "this token reads some stores only: ask for one with ?store=<id>".into(),
+        }),
+    }
+}
+
+/// What `GET`/`POST /api/session` answer: who this is and what it may read.
+fn describe(app: &AppState, principal: &Principal) -> serde_json::Value {
+    json!({
+        "mode": if app.access.verifier.is_some() { "jwt" } else { "none" },
+        "subject": principal.subject,
+        "stores": principal.stores_json(),
+        "role": principal.role.as_str(),
+        "expires_at_ms": principal.expires_at_ms,
+    })
+}
+
+/// `GET /api/session`: the current credentials (header or cookie), or 401.
+pub async fn current(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    match authenticate(&app.access, &headers) {
+        Ok(principal) => axum::Json(describe(&app, &principal)).into_response(),
+        Err(error) => unauthorized(&error),
+    }
+}
+
+/// `POST /api/session` with `Authorization: Bearer`: the token, verified, as an HttpOnly
+/// cookie for the page's EventSource (which cannot send headers), until the token expires.
+pub async fn create(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(verifier) = &app.access.verifier else {
+        return axum::Json(describe(&app, &Principal::anonymous())).into_response();
+    };
+    let Some(token) = token(&headers, false) else {
+        return unauthorized(&AuthError::Missing);
+    };
+    let principal = match verifier.verify(token) {
+        Ok(principal) => principal,
+        Err(error) => return unauthorized(&error),
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let max_age = (principal.expires_at_ms.unwrap_or(now_ms) - now_ms).max(0) / 1000;
+    let cookie = format!(
+        "{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
+    );
+    let mut response = axum::Json(describe(&app, &principal)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// `DELETE /api/session`: forgets the cookie.
+pub async fn end() -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"
+        ))
+        .expect("ascii"),
+    );
+    response
+}
