@@ -6,7 +6,11 @@
 // Last-Event-ID, honours Retry-After, and renders at most five times a second, only the
 // parts whose data changed. A past range can be watched again ("Replay"): the same events
 // from /api/replay/stream, under a banner that says it is not live; no notification fires
-// from a replay, and "Back to live" rejoins the live stream.
+// from a replay, and "Back to live" rejoins the live stream. With access control on
+// (docs/api.md, Access control) it signs in with a token (POST /api/session sets an
+// HttpOnly cookie the EventSource sends), offers only the token's stores, and when the
+// server ends a stream at the token's expiry it asks for a new token and resumes from the
+// last id it applied: no gap, no duplicate.
 
 import { applyDelta, positionAfter } from './merge.js';
 
@@ -38,6 +42,8 @@ const state = {
   notify: false,
   primed: false, // alerts of the first snapshot are history, not news
   replay: null, // { from, to, speed, store, paused, ended } while watching a past range
+  allowed: null, // the token's stores (null: every store and the rollup)
+  signedIn: false, // a token session (not access control off)
 };
 
 // A replay id is `R1.<tag>.<position>`: its position orders it (docs/api.md).
@@ -95,6 +101,11 @@ function connect(since) {
       tab?.channel.postMessage({ kind: 'event', type, data: e.data, id: e.lastEventId });
     });
   }
+  source.addEventListener('session-expired', () => {
+    if (state.source !== source) return;
+    source.close(); // it would reconnect with the expired cookie
+    askForToken('Your session has expired: sign in again to resume where you left off.');
+  });
   source.onopen = () => { state.backoffMs = 1_000; state.problem = null; };
   source.onerror = () => {
     setStatus('reconnecting');
@@ -112,6 +123,10 @@ async function retryLater(source, url) {
   try {
     const abort = new AbortController();
     const response = await fetch(url, { signal: abort.signal, headers: { Accept: 'text/event-stream' } });
+    if (response.status === 401 || response.status === 403) {
+      askForToken(`Signed out: ${await response.json().then((b) => b.error, () => response.statusText)}`);
+      return;
+    }
     if (!response.ok) {
       const retryAfter = Number(response.headers.get('retry-after'));
       if (retryAfter > 0) waitMs = Math.max(waitMs, retryAfter * 1_000);
@@ -562,6 +577,7 @@ function ago(ms, suffix = true) {
 // ---- the store selector and notifications ---------------------------------------------
 
 function rememberStores() {
+  if (state.allowed) return; // the token's stores are the list
   const known = new Set(JSON.parse(localStorage.getItem('storepulse.stores') ?? '[]'));
   for (const id of Object.keys(state.view.stores)) known.add(id);
   localStorage.setItem('storepulse.stores', JSON.stringify([...known].sort()));
@@ -570,13 +586,86 @@ function rememberStores() {
 
 function fillStores() {
   const select = $('store');
+  if (state.allowed) {
+    // A token for some stores: those, and no rollup.
+    if ([...select.options].map((o) => o.value).join() !== state.allowed.join()) {
+      select.replaceChildren(...state.allowed.map((id) => el('option', { value: id }, id)));
+    }
+    select.value = state.store;
+    return;
+  }
   const known = JSON.parse(localStorage.getItem('storepulse.stores') ?? '[]');
   if (state.store && !known.includes(state.store)) known.push(state.store);
-  const current = [...select.options].slice(1).map((o) => o.value).join();
-  if (current !== known.join()) {
+  const current = [...select.options].map((o) => o.value).join();
+  if (current !== ['', ...known].join()) {
     select.replaceChildren(el('option', { value: '' }, 'All stores'), ...known.map((id) => el('option', { value: id }, id)));
   }
   select.value = state.store;
+}
+
+// ---- signing in -----------------------------------------------------------------------
+
+// What the session allows: the store list, and a store inside it.
+function applySession(session) {
+  state.signedIn = session.mode === 'jwt';
+  state.allowed = session.stores === '*' ? null : [...session.stores].sort();
+  if (state.allowed && !state.allowed.includes(state.store)) state.store = state.allowed[0] ?? '';
+  $('logout').hidden = !state.signedIn;
+  fillStores();
+}
+
+function askForToken(why) {
+  state.source?.close();
+  state.source = null;
+  $('login-why').textContent = why;
+  $('login').hidden = false;
+  setStatus('reconnecting');
+}
+
+$('login').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const token = $('login-token').value.trim();
+  const response = await fetch('/api/session', { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    $('login-error').textContent = body.error ?? response.statusText;
+    return;
+  }
+  $('login-token').value = ''; // the cookie holds it now; the page keeps no copy
+  $('login-error').textContent = '';
+  $('login').hidden = true;
+  const scope = state.store;
+  applySession(body);
+  if (state.tab && state.tab.scope === state.store && scope === state.store) {
+    if (state.tab.leader) connect(state.lastId); // resume by id, gapless
+  } else {
+    leaveScope();
+    state.view = null;
+    state.lastId = null;
+    joinScope();
+  }
+});
+
+$('logout').addEventListener('click', async () => {
+  await fetch('/api/session', { method: 'DELETE' });
+  leaveScope();
+  askForToken('Signed out.');
+});
+
+async function start() {
+  const response = await fetch('/api/session').catch(() => null);
+  if (response?.status === 401) {
+    askForToken('This dashboard needs a token (ask your operator: storepulse token).');
+    return;
+  }
+  if (response?.ok) applySession(await response.json());
+  const linked = new URLSearchParams(location.search);
+  if (linked.get('replay_from') && linked.get('replay_to')) {
+    // A shared link to a replay: ?replay_from=…&replay_to=…&replay_speed=10
+    startReplay(linked.get('replay_from'), linked.get('replay_to'), Number(linked.get('replay_speed')) || 10);
+  } else {
+    joinScope();
+  }
 }
 
 $('store').addEventListener('change', (e) => {
@@ -603,13 +692,7 @@ if ('Notification' in window) {
 
 setInterval(renderFreshness, 1_000);
 fillStores();
-const linked = new URLSearchParams(location.search);
-if (linked.get('replay_from') && linked.get('replay_to')) {
-  // A shared link to a replay: ?replay_from=…&replay_to=…&replay_speed=10
-  startReplay(linked.get('replay_from'), linked.get('replay_to'), Number(linked.get('replay_speed')) || 10);
-} else {
-  joinScope();
-}
+start();
 
 // For tests and the curious: the applied view and the connection state.
 window.storepulse = {
@@ -619,5 +702,6 @@ window.storepulse = {
   frames: () => state.frames,
   role: () => (state.tab?.leader ? 'leader' : 'follower'),
   replay: () => state.replay,
+  allowedStores: () => state.allowed,
   alertsShown: () => [...document.querySelectorAll('#alerts [data-alert-id]')].map((li) => li.dataset.alertId),
 };
