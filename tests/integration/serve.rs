@@ -544,3 +544,29 @@ async fn serve_exits_non_zero_when_its_final_checkpoint_fails() {
     assert!(text.contains("final checkpoint failed"), "{text}");
     let _ = std::fs::remove_file(&log_path);
 }
+
+/// `serve` without access control refuses a non-loopback address (anyone who reaches it
+/// would read every store) and says what to set; a misspelt variable stops it too.
+#[test]
+fn serve_refuses_to_serve_everyone_on_a_non_loopback_address_and_a_misspelt_variable() {
+    let run = |env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"));
+        command.arg("serve").env("RUST_BACKTRACE", "0");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command.output().expect("serve runs")
+    };
+    let open = run(&[("STOREPULSE_HTTP_ADDR", "0.0.0.0:0")]);
+    assert!(!open.status.success());
+    let stderr = String::from_utf8_lossy(&open.stderr);
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+    assert!(stderr.contains("auth.allow_anonymous"), "{stderr}");
+    let typo = run(&[("STOREPULSE_HTTP_ADR", "0.0.0.0:0")]);
+    assert!(!typo.status.success());
+    let stderr = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        stderr.contains("did you mean STOREPULSE_HTTP_ADDR?"),
+        "{stderr}"
+    );
+}
