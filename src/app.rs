@@ -178,6 +178,9 @@ fn wire(settings: &Settings, stages: &Stages) -> anyhow::Result<(Wiring, AppStat
             settings.replay.max_concurrent,
         )),
         access: Arc::clone(&access),
+        limits: Arc::new(crate::http::limits::ClientLimits::new(
+            settings.limits.settings(),
+        )),
     };
     let wiring = Wiring {
         codec: Codec::new(&settings.confluent_ids()?).context("schemas")?,

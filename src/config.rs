@@ -58,6 +58,19 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_AUTH_AUDIENCE", "auth.audience"),
     ("STOREPULSE_AUTH_PROTECT_METRICS", "auth.protect_metrics"),
     ("STOREPULSE_STREAM_MAX_LIFETIME", "stream.max_lifetime"),
+    (
+        "STOREPULSE_LIMIT_STREAMS_PER_CLIENT",
+        "limits.streams_per_client",
+    ),
+    (
+        "STOREPULSE_LIMIT_STREAMS_PER_PRINCIPAL",
+        "limits.streams_per_principal",
+    ),
+    (
+        "STOREPULSE_LIMIT_REQUESTS_PER_SECOND",
+        "limits.requests_per_second",
+    ),
+    ("STOREPULSE_LIMIT_BURST", "limits.burst"),
     ("STOREPULSE_READY_MAX_LAG", "ready.max_lag"),
     ("STOREPULSE_REPLAY_MAX_CONCURRENT", "replay.max_concurrent"),
     (
@@ -301,6 +314,20 @@ pub struct HttpSection {
     pub cors_origins: Vec<String>,
 }
 
+/// `[limits]`: per client address and per principal (see `http/limits.rs`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Most open streams from one address (0: none).
+    pub streams_per_client: usize,
+    /// Most open streams of one token subject (0: none).
+    pub streams_per_principal: usize,
+    /// Sustained snapshot/stream/replay requests per second from one address (0: none).
+    pub requests_per_second: u32,
+    /// Requests at once above the rate.
+    pub burst: u32,
+}
+
 /// `[auth]`: who may read what (see `crate::auth`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -424,6 +451,8 @@ pub struct Settings {
     pub http: HttpSection,
     /// Access control.
     pub auth: AuthSection,
+    /// Per-client limits.
+    pub limits: LimitsSection,
     /// Readiness.
     pub ready: ReadySection,
     /// The live stream.
@@ -496,6 +525,18 @@ fn parse(source_name: &str, text: &str) -> Result<toml::Table, ConfigError> {
         source_name: source_name.to_owned(),
         message: e.to_string(),
     })
+}
+
+impl LimitsSection {
+    /// The limits as the HTTP side counts them.
+    pub fn settings(&self) -> crate::http::limits::LimitSettings {
+        crate::http::limits::LimitSettings {
+            streams_per_client: self.streams_per_client,
+            streams_per_principal: self.streams_per_principal,
+            requests_per_second: f64::from(self.requests_per_second),
+            burst: f64::from(self.burst),
+        }
+    }
 }
 
 impl Settings {

@@ -12,7 +12,7 @@ use crate::config::StreamSection;
 use crate::events::StoreId;
 use crate::ingest::{Request, Status};
 use crate::metrics::Metrics;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod access;
 mod dashboard;
+pub mod limits;
 pub mod listener;
 mod replay;
 pub mod server;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub replays: Arc<crate::replay::stream::ReplayService>,
     /// Who may read what (tokens, scopes, CORS).
     pub access: Arc<access::AccessControl>,
+    /// Per-client stream caps and request rates.
+    pub limits: Arc<limits::ClientLimits>,
 }
 
 impl AppState {
@@ -233,11 +236,23 @@ pub struct SnapshotQuery {
 async fn snapshot(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
+    connection: Option<Extension<ConnectInfo<listener::Connection>>>,
     query: Result<Query<SnapshotQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(ApiError::bad_query)?;
-    let store = store_param(query.store)?;
-    access::check_store(&principal, store.as_ref())?;
+) -> Result<Response, Response> {
+    let Query(query) = query.map_err(|e| ApiError::bad_query(e).into_response())?;
+    let store = store_param(query.store).map_err(IntoResponse::into_response)?;
+    access::check_store(&principal, store.as_ref()).map_err(IntoResponse::into_response)?;
+    if let Some(Extension(ConnectInfo(connection))) = &connection {
+        app.limits
+            .admit(connection.remote.ip(), std::time::Instant::now())
+            .map_err(IntoResponse::into_response)?;
+    }
+    snapshot_of(&app, store)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+async fn snapshot_of(app: &AppState, store: Option<StoreId>) -> Result<Response, ApiError> {
     app.ensure_assigned()?;
     let (reply, answer) = oneshot::channel();
     app.requests

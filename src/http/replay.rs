@@ -46,12 +46,20 @@ fn time(name: &str, value: &str) -> Result<i64, ApiError> {
 pub(super) async fn replay_stream(
     State(app): State<AppState>,
     axum::Extension(principal): axum::Extension<crate::auth::Principal>,
+    connection: Option<axum::Extension<axum::extract::ConnectInfo<super::listener::Connection>>>,
     headers: HeaderMap,
     query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(ApiError::bad_query)?;
     let store = super::store_param(query.store.clone())?;
     super::access::check_store(&principal, store.as_ref())?;
+    if let Some(axum::Extension(axum::extract::ConnectInfo(connection))) = &connection
+        && let Err(refusal) = app
+            .limits
+            .admit(connection.remote.ip(), std::time::Instant::now())
+    {
+        return Ok(refusal.into_response());
+    }
     let bad = |reason: String| ApiError {
         status: StatusCode::BAD_REQUEST,
         reason,

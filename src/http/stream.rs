@@ -48,6 +48,8 @@ struct SubscriberGuard {
     ending: Option<DisconnectReason>,
     /// Set by the stall watch when it closed the connection.
     stalled: Option<Arc<AtomicBool>>,
+    /// This stream's place in its address's and principal's caps.
+    slot: Option<super::limits::StreamSlot>,
 }
 
 impl SubscriberGuard {
@@ -58,6 +60,7 @@ impl SubscriberGuard {
             metrics: Arc::clone(metrics),
             ending: None,
             stalled: None,
+            slot: None,
         };
         (guard, before)
     }
@@ -202,7 +205,29 @@ pub(super) async fn stream(
         .get()
         .cloned()
         .ok_or_else(ApiError::ingest_stopped)?;
+    // Per client first (a flood from one address is its own 429), then the global cap.
+    let slot = match &connection {
+        Some(Extension(ConnectInfo(connection))) => {
+            let now = Instant::now();
+            let address = connection.remote.ip();
+            let principal = Some(principal.subject.as_str())
+                .filter(|s| !s.is_empty() && principal.expires_at_ms.is_some());
+            match app
+                .limits
+                .admit(address, now)
+                .and_then(|()| app.limits.open_stream(address, principal, now))
+            {
+                Ok(slot) => Some(slot),
+                Err(refusal) => {
+                    app.metrics.refused_streams.inc();
+                    return Ok(refusal.into_response());
+                }
+            }
+        }
+        None => None,
+    };
     let (mut guard, open_streams) = SubscriberGuard::new(&app.metrics);
+    guard.slot = slot;
     if open_streams >= app.stream.max_subscribers as i64 {
         app.metrics.refused_streams.inc();
         return Ok((

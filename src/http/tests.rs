@@ -118,6 +118,9 @@ impl TestServer {
                 1,
             )),
             access: Arc::new(access),
+            limits: Arc::new(super::limits::ClientLimits::new(
+                crate::config::defaults().limits.settings(),
+            )),
         });
         TestServer {
             router,

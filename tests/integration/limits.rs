@@ -159,3 +159,81 @@ async fn out_of_descriptors_accepts_back_off_and_service_resumes() {
     });
     let _ = std::fs::remove_file(&log_path);
 }
+
+/// Sends `GET path` on a new connection and returns it with the response head.
+fn open(address: &str, path: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(address).expect("connects");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").expect("written");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    (stream, String::from_utf8_lossy(&head).to_lowercase())
+}
+
+/// One address over its stream cap or its request rate gets 429 with Retry-After; a freed
+/// slot can be taken again; health and readiness are never limited.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_is_capped_on_streams_and_request_rate_with_retry_after() {
+    let settings = fresh_topics("client-limits");
+    helpers::create_topics(&settings, 1).await;
+    let server = Server::start_with(
+        &settings.topics,
+        &helpers::unique("client-limits"),
+        &database_url(),
+        &[
+            ("STOREPULSE_LIMIT_STREAMS_PER_CLIENT", "3"),
+            ("STOREPULSE_LIMIT_REQUESTS_PER_SECOND", "1"),
+            ("STOREPULSE_LIMIT_BURST", "8"),
+            ("STOREPULSE_HEARTBEAT", "200ms"),
+        ],
+    );
+    helpers::wait_for(
+        || server.get("/readyz").1.contains("\"assigned\":true"),
+        "partitions assigned",
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        let mut streams: Vec<TcpStream> = (0..3)
+            .map(|i| {
+                let (stream, head) = open(&server.address, "/api/stream");
+                assert!(head.starts_with("http/1.1 200"), "stream {i}: {head}");
+                stream
+            })
+            .collect();
+        let (_, refused) = open(&server.address, "/api/stream");
+        assert!(refused.starts_with("http/1.1 429"), "{refused}");
+        assert!(refused.contains("retry-after: 5"), "{refused}");
+        assert_eq!(helpers::http_get(&server.address, "/healthz").0, 200);
+        // A stream closes; once the server notices (its next heartbeat) the slot is free.
+        drop(streams.pop());
+        std::thread::sleep(Duration::from_millis(800));
+        let (again, head) = open(&server.address, "/api/stream");
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        streams.push(again);
+        // 5 of the burst of 8 are spent: snapshots until the bucket is empty.
+        let statuses: Vec<u16> = (0..6)
+            .map(|_| helpers::http_get(&server.address, "/api/snapshot").0)
+            .collect();
+        assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
+        assert!(statuses[3..].contains(&429), "{statuses:?}");
+        let (_, limited) = open(&server.address, "/api/snapshot");
+        assert!(
+            limited.starts_with("http/1.1 429") && limited.contains("retry-after: 1"),
+            "{limited}"
+        );
+        assert_eq!(helpers::http_get(&server.address, "/healthz").0, 200);
+        assert_ne!(
+            helpers::http_get(&server.address, "/readyz").0,
+            429,
+            "readiness is never limited"
+        );
+    });
+}
