@@ -72,6 +72,29 @@ pub struct Status {
     pub newest_event_time: i64,
 }
 
+/// Open streams per `stream.frame_interval` of the time between frames.
+pub const STREAMS_PER_INTERVAL: u32 = 1_000;
+/// Most times `stream.frame_interval` the time between frames grows to.
+pub const MAX_FRAME_STRETCH: u32 = 10;
+
+/// `base` stretched for `streams` open streams (see `Engine::frame_interval`).
+pub fn stretched_interval(base: Duration, streams: i64) -> Duration {
+    let streams = u32::try_from(streams.max(0)).unwrap_or(u32::MAX);
+    base * streams
+        .div_ceil(STREAMS_PER_INTERVAL)
+        .clamp(1, MAX_FRAME_STRETCH)
+}
+
+#[test]
+fn the_frame_interval_stretches_with_the_streams_open() {
+    let base = Duration::from_millis(25);
+    let ms = |streams| stretched_interval(base, streams).as_millis();
+    assert_eq!(
+        [0, 1, 1_000, 1_001, 2_000, 10_000, 50_000, -1].map(ms),
+        [25, 25, 25, 50, 50, 250, 250, 25]
+    );
+}
+
 /// The engine's timing and bounds.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineSettings {
@@ -262,10 +285,22 @@ impl Engine {
         if std::mem::take(&mut self.dirty) {
             self.snapshots = SnapshotCache::default();
         }
-        if !self.changes.is_empty() && now >= self.last_frame + self.settings.frame_interval {
+        if !self.changes.is_empty() && now >= self.last_frame + self.frame_interval() {
             self.emit_frame(now);
         }
         self.answer_parked(now);
+    }
+
+    /// The interval between frames: `stream.frame_interval` up to 1 000 open streams, then
+    /// one more interval per 1 000 (10 000 streams: 10×), at most [`MAX_FRAME_STRETCH`]
+    /// times. Each frame costs one write per stream, so with many streams fewer, fuller
+    /// frames keep the machine (and its health and snapshot requests) responsive; a
+    /// dashboard renders 5 times a second anyway.
+    fn frame_interval(&self) -> Duration {
+        stretched_interval(
+            self.settings.frame_interval,
+            self.out.metrics.subscribers.get(),
+        )
     }
 
     /// Answers a request from HTTP.
