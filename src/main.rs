@@ -9,8 +9,44 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(collect_freed_memory)
+        .build()?
+        .block_on(run())
+}
+
+/// Called as a runtime worker goes idle: at most every 2 s per worker, mimalloc collects the
+/// worker's heap (not forced: the frees other threads handed it and its empty pages), so
+/// the memory of closed connections goes back to the OS instead of staying with a heap that
+/// allocates little more: after 10 000 streams closed, RSS 100 MB instead of 335 MB. A
+/// forced collection cost the health probes ~40× their median under 10 000 streams
+/// (docs/benchmarks.md, the 10 000-stream flood).
+#[allow(unsafe_code)] // the one FFI call of the project: mimalloc has no safe wrapper for it
+fn collect_freed_memory() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    let due = LAST.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(2));
+        if due {
+            last.set(Some(now));
+        }
+        due
+    });
+    if due {
+        // SAFETY: mi_collect takes no pointer; it walks and frees this thread's own heap.
+        unsafe { libmimalloc_sys::mi_collect(false) };
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
