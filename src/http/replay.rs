@@ -1,7 +1,7 @@
 //! `GET /api/replay/stream`: a past range replayed over the live stream's protocol (see
 //! `replay/stream.rs`), for the dashboard's "watch a past sale". Validates the request,
 //! takes a slot (503 with `Retry-After` when every slot is busy) and relays the replay
-//! thread's bytes.
+//! thread's bytes until the range ends or the token expires (`session-expired`).
 
 use super::{ApiError, AppState};
 use crate::replay::stream::ReplayRequest;
@@ -94,9 +94,32 @@ pub(super) async fn replay_stream(
         )
             .into_response());
     };
+    // A replay stream ends at its token's expiry too, with the same last event as a live
+    // one; dropping the receiver stops the replay thread.
+    let expires_in = principal.expires_at_ms.map(|at_ms| {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        std::time::Duration::from_millis(u64::try_from(at_ms - now_ms).unwrap_or(0))
+    });
     let body = Body::from_stream(async_stream::stream! {
-        while let Some(chunk) = bytes.recv().await {
+        let expiry = tokio::time::sleep(expires_in.unwrap_or_default());
+        tokio::pin!(expiry);
+        loop {
+            // (bytes to write, whether they are the last)
+            let (chunk, last) = tokio::select! {
+                chunk = bytes.recv() => match chunk {
+                    Some(chunk) => (chunk, false),
+                    None => break,
+                },
+                () = &mut expiry, if expires_in.is_some() => {
+                    (super::stream::session_expired_event(), true)
+                }
+            };
             yield Ok::<_, std::convert::Infallible>(chunk);
+            if last {
+                break;
+            }
         }
     });
     let mut response = body.into_response();

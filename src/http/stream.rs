@@ -96,6 +96,11 @@ static SESSION_EXPIRED: LazyLock<Encoded> = LazyLock::new(|| {
     ))
 });
 
+/// The plain bytes of the `session-expired` event (the replay stream's last event at expiry).
+pub(super) fn session_expired_event() -> Bytes {
+    SESSION_EXPIRED.for_encoding(Encoding::Identity)
+}
+
 /// When a stream ends by itself, and why: the token's expiry or `stream.max_lifetime`,
 /// whichever comes first.
 fn stream_end(

@@ -705,6 +705,70 @@ async fn a_replay_stream_rebuilds_the_as_of_view_resumes_by_its_own_ids_and_is_b
     );
     assert_eq!(bad, 400, "{reason}");
     assert!(server.terminate());
+
+    // With access control: a replay stream ends at its token's expiry, with the same
+    // `session-expired` event as a live stream; a viewer may not replay at all.
+    const SECRET: &str = "replay-expiry-secret-of-at-least-32-bytes";
+    let guarded = Server::start_with(
+        &settings.topics,
+        &helpers::unique("replay-expiry"),
+        &database_url(),
+        &[
+            ("STOREPULSE_AUTH_MODE", "jwt"),
+            ("STOREPULSE_AUTH_HS256_SECRET", SECRET),
+        ],
+    );
+    let token = |role, ttl_s: i64| {
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs() as i64;
+        format!(
+            "Bearer {}",
+            storepulse::auth::sign_hs256(
+                &secrecy::SecretString::from(SECRET),
+                &storepulse::auth::Grant {
+                    subject: "analyst".into(),
+                    stores: None,
+                    role,
+                    expires_at_s: now_s + ttl_s,
+                },
+            )
+            .expect("signs")
+        )
+    };
+    let slow = format!("/api/replay/stream?from={from}&to={to}&speed=1");
+    let viewer = token(storepulse::auth::Role::Viewer, 60);
+    let (refused, _) = tokio::task::block_in_place(|| {
+        sse_get(
+            &guarded.address,
+            &slow,
+            &[("Authorization", viewer.as_str())],
+        )
+    });
+    assert_eq!(refused, 403, "a viewer may not replay");
+    let analyst = token(storepulse::auth::Role::Analyst, 3);
+    let started = std::time::Instant::now();
+    let (code, events) = tokio::task::block_in_place(|| {
+        sse_get(
+            &guarded.address,
+            &slow,
+            &[("Authorization", analyst.as_str())],
+        )
+    });
+    assert_eq!(code, 200);
+    let names: Vec<&str> = events.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"snapshot"), "{names:?}");
+    assert_eq!(
+        names.last(),
+        Some(&"session-expired"),
+        "after {:?}: {names:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "ended at the expiry, not at the end of the 40 s range"
+    );
 }
 
 /// `storepulse simulate` into `topics` with `args`, to completion.
