@@ -6,6 +6,14 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 say() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Brings the local stack up and exports its variables; stops here if it did not come up
+# (`eval "$(scripts/stack up)"` would go on: eval of nothing succeeds).
+stack_up() {
+    local env
+    env=$("$repo/scripts/stack" up "$@") || die "the local stack did not come up (scripts/stack logs)"
+    eval "$env"
+}
+
 # The Rust toolchain comes with the machine (rustup); librdkafka is built from source by
 # the rdkafka crate and needs a C compiler and make.
 ensure_build_tools() {
