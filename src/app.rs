@@ -179,7 +179,7 @@ fn wire(settings: &Settings, stages: &Stages) -> anyhow::Result<(Wiring, AppStat
         )),
         access: Arc::clone(&access),
         limits: Arc::new(crate::http::limits::ClientLimits::new(
-            settings.limits.settings(),
+            settings.limit_settings(),
         )),
     };
     let wiring = Wiring {

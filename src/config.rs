@@ -49,6 +49,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_HTTP_ADDR", "http.addr"),
     ("STOREPULSE_HTTP_HEADER_TIMEOUT", "http.header_timeout"),
     ("STOREPULSE_CORS_ORIGINS", "http.cors_origins"),
+    ("STOREPULSE_TRUSTED_PROXIES", "http.trusted_proxies"),
     ("STOREPULSE_AUTH_MODE", "auth.mode"),
     ("STOREPULSE_AUTH_ALLOW_ANONYMOUS", "auth.allow_anonymous"),
     ("STOREPULSE_AUTH_HS256_SECRET", "auth.hs256_secret"),
@@ -313,6 +314,8 @@ pub struct HttpSection {
     pub header_timeout: Duration,
     /// Origins allowed to call the API from a browser page (CORS with credentials).
     pub cors_origins: Vec<String>,
+    /// Addresses of proxies whose `X-Forwarded-For` names the client (per-client limits).
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[limits]`: per client address and per principal (see `http/limits.rs`).
@@ -528,14 +531,22 @@ fn parse(source_name: &str, text: &str) -> Result<toml::Table, ConfigError> {
     })
 }
 
-impl LimitsSection {
-    /// The limits as the HTTP side counts them.
-    pub fn settings(&self) -> crate::http::limits::LimitSettings {
+impl Settings {
+    /// The per-client limits as the HTTP side counts them.
+    pub fn limit_settings(&self) -> crate::http::limits::LimitSettings {
+        let limits = &self.limits;
         crate::http::limits::LimitSettings {
-            streams_per_client: self.streams_per_client,
-            streams_per_principal: self.streams_per_principal,
-            requests_per_second: f64::from(self.requests_per_second),
-            burst: f64::from(self.burst),
+            streams_per_client: limits.streams_per_client,
+            streams_per_principal: limits.streams_per_principal,
+            requests_per_second: f64::from(limits.requests_per_second),
+            burst: f64::from(limits.burst),
+            // Checked by `validate`.
+            trusted_proxies: self
+                .http
+                .trusted_proxies
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
         }
     }
 }
@@ -656,6 +667,17 @@ impl Settings {
             return Err(invalid(
                 "auth.hs256_secret",
                 "must be at least 32 bytes (e.g. openssl rand -base64 48)",
+            ));
+        }
+        if self
+            .http
+            .trusted_proxies
+            .iter()
+            .any(|a| a.parse::<std::net::IpAddr>().is_err())
+        {
+            return Err(invalid(
+                "http.trusted_proxies",
+                "each entry is an IP address (no names, no ranges)",
             ));
         }
         for origin in &self.http.cors_origins {
@@ -814,6 +836,22 @@ mod tests {
         let bad_duration =
             Settings::load(None, &env(&[("STOREPULSE_CHECKPOINT_INTERVAL", "often")]));
         assert!(bad_duration.is_err());
+        let proxies = Settings::load(
+            None,
+            &env(&[("STOREPULSE_TRUSTED_PROXIES", "10.0.0.9, ::1")]),
+        )
+        .expect("addresses");
+        assert_eq!(proxies.limit_settings().trusted_proxies.len(), 2);
+        let bad_proxy = Settings::load(
+            None,
+            &env(&[("STOREPULSE_TRUSTED_PROXIES", "proxy.internal")]),
+        );
+        assert!(
+            bad_proxy
+                .expect_err("rejected")
+                .to_string()
+                .contains("http.trusted_proxies")
+        );
     }
 
     #[test]

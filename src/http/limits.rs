@@ -1,7 +1,8 @@
 //! Limits per client, besides the global stream cap: open streams per client address and
 //! per principal (a token's `sub`), and a request rate per client address for the
 //! endpoints that cost the engine work (snapshots, stream and replay opens), as a token
-//! bucket. A refusal is a `429` with `Retry-After`; nothing here is per frame.
+//! bucket. A refusal is a `429` with `Retry-After`; nothing here is per frame. Behind a
+//! proxy listed in `http.trusted_proxies`, the client is the one `X-Forwarded-For` names.
 
 use super::ApiError;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The limits (`[limits]` in the configuration).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LimitSettings {
     /// Most open streams from one client address (0: no limit).
     pub streams_per_client: usize,
@@ -22,6 +23,8 @@ pub struct LimitSettings {
     pub requests_per_second: f64,
     /// Requests one address may make at once above the rate.
     pub burst: f64,
+    /// Proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 /// Addresses tracked before idle ones are forgotten.
@@ -94,6 +97,28 @@ impl Drop for StreamSlot {
 }
 
 impl ClientLimits {
+    /// The address a request is counted against: the peer's, or — when the peer is a
+    /// trusted proxy — the nearest address in `X-Forwarded-For` that is not a trusted proxy
+    /// (read from the right: the entries to its left are the client's own say).
+    pub fn client_address(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+        if !self.settings.trusted_proxies.contains(&peer) {
+            return peer;
+        }
+        let forwarded: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|a| a.trim().parse::<IpAddr>())
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|a| !self.settings.trusted_proxies.contains(a))
+            .unwrap_or(peer)
+    }
+
     /// Limits with these settings.
     pub fn new(settings: LimitSettings) -> ClientLimits {
         ClientLimits {
@@ -207,7 +232,40 @@ mod tests {
             streams_per_principal,
             requests_per_second: rate,
             burst,
+            trusted_proxies: vec![PROXY],
         }))
+    }
+
+    const PROXY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9));
+
+    #[test]
+    fn only_a_trusted_proxy_names_the_client_and_only_from_the_right() {
+        let limits = limits(0, 0, 0.0, 0.0);
+        let headers = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert("x-forwarded-for", value.parse().expect("a header"));
+            headers
+        };
+        // Not a trusted proxy: its header is ignored.
+        assert_eq!(limits.client_address(A, &headers("10.0.0.2")), A);
+        // The proxy: the nearest untrusted entry, from the right.
+        assert_eq!(
+            limits.client_address(PROXY, &headers("1.2.3.4, 10.0.0.2")),
+            B
+        );
+        assert_eq!(
+            limits.client_address(PROXY, &headers("10.0.0.2, 10.0.0.9")),
+            B
+        );
+        // No header, or one that does not parse: the proxy itself.
+        assert_eq!(
+            limits.client_address(PROXY, &axum::http::HeaderMap::new()),
+            PROXY
+        );
+        assert_eq!(
+            limits.client_address(PROXY, &headers("not-an-address")),
+            PROXY
+        );
     }
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));

@@ -237,14 +237,16 @@ async fn snapshot(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
     connection: Option<Extension<ConnectInfo<listener::Connection>>>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<SnapshotQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Response> {
     let Query(query) = query.map_err(|e| ApiError::bad_query(e).into_response())?;
     let store = store_param(query.store).map_err(IntoResponse::into_response)?;
     access::check_store(&principal, store.as_ref()).map_err(IntoResponse::into_response)?;
     if let Some(Extension(ConnectInfo(connection))) = &connection {
+        let address = app.limits.client_address(connection.remote.ip(), &headers);
         app.limits
-            .admit(connection.remote.ip(), std::time::Instant::now())
+            .admit(address, std::time::Instant::now())
             .map_err(IntoResponse::into_response)?;
     }
     snapshot_of(&app, store)

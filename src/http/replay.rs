@@ -54,9 +54,10 @@ pub(super) async fn replay_stream(
     let store = super::store_param(query.store.clone())?;
     super::access::check_store(&principal, store.as_ref())?;
     if let Some(axum::Extension(axum::extract::ConnectInfo(connection))) = &connection
-        && let Err(refusal) = app
-            .limits
-            .admit(connection.remote.ip(), std::time::Instant::now())
+        && let Err(refusal) = app.limits.admit(
+            app.limits.client_address(connection.remote.ip(), &headers),
+            std::time::Instant::now(),
+        )
     {
         return Ok(refusal.into_response());
     }

@@ -214,7 +214,7 @@ pub(super) async fn stream(
     let slot = match &connection {
         Some(Extension(ConnectInfo(connection))) => {
             let now = Instant::now();
-            let address = connection.remote.ip();
+            let address = app.limits.client_address(connection.remote.ip(), &headers);
             let principal = Some(principal.subject.as_str())
                 .filter(|s| !s.is_empty() && principal.expires_at_ms.is_some());
             match app

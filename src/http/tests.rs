@@ -119,7 +119,7 @@ impl TestServer {
             )),
             access: Arc::new(access),
             limits: Arc::new(super::limits::ClientLimits::new(
-                crate::config::defaults().limits.settings(),
+                crate::config::defaults().limit_settings(),
             )),
         });
         TestServer {

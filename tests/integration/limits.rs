@@ -237,3 +237,48 @@ async fn one_address_is_capped_on_streams_and_request_rate_with_retry_after() {
         );
     });
 }
+
+/// Behind a trusted proxy the client is the one `X-Forwarded-For` names: two clients behind
+/// 127.0.0.1 each get their own stream cap.
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_cap() {
+    let settings = fresh_topics("proxy-limits");
+    helpers::create_topics(&settings, 1).await;
+    let server = Server::start_with(
+        &settings.topics,
+        &helpers::unique("proxy-limits"),
+        &database_url(),
+        &[
+            ("STOREPULSE_LIMIT_STREAMS_PER_CLIENT", "1"),
+            ("STOREPULSE_TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+    );
+    helpers::wait_for(
+        || server.get("/readyz").1.contains("\"assigned\":true"),
+        "partitions assigned",
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        let forwarded = |client: &str| {
+            let mut stream = TcpStream::connect(&server.address).expect("connects");
+            write!(
+                stream,
+                "GET /api/stream HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {client}\r\n\r\n"
+            )
+            .expect("written");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).expect("a status line");
+            (stream, String::from_utf8_lossy(&head).into_owned())
+        };
+        let (_first, a) = forwarded("203.0.113.1");
+        let (_second, b) = forwarded("203.0.113.2");
+        let (_third, again) = forwarded("203.0.113.1");
+        assert_eq!(
+            [a.as_str(), b.as_str(), again.as_str()],
+            ["HTTP/1.1 200", "HTTP/1.1 200", "HTTP/1.1 429"]
+        );
+    });
+}
