@@ -43,6 +43,18 @@ pub fn fresh_topics(name: &str) -> KafkaSettings {
     }
 }
 
+/// The `storepulse` binary under test, pointed at the broker under test and at `topics`
+/// (the variables every command reads); add the subcommand and the rest.
+pub fn storepulse(topics: &Topics) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"));
+    command
+        .env("STOREPULSE_KAFKA_BROKERS", brokers())
+        .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
+        .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
+        .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity);
+    command
+}
+
 /// One record as it was read back from Kafka.
 #[derive(Debug)]
 pub struct ConsumedRecord {

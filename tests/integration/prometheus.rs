@@ -164,13 +164,9 @@ async fn prometheus_scrapes_freshness_lag_and_exemplars_and_every_board_query_re
         std::thread::sleep(Duration::from_millis(500));
     }
     // Event time now, traced (every record's context sampled, so frames carry exemplars).
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+    let status = crate::helpers::storepulse(&settings.topics)
         .args(["simulate", "--quiet", "--count", "3000", "--rate", "600"])
         .args(["--partitions", "2", "--stores", "3", "--skus", "5"])
-        .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
-        .env("STOREPULSE_TOPIC_ORDERS", &settings.topics.orders)
-        .env("STOREPULSE_TOPIC_INVENTORY", &settings.topics.inventory)
-        .env("STOREPULSE_TOPIC_ACTIVITY", &settings.topics.activity)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_SERVICE_NAME", format!("{name}-sim"))
         .status()

@@ -15,15 +15,11 @@ fn replay(topics: &Topics, args: &[&str]) -> Output {
 
 /// A replay that may warm up from the checkpoints of serve's group `group`.
 fn replay_for_group(topics: &Topics, group: &str, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+    crate::helpers::storepulse(topics)
         .arg("replay")
         .args(args)
         .env("STOREPULSE_GROUP_ID", group)
         .env("STOREPULSE_DATABASE_URL", database_url())
-        .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
-        .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
-        .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
-        .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity)
         .output()
         .expect("replay runs")
 }
@@ -94,7 +90,7 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
     // A sale at 500 records/s, event time now: a live snapshot is taken in the middle.
     let topics = settings.topics.clone();
     let sale = std::thread::spawn(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        crate::helpers::storepulse(&topics)
             .args(["simulate", "--quiet", "--count", "3000", "--rate", "500"])
             .args([
                 "--partitions",
@@ -107,10 +103,6 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
                 "11",
             ])
             .args(["--flash-sale-at", "1s"])
-            .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
-            .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
-            .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
-            .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity)
             .status()
             .expect("simulate runs")
     });
@@ -393,7 +385,7 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
 async fn bad_ranges_positions_and_stores_are_clear_errors() {
     let settings = fresh_topics("replay-errors");
     helpers::create_topics(&settings, 2).await;
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+    let status = crate::helpers::storepulse(&settings.topics)
         .args([
             "simulate",
             "--quiet",
@@ -411,10 +403,6 @@ async fn bad_ranges_positions_and_stores_are_clear_errors() {
             "--event-rate",
             "10",
         ])
-        .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
-        .env("STOREPULSE_TOPIC_ORDERS", &settings.topics.orders)
-        .env("STOREPULSE_TOPIC_INVENTORY", &settings.topics.inventory)
-        .env("STOREPULSE_TOPIC_ACTIVITY", &settings.topics.activity)
         .status()
         .expect("simulate runs");
     assert!(status.success());
@@ -551,7 +539,7 @@ fn sse_get(address: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<Eve
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_stream_rebuilds_the_as_of_view_resumes_by_its_own_ids_and_is_bounded() {
     let settings = fresh_topics("replay-stream");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+    let status = crate::helpers::storepulse(&settings.topics)
         .args([
             "simulate",
             "--quiet",
@@ -572,10 +560,6 @@ async fn a_replay_stream_rebuilds_the_as_of_view_resumes_by_its_own_ids_and_is_b
             "--partitions",
             "2",
         ])
-        .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
-        .env("STOREPULSE_TOPIC_ORDERS", &settings.topics.orders)
-        .env("STOREPULSE_TOPIC_INVENTORY", &settings.topics.inventory)
-        .env("STOREPULSE_TOPIC_ACTIVITY", &settings.topics.activity)
         .status()
         .expect("simulate runs");
     assert!(status.success());
@@ -773,13 +757,9 @@ async fn a_replay_stream_rebuilds_the_as_of_view_resumes_by_its_own_ids_and_is_b
 
 /// `storepulse simulate` into `topics` with `args`, to completion.
 fn simulate_into(topics: &Topics, args: &[&str]) {
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+    let status = crate::helpers::storepulse(topics)
         .args(["simulate", "--quiet", "--no-create-topics"])
         .args(args)
-        .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
-        .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
-        .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
-        .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity)
         .status()
         .expect("simulate runs");
     assert!(status.success());

@@ -4,7 +4,6 @@
 
 use crate::helpers::{self, consume_all, fresh_topics};
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 use storepulse::events::{Codec, Event, TopicRole};
 use storepulse::simulate::scenario::{FlashSale, Scenario, ScenarioConfig};
@@ -207,13 +206,9 @@ async fn a_cancelled_run_flushes_what_it_produced() {
 /// variables (which the binary reads), against the broker under test.
 fn simulate_cli(name: &str, args: &[&str]) -> std::process::Output {
     let topics = fresh_topics(name).topics;
-    Command::new(env!("CARGO_BIN_EXE_storepulse"))
+    crate::helpers::storepulse(&topics)
         .arg("simulate")
         .args(args)
-        .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
-        .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
-        .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)
-        .env("STOREPULSE_TOPIC_ACTIVITY", &topics.activity)
         .output()
         .expect("the binary runs")
 }

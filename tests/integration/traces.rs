@@ -166,7 +166,7 @@ async fn an_orders_trace_runs_from_the_producer_through_processing_and_its_frame
     };
     // The simulator, traced too: it creates the topics and sends 300 records, paced so
     // that each frame carries a few (a frame links at most 32 sampled records).
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+    let status = crate::helpers::storepulse(&settings.topics)
         .args([
             "simulate",
             "--quiet",
@@ -185,10 +185,6 @@ async fn an_orders_trace_runs_from_the_producer_through_processing_and_its_frame
             "--skus",
             "5",
         ])
-        .env("STOREPULSE_KAFKA_BROKERS", helpers::brokers())
-        .env("STOREPULSE_TOPIC_ORDERS", &settings.topics.orders)
-        .env("STOREPULSE_TOPIC_INVENTORY", &settings.topics.inventory)
-        .env("STOREPULSE_TOPIC_ACTIVITY", &settings.topics.activity)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_SERVICE_NAME", format!("{service}-sim"))
         .status()
