@@ -570,3 +570,79 @@ fn serve_refuses_to_serve_everyone_on_a_non_loopback_address_and_a_misspelt_vari
         "{stderr}"
     );
 }
+
+/// Key rotation: a key dropped from the JWKS file stops verifying once serve gets SIGHUP,
+/// and a broken file on SIGHUP keeps the keys in use.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_jwks_file() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let settings = crate::helpers::fresh_topics("sighup");
+    crate::helpers::create_topics(&settings, 1).await;
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
+    let rsa = EncodingKey::from_rsa_pem(
+        &std::fs::read(format!("{fixtures}/rsa-private.pem")).expect("fixture"),
+    )
+    .expect("rsa key");
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&rsa, Algorithm::RS256).expect("jwk");
+    jwk.common.key_id = Some("rsa-1".into());
+    let jwks = std::env::temp_dir().join(format!("{}.json", crate::helpers::unique("jwks")));
+    let set = |keys: Vec<jsonwebtoken::jwk::Jwk>| {
+        serde_json::to_vec(&jsonwebtoken::jwk::JwkSet { keys }).expect("json")
+    };
+    std::fs::write(&jwks, set(vec![jwk])).expect("write");
+    let jwks_path = jwks.display().to_string();
+    let server = Server::start_with(
+        &settings.topics,
+        &crate::helpers::unique("sighup"),
+        &crate::helpers::database_url(),
+        &[
+            ("STOREPULSE_AUTH_MODE", "jwt"),
+            ("STOREPULSE_AUTH_JWKS_FILE", jwks_path.as_str()),
+        ],
+    );
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64;
+    let token = storepulse::auth::sign(
+        &header,
+        &rsa,
+        &storepulse::auth::Grant {
+            subject: "rotated".into(),
+            stores: None,
+            role: storepulse::auth::Role::Viewer,
+            expires_at_s: now_s + 600,
+        },
+    )
+    .expect("signs");
+    let bearer = format!("Bearer {token}");
+    let session = || {
+        crate::helpers::try_http_get(
+            &server.address,
+            "/api/session",
+            &[("Authorization", &bearer)],
+        )
+        .expect("answers")
+        .0
+    };
+    assert_eq!(session(), 200, "the JWKS key verifies");
+    let hangup = |pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    };
+    // A broken file: the keys in use stay.
+    std::fs::write(&jwks, b"{ not json").expect("write");
+    hangup(server.pid());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(session(), 200, "a broken file keeps the keys in use");
+    // The key rotated out: refused after the reload.
+    std::fs::write(&jwks, set(vec![])).expect("write");
+    hangup(server.pid());
+    crate::helpers::wait_for(|| session() == 401, "the rotated-out key is refused").await;
+    let _ = std::fs::remove_file(&jwks);
+}
