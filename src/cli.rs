@@ -152,6 +152,9 @@ fn parse_time(s: &str, now_ms: i64) -> anyhow::Result<i64> {
     parse_start(s).map_err(anyhow::Error::msg)
 }
 
+/// A config file's name and text (if one is given), and the environment.
+type Sources = (Option<(String, String)>, HashMap<String, String>);
+
 /// Where the settings of `serve` and `migrate` come from.
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
@@ -166,10 +169,9 @@ impl ConfigArgs {
     }
 
     fn settings_with(&self, overrides: &[(String, String)]) -> anyhow::Result<Settings> {
-        let text = self.file_text()?;
-        let environment: HashMap<String, String> = std::env::vars().collect();
+        let (file, environment) = self.sources()?;
         Ok(Settings::load_with(
-            text.as_ref()
+            file.as_ref()
                 .map(|(name, text)| (name.as_str(), text.as_str())),
             &environment,
             overrides,
@@ -178,13 +180,17 @@ impl ConfigArgs {
 
     /// The effective configuration, secrets masked (`storepulse config`).
     fn effective(&self) -> anyhow::Result<String> {
-        let text = self.file_text()?;
-        let environment: HashMap<String, String> = std::env::vars().collect();
+        let (file, environment) = self.sources()?;
         Ok(Settings::effective(
-            text.as_ref()
+            file.as_ref()
                 .map(|(name, text)| (name.as_str(), text.as_str())),
             &environment,
         )?)
+    }
+
+    /// The config file (name and text, if one is given) and the process environment.
+    fn sources(&self) -> anyhow::Result<Sources> {
+        Ok((self.file_text()?, std::env::vars().collect()))
     }
 
     /// The config file's name and text, if one is given.

@@ -85,16 +85,6 @@ pub fn stretched_interval(base: Duration, streams: i64) -> Duration {
         .clamp(1, MAX_FRAME_STRETCH)
 }
 
-#[test]
-fn the_frame_interval_stretches_with_the_streams_open() {
-    let base = Duration::from_millis(25);
-    let ms = |streams| stretched_interval(base, streams).as_millis();
-    assert_eq!(
-        [0, 1, 1_000, 1_001, 2_000, 10_000, 50_000, -1].map(ms),
-        [25, 25, 25, 50, 50, 250, 250, 25]
-    );
-}
-
 /// The engine's timing and bounds.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineSettings {
@@ -588,4 +578,19 @@ fn unix_millis_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frame_interval_stretches_with_the_streams_open() {
+        let base = Duration::from_millis(25);
+        let ms = |streams| stretched_interval(base, streams).as_millis();
+        assert_eq!(
+            [0, 1, 1_000, 1_001, 2_000, 10_000, 50_000, -1].map(ms),
+            [25, 25, 25, 50, 50, 250, 250, 25]
+        );
+    }
 }

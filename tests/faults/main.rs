@@ -15,7 +15,7 @@
 #[allow(dead_code)]
 mod helpers;
 
-use helpers::{Server, brokers, database_url, fresh_topics, position_total, unique};
+use helpers::{Server, brokers, database_url, fresh_topics, position_total, sorted_stock, unique};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rdkafka::ClientConfig;
@@ -94,31 +94,9 @@ fn token(ttl_s: i64) -> String {
     .expect("signs")
 }
 
-/// `GET path` over HTTP/1.0 with `headers`: (status, body); (0, "") if nothing answers.
+/// `GET path` with `headers`: (status, body); (0, "") while nothing answers.
 fn get(address: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
-        return (0, String::new());
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
-    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    let _ = stream.write_all(request.as_bytes());
-    let mut bytes = Vec::new();
-    let _ = stream.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    helpers::try_http_get(address, path, headers).unwrap_or_default()
 }
 
 /// What the recomputation needs of one store: placed order ids with their totals, and
@@ -332,19 +310,6 @@ fn record(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn sorted_stock(mut view: Value) -> Value {
-    let sort = |v: &mut Value| {
-        if let Some(stock) = v.get_mut("stock").and_then(Value::as_array_mut) {
-            stock.sort_by_key(|s| format!("{}/{}", s["store_id"], s["sku"]));
-        }
-    };
-    if let Some(stores) = view["stores"].as_object_mut() {
-        stores.values_mut().for_each(sort);
-    }
-    sort(&mut view["all_stores"]);
-    view
 }
 
 fn signal(pid: u32, name: &str) {

@@ -142,14 +142,24 @@ pub fn consume_all(
 
 /// A minimal HTTP/1.1 GET against the server under test: `(status, body)`.
 pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    try_http_get(address, path, &[]).expect("server accepts connections")
+}
+
+/// [`http_get`] with extra request `headers`; `None` if nothing accepts the connection
+/// (a server being restarted).
+pub fn try_http_get(address: &str, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).expect("server accepts connections");
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout is set");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n{extra}\r\n"
     )
     .expect("request is written");
     let mut response = Vec::new();
@@ -161,7 +171,22 @@ pub fn http_get(address: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("a status code");
-    (status, body.to_owned())
+    Some((status, body.to_owned()))
+}
+
+/// A snapshot-shaped view with each scope's stock in (store, SKU) order: deltas upsert
+/// stock, so a merged view may hold the same entries in another order than a snapshot.
+pub fn sorted_stock(mut view: serde_json::Value) -> serde_json::Value {
+    let sort = |v: &mut serde_json::Value| {
+        if let Some(stock) = v.get_mut("stock").and_then(serde_json::Value::as_array_mut) {
+            stock.sort_by_key(|s| format!("{}/{}", s["store_id"], s["sku"]));
+        }
+    };
+    if let Some(stores) = view["stores"].as_object_mut() {
+        stores.values_mut().for_each(sort);
+    }
+    sort(&mut view["all_stores"]);
+    view
 }
 
 /// A `storepulse serve` process under test.

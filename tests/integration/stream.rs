@@ -5,7 +5,7 @@
 //! clients do not hold anyone back and catch up by shared spans; a thousand clients (half
 //! of them gzip) come through a reconnect storm and a restart exact.
 
-use crate::helpers::{self, Server, database_url, fresh_topics, position_total};
+use crate::helpers::{self, Server, database_url, fresh_topics, position_total, sorted_stock};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -124,19 +124,6 @@ impl SseClient {
         }
         self.queued.pop_front()
     }
-}
-
-fn sorted_stock(mut view: Value) -> Value {
-    let sort = |v: &mut Value| {
-        if let Some(stock) = v.get_mut("stock").and_then(Value::as_array_mut) {
-            stock.sort_by_key(|s| format!("{}/{}", s["store_id"], s["sku"]));
-        }
-    };
-    if let Some(stores) = view["stores"].as_object_mut() {
-        stores.values_mut().for_each(sort);
-    }
-    sort(&mut view["all_stores"]);
-    view
 }
 
 async fn produce(
