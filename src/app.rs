@@ -91,6 +91,7 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
         start_http(&settings, wiring.metrics.accept_errors.clone())?,
         http_app,
         settings.http.header_timeout,
+        settings.http.max_connections,
     ));
     let migrated = migrate_early(&settings, &wiring.store).await;
     let kafka_settings = settings.kafka();
@@ -155,6 +156,8 @@ fn access_control(settings: &Settings) -> anyhow::Result<AccessControl> {
 /// The channels, counters and checkpoint store, and the HTTP side's share of them.
 fn wire(settings: &Settings, stages: &Stages) -> anyhow::Result<(Wiring, AppState)> {
     let metrics = Arc::new(Metrics::new(&settings.kafka().topics));
+    let auth = &settings.auth;
+    metrics.name_stores(auth.mode == "none" || auth.protect_metrics || auth.metrics_name_stores);
     let store =
         CheckpointStore::connect_lazy(&settings.checkpoint.database_url, &settings.kafka.group_id)
             .context("checkpoint store settings")?;
@@ -345,9 +348,17 @@ async fn run_http(
     listener: StreamListener,
     app: AppState,
     header_timeout: Duration,
+    max_connections: usize,
 ) -> std::io::Result<()> {
     let stop = app.stop.clone();
-    http::server::serve(listener, http::app(app), header_timeout, stop).await
+    http::server::serve(
+        listener,
+        http::app(app),
+        header_timeout,
+        max_connections,
+        stop,
+    )
+    .await
 }
 
 /// Stopped before ingest started: only HTTP runs.
@@ -571,10 +582,12 @@ async fn checkpoint_writer(mut w: Writer) -> bool {
                 Ok(()) => {
                     last_position = Some(frozen.position.clone());
                     backoff = FIRST_BACKOFF;
+                    w.metrics.checkpoint_consecutive_failures.set(0);
                     let _ = w.written.send(frozen);
                 }
                 Err(error) => {
                     w.metrics.checkpoint_failures.inc();
+                    w.metrics.checkpoint_consecutive_failures.inc();
                     if finishing {
                         tracing::error!(error = %error, "final checkpoint failed; the next start resumes from the previous one");
                         return false;

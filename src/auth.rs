@@ -74,7 +74,7 @@ struct Claims {
 /// Who is asking, once the token is verified (or anyone, with `auth.mode = "none"`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
-    /// The token's `sub` (empty when absent; `anonymous` without auth).
+    /// The token's `sub` (`token:<hash>` when absent; `anonymous` without auth).
     pub subject: String,
     /// What it may read.
     pub stores: Stores,
@@ -240,6 +240,7 @@ impl Verifier {
         let mut validation = Validation::new(header.alg);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp"]);
+        validation.validate_nbf = true;
         if self.settings.issuer.is_empty() {
             validation.iss = None;
         } else {
@@ -255,10 +256,15 @@ impl Verifier {
         let mut last = AuthError::Invalid("the signature does not verify".into());
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) => return principal(data.claims),
+                Ok(data) => return principal(data.claims, token),
                 Err(error) => {
                     last = match error.kind() {
                         ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
+                        ErrorKind::ImmatureSignature => {
+                            return Err(AuthError::Invalid(
+                                "the token is not valid yet (nbf)".into(),
+                            ));
+                        }
                         ErrorKind::InvalidSignature => {
                             AuthError::Invalid("the signature does not verify".into())
                         }
@@ -279,8 +285,9 @@ impl Verifier {
     }
 }
 
-/// The principal of verified claims.
-fn principal(claims: Claims) -> Result<Principal, AuthError> {
+/// The principal of verified claims. A token without `sub` is a subject of its own:
+/// `token:` and the first 16 hex digits of its SHA-256, so per-subject limits count it.
+fn principal(claims: Claims, token: &str) -> Result<Principal, AuthError> {
     let stores = match claims.stores {
         StoresClaim::One(all) if all == "*" => Stores::All,
         StoresClaim::One(store) => Stores::Only(BTreeSet::from([store])),
@@ -288,7 +295,12 @@ fn principal(claims: Claims) -> Result<Principal, AuthError> {
         StoresClaim::Many(stores) => Stores::Only(stores.into_iter().collect()),
     };
     Ok(Principal {
-        subject: claims.sub.unwrap_or_default(),
+        subject: claims.sub.filter(|sub| !sub.is_empty()).unwrap_or_else(|| {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(token.as_bytes());
+            let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            format!("token:{hex}")
+        }),
         stores,
         role: claims.role,
         expires_at_ms: Some(claims.exp.saturating_mul(1000)),
@@ -429,6 +441,37 @@ mod tests {
 
     fn token(grant: &Grant) -> String {
         sign_hs256(&SecretString::from(SECRET), grant).expect("signs")
+    }
+
+    #[test]
+    fn a_token_without_sub_is_a_subject_of_its_own_and_nbf_is_honoured() {
+        let verifier = Verifier::new(&settings()).expect("keys").expect("jwt");
+        let mut anonymous = grant(Some(&["store-berlin"]), Role::Viewer, 60);
+        anonymous.subject = String::new();
+        let one = verifier.verify(&token(&anonymous)).expect("verifies");
+        anonymous.expires_at_s += 1;
+        let other = verifier.verify(&token(&anonymous)).expect("verifies");
+        assert!(one.subject.starts_with("token:"), "{}", one.subject);
+        assert_eq!(one.subject.len(), "token:".len() + 16);
+        assert_ne!(one.subject, other.subject, "each token counts on its own");
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let claims = |nbf: i64| serde_json::json!({"exp": now_s() + 60, "nbf": nbf, "sub": "ana", "stores": "*", "role": "viewer"});
+        let early =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims(now_s() + 600), &key)
+                .expect("signs");
+        assert_eq!(
+            verifier.verify(&early),
+            Err(AuthError::Invalid(
+                "the token is not valid yet (nbf)".into()
+            ))
+        );
+        let ready =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims(now_s() - 5), &key)
+                .expect("signs");
+        assert_eq!(
+            verifier.verify(&ready).map(|p| p.subject),
+            Ok("ana".to_owned())
+        );
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub struct TokenArgs {
     /// How long it is valid (e.g. 8h, 30m).
     #[arg(long, default_value = "8h", value_parser = parse_duration)]
     ttl: Duration,
-    /// Its subject (`sub`): who it is for.
+    /// Its subject (`sub`): who it is for; per-subject stream limits count by it. Default:
+    /// `token-` and 16 random hex digits, a subject of its own.
     #[arg(long, default_value = "")]
     subject: String,
 }
@@ -414,8 +415,13 @@ fn token(args: &TokenArgs) -> anyhow::Result<String> {
     let now_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
+    let subject = if args.subject.is_empty() {
+        format!("token-{:016x}", rand::random::<u64>())
+    } else {
+        args.subject.clone()
+    };
     let grant = Grant {
-        subject: args.subject.clone(),
+        subject,
         stores: (!stores.iter().any(|s| s == "*")).then_some(stores),
         role,
         expires_at_s: now_s + args.ttl.as_secs() as i64,

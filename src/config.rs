@@ -48,6 +48,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_MIGRATE_ON_START", "checkpoint.migrate_on_start"),
     ("STOREPULSE_HTTP_ADDR", "http.addr"),
     ("STOREPULSE_HTTP_HEADER_TIMEOUT", "http.header_timeout"),
+    ("STOREPULSE_HTTP_MAX_CONNECTIONS", "http.max_connections"),
     ("STOREPULSE_CORS_ORIGINS", "http.cors_origins"),
     ("STOREPULSE_TRUSTED_PROXIES", "http.trusted_proxies"),
     ("STOREPULSE_AUTH_MODE", "auth.mode"),
@@ -58,6 +59,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_AUTH_ISSUER", "auth.issuer"),
     ("STOREPULSE_AUTH_AUDIENCE", "auth.audience"),
     ("STOREPULSE_AUTH_PROTECT_METRICS", "auth.protect_metrics"),
+    (
+        "STOREPULSE_AUTH_METRICS_NAME_STORES",
+        "auth.metrics_name_stores",
+    ),
     ("STOREPULSE_STREAM_MAX_LIFETIME", "stream.max_lifetime"),
     (
         "STOREPULSE_LIMIT_STREAMS_PER_CLIENT",
@@ -99,6 +104,11 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     (
         "STOREPULSE_DEFAULT_TIME_ZONE",
         "aggregate.default_time_zone",
+    ),
+    ("STOREPULSE_MAX_STORES", "aggregate.max_stores"),
+    (
+        "STOREPULSE_MAX_SKUS_PER_STORE",
+        "aggregate.max_skus_per_store",
     ),
 ];
 
@@ -312,6 +322,8 @@ pub struct HttpSection {
     /// response (so also the keep-alive idle timeout).
     #[serde(deserialize_with = "duration")]
     pub header_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
     /// Origins allowed to call the API from a browser page (CORS with credentials).
     pub cors_origins: Vec<String>,
     /// Addresses of proxies whose `X-Forwarded-For` names the client (per-client limits).
@@ -352,6 +364,8 @@ pub struct AuthSection {
     pub audience: String,
     /// Whether `/metrics` needs role operator.
     pub protect_metrics: bool,
+    /// Whether unprotected `/metrics` may name stores (label values) with auth on.
+    pub metrics_name_stores: bool,
 }
 
 /// `[stream]`
@@ -437,6 +451,10 @@ pub struct AggregateSection {
     pub dedup_capacity: usize,
     /// Days held.
     pub days_held: i32,
+    /// Most stores held.
+    pub max_stores: usize,
+    /// Most SKUs held per store.
+    pub max_skus_per_store: usize,
     /// Store time zones.
     pub time_zones: BTreeMap<String, String>,
     /// Per-SKU thresholds.
@@ -703,6 +721,18 @@ impl Settings {
         if self.aggregate.days_held < 1 {
             return Err(invalid("aggregate.days_held", "must be at least 1"));
         }
+        if self.aggregate.max_stores < 1 {
+            return Err(invalid("aggregate.max_stores", "must be at least 1"));
+        }
+        if self.aggregate.max_skus_per_store < 1 {
+            return Err(invalid(
+                "aggregate.max_skus_per_store",
+                "must be at least 1",
+            ));
+        }
+        if self.http.max_connections < 1 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
         if self.stream.queue_frames < 1 {
             return Err(invalid("stream.queue_frames", "must be at least 1"));
         }
@@ -761,6 +791,8 @@ impl Settings {
             dedup_window_ms: a.dedup_window.as_millis() as i64,
             dedup_capacity: a.dedup_capacity,
             allowed_lateness_ms: a.allowed_lateness.as_millis() as i64,
+            max_stores: a.max_stores,
+            max_skus_per_store: a.max_skus_per_store,
         })
     }
 }

@@ -33,6 +33,10 @@ pub const MAX_SCOPE_LABELS: usize = 64;
 /// The `scope` label of the all-stores view.
 pub const ALL_SCOPE: &str = "all";
 
+/// The one `scope` label of every store when stores are not named (see
+/// [`Metrics::name_stores`]).
+pub const STORES_SCOPE: &str = "store";
+
 /// A gauge of seconds (or another fractional unit).
 pub type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -168,6 +172,8 @@ pub struct Metrics {
     freshness: Family<ScopeLabels, HistogramWithExemplars<TraceLabels>>,
     /// Store scopes given a label so far (saturates past [`MAX_SCOPE_LABELS`]).
     store_scopes: AtomicUsize,
+    /// Whether stores get a `scope` label of their own (see [`Metrics::name_stores`]).
+    store_labels: std::sync::atomic::AtomicBool,
     /// Events applied.
     pub applied: Counter,
     /// Duplicate event ids skipped.
@@ -198,6 +204,8 @@ pub struct Metrics {
     pub checkpoint_size: Histogram,
     /// When the last checkpoint was written, Unix seconds (0 before the first).
     pub checkpoint_last_success: FloatGauge,
+    /// Checkpoint attempts that failed since the last one written.
+    pub checkpoint_consecutive_failures: Gauge,
     /// Records between the position and the partition ends, all partitions (-1 unknown).
     pub consumer_lag: Gauge,
     /// Newest event time applied, Unix seconds.
@@ -314,6 +322,7 @@ impl Metrics {
             disconnects,
             freshness,
             store_scopes: AtomicUsize::new(0),
+            store_labels: std::sync::atomic::AtomicBool::new(true),
             partition_position: Family::default(),
             partition_high_watermark: Family::default(),
             partition_lag: Family::default(),
@@ -332,6 +341,7 @@ impl Metrics {
             checkpoint_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             checkpoint_size: Histogram::new(exponential_buckets(1024.0, 2.0, 18)),
             checkpoint_last_success: FloatGauge::default(),
+            checkpoint_consecutive_failures: Gauge::default(),
             consumer_lag: Gauge::default(),
             newest_event_time: FloatGauge::default(),
             batch_duration: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
@@ -454,7 +464,12 @@ impl Metrics {
         for (name, help, counter) in counters {
             r.register(name, help, counter.clone());
         }
-        let gauges: [(&str, &str, &Gauge); 4] = [
+        let gauges: [(&str, &str, &Gauge); 5] = [
+            (
+                "checkpoint_consecutive_failures",
+                "Checkpoint attempts that failed since the last one written (/readyz is not ready from 3)",
+                &m.checkpoint_consecutive_failures,
+            ),
             (
                 "consumer_lag_records",
                 "Records between the position and the partition ends, all partitions (-1: unknown)",
@@ -623,12 +638,21 @@ impl Metrics {
             .set((high_watermark - position).max(0));
     }
 
+    /// Whether `/metrics` may name stores (a `scope` label per store, up to
+    /// [`MAX_SCOPE_LABELS`]); when not, every store's frames are observed under
+    /// `scope="store"`. Named when anyone may read every store anyway (`auth.mode =
+    /// "none"`), when `/metrics` needs an operator token, or when configured to.
+    pub fn name_stores(&self, yes: bool) {
+        self.store_labels.store(yes, Ordering::Relaxed);
+    }
+
     /// Observes how old the oldest event of a frame's scope was when the frame went out.
     /// `store` `None` is the all-stores scope; stores past [`MAX_SCOPE_LABELS`] share
     /// `scope="other"`. The exemplar is a sampled record's trace in the frame, if any.
     pub fn observe_freshness(&self, store: Option<&StoreId>, age: Duration, trace: Option<&str>) {
         let scope = match store {
             None => ALL_SCOPE.to_owned(),
+            Some(_) if !self.store_labels.load(Ordering::Relaxed) => STORES_SCOPE.to_owned(),
             Some(store) => {
                 let labels = ScopeLabels {
                     scope: store.0.clone(),
@@ -698,6 +722,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("storepulse_records_total{topic=\"shop.activity\"} 0\n"));
+    }
+
+    #[test]
+    fn unnamed_stores_share_one_scope() {
+        let metrics = Metrics::new(&crate::kafka::KafkaSettings::default().topics);
+        metrics.name_stores(false);
+        for store in ["store-berlin", "store-paris"] {
+            metrics.observe_freshness(Some(&store.into()), Duration::from_millis(5), None);
+        }
+        metrics.observe_freshness(None, Duration::from_millis(5), None);
+        let text = metrics.render();
+        assert!(!text.contains("store-berlin") && !text.contains("store-paris"));
+        assert!(text.contains("storepulse_freshness_seconds_count{scope=\"store\"} 2\n"));
+        assert!(text.contains("storepulse_freshness_seconds_count{scope=\"all\"} 1\n"));
     }
 
     #[test]

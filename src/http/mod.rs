@@ -122,19 +122,19 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Longest `store` parameter, on every endpoint.
-const MAX_STORE_ID: usize = 200;
-
-/// The `store` parameter of every endpoint: absent (all stores), or an id of 1 to
-/// [`MAX_STORE_ID`] bytes; anything else is the same 400 everywhere.
+/// The `store` parameter of every endpoint: absent (all stores), or a store id by the
+/// same rule the events' `store_id` follows (1 to 128 bytes, no control, space or
+/// invisible character, not `all` or `other`); anything else is the same 400 everywhere,
+/// with the rule's reason.
 fn store_param(store: Option<String>) -> Result<Option<StoreId>, ApiError> {
     match store {
-        Some(store) if store.is_empty() || store.len() > MAX_STORE_ID => {
-            Err(ApiError::bad_request(format!(
-                "store must be a store id of 1 to {MAX_STORE_ID} bytes"
-            )))
-        }
-        store => Ok(store.map(StoreId)),
+        Some(store) => match crate::events::store_id_problem(&store) {
+            Some(problem) => Err(ApiError::bad_request(format!(
+                "store must be a store id (1 to 128 bytes, visible characters, not all or other): it {problem}"
+            ))),
+            None => Ok(Some(StoreId(store))),
+        },
+        None => Ok(None),
     }
 }
 
@@ -291,15 +291,20 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "alive" }))
 }
 
+/// Checkpoint attempts failing in a row (PostgreSQL answering, but the write refused: a
+/// value too large, a table gone, a permission) from which `/readyz` is not ready.
+pub const CHECKPOINT_FAILURES_NOT_READY: i64 = 3;
+
 /// Longest a poison record may wait for the dead-letter topic while `/readyz` says ready.
 const DEAD_LETTER_WAIT_READY_MS: i64 = 5_000;
 
 async fn readyz(State(app): State<AppState>) -> Response {
     let status = app.status.borrow().clone();
-    let checkpoint_store =
-        tokio::time::timeout(Duration::from_secs(2), app.checkpoints.is_reachable())
-            .await
-            .unwrap_or(false);
+    let reachable = tokio::time::timeout(Duration::from_secs(2), app.checkpoints.is_reachable())
+        .await
+        .unwrap_or(false);
+    let failing = app.metrics.checkpoint_consecutive_failures.get();
+    let checkpoint_store = reachable && failing < CHECKPOINT_FAILURES_NOT_READY;
     let lag = app.metrics.consumer_lag.get();
     let lag = (lag >= 0).then_some(lag);
     let caught_up = status.assigned && lag.is_some_and(|lag| lag <= app.max_lag);
@@ -318,7 +323,11 @@ async fn readyz(State(app): State<AppState>) -> Response {
             "max_lag": app.max_lag,
             "newest_event_time_ms": status.newest_event_time,
         },
-        "checkpoint_store": { "ready": checkpoint_store },
+        "checkpoint_store": {
+            "ready": checkpoint_store,
+            "reachable": reachable,
+            "consecutive_failures": failing,
+        },
         "dead_letter_topic": {
             "ready": dead_letter_topic,
             "pending": dead_letters_pending,

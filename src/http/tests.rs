@@ -153,14 +153,16 @@ impl TestServer {
                     offset: *offset,
                 },
                 self.codec.encode(&event).expect("encodes"),
+                event.occurred_at(),
             ));
             *offset += 1;
         }
         let (done, wait) = std::sync::mpsc::channel();
         self.jobs
             .send(Box::new(move |engine: &mut Engine| {
-                for (at, bytes) in records {
-                    if engine.process_record(at, Some(&bytes), None).is_err() {
+                // The producer stamps each record with its event's time.
+                for (at, bytes, time) in records {
+                    if engine.process_record(at, Some(&bytes), Some(time)).is_err() {
                         engine.skip(at);
                     }
                 }
@@ -305,7 +307,7 @@ async fn the_snapshot_api_answers_with_the_engines_views_and_json_errors() {
             "{uri}: a reason"
         );
     }
-    let long = "x".repeat(201);
+    let long = "x".repeat(129);
     assert_eq!(
         server.json(&format!("/api/snapshot?store={long}")).await.0,
         StatusCode::BAD_REQUEST
@@ -317,7 +319,7 @@ async fn the_snapshot_api_answers_with_the_engines_views_and_json_errors() {
 async fn every_error_is_json_and_a_bad_store_is_the_same_400_everywhere() {
     let mut server = TestServer::start(Duration::from_secs(1));
     server.feed(50);
-    let long_store = "x".repeat(201);
+    let long_store = "x".repeat(129);
     let long_uri = format!("/api/snapshot?store={}", "y".repeat(9_000));
     let mut cases = vec![
         ("/nowhere".to_owned(), StatusCode::NOT_FOUND),
@@ -329,23 +331,37 @@ async fn every_error_is_json_and_a_bad_store_is_the_same_400_everywhere() {
         "/api/stream?",
         "/api/replay/stream?from=2026-12-02T05:00:00Z&to=2026-12-02T05:01:00Z&",
     ] {
-        cases.push((format!("{endpoint}store="), StatusCode::BAD_REQUEST));
-        cases.push((
-            format!("{endpoint}store={long_store}"),
-            StatusCode::BAD_REQUEST,
-        ));
+        // Empty, too long, reserved, and an invisible character (U+200B) in the id.
+        for bad in [
+            "",
+            long_store.as_str(),
+            "all",
+            "OTHER",
+            "store-berl%E2%80%8Bin",
+        ] {
+            cases.push((format!("{endpoint}store={bad}"), StatusCode::BAD_REQUEST));
+        }
     }
-    let mut reasons = std::collections::BTreeSet::new();
+    let mut reasons =
+        std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
     for (uri, expected) in &cases {
         let (status, answer) = server.json(uri).await;
         assert_eq!(status, *expected, "{}", &uri[..uri.len().min(80)]);
         let reason = answer["error"].as_str().unwrap_or_default().to_owned();
         assert!(!reason.is_empty(), "{uri}: a reason");
         if *expected == StatusCode::BAD_REQUEST {
-            reasons.insert(reason);
+            let value = uri.rsplit_once("store=").map_or("", |(_, v)| v).to_owned();
+            reasons.entry(value).or_default().insert(reason);
         }
     }
-    assert_eq!(reasons.len(), 1, "one answer for a bad store: {reasons:?}");
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
+    for (value, answers) in &reasons {
+        assert_eq!(
+            answers.len(),
+            1,
+            "one answer for store={value} on every endpoint: {answers:?}"
+        );
+    }
     // A method no endpoint answers: 405, JSON, and what is allowed.
     let response = server
         .router

@@ -48,6 +48,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// At most one log line per this long about a dead-letter topic that does not acknowledge.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// While dead letters fail, the topic is created (if missing) at most this often.
+const CREATE_EVERY: Duration = Duration::from_secs(10);
+
 /// A poison record not yet acknowledged: what to send again.
 struct Pending {
     key: Option<Vec<u8>>,
@@ -128,6 +131,21 @@ impl ProducerContext for DeliveryReports {
     }
 }
 
+/// A producer whose delivery reports settle `ledger`.
+fn producer(
+    settings: &KafkaSettings,
+    metrics: &Arc<Metrics>,
+    ledger: &Arc<Mutex<Ledger>>,
+) -> Result<ThreadedProducer<DeliveryReports>, kafka::KafkaError> {
+    kafka::producer_config(settings, ATTEMPT_TIMEOUT)
+        .create_with_context(DeliveryReports {
+            metrics: Arc::clone(metrics),
+            ledger: Arc::clone(ledger),
+            logs: kafka::QuietLogs::default(),
+        })
+        .map_err(kafka::KafkaError::Config)
+}
+
 fn lock(ledger: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
     ledger
         .lock()
@@ -137,6 +155,9 @@ fn lock(ledger: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
 /// A producer to the dead-letter topic, and the poison records it has not delivered yet.
 pub struct DeadLetters {
     producer: ThreadedProducer<DeliveryReports>,
+    settings: KafkaSettings,
+    /// When the topic was last created (asked to be), after a failed attempt.
+    created_at: std::cell::Cell<Option<Instant>>,
     topic: String,
     metrics: Arc<Metrics>,
     ledger: Arc<Mutex<Ledger>>,
@@ -150,15 +171,11 @@ impl DeadLetters {
         metrics: Arc<Metrics>,
     ) -> Result<DeadLetters, kafka::KafkaError> {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
-        let producer = kafka::producer_config(settings, ATTEMPT_TIMEOUT)
-            .create_with_context(DeliveryReports {
-                metrics: Arc::clone(&metrics),
-                ledger: Arc::clone(&ledger),
-                logs: kafka::QuietLogs::default(),
-            })
-            .map_err(kafka::KafkaError::Config)?;
+        let producer = producer(settings, &metrics, &ledger)?;
         Ok(DeadLetters {
             producer,
+            settings: settings.clone(),
+            created_at: std::cell::Cell::new(None),
             topic,
             metrics,
             ledger,
@@ -227,6 +244,16 @@ impl DeadLetters {
     /// record waiting (what `/readyz` reads).
     pub fn retry_due(&self, now: Instant) {
         let mut ledger = lock(&self.ledger);
+        let failing = ledger.pending.values().any(|p| p.retry_at.is_some());
+        if failing
+            && self
+                .created_at
+                .get()
+                .is_none_or(|at| now.duration_since(at) >= CREATE_EVERY)
+        {
+            self.created_at.set(Some(now));
+            self.create_topic();
+        }
         for (number, pending) in &mut ledger.pending {
             if pending.retry_at.is_some_and(|at| at <= now) {
                 pending.retry_at = (!self.produce(*number, pending)).then_some(now + RETRY_AFTER);
@@ -241,6 +268,46 @@ impl DeadLetters {
         self.metrics
             .dead_letters_oldest_wait
             .set(oldest.as_secs_f64());
+    }
+
+    /// Creates the topic if it is missing, on a thread of its own (the ingest thread never
+    /// waits for it): `serve` makes it at start, but Kafka may have been away then, or the
+    /// topic deleted since. A topic that exists is left alone.
+    fn create_topic(&self) {
+        let settings = self.settings.clone();
+        let topic = self.topic.clone();
+        let spawned = std::thread::Builder::new()
+            .name("dead-letter-topic".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot create the dead-letter topic");
+                        return;
+                    }
+                };
+                let created = runtime.block_on(kafka::ensure_topics(
+                    &settings,
+                    &[topic.as_str()],
+                    1,
+                    ATTEMPT_TIMEOUT,
+                ));
+                match created {
+                    Ok(created) if !created.is_empty() => {
+                        tracing::info!(topic, "created the missing dead-letter topic");
+                    }
+                    Ok(_) => tracing::info!(topic, "the dead-letter topic exists"),
+                    Err(error) => {
+                        tracing::warn!(error = %error, topic, "could not create the dead-letter topic; trying again in 10 s");
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(error = %error, "cannot start the dead-letter topic creation");
+        }
     }
 
     /// How many poison records have been sent so far (the number the next one gets).

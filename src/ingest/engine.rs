@@ -18,7 +18,7 @@ use super::freshness::PendingAges;
 use super::hub::{Hub, SharedSnapshot, Subscription};
 use crate::aggregate::{Applied, Changes, Layout, RecordRef, State};
 use crate::checkpoint::Frozen;
-use crate::events::{Codec, DecodeError, StoreId, check_event_time};
+use crate::events::{Codec, DecodeError, StoreId};
 use crate::live::{self, Encoded, FrameBuilder, SnapshotEvent, Start};
 use crate::metrics::{Metrics, OpeningPath};
 use bytes::Bytes;
@@ -26,6 +26,7 @@ use opentelemetry::trace::TraceContextExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use storepulse_core::record::{self, Processed, Record};
 
 /// Most sampled records a frame span links to (it counts them all).
 const FRAME_LINKS: usize = 32;
@@ -216,17 +217,15 @@ impl Engine {
         span: Option<&tracing::Span>,
     ) -> Result<(), DecodeError> {
         self.dirty = true;
-        let event = self.codec.decode(payload.ok_or(DecodeError::Tombstone)?)?;
+        let record = Record {
+            at,
+            payload,
+            timestamp_ms: record_time_ms,
+        };
+        let Processed { event, outcome } =
+            record::process(&mut self.state, &self.codec, record, &mut self.changes)?;
         if let Some(span) = span {
             crate::telemetry::decoded(span, event.event_id(), &event.store_id().0);
-        }
-        check_event_time(
-            &event,
-            record_time_ms,
-            self.state.config().max_future_skew_ms,
-        )?;
-        let outcome = self.state.apply(&event, at, &mut self.changes);
-        if let Some(span) = span {
             crate::telemetry::applied(span, outcome_label(outcome.applied), outcome.late);
         }
         let metrics = &self.out.metrics;

@@ -19,7 +19,7 @@ pub mod stream;
 
 use crate::aggregate::{Changes, Layout, PartitionKey, PositionError, RecordRef, State};
 use crate::config::Settings;
-use crate::events::{Codec, StoreId, TopicRole, check_event_time};
+use crate::events::{Codec, StoreId, TopicRole};
 use crate::kafka::{self, KafkaError};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::message::Message;
@@ -27,6 +27,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::time::{Duration, Instant};
+use storepulse_core::record::{self, Record};
 use thiserror::Error;
 
 /// How long one request to the broker may take.
@@ -675,27 +676,26 @@ struct Reader {
 struct Held {
     offset: i64,
     timestamp: Option<i64>,
-    payload: Vec<u8>,
+    payload: Option<Vec<u8>>,
 }
 
 impl Reader {
     /// Exactly what `serve` does with a record: decode, check its event time, apply; a
     /// poison record moves the position and changes nothing.
-    fn apply(&mut self, at: RecordRef, payload: &[u8], timestamp: Option<i64>) {
+    fn apply(&mut self, at: RecordRef, payload: Option<&[u8]>, timestamp: Option<i64>) {
         self.summary.records += 1;
         if let Some(bar) = &self.progress
             && self.summary.records.is_multiple_of(1024)
         {
             bar.inc(1024); // the bar takes a lock: once per 1024 records
         }
-        let skew = self.state.config().max_future_skew_ms;
-        let decoded = self
-            .codec
-            .decode(payload)
-            .and_then(|event| check_event_time(&event, timestamp, skew).map(|()| event));
-        match decoded {
-            Ok(event) => {
-                self.state.apply(&event, at, &mut self.changes);
+        let record = Record {
+            at,
+            payload,
+            timestamp_ms: timestamp,
+        };
+        match record::process(&mut self.state, &self.codec, record, &mut self.changes) {
+            Ok(_) => {
                 if !self.keep_changes && self.summary.records.is_multiple_of(4096) {
                     self.changes = Changes::default(); // only serve's frames read them
                 }
@@ -806,7 +806,7 @@ impl Reader {
                             partition: keys[i],
                             offset: h.offset,
                         },
-                        &h.payload,
+                        h.payload.as_deref(),
                         h.timestamp,
                     );
                     on_record(self, h.timestamp)?;
@@ -843,7 +843,7 @@ impl Reader {
                                     partition: keys[i],
                                     offset,
                                 },
-                                message.payload().unwrap_or_default(),
+                                message.payload(),
                                 timestamp,
                             );
                             on_record(self, timestamp)?;
@@ -852,7 +852,7 @@ impl Reader {
                             held[i].push_back(Held {
                                 offset,
                                 timestamp,
-                                payload: message.payload().unwrap_or_default().to_vec(),
+                                payload: message.payload().map(<[u8]>::to_vec),
                             });
                         }
                         if !paused[i] {

@@ -30,12 +30,12 @@ pub fn minor_digits(currency: &str) -> u32 {
 
 /// Minor units as a decimal amount in the currency's unit, e.g. `1234.50` (EUR), `980`
 /// (JPY). Exact: integer arithmetic only.
-pub fn format_minor(minor: i64, currency: &str) -> String {
+pub fn format_minor(minor: i128, currency: &str) -> String {
     let digits = minor_digits(currency);
     if digits == 0 {
         return minor.to_string();
     }
-    let scale = 10_i64.pow(digits);
+    let scale = 10_i128.pow(digits);
     let sign = if minor < 0 { "-" } else { "" };
     let abs = minor.unsigned_abs();
     let scale = scale.unsigned_abs();
@@ -82,7 +82,7 @@ pub struct Amount {
     /// ISO 4217 code.
     pub currency: String,
     /// Integer minor units (exact).
-    pub minor: i64,
+    pub minor: i128,
     /// The same in the currency's unit, e.g. `1234.50`.
     pub formatted: String,
 }
@@ -417,7 +417,10 @@ mod tests {
         assert_eq!(format_minor(-205, "EUR"), "-2.05");
         assert_eq!(format_minor(980, "JPY"), "980");
         assert_eq!(format_minor(1_234, "KWD"), "1.234");
-        assert_eq!(format_minor(i64::MIN, "EUR"), "-92233720368547758.08");
+        assert_eq!(
+            format_minor(i128::from(i64::MIN), "EUR"),
+            "-92233720368547758.08"
+        );
     }
 
     #[test]

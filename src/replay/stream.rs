@@ -89,6 +89,10 @@ impl ReplayService {
             .map_err(|_| Busy)?;
         let (tx, rx) = mpsc::channel(64);
         let settings = Arc::clone(&self.settings);
+        let tx = Out {
+            tx,
+            stall: settings.stream.stall_timeout,
+        };
         let resume = request.resume_position(last_event_id).map(str::to_owned);
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -124,15 +128,40 @@ fn lowest_priority() {
 /// The client went away: stop.
 struct Gone;
 
-fn send(tx: &mpsc::Sender<Bytes>, bytes: Vec<u8>) -> Result<(), Gone> {
-    tx.blocking_send(Bytes::from(bytes)).map_err(|_| Gone)
+/// Where a replay's bytes go: the HTTP response's channel, and how long a client may
+/// leave it full (`stream.stall_timeout`; zero: forever) before the replay gives up.
+pub(crate) struct Out {
+    tx: mpsc::Sender<Bytes>,
+    stall: std::time::Duration,
+}
+
+/// Sends bytes to the client. A client that reads nothing (its socket and then the channel
+/// full) for the stall timeout is gone too: the replay ends and gives its slot back.
+fn send(out: &Out, bytes: Vec<u8>) -> Result<(), Gone> {
+    use tokio::sync::mpsc::error::TrySendError;
+    let mut bytes = Bytes::from(bytes);
+    let deadline = std::time::Instant::now() + out.stall;
+    loop {
+        match out.tx.try_send(bytes) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(_)) => return Err(Gone),
+            Err(TrySendError::Full(back)) => {
+                if !out.stall.is_zero() && std::time::Instant::now() >= deadline {
+                    tracing::info!(stall = ?out.stall, "a replay stream's client read nothing for the stall timeout; the replay ends");
+                    return Err(Gone);
+                }
+                bytes = back;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
 }
 
 fn stream(
     settings: &Settings,
     request: &ReplayRequest,
     resume: Option<&str>,
-    tx: &mpsc::Sender<Bytes>,
+    tx: &Out,
     _permit: OwnedSemaphorePermit,
 ) {
     if let Err(error) = run(settings, request, resume, tx) {
@@ -145,7 +174,7 @@ fn run(
     settings: &Settings,
     request: &ReplayRequest,
     resume: Option<&str>,
-    tx: &mpsc::Sender<Bytes>,
+    tx: &Out,
 ) -> Result<(), ReplayError> {
     let options = ReplayOptions {
         from_ms: request.from_ms,
@@ -238,7 +267,7 @@ struct Pacer<'a> {
     tag: &'a str,
     plan: &'a Plan,
     request: &'a ReplayRequest,
-    tx: &'a mpsc::Sender<Bytes>,
+    tx: &'a Out,
     builder: FrameBuilder,
     started: Instant,
     last_frame: Instant,
@@ -300,7 +329,7 @@ impl Pacer<'_> {
                     / u64::from(self.request.speed.max(1)),
             );
             while self.started.elapsed() < due {
-                if self.tx.is_closed() {
+                if self.tx.tx.is_closed() {
                     return Err(gone(Gone));
                 }
                 self.frame(reader)?;
@@ -361,6 +390,34 @@ impl Pacer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_that_reads_nothing_for_the_stall_timeout_is_gone() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let out = Out {
+            tx,
+            stall: std::time::Duration::from_millis(50),
+        };
+        assert!(send(&out, b"one".to_vec()).is_ok());
+        let started = std::time::Instant::now();
+        assert!(
+            send(&out, b"two".to_vec()).is_err(),
+            "full for the stall timeout"
+        );
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+        // A client that reads in time is not.
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            let first = rx.blocking_recv();
+            let second = rx.blocking_recv();
+            (first, second)
+        });
+        assert!(send(&out, b"three".to_vec()).is_ok());
+        drop(out);
+        let (first, second) = reader.join().expect("reader");
+        assert_eq!(first.as_deref(), Some(&b"one"[..]));
+        assert_eq!(second.as_deref(), Some(&b"three"[..]));
+    }
 
     #[test]
     fn only_this_requests_own_ids_resume_it() {

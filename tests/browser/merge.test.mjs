@@ -55,6 +55,17 @@ test('orders rank by time then event id and keep the newest twenty; a delta twic
   assert.deepEqual(twice, once);
 });
 
+test('a complete recent_orders replaces the list, and the rollup follows every store', () => {
+  const v = view();
+  v.stores.p = { recent_orders: [order('p1', '09:00')] };
+  v.all_stores.recent_orders = [order('e1', '10:00'), order('p1', '09:00')];
+  // e1's day is no longer held: the store's whole list comes, marked complete.
+  applyDelta(v, { position: 't:5', stores: { s: { recent_orders: [order('e3', '11:00')], recent_orders_complete: true } } });
+  assert.deepEqual(v.stores.s.recent_orders.map((o) => o.event_id), ['e3']);
+  assert.equal(v.stores.s.recent_orders_complete, undefined, 'a flag, not a field of the view');
+  assert.deepEqual(v.all_stores.recent_orders.map((o) => o.event_id), ['e3', 'p1']);
+});
+
 test('a store first seen in a delta is added whole', () => {
   const v = applyDelta(view(), { position: 't:4', stores: { n: { orders_today: 7, stock: [], recent_orders: [] } } });
   assert.equal(v.stores.n.orders_today, 7);

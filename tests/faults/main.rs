@@ -1,5 +1,5 @@
 //! The seeded fault matrix (issue 13): one driver, against the real stack, injects at
-//! least 50 faults of 15 kinds into a `serve` under load (access control on) while a
+//! least 50 faults of 20 kinds into a `serve` under load (access control on) while a
 //! producer writes orders and cancellations and SSE clients record every event. At the end:
 //! the numbers equal an independent recomputation from the records produced (written from
 //! docs/api.md's rules, not from serve's code) to the cent; every bad record is in the
@@ -27,7 +27,9 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use storepulse::events::{Channel, Codec, Event, OrderCancelled, OrderLine, OrderPlaced};
+use storepulse::events::{
+    Channel, Codec, Event, OrderCancelled, OrderLine, OrderPlaced, SessionSeen,
+};
 use storepulse::live::client::{ClientView, SseParser};
 
 /// 2026-11-27T12:00:00Z: every good event is dated within a few minutes after it.
@@ -53,10 +55,15 @@ enum Kind {
     FutureDated,
     HostileLastEventId,
     ExpiredToken,
+    NoTimestampAhead,
+    OverflowingAmount,
+    JunkIdFlood,
+    KafkaDownAtStart,
+    DayChange,
 }
 
-/// How many of each kind one run injects (56 in all).
-const SCHEDULE: [(Kind, usize); 15] = [
+/// How many of each kind one run injects (71 in all).
+const SCHEDULE: [(Kind, usize); 20] = [
     (Kind::KillServe, 5),
     (Kind::KillAtCheckpoint, 4),
     (Kind::PauseServe, 3),
@@ -72,7 +79,37 @@ const SCHEDULE: [(Kind, usize); 15] = [
     (Kind::FutureDated, 4),
     (Kind::HostileLastEventId, 4),
     (Kind::ExpiredToken, 4),
+    (Kind::NoTimestampAhead, 4),
+    (Kind::OverflowingAmount, 3),
+    (Kind::JunkIdFlood, 3),
+    (Kind::KafkaDownAtStart, 2),
+    (Kind::DayChange, 3),
 ];
+
+/// A store only [`Kind::DayChange`] writes to (its days turn; the oracle's stores' do not).
+const DAY_STORE: &str = "store-rome";
+const DAY: i64 = 86_400_000;
+
+/// An order of `store` at `at` with one line and `total`.
+fn order_of(id: &str, store: &str, at: i64, total: i64) -> Event {
+    Event::OrderPlaced(OrderPlaced {
+        event_id: format!("ev-{id}"),
+        store_id: store.into(),
+        occurred_at: at,
+        order_id: id.into(),
+        customer_id: "c".into(),
+        customer_name: "Fault Matrix".into(),
+        lines: vec![OrderLine {
+            sku: "SKU-1".into(),
+            name: "Thing".into(),
+            quantity: 1,
+            unit_price_minor: total,
+        }],
+        total_minor: total,
+        currency: "EUR".into(),
+        channel: Channel::Web,
+    })
+}
 
 fn now_s() -> i64 {
     std::time::SystemTime::now()
@@ -414,6 +451,8 @@ impl Serve {
                 ("STOREPULSE_RESUME_WAIT", "30s"),
                 ("STOREPULSE_CHECKPOINT_INTERVAL", "200ms"),
                 ("STOREPULSE_HEARTBEAT", "1s"),
+                // The oracle's two stores and DAY_STORE: every junk id is over the limit.
+                ("STOREPULSE_MAX_STORES", "3"),
             ],
         );
         self.starts += 1;
@@ -475,6 +514,30 @@ fn a_seeded_fault_matrix_loses_nothing_and_ends_exact() {
             .create()
             .expect("producer"),
     );
+    // DAY_STORE's first record before anything else, so it is one of the three stores
+    // held before any junk id arrives.
+    {
+        let first = Event::SessionSeen(SessionSeen {
+            event_id: "ev-rome-first".into(),
+            store_id: DAY_STORE.into(),
+            occurred_at: T0,
+            session_id: "rome-first".into(),
+            user_id: None,
+        });
+        let value = Codec::new(&Default::default())
+            .expect("schemas")
+            .encode(&first)
+            .expect("encodes");
+        producer
+            .send(
+                BaseRecord::<str, [u8]>::to(&settings.topics.orders)
+                    .key("rome-first")
+                    .payload(value.as_slice()),
+            )
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        producer.flush(Duration::from_secs(30)).expect("delivered");
+    }
     // The good records, paced over the injections.
     let producing = {
         let producer = Arc::clone(&producer);
@@ -534,15 +597,23 @@ fn a_seeded_fault_matrix_loses_nothing_and_ends_exact() {
     let ours = broker_pid().is_some();
     let mut outcomes: BTreeMap<Kind, (usize, Vec<String>)> = BTreeMap::new();
     let mut bad_keys: HashSet<String> = HashSet::new();
+    let mut day_changes = 0usize;
     let codec = Codec::new(&Default::default()).expect("schemas");
     let started = Instant::now();
     for (n, kind) in schedule.iter().enumerate() {
         std::thread::sleep(Duration::from_millis(rng.random_range(100..600)));
-        let mut bad = |value: Option<Vec<u8>>| {
-            let key = format!("bad-{n}");
+        let mut bad = |value: Option<Vec<u8>>, timestamp: Option<i64>, part: usize| {
+            let key = if part == 0 {
+                format!("bad-{n}")
+            } else {
+                format!("bad-{n}-{part}")
+            };
             let mut record = BaseRecord::<str, [u8]>::to(&settings.topics.orders).key(&key);
             if let Some(value) = &value {
                 record = record.payload(value.as_slice());
+            }
+            if let Some(timestamp) = timestamp {
+                record = record.timestamp(timestamp);
             }
             producer.send(record).map_err(|(e, _)| e).expect("queued");
             bad_keys.insert(key);
@@ -599,18 +670,26 @@ fn a_seeded_fault_matrix_loses_nothing_and_ends_exact() {
                 recorders[n % CLIENTS].slow.store(true, Ordering::Relaxed);
                 "one client read nothing for 4 s".to_owned()
             }
-            Kind::Malformed => bad(Some(
-                (0..rng.random_range(1..200))
-                    .map(|_| rng.random_range(0..=0xBF))
-                    .collect(),
-            )),
+            Kind::Malformed => bad(
+                Some(
+                    (0..rng.random_range(1..200))
+                        .map(|_| rng.random_range(0..=0xBF))
+                        .collect(),
+                ),
+                None,
+                0,
+            ),
             Kind::UnknownFingerprint => {
                 let mut value = vec![0xC3, 0x01];
                 value.extend((0..40).map(|_| rng.random::<u8>()));
-                bad(Some(value))
+                bad(Some(value), None, 0)
             }
-            Kind::Oversized => bad(Some((0..1_000_000).map(|_| rng.random::<u8>()).collect())),
-            Kind::Tombstone => bad(None),
+            Kind::Oversized => bad(
+                Some((0..1_000_000).map(|_| rng.random::<u8>()).collect()),
+                None,
+                0,
+            ),
+            Kind::Tombstone => bad(None, None, 0),
             Kind::FutureDated => {
                 let future = Event::OrderPlaced(OrderPlaced {
                     event_id: format!("ev-future-{n}"),
@@ -624,7 +703,78 @@ fn a_seeded_fault_matrix_loses_nothing_and_ends_exact() {
                     currency: "EUR".into(),
                     channel: Channel::Web,
                 });
-                bad(Some(codec.encode(&future).expect("encodes")))
+                bad(Some(codec.encode(&future).expect("encodes")), None, 0)
+            }
+            Kind::NoTimestampAhead => {
+                // CreateTime -1 (no timestamp), dated ten years ahead: judged against the
+                // newest timestamp of its partition, so refused; the day does not move.
+                let ahead = order_of(
+                    &format!("ahead-{n}"),
+                    "store-berlin",
+                    now_s() * 1000 + 10 * 365 * DAY,
+                    1_000,
+                );
+                bad(Some(codec.encode(&ahead).expect("encodes")), Some(-1), 0)
+            }
+            Kind::OverflowingAmount => {
+                let huge = order_of(&format!("huge-{n}"), "store-paris", T0 + 1_000, i64::MAX);
+                bad(Some(codec.encode(&huge).expect("encodes")), None, 0)
+            }
+            Kind::JunkIdFlood => {
+                // A producer bug: a random id in the store field, fifty times.
+                for part in 1..=50 {
+                    let junk = order_of(
+                        &format!("junk-{n}-{part}"),
+                        &format!("junk-{:016x}", rng.random::<u64>()),
+                        T0 + 2_000,
+                        1_000,
+                    );
+                    bad(Some(codec.encode(&junk).expect("encodes")), None, part);
+                }
+                "50 new store ids over aggregate.max_stores, all dead-lettered".to_owned()
+            }
+            Kind::KafkaDownAtStart if ours => {
+                // serve starts while the broker is down, then a poison record arrives.
+                stack(&["down", "kafka"]);
+                serve.kill_and_restart();
+                std::thread::sleep(Duration::from_secs(2));
+                stack(&["up", "kafka"]);
+                bad(
+                    Some(b"poison after a start without Kafka".to_vec()),
+                    None,
+                    0,
+                );
+                "serve killed and started with the broker down; then a poison record".to_owned()
+            }
+            Kind::KafkaDownAtStart => "skipped: the stack is another clone's".to_owned(),
+            Kind::DayChange => {
+                // A store with a few orders whose day turns twice: its recent orders of
+                // the day no longer held leave the snapshot and every client's view.
+                let day = T0 + 2 * day_changes as i64 * DAY;
+                day_changes += 1;
+                let records: Vec<Event> = (0..3)
+                    .map(|i| order_of(&format!("rome-{n}-{i}"), DAY_STORE, day + i * 1_000, 500))
+                    .chain(std::iter::once(Event::SessionSeen(SessionSeen {
+                        event_id: format!("ev-rome-session-{n}"),
+                        store_id: DAY_STORE.into(),
+                        occurred_at: day + 2 * DAY,
+                        session_id: format!("rome-{n}"),
+                        user_id: None,
+                    })))
+                    .collect();
+                for event in &records {
+                    let value = codec.encode(event).expect("encodes");
+                    let key = format!("rome-{n}-{}", event.event_id());
+                    producer
+                        .send(
+                            BaseRecord::<str, [u8]>::to(&settings.topics.orders)
+                                .key(&key)
+                                .payload(value.as_slice()),
+                        )
+                        .map_err(|(e, _)| e)
+                        .expect("queued");
+                }
+                "three orders, then the store's day two days on".to_owned()
             }
             Kind::HostileLastEventId => {
                 let ids = ["x", "deadbeef:99999999,1", "00000000:", &"9".repeat(20_000)];
@@ -780,7 +930,12 @@ fn a_seeded_fault_matrix_loses_nothing_and_ends_exact() {
 
     // No crash loop: one start, then one per kill; still running and answering.
     let kills = outcomes.get(&Kind::KillServe).map_or(0, |o| o.0)
-        + outcomes.get(&Kind::KillAtCheckpoint).map_or(0, |o| o.0);
+        + outcomes.get(&Kind::KillAtCheckpoint).map_or(0, |o| o.0)
+        + if ours {
+            outcomes.get(&Kind::KafkaDownAtStart).map_or(0, |o| o.0)
+        } else {
+            0
+        };
     assert_eq!(
         serve.starts,
         1 + kills,

@@ -3,12 +3,12 @@
 //! it until the topic takes it, through a SIGKILL.
 
 use crate::helpers::{
-    self, Server, create_topics, database_url, fresh_topics, produce_raw, wait_for,
+    self, Server, create_topics, database_url, fresh_topics, produce_raw, produce_timed, wait_for,
 };
 use serde_json::Value;
 use std::time::Duration;
 use storepulse::events::{Channel, Codec, Event, OrderLine, OrderPlaced};
-use storepulse::kafka::{self, KafkaSettings};
+use storepulse::kafka::KafkaSettings;
 
 /// 2026-11-27T14:00:00Z.
 const T0: i64 = 1_795_788_000_000;
@@ -114,6 +114,116 @@ async fn a_future_dated_order_is_dead_lettered_and_moves_no_number() {
     assert_eq!(server.metric("storepulse_late_events_total"), 0);
 }
 
+/// One record of each kind the probes sent, each against a store with a real day:
+/// none may move a number, each is dead-lettered with its reason, and the store's later
+/// events count as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_records_are_dead_lettered_and_move_no_number() {
+    use storepulse::events::SessionSeen;
+    let settings = fresh_topics("hostile");
+    create_topics(&settings, 1).await;
+    let server = Server::start(
+        &settings.topics,
+        &helpers::unique("hostile"),
+        &database_url(),
+    );
+    let codec = Codec::new(&Default::default()).expect("schemas");
+    let session = |id: &str, store: &str, at: i64| {
+        codec
+            .encode(&Event::SessionSeen(SessionSeen {
+                event_id: format!("ev-{id}"),
+                store_id: store.into(),
+                occurred_at: at,
+                session_id: format!("sess-{id}"),
+                user_id: None,
+            }))
+            .expect("encodes")
+    };
+    let day: Vec<Event> = (0..20)
+        .map(|i| order(&format!("o{i}"), T0 + i * 1_000, 1_000))
+        .collect();
+    produce(&orders(&settings, &day));
+    let before = tokio::task::block_in_place(|| server.snapshot_at(20, Duration::from_secs(60)));
+    let activity = settings.topics.activity.as_str();
+    let ordered = settings.topics.orders.as_str();
+    let ten_years = 10 * 365 * 86_400_000;
+    let mut huge = orders(&settings, &[order("huge", T0 + 30_000, i64::MAX)]);
+    let huge = huge.remove(0).2;
+    let tricky_id = "store-berl\u{200b}in";
+    produce_timed(&[
+        // No Kafka timestamp, and nothing earlier in its partition to judge it by.
+        (
+            activity,
+            "s1".into(),
+            session("s1", "store-berlin", T0 + ten_years),
+            -1,
+        ),
+        // A real one, then one without a timestamp dated ten years after it.
+        (
+            activity,
+            "s2".into(),
+            session("s2", "store-berlin", T0 + 21_000),
+            T0 + 21_000,
+        ),
+        (
+            activity,
+            "s3".into(),
+            session("s3", "store-berlin", T0 + ten_years),
+            -1,
+        ),
+        (
+            activity,
+            "s4".into(),
+            session("s4", "store-berlin", i64::MAX),
+            T0,
+        ),
+        (activity, "s5".into(), session("s5", "all", T0), T0),
+        (activity, "s6".into(), session("s6", tricky_id, T0), T0),
+        (
+            activity,
+            "s7".into(),
+            session("s7", &"x".repeat(10_000), T0),
+            T0,
+        ),
+        (ordered, "huge".into(), huge.clone(), T0 + 30_000),
+        (ordered, "huge2".into(), huge, T0 + 30_000),
+    ]);
+    // Eight poison records and one session: 29 records read.
+    let after = tokio::task::block_in_place(|| server.snapshot_at(29, Duration::from_secs(60)));
+    assert_eq!(berlin(&after), berlin(&before), "the day did not move");
+    assert_eq!(after["as_of_ms"], T0 + 21_000);
+    assert_eq!(
+        after["stores"].as_object().map(|s| s.len()),
+        Some(1),
+        "{}",
+        after["stores"]
+    );
+    assert_eq!(
+        server.metric("storepulse_poison_records_total{reason=\"no_timestamp\"}"),
+        1
+    );
+    assert_eq!(
+        server.metric("storepulse_poison_records_total{reason=\"event_time_in_future\"}"),
+        1
+    );
+    assert_eq!(
+        server.metric("storepulse_poison_records_total{reason=\"invalid\"}"),
+        6
+    );
+    let dlq = format!("{}-dlq", settings.topics.orders);
+    let dead = tokio::task::spawn_blocking(move || {
+        helpers::consume_all(&helpers::brokers(), &[&dlq], 8, Duration::from_secs(30))
+    })
+    .await
+    .expect("consumer thread");
+    assert_eq!(dead.len(), 8);
+    // Later events count as usual.
+    produce(&orders(&settings, &[order("o20", T0 + 40_000, 1_000)]));
+    let last = tokio::task::block_in_place(|| server.snapshot_at(30, Duration::from_secs(60)));
+    assert_eq!(berlin(&last).0, 21);
+    assert!(server.terminate(), "SIGTERM exits 0");
+}
+
 async fn delete_topic(settings: &KafkaSettings, topic: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
@@ -154,34 +264,27 @@ async fn delete_topic(settings: &KafkaSettings, topic: &str) {
     .expect("metadata thread");
 }
 
-/// Creates `topic` again once the broker has finished deleting it.
-async fn recreate_topic(settings: &KafkaSettings, topic: &str) {
-    for _ in 0..60 {
-        if kafka::ensure_topics(settings, &[topic], 1, Duration::from_secs(10))
-            .await
-            .is_ok_and(|created| !created.is_empty())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("{topic} could not be created again");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_letter_the_topic_does_not_take_is_never_skipped_even_through_a_kill() {
     let settings = fresh_topics("dlq-down");
     create_topics(&settings, 1).await;
     let group = helpers::unique("dlq-down");
     let dlq = format!("{}-dlq", settings.topics.orders);
-    let server = Server::start(&settings.topics, &group, &database_url());
+    // A dead-letter topic the broker refuses (a name Kafka does not allow; serve cannot
+    // create it either, so it stays refused); after the kill, serve runs with a good one.
+    let refused = format!("{dlq} refused");
+    let server = Server::start_with(
+        &settings.topics,
+        &group,
+        &database_url(),
+        &[("STOREPULSE_DEAD_LETTER_TOPIC", refused.as_str())],
+    );
     let first: Vec<Event> = (0..10)
         .map(|i| order(&format!("a{i}"), T0 + i * 1_000, 1_000))
         .collect();
     produce(&orders(&settings, &first));
     tokio::task::block_in_place(|| server.snapshot_at(10, Duration::from_secs(60)));
-    // The dead-letter topic goes away; a poison record and good records follow.
-    delete_topic(&settings, &dlq).await;
+    // A poison record and good records follow.
     let mut records = vec![(
         settings.topics.orders.clone(),
         "junk".to_owned(),
@@ -215,7 +318,6 @@ async fn a_dead_letter_the_topic_does_not_take_is_never_skipped_even_through_a_k
     assert_eq!(server.metric("storepulse_dead_lettered_total"), 0);
     // Killed while it waits: no checkpoint may have covered the poison record.
     server.kill();
-    recreate_topic(&settings, &dlq).await;
     let server = Server::start(&settings.topics, &group, &database_url());
     let end = tokio::task::block_in_place(|| server.snapshot_at(21, Duration::from_secs(60)));
     assert_eq!(berlin(&end).0, 20, "every order counted once");
@@ -233,6 +335,50 @@ async fn a_dead_letter_the_topic_does_not_take_is_never_skipped_even_through_a_k
     )
     .await;
     assert_eq!(server.metric("storepulse_dead_letters_pending"), 0);
+    assert!(server.terminate(), "SIGTERM exits 0");
+}
+
+/// The dead-letter topic missing after start (Kafka was away when serve made it, or it
+/// was deleted): serve creates it when a dead letter fails, and the record is delivered
+/// without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_dead_letter_topic_is_created_when_a_poison_record_needs_it() {
+    let settings = fresh_topics("dlq-gone");
+    create_topics(&settings, 1).await;
+    let dlq = format!("{}-dlq", settings.topics.orders);
+    let server = Server::start_with(
+        &settings.topics,
+        &helpers::unique("dlq-gone"),
+        &database_url(),
+        &[("RUST_LOG", "storepulse=info,warn")],
+    );
+    produce(&orders(&settings, &[order("a0", T0, 1_000)]));
+    tokio::task::block_in_place(|| server.snapshot_at(1, Duration::from_secs(60)));
+    delete_topic(&settings, &dlq).await;
+    produce_raw(&[(
+        settings.topics.orders.as_str(),
+        "junk".to_owned(),
+        b"not avro at all".to_vec(),
+    )]);
+    // The first attempt fails after 10 s; then serve creates the topic and sends again.
+    wait_for(
+        || server.metric("storepulse_dead_lettered_total") == 1,
+        "the dead letter to be acknowledged",
+    )
+    .await;
+    assert_eq!(server.metric("storepulse_dead_letters_pending"), 0);
+    let topic = dlq.clone();
+    let dead = tokio::task::spawn_blocking(move || {
+        helpers::consume_all(&helpers::brokers(), &[&topic], 1, Duration::from_secs(30))
+    })
+    .await
+    .expect("consumer thread");
+    assert_eq!(dead[0].key, "junk");
+    wait_for(
+        || server.get("/readyz").0 == 200,
+        "/readyz once the dead letter is taken",
+    )
+    .await;
     assert!(server.terminate(), "SIGTERM exits 0");
 }
 

@@ -371,6 +371,32 @@ pub fn position_total(snapshot: &serde_json::Value) -> i64 {
         .unwrap_or(0)
 }
 
+/// Produces raw record values with keys and explicit Kafka timestamps (CreateTime; −1 is a
+/// record without one), waiting for every delivery.
+pub fn produce_timed(records: &[(&str, String, Vec<u8>, i64)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("broker.address.family", "v4")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    for (topic, key, value, timestamp) in records {
+        producer
+            .send(
+                BaseRecord::to(topic)
+                    .key(key)
+                    .payload(value)
+                    .timestamp(*timestamp),
+            )
+            .expect("queued");
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("every record is delivered");
+}
+
 /// Produces raw record values with keys, waiting for every delivery.
 pub fn produce_raw(records: &[(&str, String, Vec<u8>)]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};

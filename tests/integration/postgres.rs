@@ -95,3 +95,97 @@ async fn a_write_keeps_the_newest_and_the_newest_of_each_recent_hour() {
         .expect("a query runs");
     assert_eq!(count.0, 2);
 }
+
+/// A checkpoint store that answers but refuses every write (here its table is gone; in
+/// the report, a row over PostgreSQL's 1 GB limit): `/readyz` turns not ready after three
+/// failures in a row and says why, and ready again once a write succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoints_that_keep_failing_turn_readiness_off_until_one_is_written() {
+    use crate::helpers::{Server, create_topics, fresh_topics, produce_timed, wait_for};
+    use storepulse::events::{Codec, Event, SessionSeen};
+    let database = crate::helpers::unique("ckpt").replace('-', "_");
+    let mut admin = sqlx::PgConnection::connect(&database_url())
+        .await
+        .expect("postgres");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .execute(&mut admin)
+        .await
+        .expect("a database of its own");
+    let url = format!(
+        "{}/{database}",
+        database_url()
+            .rsplit_once('/')
+            .expect("a URL with a database")
+            .0
+    );
+    let settings = fresh_topics("ckpt-fail");
+    create_topics(&settings, 1).await;
+    let server = Server::start(&settings.topics, &crate::helpers::unique("ckpt"), &url);
+    let codec = Codec::new(&Default::default()).expect("schemas");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    let mut offset = 0;
+    let mut session = || {
+        offset += 1;
+        let event = Event::SessionSeen(SessionSeen {
+            event_id: format!("ev-{offset}"),
+            store_id: "store-berlin".into(),
+            occurred_at: now_ms + offset,
+            session_id: format!("sess-{offset}"),
+            user_id: None,
+        });
+        let value = codec.encode(&event).expect("encodes");
+        produce_timed(&[(
+            settings.topics.activity.as_str(),
+            format!("sess-{offset}"),
+            value,
+            now_ms + offset,
+        )]);
+    };
+    session();
+    wait_for(
+        || server.metric("storepulse_checkpoints_total") >= 1 && server.get("/readyz").0 == 200,
+        "a first checkpoint and readiness",
+    )
+    .await;
+    let mut db = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("its database");
+    sqlx::query("ALTER TABLE checkpoint_positions RENAME TO checkpoint_positions_away")
+        .execute(&mut db)
+        .await
+        .expect("renamed");
+    session();
+    wait_for(
+        || {
+            let (status, body) = server.get("/readyz");
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            status == 503
+                && body["checkpoint_store"]["reachable"] == true
+                && body["checkpoint_store"]["consecutive_failures"].as_i64() >= Some(3)
+        },
+        "/readyz to say the checkpoints keep failing",
+    )
+    .await;
+    sqlx::query("ALTER TABLE checkpoint_positions_away RENAME TO checkpoint_positions")
+        .execute(&mut db)
+        .await
+        .expect("renamed back");
+    wait_for(
+        || server.get("/readyz").0 == 200,
+        "readiness once a checkpoint is written",
+    )
+    .await;
+    assert_eq!(
+        server.metric("storepulse_checkpoint_consecutive_failures"),
+        0
+    );
+    assert!(server.terminate(), "SIGTERM exits 0");
+    drop(db);
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {database}")))
+        .execute(&mut admin)
+        .await
+        .expect("dropped");
+}

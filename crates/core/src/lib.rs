@@ -11,10 +11,12 @@
 //! - [`aggregate`]: the materialized view: `State::apply`, positions, JSON views, deltas.
 //! - [`checkpoint`]: the checkpoint format: a state and its position as versioned bytes.
 //! - [`live`]: the live stream: frames, the frame log, SSE encoding, the resume rules.
+//! - [`record`]: the record path every reader shares: decode, guard, limits, apply.
 //! - [`scenario`]: the deterministic flash-sale generator.
 
 pub mod aggregate;
 pub mod checkpoint;
 pub mod events;
 pub mod live;
+pub mod record;
 pub mod scenario;

@@ -4,8 +4,10 @@
 //
 // Rules: fields present replace; `stock` merges by store and SKU; `per_minute` merges by
 // minute and drops minutes before `per_minute_from`; `recent_orders` upserts by event id,
-// ranks newest first (ties by event id) and keeps 20; a store's `stock` and
-// `recent_orders` apply to the rollup too. Applying a delta twice is harmless.
+// ranks newest first (ties by event id) and keeps 20, or replaces the list when the part
+// says `recent_orders_complete: true` (orders left it: their day is no longer held); a
+// store's `stock` applies to the rollup too, and the rollup's `recent_orders` are the 20
+// newest of its stores' lists. Applying a delta twice is harmless.
 
 export const RECENT_ORDERS = 20; // the length of a view's recent_orders
 
@@ -32,8 +34,11 @@ export function mergeScope(target, part) {
       target.per_minute = upsert(target.per_minute, value, (a, b) => a.minute === b.minute)
         .sort((a, b) => a.minute.localeCompare(b.minute));
     } else if (field === 'recent_orders') {
-      target.recent_orders = upsert(target.recent_orders, value, (a, b) => a.event_id === b.event_id)
+      const held = part.recent_orders_complete === true ? [] : target.recent_orders;
+      target.recent_orders = upsert(held, value, (a, b) => a.event_id === b.event_id)
         .sort(byRank).slice(0, RECENT_ORDERS);
+    } else if (field === 'recent_orders_complete') {
+      // a flag of recent_orders, not a field of the view
     } else {
       target[field] = value;
     }
@@ -45,17 +50,20 @@ export function mergeScope(target, part) {
 
 // Applies a delta to a whole view (a snapshot's shape), in place; returns the view.
 export function applyDelta(view, delta) {
+  let ordersChanged = false;
   for (const [store, part] of Object.entries(delta.stores ?? {})) {
-    if (view.stores[store]) mergeScope(view.stores[store], part); else view.stores[store] = part;
-    // The rollup's stock and recent orders follow from the stores' changes.
-    if (view.all_stores) {
-      const derived = {};
-      if (part.stock) derived.stock = part.stock;
-      if (part.recent_orders) derived.recent_orders = part.recent_orders;
-      mergeScope(view.all_stores, derived);
-    }
+    if (!view.stores[store]) view.stores[store] = {};
+    mergeScope(view.stores[store], part);
+    if (part.recent_orders) ordersChanged = true;
+    // The rollup's stock follows from the stores' changes.
+    if (view.all_stores && part.stock) mergeScope(view.all_stores, { stock: part.stock });
   }
   if (delta.all_stores && view.all_stores) mergeScope(view.all_stores, delta.all_stores);
+  // The rollup's recent orders are the newest of its stores' lists.
+  if (ordersChanged && view.all_stores) {
+    view.all_stores.recent_orders = Object.values(view.stores)
+      .flatMap((s) => s.recent_orders ?? []).sort(byRank).slice(0, RECENT_ORDERS);
+  }
   view.position = delta.position;
   view.as_of = delta.as_of;
   view.as_of_ms = delta.as_of_ms;

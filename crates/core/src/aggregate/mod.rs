@@ -72,6 +72,12 @@ pub struct AggregateConfig {
     /// An event dated more than this after its Kafka record's timestamp is dead-lettered
     /// (`event_time_in_future`); see [`crate::events::check_event_time`].
     pub max_future_skew_ms: i64,
+    /// Most stores held: an event of a new store beyond it is dead-lettered
+    /// (`store_limit`).
+    pub max_stores: usize,
+    /// Most SKUs held per store (stock entries, and SKUs sold in the sales window): an
+    /// event naming a new SKU beyond it is dead-lettered (`sku_limit`).
+    pub max_skus_per_store: usize,
 }
 
 impl Default for AggregateConfig {
@@ -88,6 +94,8 @@ impl Default for AggregateConfig {
             dedup_capacity: 100_000,
             allowed_lateness_ms: 5 * 60_000,
             max_future_skew_ms: 5 * 60_000,
+            max_stores: 10_000,
+            max_skus_per_store: 100_000,
         }
     }
 }
@@ -282,6 +290,9 @@ impl Dedup {
 pub struct State {
     stores: BTreeMap<StoreId, StoreState>,
     dedup: BTreeMap<PartitionKey, Dedup>,
+    /// Newest usable Kafka timestamp read per partition (every record, applied or not):
+    /// what a record without a timestamp is judged by.
+    record_times: BTreeMap<PartitionKey, i64>,
     position: Position,
     /// Newest event time applied, over all stores (0 before any).
     newest_event_time: i64,
@@ -295,6 +306,7 @@ impl State {
         State {
             stores: BTreeMap::new(),
             dedup: BTreeMap::new(),
+            record_times: BTreeMap::new(),
             position: Position::default(),
             newest_event_time: 0,
             config,
@@ -324,6 +336,66 @@ impl State {
     /// Every store seen, by id.
     pub fn stores(&self) -> &BTreeMap<StoreId, StoreState> {
         &self.stores
+    }
+
+    /// The newest usable Kafka timestamp read in `partition` (see
+    /// [`crate::events::check_event_time`]).
+    pub fn partition_record_time(&self, partition: PartitionKey) -> Option<i64> {
+        self.record_times.get(&partition).copied()
+    }
+
+    /// Notes a record's usable Kafka timestamp for its partition (every record read, poison
+    /// or not, so the reference is a function of the partition's records alone).
+    pub fn note_record_time(&mut self, partition: PartitionKey, time_ms: i64) {
+        let newest = self.record_times.entry(partition).or_insert(time_ms);
+        *newest = (*newest).max(time_ms);
+    }
+
+    /// Whether the cardinality limits let `event` in: a new store beyond
+    /// `max_stores`, or a new SKU (stocked or sold) of a store beyond
+    /// `max_skus_per_store`, is refused. A record the limits refuse is poison.
+    pub fn admits(&self, event: &Event) -> Result<(), crate::events::DecodeError> {
+        use crate::events::DecodeError;
+        let store_id = event.store_id();
+        let Some(store) = self.stores.get(store_id) else {
+            if self.stores.len() >= self.config.max_stores {
+                return Err(DecodeError::StoreLimit {
+                    store: store_id.0.clone(),
+                    count: self.stores.len() + 1,
+                    max: self.config.max_stores,
+                });
+            }
+            return Ok(());
+        };
+        let max = self.config.max_skus_per_store;
+        let refuse = |sku: &Sku| DecodeError::SkuLimit {
+            store: store_id.0.clone(),
+            sku: sku.0.clone(),
+            max,
+        };
+        match event {
+            Event::StockChanged(s)
+                if !store.stock.contains_key(&s.sku) && store.stock.len() >= max =>
+            {
+                Err(refuse(&s.sku))
+            }
+            Event::OrderPlaced(o) => {
+                let new = o
+                    .lines
+                    .iter()
+                    .filter(|line| !store.sales.contains_key(&line.sku))
+                    .count();
+                match o
+                    .lines
+                    .iter()
+                    .find(|line| !store.sales.contains_key(&line.sku))
+                {
+                    Some(line) if store.sales.len() + new > max => Err(refuse(&line.sku)),
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Moves the position past a record that carries no event (a poison record sent to

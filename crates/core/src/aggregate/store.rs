@@ -36,8 +36,9 @@ pub fn local_day(tz: Tz, time_ms: i64) -> i32 {
     (date - NaiveDate::default()).num_days() as i32
 }
 
-/// Money per currency: ISO-4217 code → minor units.
-pub type Amounts = BTreeMap<String, i64>;
+/// Money per currency: ISO-4217 code → minor units. 128-bit: one order is at most
+/// [`crate::events::validate::MAX_AMOUNT_MINOR`], so no count of orders overflows a sum.
+pub type Amounts = BTreeMap<String, i128>;
 
 /// What is known of one order id of a day: whether it was placed (and its total), whether
 /// it was cancelled. Keyed by the xxh3 of the order id.
@@ -266,7 +267,11 @@ impl StoreState {
         if verdict == StoreApplied::Expired {
             return verdict;
         }
+        let recent = self.recent_orders.len();
         self.advance_time(event.occurred_at(), tz, config);
+        if self.recent_orders.len() != recent {
+            changes.recent_orders = true; // orders of a day no longer held left the list
+        }
         match event {
             Event::OrderPlaced(o) => self.order_placed(o, tz, config, changes),
             Event::OrderCancelled(c) => self.order_cancelled(c, tz, config, changes),
@@ -348,10 +353,14 @@ impl StoreState {
         let cancelled = mark.cancelled;
         day.orders += 1;
         add(&mut day.orders_by_currency, &o.currency, 1);
-        add(&mut day.gross_revenue, &o.currency, o.total_minor);
+        add(
+            &mut day.gross_revenue,
+            &o.currency,
+            i128::from(o.total_minor),
+        );
         if !cancelled {
             // A cancellation that came first already counted it out of the net.
-            add(&mut day.net_revenue, &o.currency, o.total_minor);
+            add(&mut day.net_revenue, &o.currency, i128::from(o.total_minor));
         } else {
             day.net_revenue.entry(o.currency.clone()).or_default();
         }
@@ -360,7 +369,7 @@ impl StoreState {
         if self.in_window(o.occurred_at, MINUTES_KEPT) {
             let bucket = self.minutes.entry(minute).or_default();
             bucket.orders += 1;
-            add(&mut bucket.revenue, &o.currency, o.total_minor);
+            add(&mut bucket.revenue, &o.currency, i128::from(o.total_minor));
             changes.minutes.insert(minute);
         }
         if self.in_window(o.occurred_at, SALES_WINDOW_MINUTES) {
@@ -429,7 +438,11 @@ impl StoreState {
         day.cancelled += 1;
         if let Some((total, code)) = placed {
             // The order's own total, once: an order never seen subtracts nothing.
-            add(&mut day.net_revenue, currency_str(&code), -total);
+            add(
+                &mut day.net_revenue,
+                currency_str(&code),
+                -i128::from(total),
+            );
         }
         changes.totals = true;
         if let Some(order) = self

@@ -170,7 +170,7 @@ fn orders_revenue_cancellations_and_average_order_value_count_today() {
 
 /// Revenue, orders and cancellations of store-berlin today, and o1's `cancelled` flag if
 /// it is listed.
-fn day_numbers(state: &State) -> (u64, Option<i64>, u64, Option<bool>) {
+fn day_numbers(state: &State) -> (u64, Option<i128>, u64, Option<bool>) {
     let Some(v) = state.store_view(&"store-berlin".into()) else {
         return (0, None, 0, None);
     };
@@ -296,9 +296,13 @@ fn events_of_a_day_no_longer_held_change_nothing() {
 
 /// Applies `event` if the event-time guard admits it against `record_time`.
 fn admit_and_apply(feed: &mut Feed, event: Event, record_time: i64) -> bool {
-    let admitted =
-        crate::events::check_event_time(&event, Some(record_time), config().max_future_skew_ms)
-            .is_ok();
+    let admitted = crate::events::check_event_time(
+        &event,
+        Some(record_time),
+        None,
+        config().max_future_skew_ms,
+    )
+    .is_ok();
     if admitted {
         feed.apply(event);
     }
@@ -411,7 +415,7 @@ proptest! {
             feed.apply(event);
         }
         let cancelled = cancellations > 0;
-        let net = if cancelled { 1_000 } else { 1_000 + total };
+        let net = i128::from(if cancelled { 1_000 } else { 1_000 + total });
         prop_assert_eq!(
             day_numbers(&feed.state),
             (2, Some(net), u64::from(cancelled), Some(cancelled))
@@ -998,5 +1002,78 @@ proptest! {
             held = sorted_stock(held);
             prop_assert_eq!(&held, &snapshot_json(&state, &layout));
         }
+    }
+}
+
+/// The report's defect: a store with fewer than 20 orders over its held days, and days
+/// that turn. The snapshot drops the orders of a day no longer held; a client that applied
+/// every delta (one by one, or conflated into one) must drop them too, in the store and in
+/// the rollup, while a second store's orders stay.
+#[test]
+fn recent_orders_of_a_day_no_longer_held_leave_a_streaming_client_too() {
+    const DAY: i64 = 86_400_000;
+    let layout = layout();
+    for conflate in [false, true] {
+        let mut feed = Feed::new();
+        let mut sent = crate::live::SentLists::new();
+        let mut held = snapshot_json(&feed.state, &layout);
+        let mut pending: Option<crate::live::Delta> = None;
+        let mut frame = |feed: &mut Feed, held: &mut serde_json::Value, last: bool| {
+            let changes = std::mem::take(&mut feed.changes);
+            if !changes.is_empty() {
+                let mut delta = crate::live::Delta::of(&feed.state, &layout, &changes);
+                delta.omit_unchanged_lists(&mut sent);
+                match pending.as_mut() {
+                    Some(earlier) => earlier.absorb(&delta),
+                    None => pending = Some(delta),
+                }
+            }
+            if !conflate || last {
+                if let Some(delta) = pending.take() {
+                    let json = serde_json::to_value(&delta).expect("json");
+                    crate::live::client::apply_delta(held, &json);
+                    *held = sorted_stock(held.clone());
+                }
+                assert_eq!(
+                    *held,
+                    snapshot_json(&feed.state, &layout),
+                    "conflate {conflate}"
+                );
+            }
+        };
+        for i in 0..3 {
+            feed.apply(order(
+                &format!("d0-{i}"),
+                "store-berlin",
+                SAMPLE_TIME + i * MINUTE,
+                1_000,
+                "EUR",
+            ));
+            feed.apply(order(
+                &format!("p0-{i}"),
+                "store-paris",
+                SAMPLE_TIME + i * MINUTE,
+                1_000,
+                "EUR",
+            ));
+        }
+        frame(&mut feed, &mut held, false);
+        feed.apply(order("d1", "store-berlin", SAMPLE_TIME + DAY, 1_000, "EUR"));
+        frame(&mut feed, &mut held, false);
+        // Two days on: the first day's orders of store-berlin are no longer held.
+        feed.apply(session("late", SAMPLE_TIME + 2 * DAY, None));
+        frame(&mut feed, &mut held, false);
+        feed.apply(order(
+            "d2",
+            "store-berlin",
+            SAMPLE_TIME + 2 * DAY + MINUTE,
+            1_000,
+            "EUR",
+        ));
+        frame(&mut feed, &mut held, true);
+        let berlin = &held["stores"]["store-berlin"]["recent_orders"];
+        assert_eq!(berlin.as_array().map(Vec::len), Some(2), "{berlin}");
+        let all = &held["all_stores"]["recent_orders"];
+        assert_eq!(all.as_array().map(Vec::len), Some(5), "{all}");
     }
 }

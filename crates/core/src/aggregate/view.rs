@@ -9,7 +9,7 @@
 //! Pure: "now" is the newest event time of the state, never the clock.
 
 use super::rules::{self, StockStatus};
-use super::store::{ACTIVE_WINDOW_MINUTES, MINUTES_KEPT, StockEntry, local_day};
+use super::store::{ACTIVE_WINDOW_MINUTES, Amounts, MINUTES_KEPT, StockEntry, local_day};
 use super::{AggregateConfig, HyperLogLog, Layout, State, StoreState, hll};
 use crate::events::{Channel, Sku, StoreId};
 use chrono::{DateTime, NaiveDate, SecondsFormat};
@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 pub struct Money {
     /// ISO-4217 code.
     pub currency: String,
-    /// Integer minor units.
-    pub minor: i64,
+    /// Integer minor units (128-bit: sums of many orders; one order is at most 10^12).
+    pub minor: i128,
 }
 
 /// One minute of the last hour.
@@ -233,7 +233,7 @@ pub(crate) fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn money(amounts: &BTreeMap<String, i64>) -> Vec<Money> {
+fn money(amounts: &Amounts) -> Vec<Money> {
     amounts
         .iter()
         .map(|(currency, minor)| Money {
@@ -243,7 +243,7 @@ fn money(amounts: &BTreeMap<String, i64>) -> Vec<Money> {
         .collect()
 }
 
-fn add_amounts(into: &mut BTreeMap<String, i64>, from: &BTreeMap<String, i64>) {
+fn add_amounts(into: &mut Amounts, from: &Amounts) {
     for (currency, minor) in from {
         *into.entry(currency.clone()).or_default() += minor;
     }
@@ -254,12 +254,12 @@ fn add_amounts(into: &mut BTreeMap<String, i64>, from: &BTreeMap<String, i64>) {
 struct Rollup {
     orders: u64,
     orders_by_currency: BTreeMap<String, u64>,
-    gross: BTreeMap<String, i64>,
-    net: BTreeMap<String, i64>,
+    gross: Amounts,
+    net: Amounts,
     cancelled: u64,
     visitors_today: HyperLogLog,
     visitors_now: HyperLogLog,
-    minutes: BTreeMap<i64, (u64, BTreeMap<String, i64>)>,
+    minutes: BTreeMap<i64, (u64, Amounts)>,
     newest_minute: i64,
     orders_list: Vec<(i64, String, OrderView)>,
     stock: Vec<StockView>,
@@ -324,7 +324,7 @@ impl Rollup {
                 customer_name: order.customer_name.clone(),
                 total: Money {
                     currency: order.currency.clone(),
-                    minor: order.total_minor,
+                    minor: i128::from(order.total_minor),
                 },
                 items: order.items,
                 channel: order.channel,
@@ -450,7 +450,7 @@ impl Rollup {
                 let orders = *self.orders_by_currency.get(currency)?;
                 (orders > 0).then(|| Money {
                     currency: currency.clone(),
-                    minor: gross.div_euclid(orders as i64),
+                    minor: gross.div_euclid(i128::from(orders)),
                 })
             })
             .collect();

@@ -211,11 +211,37 @@ pub enum DecodeError {
         /// `aggregate.max_future_skew`.
         max_skew_ms: i64,
     },
+    /// No usable Kafka timestamp, and no earlier record of its partition had one: nothing
+    /// to judge its event time by.
+    #[error(
+        "the record has no timestamp and no earlier record of its partition had one, so its event time cannot be checked"
+    )]
+    NoTimestamp,
+    /// A new store beyond `aggregate.max_stores`.
+    #[error("store {store:?} would be store {count}, over aggregate.max_stores = {max}")]
+    StoreLimit {
+        /// The store id (a new one).
+        store: String,
+        /// How many stores that would make.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A new SKU of a store beyond `aggregate.max_skus_per_store`.
+    #[error("sku {sku:?} of store {store:?} is over aggregate.max_skus_per_store = {max}")]
+    SkuLimit {
+        /// The store.
+        store: String,
+        /// The SKU (a new one of that store).
+        sku: String,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl DecodeError {
     /// Every label, indexed by [`DecodeError::index`] (metrics keep one counter each).
-    pub const LABELS: [&'static str; 8] = [
+    pub const LABELS: [&'static str; 11] = [
         "tombstone",
         "too_short",
         "unknown_framing",
@@ -224,6 +250,9 @@ impl DecodeError {
         "malformed",
         "invalid",
         "event_time_in_future",
+        "no_timestamp",
+        "store_limit",
+        "sku_limit",
     ];
 
     /// The position of this error's label in [`DecodeError::LABELS`]. The match is
@@ -238,6 +267,9 @@ impl DecodeError {
             DecodeError::Malformed { .. } => 5,
             DecodeError::Invalid { .. } => 6,
             DecodeError::EventTimeInFuture { .. } => 7,
+            DecodeError::NoTimestamp => 8,
+            DecodeError::StoreLimit { .. } => 9,
+            DecodeError::SkuLimit { .. } => 10,
         }
     }
 

@@ -10,10 +10,12 @@
 
 pub mod codec;
 pub mod samples;
-mod validate;
+pub mod validate;
 
 pub use codec::{Codec, ConfluentIds, DecodeError, EncodeError, SchemaId, SchemaVersion};
-pub use validate::{InvalidEvent, check_event_time};
+pub use validate::{
+    InvalidEvent, check_event_time, id_problem, store_id_problem, usable_timestamp,
+};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -130,34 +130,62 @@ impl ClientView {
 
 /// The merge rules: fields present replace; `stock` merges by store and SKU; `per_minute`
 /// merges by minute and drops minutes before `per_minute_from`; `recent_orders` upserts by
-/// event id, ranks newest first (ties by event id) and keeps 20; a store's `stock` and
-/// `recent_orders` apply to the rollup too.
+/// event id, ranks newest first (ties by event id) and keeps 20, or replaces the list when
+/// `recent_orders_complete` is true; a store's `stock` applies to the rollup too, and the
+/// rollup's `recent_orders` are the 20 newest of its stores' lists.
 pub fn apply_delta(view: &mut Value, delta: &Value) {
+    let mut orders_changed = false;
     if let Some(stores) = delta["stores"].as_object() {
         for (store, part) in stores {
             match view["stores"].get_mut(store) {
                 Some(existing) => merge_scope(existing, part),
                 None => {
-                    view["stores"][store] = part.clone();
+                    let mut fresh = Value::Object(serde_json::Map::new());
+                    merge_scope(&mut fresh, part);
+                    view["stores"][store] = fresh;
                 }
             }
-            if view.get("all_stores").is_some() {
-                let mut derived = serde_json::Map::new();
-                for field in ["stock", "recent_orders"] {
-                    if let Some(value) = part.get(field) {
-                        derived.insert(field.to_owned(), value.clone());
-                    }
-                }
-                merge_scope(&mut view["all_stores"], &Value::Object(derived));
+            orders_changed |= part.get("recent_orders").is_some();
+            if view.get("all_stores").is_some()
+                && let Some(stock) = part.get("stock")
+            {
+                let derived = serde_json::json!({ "stock": stock });
+                merge_scope(&mut view["all_stores"], &derived);
             }
         }
     }
     if let Some(all) = delta.get("all_stores") {
         merge_scope(&mut view["all_stores"], all);
     }
+    if orders_changed && view.get("all_stores").is_some() {
+        let mut orders: Vec<Value> = view["stores"]
+            .as_object()
+            .into_iter()
+            .flat_map(|stores| stores.values())
+            .flat_map(|store| {
+                store["recent_orders"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        rank_orders(&mut orders);
+        view["all_stores"]["recent_orders"] = Value::Array(orders);
+    }
     for field in ["position", "as_of", "as_of_ms"] {
         view[field] = delta[field].clone();
     }
+}
+
+/// Newest first by `occurred_at`, ties by `event_id`; the first 20.
+fn rank_orders(orders: &mut Vec<Value>) {
+    let text = |v: &Value, f: &str| v[f].as_str().unwrap_or("").to_owned();
+    orders.sort_by(|a, b| {
+        text(b, "occurred_at")
+            .cmp(&text(a, "occurred_at"))
+            .then_with(|| text(a, "event_id").cmp(&text(b, "event_id")))
+    });
+    orders.truncate(crate::aggregate::RECENT_ORDERS);
 }
 
 /// Upserts `items` into the array `target[field]` by `same`.
@@ -190,16 +218,15 @@ fn merge_scope(target: &mut Value, part: &Value) {
                 }
             }
             "recent_orders" => {
+                if part["recent_orders_complete"] == true {
+                    target[field] = Value::Array(Vec::new());
+                }
                 upsert(target, field, value, |a, b| a["event_id"] == b["event_id"]);
                 if let Some(orders) = target[field].as_array_mut() {
-                    orders.sort_by(|a, b| {
-                        text(b, "occurred_at")
-                            .cmp(&text(a, "occurred_at"))
-                            .then_with(|| text(a, "event_id").cmp(&text(b, "event_id")))
-                    });
-                    orders.truncate(crate::aggregate::RECENT_ORDERS);
+                    rank_orders(orders);
                 }
             }
+            "recent_orders_complete" => {}
             _ => target[field] = value.clone(),
         }
     }

@@ -109,9 +109,15 @@ pub struct StoreDelta {
     /// The minutes that changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_minute: Option<Vec<MinuteView>>,
-    /// The orders new or changed since the scope's previous delta (upserted by event id).
+    /// The orders new or changed since the scope's previous delta (upserted by event id),
+    /// or with `recent_orders_complete` the whole list.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recent_orders: Option<Vec<OrderView>>,
+    /// `recent_orders` is the whole list and replaces what the client holds: orders left
+    /// the list other than by being outranked (their day is no longer held), which an
+    /// upsert cannot say. Sent only then (at most once per scope and day change).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recent_orders_complete: bool,
     /// The SKUs that changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stock: Option<Vec<StockView>>,
@@ -172,22 +178,33 @@ pub fn upsert_orders(
 
 impl StoreDelta {
     /// Keeps only the recent orders that are new or changed against what the client holds
-    /// (`held`, a whole list), and makes `held` the new whole list. Before anything was
-    /// held (`None`) the list goes whole, and the client's upserts still end in it.
+    /// (`held`, a whole list), and makes `held` the new whole list. The whole list goes
+    /// instead, marked complete (the client replaces its list), when nothing was held
+    /// (`None`: what the client holds is not known here) or when an order left the list
+    /// without being outranked (its day is no longer held), which upserts cannot say.
     fn keep_new_orders(&mut self, held: &mut Option<Vec<OrderView>>) {
         let Some(whole) = self.recent_orders.take() else {
             return;
         };
-        let new: Vec<OrderView> = match held.as_ref() {
-            Some(before) => whole
-                .iter()
-                .filter(|o| !before.contains(o))
-                .cloned()
-                .collect(),
-            None => whole.clone(),
+        let Some(before) = held.as_ref() else {
+            *held = Some(whole.clone());
+            self.recent_orders = Some(whole);
+            self.recent_orders_complete = true;
+            return;
         };
+        let new: Vec<OrderView> = whole
+            .iter()
+            .filter(|o| !before.contains(o))
+            .cloned()
+            .collect();
+        let upserted = upsert_orders(Some(before.clone()), Some(new.clone()));
+        if upserted.as_ref() == Some(&whole) {
+            self.recent_orders = (!new.is_empty()).then_some(new);
+        } else {
+            self.recent_orders = Some(whole.clone());
+            self.recent_orders_complete = true;
+        }
         *held = Some(whole);
-        self.recent_orders = (!new.is_empty()).then_some(new);
     }
 
     /// The delta of `view` that carries the `touched` parts: the minutes in `minutes` (by
@@ -207,6 +224,7 @@ impl StoreDelta {
                     .collect()
             }),
             recent_orders: touched.recent_orders.then_some(view.recent_orders),
+            recent_orders_complete: false,
             stock: touched
                 .skus
                 .then(|| view.stock.into_iter().filter(|s| sku(s)).collect()),
@@ -223,7 +241,14 @@ impl StoreDelta {
             &self.counters.per_minute_from,
         );
         self.stock = merge_stock(self.stock.take(), later.stock.as_deref());
-        self.recent_orders = upsert_orders(self.recent_orders.take(), later.recent_orders.clone());
+        if later.recent_orders_complete {
+            // A replacement replaces whatever came before it.
+            self.recent_orders.clone_from(&later.recent_orders);
+            self.recent_orders_complete = true;
+        } else {
+            self.recent_orders =
+                upsert_orders(self.recent_orders.take(), later.recent_orders.clone());
+        }
         self.lists.absorb(later.lists.clone());
     }
 }
@@ -387,6 +412,8 @@ impl Delta {
                 delta.keep_new_orders(&mut baseline.recent_orders);
             }
             None => {
+                // The list (if any) is whole and authoritative: the client replaces its own.
+                delta.recent_orders_complete = delta.recent_orders.is_some();
                 if let Some(whole) = delta.lists.whole() {
                     sent.insert(
                         key,
