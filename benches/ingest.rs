@@ -116,6 +116,7 @@ async fn prefill(settings: &KafkaSettings, events: u64) {
             create_topics: false,
             message_timeout: Duration::from_secs(120),
             progress_every: Some(Duration::from_secs(5)),
+            junk_per_mille: 0,
         },
         CancellationToken::new(),
     )

@@ -119,6 +119,7 @@ async fn main() {
                 create_topics: false,
                 message_timeout: Duration::from_secs(60),
                 progress_every: None,
+                junk_per_mille: 0,
             },
             CancellationToken::new(),
         )

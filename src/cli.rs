@@ -8,7 +8,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::config::Settings;
 use crate::events::{Codec, ConfluentIds};
 use crate::kafka::{self, KafkaSettings, Topics};
-use crate::simulate::scenario::{FlashSale, ScenarioConfig};
+use crate::simulate::scenario::{FlashSale, Popularity, ScenarioConfig};
 use crate::simulate::{self, SimulateOptions};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -287,12 +287,20 @@ pub struct SimulateArgs {
     /// Stop after this long (e.g. 90s, 5m); without --count or --duration, runs until Ctrl-C.
     #[arg(long, env = "STOREPULSE_SIM_DURATION", value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Number of stores (1 to 8).
+    /// Number of stores (1 to 10 000: eight named ones, then store-00009, …).
     #[arg(long, env = "STOREPULSE_SIM_STORES", default_value_t = 3)]
     stores: usize,
-    /// SKUs in each store's catalog.
+    /// SKUs in each store's catalog (up to 100 000).
     #[arg(long, env = "STOREPULSE_SIM_SKUS", default_value_t = 40)]
     skus: usize,
+    /// How orders pick SKUs: uniform, or skewed (a few SKUs sell most, as in a real
+    /// catalog).
+    #[arg(long, env = "STOREPULSE_SIM_POPULARITY", default_value = "uniform", value_parser = ["uniform", "skewed"])]
+    popularity: String,
+    /// A buggy producer: this many records in a thousand carry a random store id, an order
+    /// total of 2^63 − 1, or a date ten years ahead without a Kafka timestamp.
+    #[arg(long, env = "STOREPULSE_SIM_JUNK_PER_MILLE", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    junk_per_mille: u32,
     /// Partitions of topics this run creates.
     #[arg(long, env = "STOREPULSE_SIM_PARTITIONS", default_value_t = 4)]
     partitions: i32,
@@ -330,6 +338,11 @@ impl SimulateArgs {
         let rate = (self.rate > 0.0).then_some(self.rate);
         SimulateOptions {
             scenario: ScenarioConfig {
+                popularity: if self.popularity == "skewed" {
+                    Popularity::Skewed
+                } else {
+                    Popularity::Uniform
+                },
                 seed: self.seed,
                 start_ms: self.start,
                 // Event time advances at the target rate (1000/s when unpaced), so the
@@ -352,6 +365,7 @@ impl SimulateArgs {
             create_topics: !self.no_create_topics,
             message_timeout: self.message_timeout,
             progress_every: (!self.quiet).then_some(Duration::from_secs(1)),
+            junk_per_mille: self.junk_per_mille,
         }
     }
 }

@@ -287,6 +287,7 @@ pub async fn produce(settings: &KafkaSettings, seed: u64, rate: f64, seconds: u6
         settings,
         SimulateOptions {
             scenario: ScenarioConfig {
+                popularity: Default::default(),
                 seed,
                 start_ms: now_ms(),
                 events_per_second: rate,
@@ -301,6 +302,7 @@ pub async fn produce(settings: &KafkaSettings, seed: u64, rate: f64, seconds: u6
             create_topics: false,
             message_timeout: Duration::from_secs(30),
             progress_every: None,
+            junk_per_mille: 0,
         },
         CancellationToken::new(),
     )

@@ -12,6 +12,7 @@ use storepulse::simulate::scenario::{FlashSale, ScenarioConfig};
 /// The benchmarks' shop: 8 stores × 500 SKUs, a 10-minute flash sale on 5 SKUs each.
 pub fn catalog(seed: u64, start_ms: i64) -> ScenarioConfig {
     ScenarioConfig {
+        popularity: Default::default(),
         seed,
         start_ms,
         events_per_second: 2_000.0,

@@ -128,6 +128,7 @@ impl TestServer {
             layout: layout(),
             codec: Codec::new(&Default::default()).expect("schemas"),
             scenario: Scenario::new(ScenarioConfig {
+                popularity: Default::default(),
                 seed: 3,
                 start_ms: 1_767_225_000_000,
                 events_per_second: 50.0,

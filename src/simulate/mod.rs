@@ -44,6 +44,8 @@ pub struct SimulateOptions {
     pub message_timeout: Duration,
     /// Print a progress line this often (to stderr); `None` is quiet.
     pub progress_every: Option<Duration>,
+    /// A buggy producer: records in a thousand corrupted ([`scenario::BuggyProducer`]).
+    pub junk_per_mille: u32,
 }
 
 /// What a run did.
@@ -158,6 +160,7 @@ pub async fn run(
 
     let mut scenario = Scenario::new(options.scenario.clone());
     let mut trace_rng = ChaCha8Rng::seed_from_u64(options.scenario.seed ^ 0x7472_6163_6570_6172);
+    let mut buggy = scenario::BuggyProducer::new(options.scenario.seed, options.junk_per_mille);
     let count = options.count.unwrap_or(u64::MAX);
     let started = Instant::now();
     let mut produced: u64 = 0;
@@ -175,7 +178,8 @@ pub async fn run(
             None => (produced + 10_000).min(count),
         };
         while produced < due {
-            let event = scenario.next().unwrap_or_else(|| unreachable!("endless"));
+            let mut event = scenario.next().unwrap_or_else(|| unreachable!("endless"));
+            let junk = buggy.corrupt(&mut event);
             let payload = codec.encode(&event)?;
             let topic = settings.topics.name(event.kind().topic_role());
             // With an exporter: a PRODUCER span per record the sampler picks, whose context
@@ -195,7 +199,12 @@ pub async fn run(
             let mut record = BaseRecord::to(topic)
                 .key(event.key())
                 .payload(&payload)
-                .timestamp(event.occurred_at())
+                // A buggy producer's future-dated records carry no timestamp (CreateTime −1).
+                .timestamp(if junk == Some(scenario::Junk::NoTimestamp) {
+                    -1
+                } else {
+                    event.occurred_at()
+                })
                 .headers(OwnedHeaders::new().insert(Header {
                     key: "traceparent",
                     value: Some(trace.as_str()),

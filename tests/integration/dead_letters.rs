@@ -399,6 +399,7 @@ async fn the_simulators_events_ahead_of_the_clock_carry_their_time_and_are_appli
         &settings,
         SimulateOptions {
             scenario: ScenarioConfig {
+                popularity: Default::default(),
                 seed: 5,
                 start_ms: now + 1_800_000,
                 events_per_second: 100.0,
@@ -413,6 +414,7 @@ async fn the_simulators_events_ahead_of_the_clock_carry_their_time_and_are_appli
             create_topics: false,
             message_timeout: Duration::from_secs(30),
             progress_every: None,
+            junk_per_mille: 0,
         },
         tokio_util::sync::CancellationToken::new(),
     )

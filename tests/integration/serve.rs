@@ -290,6 +290,7 @@ async fn produce_flash_sale(
         settings,
         SimulateOptions {
             scenario: ScenarioConfig {
+                popularity: Default::default(),
                 seed,
                 start_ms: T0,
                 events_per_second: 200.0,
@@ -310,6 +311,7 @@ async fn produce_flash_sale(
             create_topics: true,
             message_timeout: Duration::from_secs(30),
             progress_every: None,
+            junk_per_mille: 0,
         },
         CancellationToken::new(),
     )

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 fn scenario(seed: u64) -> ScenarioConfig {
     ScenarioConfig {
+        popularity: Default::default(),
         seed,
         start_ms: 1_795_773_600_000,
         events_per_second: 1_000.0,
@@ -37,6 +38,7 @@ fn options(seed: u64, count: u64) -> SimulateOptions {
         create_topics: true,
         message_timeout: Duration::from_secs(30),
         progress_every: None,
+        junk_per_mille: 0,
     }
 }
 
@@ -269,11 +271,63 @@ fn the_cli_exits_non_zero_when_records_are_not_delivered() {
 
 #[test]
 fn the_cli_rejects_an_impossible_scenario_with_a_reason() {
-    let out = simulate_cli("cli-stores", &["--stores", "12", "--count", "1"]);
+    let out = simulate_cli("cli-stores", &["--stores", "10001", "--count", "1"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("stores must be between 1 and 8"),
+        stderr.contains("stores must be between 1 and 10000"),
         "{stderr}"
     );
+}
+
+/// `--junk-per-mille`: a buggy producer's records reach serve as what they are. Every junk
+/// store id beyond `aggregate.max_stores` is `store_limit`, every absurd amount `invalid`,
+/// every record without a timestamp dated ten years ahead refused by the event-time guard;
+/// the real stores' day stays where the real records put it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buggy_producers_records_are_dead_lettered_by_their_reasons() {
+    const COUNT: u64 = 3_000;
+    let settings = fresh_topics("buggy");
+    let mut run = options(21, COUNT);
+    run.junk_per_mille = 300;
+    let report = simulate::run(&settings, run, CancellationToken::new())
+        .await
+        .expect("every record is delivered");
+    assert_eq!(report.acked, COUNT);
+    let server = helpers::Server::start_with(
+        &settings.topics,
+        &helpers::unique("buggy"),
+        &helpers::database_url(),
+        &[("STOREPULSE_MAX_STORES", "10")],
+    );
+    let snapshot =
+        tokio::task::block_in_place(|| server.snapshot_at(COUNT as i64, Duration::from_secs(90)));
+    let stores = snapshot["stores"].as_object().expect("stores");
+    assert_eq!(
+        stores.len(),
+        10,
+        "three real stores and seven junk ones, then the limit"
+    );
+    for real in ["store-berlin", "store-nyc", "store-tokyo"] {
+        assert!(stores.contains_key(real), "{real}");
+    }
+    let reason = |r: &str| {
+        server.metric(&format!(
+            "storepulse_poison_records_total{{reason=\"{r}\"}}"
+        ))
+    };
+    let (limit, invalid, future, none) = (
+        reason("store_limit"),
+        reason("invalid"),
+        reason("event_time_in_future"),
+        reason("no_timestamp"),
+    );
+    assert!(
+        limit > 100 && invalid > 50 && future + none > 100,
+        "{limit} {invalid} {future} {none}"
+    );
+    // The newest event is a real one: 3 000 records at 1 000/s of event time.
+    let as_of = snapshot["as_of_ms"].as_i64().expect("as_of");
+    assert!(as_of < 1_795_773_600_000 + 10_000, "{as_of}");
+    assert!(server.terminate());
 }

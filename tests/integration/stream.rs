@@ -137,6 +137,7 @@ async fn produce(
         settings,
         SimulateOptions {
             scenario: ScenarioConfig {
+                popularity: Default::default(),
                 seed,
                 start_ms,
                 events_per_second: 500.0,
@@ -151,6 +152,7 @@ async fn produce(
             create_topics: true,
             message_timeout: Duration::from_secs(30),
             progress_every: None,
+            junk_per_mille: 0,
         },
         CancellationToken::new(),
     )

@@ -106,6 +106,7 @@ mod tests {
         ]);
         let mut state = State::new(Arc::new(AggregateConfig::default()));
         let scenario = Scenario::new(ScenarioConfig {
+            popularity: Default::default(),
             seed: 7,
             start_ms: 1_767_225_000_000,
             events_per_second: 20.0,

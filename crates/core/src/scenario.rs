@@ -34,7 +34,36 @@ const STORES: &[(&str, &str, &str, (i64, i64))] = &[
 ];
 
 /// The most stores a scenario can have.
-pub const MAX_STORES: usize = STORES.len();
+/// The most stores a scenario has: the named ones first, then `store-00009`, … with the
+/// currencies of the named ones in turn (a marketplace's size).
+pub const MAX_STORES: usize = 10_000;
+
+/// Store `index` (from 0): id, SKU code, currency, price range in minor units.
+fn store_profile(index: usize) -> (String, String, &'static str, (i64, i64)) {
+    match STORES.get(index) {
+        Some(&(id, code, currency, prices)) => (id.to_owned(), code.to_owned(), currency, prices),
+        None => {
+            let (_, _, currency, prices) = STORES[index % STORES.len()];
+            (
+                format!("store-{:05}", index + 1),
+                format!("S{:05}", index + 1),
+                currency,
+                prices,
+            )
+        }
+    }
+}
+
+/// How orders pick their SKUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Popularity {
+    /// Every SKU alike.
+    #[default]
+    Uniform,
+    /// A few SKUs sell most, as in a real catalog: SKU `⌊n·u³⌋` for a uniform `u`, so the
+    /// first 1 % of the catalog takes about a fifth of the picks and half the catalog 79 %.
+    Skewed,
+}
 
 const ADJECTIVES: &[&str] = &[
     "Merino",
@@ -128,6 +157,8 @@ pub struct ScenarioConfig {
     pub skus_per_store: usize,
     /// The flash sale, if any.
     pub flash_sale: Option<FlashSale>,
+    /// How orders pick their SKUs.
+    pub popularity: Popularity,
 }
 
 impl ScenarioConfig {
@@ -170,9 +201,8 @@ impl ScenarioConfig {
 
     /// The store ids this scenario produces, in order.
     pub fn store_ids(&self) -> Vec<StoreId> {
-        STORES[..self.stores.min(MAX_STORES)]
-            .iter()
-            .map(|s| StoreId::from(s.0))
+        (0..self.stores.min(MAX_STORES))
+            .map(|i| StoreId(store_profile(i).0))
             .collect()
     }
 }
@@ -189,7 +219,7 @@ struct Product {
 #[derive(Clone, Debug)]
 struct StoreSim {
     id: StoreId,
-    code: &'static str,
+    code: String,
     currency: &'static str,
     catalog: Vec<Product>,
     sessions_started: u64,
@@ -250,11 +280,10 @@ impl Scenario {
             (run_key.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 32) as u32
         );
         let flash_skus = config.flash_sale.as_ref().map_or(0, |s| s.skus_per_store);
-        let stores = STORES[..config.stores]
-            .iter()
-            .map(|&(id, code, currency, (min_price, max_price))| StoreSim {
-                id: StoreId::from(id),
-                code,
+        let stores = (0..config.stores)
+            .map(store_profile)
+            .map(|(id, code, currency, (min_price, max_price))| StoreSim {
+                id: StoreId(id),
                 currency,
                 catalog: (0..config.skus_per_store)
                     .map(|i| {
@@ -279,6 +308,7 @@ impl Scenario {
                     .collect(),
                 sessions_started: 0,
                 orders_placed: 0,
+                code,
             })
             .collect();
         let mut scenario = Scenario {
@@ -434,7 +464,13 @@ impl Scenario {
             let product = if phase == Phase::FlashSale && n == 0 && self.rng.random_bool(0.8) {
                 self.rng.random_range(0..flash_skus)
             } else {
-                self.rng.random_range(0..catalog_len)
+                match self.config.popularity {
+                    Popularity::Uniform => self.rng.random_range(0..catalog_len),
+                    Popularity::Skewed => {
+                        let u: f64 = self.rng.random();
+                        ((catalog_len as f64 * u * u * u) as usize).min(catalog_len - 1)
+                    }
+                }
             };
             if lines.iter().any(|l| l.0 == product) {
                 continue;
@@ -584,6 +620,71 @@ impl Iterator for Scenario {
             self.step();
         }
         self.queue.pop_front()
+    }
+}
+
+/// What a buggy producer got wrong in one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Junk {
+    /// A random id in the store field (a new store every time).
+    StoreId,
+    /// An order total of 2^63 − 1.
+    Amount,
+    /// Dated ten years ahead, and sent without a Kafka timestamp (CreateTime −1).
+    NoTimestamp,
+}
+
+/// A producer with bugs: corrupts about `per_mille` of every thousand events, each one of
+/// the [`Junk`] kinds in turn at random. Seeded, so a run is repeatable; pure like the
+/// scenario (the caller sends a [`Junk::NoTimestamp`] record without a timestamp).
+#[derive(Debug)]
+pub struct BuggyProducer {
+    per_mille: u32,
+    rng: ChaCha8Rng,
+}
+
+impl BuggyProducer {
+    /// Corrupts `per_mille` (0 to 1000) events in a thousand.
+    pub fn new(seed: u64, per_mille: u32) -> BuggyProducer {
+        BuggyProducer {
+            per_mille: per_mille.min(1_000),
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6275_6767_7970_726f),
+        }
+    }
+
+    /// Corrupts `event` or leaves it; says what it did.
+    pub fn corrupt(&mut self, event: &mut Event) -> Option<Junk> {
+        if self.per_mille == 0 || self.rng.random_range(0..1_000) >= self.per_mille {
+            return None;
+        }
+        let junk = match self.rng.random_range(0..3) {
+            0 => Junk::StoreId,
+            1 if matches!(event, Event::OrderPlaced(_)) => Junk::Amount,
+            1 => Junk::StoreId,
+            _ => Junk::NoTimestamp,
+        };
+        match (junk, &mut *event) {
+            (Junk::Amount, Event::OrderPlaced(order)) => order.total_minor = i64::MAX,
+            (Junk::NoTimestamp, _) => {
+                let ahead = 10 * 365 * 86_400_000;
+                match event {
+                    Event::OrderPlaced(e) => e.occurred_at += ahead,
+                    Event::OrderCancelled(e) => e.occurred_at += ahead,
+                    Event::StockChanged(e) => e.occurred_at += ahead,
+                    Event::SessionSeen(e) => e.occurred_at += ahead,
+                }
+            }
+            _ => {
+                let store = StoreId(format!("junk-{:016x}", self.rng.random::<u64>()));
+                match event {
+                    Event::OrderPlaced(e) => e.store_id = store,
+                    Event::OrderCancelled(e) => e.store_id = store,
+                    Event::StockChanged(e) => e.store_id = store,
+                    Event::SessionSeen(e) => e.store_id = store,
+                }
+            }
+        }
+        Some(junk)
     }
 }
 

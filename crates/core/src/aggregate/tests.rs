@@ -702,6 +702,7 @@ fn partitioned_stream(seed: u64, count: usize) -> Vec<Vec<(Event, RecordRef)>> {
     let partitions: Vec<PartitionKey> = layout.partitions().collect();
     let mut lists: Vec<Vec<(Event, RecordRef)>> = vec![Vec::new(); partitions.len()];
     let scenario = Scenario::new(ScenarioConfig {
+        popularity: Default::default(),
         seed,
         start_ms: SAMPLE_TIME,
         // Fast event time: the stream crosses minutes, windows and a day boundary.

@@ -8,6 +8,7 @@ const START: i64 = 1_795_773_600_000;
 
 fn config(seed: u64, oversell: bool) -> ScenarioConfig {
     ScenarioConfig {
+        popularity: Default::default(),
         seed,
         start_ms: START,
         events_per_second: 1_000.0,
@@ -191,4 +192,103 @@ fn an_invalid_configuration_names_the_setting() {
     let mut c = config(1, false);
     c.skus_per_store = 1;
     assert!(c.validate().expect_err("rejected").contains("flash SKUs"));
+}
+
+#[test]
+fn a_marketplace_has_thousands_of_stores_with_their_own_ids_and_skus() {
+    let config = ScenarioConfig {
+        stores: 2_000,
+        skus_per_store: 5,
+        flash_sale: None,
+        ..config(3, false)
+    };
+    let ids = config.store_ids();
+    assert_eq!(ids.len(), 2_000);
+    assert_eq!(ids[0].as_str(), "store-berlin");
+    assert_eq!(ids[8].as_str(), "store-00009");
+    assert_eq!(ids[1_999].as_str(), "store-02000");
+    let opening: Vec<Event> = Scenario::new(config).take(10_000).collect();
+    let skus: std::collections::HashSet<&str> = opening
+        .iter()
+        .filter_map(|e| match e {
+            Event::StockChanged(s) => Some(s.sku.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        skus.len(),
+        10_000,
+        "every SKU of every store opens with its level"
+    );
+    assert!(skus.contains("S02000-0005"));
+    for event in &opening {
+        assert_eq!(event.validate(), Ok(()), "{event:?}");
+    }
+}
+
+#[test]
+fn skewed_popularity_sells_the_head_of_the_catalog_most() {
+    let sold = |popularity| {
+        let config = ScenarioConfig {
+            popularity,
+            stores: 1,
+            skus_per_store: 1_000,
+            flash_sale: None,
+            ..config(5, false)
+        };
+        let mut head = 0;
+        let mut all = 0;
+        for event in Scenario::new(config).take(60_000) {
+            if let Event::OrderPlaced(order) = event {
+                for line in order.lines {
+                    all += 1;
+                    let index: usize = line.sku.as_str()[4..].parse().expect("an index");
+                    head += usize::from(index <= 10);
+                }
+            }
+        }
+        head as f64 / all as f64
+    };
+    let uniform = sold(Popularity::Uniform);
+    let skewed = sold(Popularity::Skewed);
+    assert!(uniform < 0.03, "uniform: the first 1 % takes {uniform}");
+    assert!(skewed > 0.15, "skewed: the first 1 % takes {skewed}");
+}
+
+#[test]
+fn a_buggy_producer_corrupts_its_share_with_each_kind_of_junk() {
+    let mut buggy = BuggyProducer::new(9, 100);
+    let mut kinds: HashMap<Junk, usize> = HashMap::new();
+    let mut corrupted = 0;
+    let total = 20_000;
+    for mut event in events(9, false, total) {
+        let before = event.clone();
+        match buggy.corrupt(&mut event) {
+            None => assert_eq!(event, before),
+            Some(junk) => {
+                corrupted += 1;
+                *kinds.entry(junk).or_default() += 1;
+                assert_ne!(event, before);
+                match junk {
+                    Junk::StoreId => assert!(event.store_id().as_str().starts_with("junk-")),
+                    Junk::Amount => assert!(
+                        matches!(&event, Event::OrderPlaced(o) if o.total_minor == i64::MAX)
+                    ),
+                    Junk::NoTimestamp => {
+                        assert!(event.occurred_at() > before.occurred_at() + 3_000 * 86_400_000)
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        (1_700..2_300).contains(&corrupted),
+        "about 10 %: {corrupted}"
+    );
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert!(
+        BuggyProducer::new(9, 0)
+            .corrupt(&mut events(9, false, 1)[0])
+            .is_none()
+    );
 }
