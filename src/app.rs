@@ -514,17 +514,20 @@ async fn monitor_lag(
         let position = status.borrow().position.clone();
         let probe_now = Arc::clone(&probe);
         let names_now = names.clone();
-        let highs = tokio::task::spawn_blocking(move || {
-            probe_now.highs(&names_now, Duration::from_secs(2))
+        let watermarks = tokio::task::spawn_blocking(move || {
+            probe_now.watermarks(&names_now, Duration::from_secs(2))
         })
         .await
         .unwrap_or_else(|e| panic!("watermark thread panicked: {e}"));
-        let lag = match highs {
-            Ok(highs) => partitions
+        let lag = match watermarks {
+            Ok(watermarks) => partitions
                 .iter()
-                .zip(highs)
-                .map(|((topic, partition, key), high)| {
-                    let next = position.next_offset(*key);
+                .zip(watermarks)
+                .map(|((topic, partition, key), (low, high))| {
+                    // Records before the first retained one were deleted by retention:
+                    // there is nothing to read there, so a position behind it (a partition
+                    // that was quiet longer than its retention) is not behind.
+                    let next = position.next_offset(*key).max(low);
                     metrics.partition(topic, *partition, next, high);
                     (high - next).max(0)
                 })

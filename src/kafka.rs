@@ -295,18 +295,18 @@ impl WatermarkProbe {
         })
     }
 
-    /// The high watermark of each `(topic, partition)`. Blocking.
-    pub fn highs(
+    /// The low and high watermarks of each `(topic, partition)`: its first retained offset
+    /// and its next offset. Blocking.
+    pub fn watermarks(
         &self,
         partitions: &[(String, i32)],
         timeout: Duration,
-    ) -> Result<Vec<i64>, KafkaError> {
+    ) -> Result<Vec<(i64, i64)>, KafkaError> {
         partitions
             .iter()
             .map(|(topic, partition)| {
                 self.consumer
                     .fetch_watermarks(topic, *partition, timeout)
-                    .map(|(_, high)| high)
                     .map_err(KafkaError::Request)
             })
             .collect()

@@ -35,6 +35,10 @@ use std::time::{Duration, Instant};
 /// Most poison records waiting for an acknowledgement before ingest stops reading.
 pub const MAX_PENDING: usize = 10_000;
 
+/// Most bytes of poison records (values and keys as first held) waiting for an
+/// acknowledgement before ingest stops reading: ten 1 MB records do not hold 9 GB.
+pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+
 /// Longest value a dead letter keeps: with our headers it stays under the producer's and the
 /// broker's default 1 MB record limit. Longer values are cut to this prefix.
 pub const MAX_PAYLOAD: usize = 900 * 1024;
@@ -67,6 +71,8 @@ struct Pending {
     sent_at: Instant,
     /// Set when an attempt failed: when to send it again.
     retry_at: Option<Instant>,
+    /// Bytes counted against [`MAX_PENDING_BYTES`] while it waits.
+    held_bytes: usize,
 }
 
 /// Poison records in flight, by send number.
@@ -74,6 +80,8 @@ struct Pending {
 struct Ledger {
     next: u64,
     pending: BTreeMap<u64, Pending>,
+    /// The `held_bytes` of `pending`, summed.
+    bytes: usize,
     failures_log: Option<LogEvery>,
 }
 
@@ -102,7 +110,8 @@ impl ProducerContext for DeliveryReports {
         let mut ledger = lock(&self.ledger);
         match result {
             Ok(_) => {
-                if ledger.pending.remove(&number).is_some() {
+                if let Some(done) = ledger.pending.remove(&number) {
+                    ledger.bytes -= done.held_bytes;
                     self.metrics.dead_lettered.inc();
                 }
             }
@@ -203,6 +212,7 @@ impl DeadLetters {
             ),
             sent_at: Instant::now(),
             retry_at: None,
+            held_bytes: value.len().min(MAX_PAYLOAD) + message.key().map_or(0, <[u8]>::len),
         };
         let mut ledger = lock(&self.ledger);
         let number = ledger.next;
@@ -211,6 +221,7 @@ impl DeadLetters {
         if !self.produce(number, &mut pending) {
             pending.retry_at = Some(Instant::now() + RETRY_AFTER);
         }
+        ledger.bytes += pending.held_bytes;
         ledger.pending.insert(number, pending);
         self.metrics
             .dead_letters_pending
@@ -325,7 +336,8 @@ impl DeadLetters {
 
     /// Whether so many records wait that ingest must stop reading.
     pub fn saturated(&self) -> bool {
-        lock(&self.ledger).pending.len() >= MAX_PENDING
+        let ledger = lock(&self.ledger);
+        ledger.pending.len() >= MAX_PENDING || ledger.bytes >= MAX_PENDING_BYTES
     }
 
     /// Waits (bounded) for the records in flight to be acknowledged: at shutdown.

@@ -648,3 +648,50 @@ async fn sighup_reloads_the_jwks_file() {
     crate::helpers::wait_for(|| session() == 401, "the rotated-out key is refused").await;
     let _ = std::fs::remove_file(&jwks);
 }
+
+/// A partition whose records were all deleted by retention (a topic quiet for longer than
+/// its retention), read with no checkpoint: nothing is left to read, so serve is caught up
+/// and ready, not lagging by the deleted records forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_deleted_by_retention_are_not_lag() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let settings = helpers::fresh_topics("retention");
+    helpers::create_topics(&settings, 1).await;
+    let records: Vec<(&str, String, Vec<u8>)> = (0..20)
+        .map(|i| {
+            (
+                settings.topics.activity.as_str(),
+                format!("k{i}"),
+                b"gone".to_vec(),
+            )
+        })
+        .collect();
+    helpers::produce_raw(&records);
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", helpers::brokers())
+        .set("broker.address.family", "v4")
+        .create()
+        .expect("admin client");
+    let mut before = rdkafka::TopicPartitionList::new();
+    before
+        .add_partition_offset(&settings.topics.activity, 0, rdkafka::Offset::Offset(20))
+        .expect("offset");
+    admin
+        .delete_records(&before, &AdminOptions::new())
+        .await
+        .expect("records deleted");
+    let server = helpers::Server::start_with(
+        &settings.topics,
+        &helpers::unique("retention"),
+        &helpers::database_url(),
+        &[("STOREPULSE_READY_MAX_LAG", "5")],
+    );
+    helpers::wait_for(
+        || server.get("/readyz").0 == 200,
+        "ready: the deleted records are not lag",
+    )
+    .await;
+    assert_eq!(server.metric("storepulse_consumer_lag_records"), 0);
+    assert!(server.terminate());
+}

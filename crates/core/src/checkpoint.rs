@@ -14,7 +14,7 @@ use thiserror::Error;
 /// Version of the serialised `State`. Bump it whenever a serialised type in `aggregate`
 /// changes shape (and add the new golden fixture, see the tests); older checkpoints are
 /// then ignored and the state is rebuilt from Kafka.
-pub const FORMAT_VERSION: i32 = 3;
+pub const FORMAT_VERSION: i32 = 4;
 
 /// A checkpoint that cannot be restored.
 #[derive(Debug, Error, PartialEq, Eq)]
