@@ -8,8 +8,8 @@ gets a random store id, an order total of 2^63 - 1, or a date ten years ahead wi
 Kafka timestamp). serve (release build, default limits) catches up from scratch twice per
 run, BENCH_RUNS times: on the real shop alone, and on the shop plus the flood.
 
-Reported (medians): serve's RSS once caught up, with and without the flood (the growth is
-what the flood cost); stores held; poison records by reason; checkpoints written while the
+Reported (medians): serve's RSS once caught up (before any snapshot is asked for), with
+and without the flood (the growth is what the flood cost); stores held; poison records by reason; checkpoints written while the
 flood was read and the size of the last one; whether every real store's view is
 byte-for-byte the same in both runs (the flood moved no real number). Prints a Markdown
 table."""
@@ -91,10 +91,11 @@ def catch_up(topic_env, total):
             raise SystemExit("serve did not catch up")
         time.sleep(6)  # one more checkpoint interval: the last one covers everything
         m = metrics(port)
+        rss = rss_mb(serve.pid)  # before the snapshot below is built
         snapshot = json.loads(get(port, "/api/snapshot"))
         count = m.get("storepulse_checkpoint_size_bytes_count", 0)
         result = {
-            "rss_mb": rss_mb(serve.pid),
+            "rss_mb": rss,
             "stores": len(snapshot["stores"]),
             "real": {k: v for k, v in snapshot["stores"].items() if not k.startswith("junk-")},
             "poison": {k.split('"')[1]: v for k, v in m.items()

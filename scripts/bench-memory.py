@@ -51,17 +51,20 @@ def rss_mb(pid):
 
 
 def stream_reader(port, stop, received):
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/stream",
-                                     headers={"Accept-Encoding": "gzip"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            while not stop.is_set():
-                chunk = response.read(65536)
-                if not chunk:
-                    break
-                received[0] += len(chunk)
-    except OSError:
-        pass
+    # Opened again until it is taken (503 while the partitions are being assigned).
+    while not stop.is_set():
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/stream",
+                                         headers={"Accept-Encoding": "gzip"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                while not stop.is_set():
+                    chunk = response.read1(65536)
+                    if not chunk:
+                        break
+                    received[0] += len(chunk)
+        except OSError as error:
+            print(f"[bench memory] stream: {error}; opening again", file=sys.stderr)
+            stop.wait(1)
 
 
 def snapshot_poller(port, stop, sizes):

@@ -249,6 +249,29 @@ fn add_amounts(into: &mut Amounts, from: &Amounts) {
     }
 }
 
+/// Which SKUs' stock a view lists: a snapshot lists every SKU; a frame only the SKUs that
+/// changed in a store, and none in the rollup (clients derive it from the stores'). SKUs
+/// not listed cost a scan of their entry, never an allocation.
+#[derive(Clone, Copy)]
+pub enum StockWanted<'a> {
+    /// Every SKU.
+    All,
+    /// These SKUs of the store.
+    Only(&'a std::collections::BTreeSet<Sku>),
+    /// None.
+    Nothing,
+}
+
+impl StockWanted<'_> {
+    fn wants(&self, sku: &Sku) -> bool {
+        match self {
+            StockWanted::All => true,
+            StockWanted::Only(skus) => skus.contains(sku),
+            StockWanted::Nothing => false,
+        }
+    }
+}
+
 /// Accumulates one or more stores into a view.
 #[derive(Default)]
 struct Rollup {
@@ -270,16 +293,20 @@ struct Rollup {
 }
 
 impl Rollup {
-    /// Adds one store's aggregates.
-    fn add(&mut self, store_id: &StoreId, store: &StoreState, state: &State) {
+    /// Adds one store's aggregates, listing the stock `stock` asks for.
+    fn add(
+        &mut self,
+        store_id: &StoreId,
+        store: &StoreState,
+        state: &State,
+        stock: StockWanted<'_>,
+    ) {
         let config = state.config();
         self.add_day(store, store.today(config.time_zone(store_id)));
         self.add_minutes(store);
         self.add_orders(store_id, store);
-        let mut skus: Vec<(&Sku, &StockEntry)> = store.stock.iter().collect();
-        skus.sort_by(|a, b| a.0.cmp(b.0));
-        for (sku, entry) in skus {
-            self.add_sku(store_id, store, sku, entry, config);
+        for (sku, entry) in &store.stock {
+            self.add_sku(store_id, store, sku, entry, config, stock.wants(sku));
         }
         self.add_sales(store_id, store);
     }
@@ -336,7 +363,8 @@ impl Rollup {
         }
     }
 
-    /// One SKU: its stock, and the lists and alerts the rules put it in.
+    /// One SKU: its stock (when `listed`), and the lists and alerts the rules put it in.
+    /// Strings are made only for what is listed.
     fn add_sku(
         &mut self,
         store_id: &StoreId,
@@ -344,26 +372,27 @@ impl Rollup {
         sku: &Sku,
         entry: &StockEntry,
         config: &AggregateConfig,
+        listed: bool,
     ) {
-        let stock = StockView {
-            store_id: store_id.to_string(),
-            sku: sku.to_string(),
-            name: entry.name.clone(),
-            level: entry.level,
-        };
         let threshold = config.threshold(sku);
         let sold = store.sales.get(sku).map_or(0, |s| s.units());
         let sell_out = rules::minutes_to_sell_out(entry.level, sold);
         let raised = rules::alert(entry, sold, config.sell_out_rule());
         let kind = raised.map(|r| r.kind);
         let status = rules::stock_status(entry.level, threshold);
+        let stock = || StockView {
+            store_id: store_id.to_string(),
+            sku: sku.to_string(),
+            name: entry.name.clone(),
+            level: entry.level,
+        };
         if status == StockStatus::Oversold {
-            self.oversold.push(stock.clone());
+            self.oversold.push(stock());
         } else if status == StockStatus::Low || kind.is_some() {
             self.low_stock.push(LowStockView {
-                store_id: stock.store_id.clone(),
-                sku: stock.sku.clone(),
-                name: stock.name.clone(),
+                store_id: store_id.to_string(),
+                sku: sku.to_string(),
+                name: entry.name.clone(),
                 level: entry.level,
                 threshold,
                 sold_last_15m: sold,
@@ -377,14 +406,16 @@ impl Rollup {
             self.alerts.push(AlertView {
                 id: raised.id(store_id.as_str(), sku.as_str()),
                 kind: raised.kind,
-                store_id: stock.store_id.clone(),
-                sku: stock.sku.clone(),
-                name: stock.name.clone(),
+                store_id: store_id.to_string(),
+                sku: sku.to_string(),
+                name: entry.name.clone(),
                 level: entry.level,
                 since: rfc3339(raised.since.at),
             });
         }
-        self.stock.push(stock);
+        if listed {
+            self.stock.push(stock());
+        }
     }
 
     /// Units sold per SKU in the sales window (top products).
@@ -416,6 +447,9 @@ impl Rollup {
             .collect();
         self.orders_list
             .sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        // By store, then SKU (stores' entries come from a hash map).
+        self.stock
+            .sort_by(|a, b| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)));
         self.orders_list.truncate(super::store::RECENT_ORDERS);
         self.low_stock.sort_by(|a, b| {
             // Most urgent alert first, then soonest sell-out (none last), lowest level.
@@ -489,10 +523,15 @@ fn day_string(day: i32) -> String {
 impl State {
     /// The view of one store, if it has been seen.
     pub fn store_view(&self, store_id: &StoreId) -> Option<StoreView> {
+        self.store_view_with(store_id, StockWanted::All)
+    }
+
+    /// The view of one store listing only the stock `stock` asks for (a frame's delta).
+    pub fn store_view_with(&self, store_id: &StoreId, stock: StockWanted<'_>) -> Option<StoreView> {
         let store = self.stores().get(store_id)?;
         let tz = self.config().time_zone(store_id);
         let mut rollup = Rollup::default();
-        rollup.add(store_id, store, self);
+        rollup.add(store_id, store, self, stock);
         Some(rollup.finish(
             Some(day_string(local_day(tz, store.newest_event_time))),
             Some(tz.name().to_owned()),
@@ -501,9 +540,15 @@ impl State {
 
     /// All stores rolled up.
     pub fn all_stores_view(&self) -> StoreView {
+        self.all_stores_view_with(StockWanted::All)
+    }
+
+    /// All stores rolled up, listing only the stock `stock` asks for (`Nothing` for a
+    /// frame: the rollup's stock follows from the stores').
+    pub fn all_stores_view_with(&self, stock: StockWanted<'_>) -> StoreView {
         let mut rollup = Rollup::default();
         for (id, store) in self.stores() {
-            rollup.add(id, store, self);
+            rollup.add(id, store, self, stock);
         }
         rollup.finish(None, None)
     }

@@ -331,14 +331,16 @@ impl Delta {
                 all_touched.recent_orders |= touched.recent_orders;
                 all_touched.skus |= touched.skus;
                 all_minutes.extend(change.minutes.iter().copied());
-                let view = state.store_view(id)?;
+                let view = state
+                    .store_view_with(id, crate::aggregate::view::StockWanted::Only(&change.skus))?;
                 let delta = StoreDelta::of(view, touched, &change.minutes, &|s| {
                     change.skus.contains(s.sku.as_str())
                 });
                 Some((id.to_string(), delta))
             })
             .collect();
-        let all_stores = StoreDelta::of(state.all_stores_view(), all_touched, &all_minutes, &|s| {
+        let rollup = state.all_stores_view_with(crate::aggregate::view::StockWanted::Nothing);
+        let all_stores = StoreDelta::of(rollup, all_touched, &all_minutes, &|s| {
             changes
                 .stores
                 .get(s.store_id.as_str())
