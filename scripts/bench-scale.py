@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""serve at a marketplace's size (not a test): `scripts/bench scale`.
+
+Three shops of BENCH_EVENTS records each (default 2 000 000), produced unpaced by the
+simulator (skewed popularity, a flash sale on 10 SKUs per store) into topics of their own:
+the simulator's default 3 stores x 40 SKUs (the baseline), 1 000 stores x 1 000 SKUs
+(1 M SKUs; their opening levels are the first million records), and 10 000 stores x 100
+SKUs. A release serve catches up on each from scratch, BENCH_RUNS times interleaved, with
+no client. Reported (medians): records/s over the catch-up (first record applied to the
+last), its ratio to the 3-store shop's in the same run (CPU per event, as both use one
+ingest thread), RSS once caught up and per SKU held, and the mean checkpoint size."""
+import os, random, socket, statistics, subprocess, sys, time, urllib.request
+
+bin_ = sys.argv[1]
+events = int(os.environ.get("BENCH_EVENTS", "2000000"))
+runs = int(os.environ.get("BENCH_RUNS", "3"))
+tag = "%08x" % random.getrandbits(32)
+start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3 * 3600))
+shops = [("3 stores x 40 SKUs", 3, 40), ("1 000 stores x 1 000 SKUs", 1000, 1000),
+         ("10 000 stores x 100 SKUs", 10000, 100)]
+
+
+def topics(i):
+    return {f"STOREPULSE_TOPIC_{r.upper()}": f"bench-scale-{tag}-{i}-{r}" for r in ("orders", "inventory", "activity")}
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def metrics(port):
+    out = {}
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if not line.startswith("#") and " " in line:
+            name, value = line.rsplit(" ", 1)
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def catch_up(i, skus_held):
+    port = free_port()
+    env = {**os.environ, **topics(i), "STOREPULSE_HTTP_ADDR": f"127.0.0.1:{port}",
+           "STOREPULSE_GROUP_ID": f"bench-scale-{tag}-{random.getrandbits(32):08x}", "RUST_LOG": "error"}
+    serve = subprocess.Popen([bin_, "serve"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        first = None
+        deadline = time.time() + 1800
+        while time.time() < deadline:
+            m = metrics(port)
+            n = sum(v for k, v in m.items() if k.startswith("storepulse_records_total{"))
+            now = time.monotonic()
+            if n > 0 and first is None:
+                first = (now, n)
+            if n >= events:
+                rate = (n - first[1]) / (now - first[0])
+                break
+            time.sleep(0.05)
+        else:
+            raise SystemExit("serve did not catch up")
+        time.sleep(6)
+        m = metrics(port)
+        count = m.get("storepulse_checkpoint_size_bytes_count", 0)
+        rss = rss_mb(serve.pid)
+        return {"rate": rate, "rss": rss, "per_sku_kb": rss * 1024 / skus_held,
+                "ckpt_mb": m.get("storepulse_checkpoint_size_bytes_sum", 0) / count / 1e6 if count else 0}
+    finally:
+        serve.terminate(); serve.wait()
+
+
+for i, (name, stores, skus) in enumerate(shops):
+    print(f"[bench scale] producing {events} records of {name}", file=sys.stderr)
+    subprocess.run([bin_, "simulate", "--quiet", "--count", str(events), "--rate", "0",
+                    "--event-rate", "200", "--start", start, "--stores", str(stores), "--skus", str(skus),
+                    "--popularity", "skewed", "--flash-skus", "10", "--partitions", "4"],
+                   env={**os.environ, **topics(i)}, check=True, stdout=subprocess.DEVNULL)
+results = {i: [] for i in range(len(shops))}
+for run in range(runs):
+    for i, (name, stores, skus) in enumerate(shops):
+        r = catch_up(i, stores * skus)
+        results[i].append(r)
+        print(f"[bench scale] run {run + 1} {name}: {r['rate']:.0f} records/s, RSS {r['rss']:.0f} MB", file=sys.stderr)
+
+med = lambda xs: statistics.median(xs)
+base = med([r["rate"] for r in results[0]])
+print(f"\n{events} records per shop, skewed popularity, flash sale on 10 SKUs per store; medians of {runs} runs\n")
+print("| shop | SKUs held | catch-up records/s | CPU per event vs 3 stores | RSS caught up | per SKU | mean checkpoint |")
+print("|---|---|---|---|---|---|---|")
+for i, (name, stores, skus) in enumerate(shops):
+    rate = med([r["rate"] for r in results[i]])
+    print(f"| {name} | {stores * skus:,} | {rate:,.0f} | {base / rate:.2f}x | {med([r['rss'] for r in results[i]]):.0f} MB "
+          f"| {med([r['per_sku_kb'] for r in results[i]]):.2f} KB | {med([r['ckpt_mb'] for r in results[i]]):.1f} MB |")
