@@ -17,6 +17,9 @@ events = int(os.environ.get("BENCH_EVENTS", "1000000"))
 runs = int(os.environ.get("BENCH_RUNS", "3"))
 otlp = "http://127.0.0.1:" + os.environ.get("STOREPULSE_JAEGER_OTLP_PORT", "14318")
 tag = "%08x" % random.getrandbits(32)
+# Records are dated from an hour ago: within the broker's 7-day retention (a fixed date in
+# the past is deleted by retention within minutes once it is a week old).
+start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
 
 def topics(name):
     return {f"STOREPULSE_TOPIC_{r.upper()}": f"bench-tracing-{tag}-{name}-{r}" for r in ("orders", "inventory", "activity")}
@@ -24,7 +27,7 @@ def topics(name):
 def simulate(name, extra):
     env = {**os.environ, **topics(name), **extra}
     subprocess.run([bin_, "simulate", "--quiet", "--count", str(events), "--rate", "0",
-                    "--start", "2026-11-27T00:00:00Z", "--partitions", "4"], env=env, check=True,
+                    "--start", start, "--partitions", "4"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
 
 def free_port():
