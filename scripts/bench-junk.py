@@ -13,7 +13,8 @@ and without the flood (the growth is what the flood cost); stores held; poison r
 flood was read and the size of the last one; whether every real store's view is
 byte-for-byte the same in both runs (the flood moved no real number). Prints a Markdown
 table."""
-import json, os, random, socket, statistics, subprocess, sys, time, urllib.request
+import json, os, random, statistics, subprocess, sys, time
+from benchlib import free_port, get, metrics, rss_mb, start_ago
 
 bin_ = sys.argv[1]
 stores = int(os.environ.get("BENCH_STORES", "8"))
@@ -24,7 +25,7 @@ runs = int(os.environ.get("BENCH_RUNS", "3"))
 tag = "%08x" % random.getrandbits(32)
 # One start for every run, an hour ago: within the broker's retention (a week), and the
 # same for the clean and the flooded topics so their real records are identical.
-start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+start = start_ago(3600)
 topics = {f"STOREPULSE_TOPIC_{r.upper()}": f"bench-junk-{tag}-{r}" for r in ("orders", "inventory", "activity")}
 clean_topics = {f"STOREPULSE_TOPIC_{r.upper()}": f"bench-clean-{tag}-{r}" for r in ("orders", "inventory", "activity")}
 
@@ -36,38 +37,6 @@ def simulate(topic_env, count, seed, extra):
                     "--stores", str(stores), "--skus", str(skus), "--popularity", "skewed",
                     "--partitions", "4", "--seed", str(seed), *extra],
                    env=env, check=True, stdout=subprocess.DEVNULL)
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def get(port, path):
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30).read().decode()
-    except OSError:
-        return ""
-
-
-def metrics(port):
-    out = {}
-    for line in get(port, "/metrics").splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        name, value = line.rsplit(" ", 1)
-        try:
-            out[name] = float(value)
-        except ValueError:
-            pass
-    return out
-
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def catch_up(topic_env, total):

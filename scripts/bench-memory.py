@@ -12,7 +12,8 @@ own, once per variant, so the variants isolate what holds memory:
 
 Prints serve's RSS every 30 s, the last checkpoint's size and the frame log's bytes, per
 variant, as a Markdown table."""
-import os, random, socket, subprocess, sys, threading, time, urllib.request
+import os, random, subprocess, sys, threading, time, urllib.request
+from benchlib import free_port, metrics, rss_mb
 
 bin_ = sys.argv[1]
 stores = os.environ.get("BENCH_STORES", "8")
@@ -20,34 +21,6 @@ skus = os.environ.get("BENCH_SKUS", "20000")
 rate = os.environ.get("BENCH_RATE", "2000")
 seconds = int(os.environ.get("BENCH_SECONDS", "120"))
 variants = os.environ.get("BENCH_VARIANTS", "none,stream,snapshots").split(",")
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def metrics(port):
-    out = {}
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        if not line.startswith("#") and " " in line:
-            name, value = line.rsplit(" ", 1)
-            try:
-                out[name] = float(value)
-            except ValueError:
-                pass
-    return out
-
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def stream_reader(port, stop, received):

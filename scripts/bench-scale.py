@@ -9,47 +9,20 @@ SKUs. A release serve catches up on each from scratch, BENCH_RUNS times interlea
 no client. Reported (medians): records/s over the catch-up (first record applied to the
 last), its ratio to the 3-store shop's in the same run (CPU per event, as both use one
 ingest thread), RSS once caught up and per SKU held, and the mean checkpoint size."""
-import os, random, socket, statistics, subprocess, sys, time, urllib.request
+import os, random, statistics, subprocess, sys, time
+from benchlib import free_port, metrics, rss_mb, start_ago
 
 bin_ = sys.argv[1]
 events = int(os.environ.get("BENCH_EVENTS", "2000000"))
 runs = int(os.environ.get("BENCH_RUNS", "3"))
 tag = "%08x" % random.getrandbits(32)
-start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3 * 3600))
+start = start_ago(3 * 3600)
 shops = [("3 stores x 40 SKUs", 3, 40), ("1 000 stores x 1 000 SKUs", 1000, 1000),
          ("10 000 stores x 100 SKUs", 10000, 100)]
 
 
 def topics(i):
     return {f"STOREPULSE_TOPIC_{r.upper()}": f"bench-scale-{tag}-{i}-{r}" for r in ("orders", "inventory", "activity")}
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def metrics(port):
-    out = {}
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        if not line.startswith("#") and " " in line:
-            name, value = line.rsplit(" ", 1)
-            try:
-                out[name] = float(value)
-            except ValueError:
-                pass
-    return out
-
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def catch_up(i, skus_held):

@@ -10,16 +10,15 @@ no collector spending CPU on the same two cores); with headers not read and serv
 1 % root sampler; on the all set (100 %); BENCH_RUNS times interleaved;
 events/s is records over the time from the first record applied to the last (from
 `storepulse_records_total`, polled every 20 ms). Prints a Markdown table of medians."""
-import json, os, random, socket, statistics, subprocess, sys, time, urllib.request
+import json, os, random, statistics, subprocess, sys, time, urllib.request
+from benchlib import free_port, start_ago
 
 bin_ = sys.argv[1]
 events = int(os.environ.get("BENCH_EVENTS", "1000000"))
 runs = int(os.environ.get("BENCH_RUNS", "3"))
 otlp = "http://127.0.0.1:" + os.environ.get("STOREPULSE_JAEGER_OTLP_PORT", "14318")
 tag = "%08x" % random.getrandbits(32)
-# Records are dated from an hour ago: within the broker's 7-day retention (a fixed date in
-# the past is deleted by retention within minutes once it is a week old).
-start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+start = start_ago(3600)  # within the broker's retention
 
 def topics(name):
     return {f"STOREPULSE_TOPIC_{r.upper()}": f"bench-tracing-{tag}-{name}-{r}" for r in ("orders", "inventory", "activity")}
@@ -30,8 +29,6 @@ def simulate(name, extra):
                     "--start", start, "--partitions", "4"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
 
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 def records(port):
     try:

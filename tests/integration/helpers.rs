@@ -374,6 +374,18 @@ pub fn position_total(snapshot: &serde_json::Value) -> i64 {
 /// Produces raw record values with keys and explicit Kafka timestamps (CreateTime; −1 is a
 /// record without one), waiting for every delivery.
 pub fn produce_timed(records: &[(&str, String, Vec<u8>, i64)]) {
+    produce_records(records.iter().map(|(t, k, v, ts)| (*t, k, v, Some(*ts))));
+}
+
+/// Produces raw record values with keys, waiting for every delivery.
+pub fn produce_raw(records: &[(&str, String, Vec<u8>)]) {
+    produce_records(records.iter().map(|(t, k, v)| (*t, k, v, None)));
+}
+
+/// (topic, key, value, timestamp: the producer's clock when `None`), each delivered.
+fn produce_records<'a>(
+    records: impl Iterator<Item = (&'a str, &'a String, &'a Vec<u8>, Option<i64>)>,
+) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -382,34 +394,11 @@ pub fn produce_timed(records: &[(&str, String, Vec<u8>, i64)]) {
         .create()
         .expect("producer");
     for (topic, key, value, timestamp) in records {
-        producer
-            .send(
-                BaseRecord::to(topic)
-                    .key(key)
-                    .payload(value)
-                    .timestamp(*timestamp),
-            )
-            .expect("queued");
-        producer.poll(Duration::ZERO);
-    }
-    producer
-        .flush(Duration::from_secs(30))
-        .expect("every record is delivered");
-}
-
-/// Produces raw record values with keys, waiting for every delivery.
-pub fn produce_raw(records: &[(&str, String, Vec<u8>)]) {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("broker.address.family", "v4")
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
-    for (topic, key, value) in records {
-        producer
-            .send(BaseRecord::to(topic).key(key).payload(value))
-            .expect("queued");
+        let mut record = BaseRecord::to(topic).key(key).payload(value);
+        if let Some(timestamp) = timestamp {
+            record = record.timestamp(timestamp);
+        }
+        producer.send(record).expect("queued");
         producer.poll(Duration::ZERO);
     }
     producer

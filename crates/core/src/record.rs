@@ -253,6 +253,35 @@ mod tests {
         assert_eq!(stock(&mut state, 3, "k4"), Err("sku_limit"));
         assert_eq!(stock(&mut state, 4, "k1"), Ok(Applied::Applied));
         assert_eq!(state.stores()["a"].stock.len(), 3);
+        // Sold SKUs count too: three new ones fit, a fourth new one does not.
+        let order = |state: &mut State, offset: i64, skus: &[&str]| {
+            let mut order = samples::order_placed();
+            order.store_id = "a".into();
+            order.order_id = format!("o{offset}").into();
+            order.event_id = format!("oe{offset}");
+            order.occurred_at = T0 + 200 + offset;
+            order.lines = skus
+                .iter()
+                .map(|sku| crate::events::OrderLine {
+                    sku: (*sku).into(),
+                    ..order.lines[0].clone()
+                })
+                .collect();
+            let payload = codec.encode(&Event::OrderPlaced(order)).expect("encodes");
+            let at = RecordRef {
+                partition: PartitionKey {
+                    role: TopicRole::Orders,
+                    partition: 0,
+                },
+                offset,
+            };
+            run(state, at, &payload, Some(T0 + 200 + offset))
+        };
+        assert_eq!(order(&mut state, 0, &["k1", "k2"]), Ok(Applied::Applied));
+        assert_eq!(order(&mut state, 1, &["k2", "k3"]), Ok(Applied::Applied));
+        assert_eq!(order(&mut state, 2, &["k1", "k9"]), Err("sku_limit"));
+        assert_eq!(order(&mut state, 3, &["k3"]), Ok(Applied::Applied));
+        assert_eq!(state.stores()["a"].sales.len(), 3);
     }
 
     #[test]

@@ -380,17 +380,14 @@ impl State {
                 Err(refuse(&s.sku))
             }
             Event::OrderPlaced(o) => {
-                let new = o
+                let mut new = o
                     .lines
                     .iter()
-                    .filter(|line| !store.sales.contains_key(&line.sku))
-                    .count();
-                match o
-                    .lines
-                    .iter()
-                    .find(|line| !store.sales.contains_key(&line.sku))
-                {
-                    Some(line) if store.sales.len() + new > max => Err(refuse(&line.sku)),
+                    .filter(|line| !store.sales.contains_key(&line.sku));
+                match new.next() {
+                    Some(first) if store.sales.len() + 1 + new.count() > max => {
+                        Err(refuse(&first.sku))
+                    }
                     _ => Ok(()),
                 }
             }
