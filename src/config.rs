@@ -110,6 +110,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "STOREPULSE_MAX_SKUS_PER_STORE",
         "aggregate.max_skus_per_store",
     ),
+    ("STOREPULSE_LIST_LIMIT", "aggregate.list_limit"),
 ];
 
 /// `STOREPULSE_…` variables that are not settings but are read by a command's own options
@@ -457,6 +458,8 @@ pub struct AggregateSection {
     pub max_stores: usize,
     /// Most SKUs held per store.
     pub max_skus_per_store: usize,
+    /// Most entries of a view's low-stock, oversold and alert lists.
+    pub list_limit: usize,
     /// Store time zones.
     pub time_zones: BTreeMap<String, String>,
     /// Per-SKU thresholds.
@@ -732,6 +735,9 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if !(1..=1_000).contains(&self.aggregate.list_limit) {
+            return Err(invalid("aggregate.list_limit", "must be 1 to 1000"));
+        }
         if self.http.max_connections < 1 {
             return Err(invalid("http.max_connections", "must be at least 1"));
         }
@@ -795,6 +801,7 @@ impl Settings {
             allowed_lateness_ms: a.allowed_lateness.as_millis() as i64,
             max_stores: a.max_stores,
             max_skus_per_store: a.max_skus_per_store,
+            list_limit: a.list_limit,
         })
     }
 }

@@ -1,10 +1,10 @@
-//! The HTTP API (axum): the router, snapshots, health, readiness and metrics; the live
-//! stream is `stream.rs`, the sockets `listener.rs`, the connection loop `server.rs`, the
-//! page `dashboard.rs`. The only axum and hyper code.
+//! The HTTP API (axum): the router, snapshots, stock pages, health, readiness and metrics;
+//! the live stream is `stream.rs`, the sockets `listener.rs`, the connection loop
+//! `server.rs`, the page `dashboard.rs`. The only axum and hyper code.
 //!
 //! Handlers never touch the state: a snapshot is requested from the ingest engine, which
-//! serialises it once per (position, scope) and caches it; the handler sends those shared
-//! bytes as they are.
+//! answers with shared views (pointer copies, cached per position and scope); the handler
+//! serialises them on a blocking worker, once, and every later request shares the bytes.
 
 use crate::auth::Principal;
 use crate::checkpoint::CheckpointStore;
@@ -199,6 +199,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/snapshot", get(snapshot))
+        .route("/api/stock", get(stock))
         .route(
             "/api/session",
             get(access::current)
@@ -254,6 +255,70 @@ async fn snapshot(
         .map_err(IntoResponse::into_response)
 }
 
+/// Query of `/api/stock`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockQuery {
+    /// The store (required).
+    store: Option<String>,
+    /// The page starts after this SKU.
+    after: Option<String>,
+    /// Most levels in the page.
+    limit: Option<usize>,
+}
+
+/// Levels in a stock page unless `limit` says otherwise, and the most it may say.
+pub const STOCK_PAGE: (usize, usize) = (500, 1_000);
+
+/// One page of a store's stock levels, by SKU: the whole catalog is not in snapshots.
+async fn stock(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    query: Result<Query<StockQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Response> {
+    let Query(query) = query.map_err(|e| ApiError::bad_query(e).into_response())?;
+    let store = store_param(query.store)
+        .and_then(|s| s.ok_or_else(|| ApiError::bad_request("store is required")))
+        .map_err(IntoResponse::into_response)?;
+    let limit = query.limit.unwrap_or(STOCK_PAGE.0);
+    if !(1..=STOCK_PAGE.1).contains(&limit) {
+        return Err(
+            ApiError::bad_request(format!("limit must be 1 to {}", STOCK_PAGE.1)).into_response(),
+        );
+    }
+    if query.after.as_ref().is_some_and(|a| a.len() > 128) {
+        return Err(
+            ApiError::bad_request("after must be a SKU id (at most 128 bytes)").into_response(),
+        );
+    }
+    access::check_store(&principal, Some(&store)).map_err(IntoResponse::into_response)?;
+    app.ensure_assigned().map_err(IntoResponse::into_response)?;
+    let (reply, answer) = oneshot::channel();
+    app.requests
+        .send(Request::Stock {
+            store: store.clone(),
+            after: query.after,
+            limit,
+            reply,
+        })
+        .await
+        .map_err(|_| ApiError::ingest_stopped().into_response())?;
+    let page = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .map_err(|_| {
+            ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: "the ingest loop did not answer in time".into(),
+            }
+            .into_response()
+        })?
+        .map_err(|_| ApiError::ingest_stopped().into_response())?;
+    match page {
+        Some(page) => Ok(([(header::CACHE_CONTROL, "no-cache")], Json(page)).into_response()),
+        None => Err(ApiError::unknown_store(&store).into_response()),
+    }
+}
+
 async fn snapshot_of(app: &AppState, store: Option<StoreId>) -> Result<Response, ApiError> {
     app.ensure_assigned()?;
     let (reply, answer) = oneshot::channel();
@@ -272,13 +337,16 @@ async fn snapshot_of(app: &AppState, store: Option<StoreId>) -> Result<Response,
         })?
         .map_err(|_| ApiError::ingest_stopped())?;
     match json {
-        // The engine's cached bytes, sent as they are: no copy per request.
-        Some(json) => Ok((
+        // Serialised here, off the ingest thread, once per position and scope: later
+        // requests share the bytes.
+        Some(snapshot) => Ok((
             [
                 (header::CONTENT_TYPE, "application/json"),
                 (header::CACHE_CONTROL, "no-cache"),
             ],
-            json,
+            tokio::task::spawn_blocking(move || snapshot.bytes())
+                .await
+                .map_err(|_| ApiError::ingest_stopped())?,
         )
             .into_response()),
         None => Err(store

@@ -39,8 +39,21 @@ pub enum Request {
     Snapshot {
         /// Scope.
         store: Option<StoreId>,
-        /// Where the JSON goes (shared bytes, cached per position).
-        reply: oneshot::Sender<Option<Bytes>>,
+        /// Where the snapshot goes: shared views, serialised by whoever needs the bytes
+        /// first (cached per position and scope).
+        reply: oneshot::Sender<Option<Arc<SnapshotJson>>>,
+    },
+    /// A page of one store's stock levels (`GET /api/stock`); replies `None` for an
+    /// unknown store.
+    Stock {
+        /// The store.
+        store: StoreId,
+        /// The page starts after this SKU (byte order).
+        after: Option<String>,
+        /// Most levels in the page.
+        limit: usize,
+        /// Where the page goes.
+        reply: oneshot::Sender<Option<storepulse_core::aggregate::view::StockPage>>,
     },
     /// A live subscription: what to send first, and the frames after it.
     Subscribe {
@@ -119,11 +132,34 @@ struct Parked {
     reply: oneshot::Sender<Subscribed>,
 }
 
-/// Serialised snapshots of the current position: built once per scope, shared by every
-/// request and subscriber until the state changes.
+/// A snapshot of shared views and its JSON, made on first use: taking it costs the ingest
+/// thread a few pointer copies; the bytes are made once, by whoever asks first (an HTTP
+/// worker for `/api/snapshot`), and shared by every later reader.
+#[derive(Debug)]
+pub struct SnapshotJson {
+    snapshot: storepulse_core::aggregate::ViewsSnapshot,
+    json: std::sync::OnceLock<Bytes>,
+}
+
+impl SnapshotJson {
+    /// The JSON, serialised on the first call.
+    pub fn bytes(&self) -> Bytes {
+        self.json
+            .get_or_init(|| {
+                Bytes::from(
+                    serde_json::to_vec(&self.snapshot)
+                        .unwrap_or_else(|e| panic!("a snapshot always serialises: {e}")),
+                )
+            })
+            .clone()
+    }
+}
+
+/// Snapshots of the current position: taken once per scope, shared by every request and
+/// subscriber until the state changes.
 #[derive(Debug, Default)]
 struct SnapshotCache {
-    json: HashMap<Option<StoreId>, Bytes>,
+    json: HashMap<Option<StoreId>, Arc<SnapshotJson>>,
     events: HashMap<(Option<StoreId>, SnapshotEvent), Arc<Encoded>>,
 }
 
@@ -296,7 +332,22 @@ impl Engine {
     pub fn handle_request(&mut self, request: Request, now: Instant) {
         match request {
             Request::Snapshot { store, reply } => {
+                // Pending changes go out first: the views are those of the last frame.
+                if !self.changes.is_empty() {
+                    self.emit_frame(now);
+                }
                 let _ = reply.send(self.snapshot_json(store));
+            }
+            Request::Stock {
+                store,
+                after,
+                limit,
+                reply,
+            } => {
+                let page = self
+                    .state
+                    .stock_page(&self.layout, &store, after.as_deref(), limit);
+                let _ = reply.send(page);
             }
             Request::Subscribe {
                 store,
@@ -500,19 +551,24 @@ impl Engine {
         store.is_none_or(|id| self.state.stores().contains_key(id))
     }
 
-    /// The JSON snapshot of a scope at the current position, serialised once.
-    fn snapshot_json(&mut self, store: Option<StoreId>) -> Option<Bytes> {
+    /// The snapshot of a scope at the current position, from the views of the last frame
+    /// (nothing may be pending): shared views, serialised on first use.
+    fn snapshot_json(&mut self, store: Option<StoreId>) -> Option<Arc<SnapshotJson>> {
+        debug_assert!(self.changes.is_empty(), "the views are the last frame's");
         if let Some(json) = self.snapshots.json.get(&store) {
             self.out.metrics.snapshots_cached.inc();
-            return Some(json.clone());
+            return Some(Arc::clone(json));
         }
-        let snapshot = self.state.snapshot(&self.layout, store.as_ref())?;
+        let snapshot =
+            self.builder
+                .views(&self.state)
+                .snapshot(&self.state, &self.layout, store.as_ref())?;
         self.out.metrics.snapshots_built.inc();
-        let json = Bytes::from(
-            serde_json::to_vec(&snapshot)
-                .unwrap_or_else(|e| panic!("a snapshot always serialises: {e}")),
-        );
-        self.snapshots.json.insert(store, json.clone());
+        let json = Arc::new(SnapshotJson {
+            snapshot,
+            json: std::sync::OnceLock::new(),
+        });
+        self.snapshots.json.insert(store, Arc::clone(&json));
         Some(json)
     }
 
@@ -529,7 +585,7 @@ impl Engine {
             self.out.metrics.snapshots_cached.inc();
             return Some(Arc::clone(event));
         }
-        let json = self.snapshot_json(key.0.clone())?;
+        let json = self.snapshot_json(key.0.clone())?.bytes();
         let id = self.layout.encode(self.state.position());
         let event = Arc::new(Encoded::new(live::sse_event(kind.name(), Some(&id), &json)));
         if kind == SnapshotEvent::Snapshot {

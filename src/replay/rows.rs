@@ -109,9 +109,14 @@ fn row(time: &str, scope: &str, view: &StoreView) -> Row {
         average_order: amounts(&c.average_order_value),
         active_users_5m: c.active_users.last_5_minutes,
         active_users_today: c.active_users.today,
-        low_stock: view.lists.low_stock.len(),
-        oversold: view.lists.oversold.len(),
-        alerts: view.lists.alerts.len(),
+        low_stock: count(view.counters.counts.low_stock),
+        oversold: count(view.counters.counts.oversold),
+        alerts: count(
+            view.counters.counts.alerts.oversold
+                + view.counters.counts.alerts.sold_out
+                + view.counters.counts.alerts.sell_out_imminent
+                + view.counters.counts.alerts.low_stock,
+        ),
         top_sku: view
             .lists
             .top_products
@@ -132,6 +137,10 @@ pub fn rows(time: &str, snapshot: &Snapshot) -> Vec<Row> {
         out.push(row(time, "all", all));
     }
     out
+}
+
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// The CSV header.

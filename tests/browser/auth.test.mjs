@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import {
   bin, environment, simulate, simulateInBackground, freePort, startServe, killServe, waitFor,
-  total, launch, sortedView,
+  total, launch,
 } from './support.mjs';
 
 const secret = 'browser-test-secret-of-at-least-32-bytes';
@@ -78,7 +78,7 @@ test('a signed-in page sees only its store, and resumes gapless after its token 
     // A store's stream carries the frames that change its store, so its position is that
     // of the last such frame; its numbers are the snapshot's, to the cent.
     const final = await snapshot();
-    const berlinOf = (v) => sortedView(v).stores['store-berlin'];
+    const berlinOf = (v) => v.stores['store-berlin'];
     await waitFor('the page to show the snapshot\'s numbers', async () =>
       JSON.stringify(berlinOf(await page.evaluate(() => window.storepulse.view()))) === JSON.stringify(berlinOf(final)));
     const resumed = await page.evaluate(() => window.storepulse.view());

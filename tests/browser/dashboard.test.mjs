@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   bin, environment, simulate, simulateInBackground, freePort, startServe, killServe, waitFor,
-  total, launch, crashNoise, sortedStock,
+  total, launch, crashNoise,
 } from './support.mjs';
 
 const env = environment('dashboard');
@@ -24,7 +24,7 @@ const scenario = [...catalog, '--start', new Date(Date.now() - 120_000).toISOStr
   '--flash-sale-at', '1s', '--flash-sale-for', '10m'];
 
 
-/// The page's applied view equals the server's snapshot (stock order aside).
+/// The page's applied view equals the server's snapshot.
 async function assertPageEqualsSnapshot(page, base, store) {
   const snapshot = await (await fetch(`${base}/api/snapshot${store ? `?store=${store}` : ''}`)).json();
   await waitFor('the page to reach the snapshot', async () =>
@@ -32,9 +32,9 @@ async function assertPageEqualsSnapshot(page, base, store) {
   const view = await page.evaluate(() => window.storepulse.view());
   assert.equal(view.position, snapshot.position);
   for (const id of Object.keys(snapshot.stores)) {
-    assert.deepEqual(sortedStock(view.stores[id]), sortedStock(snapshot.stores[id]), id);
+    assert.deepEqual(view.stores[id], snapshot.stores[id], id);
   }
-  if (!store) assert.deepEqual(sortedStock(view.all_stores), sortedStock(snapshot.all_stores));
+  if (!store) assert.deepEqual(view.all_stores, snapshot.all_stores);
   const expected = store ? snapshot.stores[store] : snapshot.all_stores;
   // What the cards show is what the snapshot says.
   await waitFor('the cards to render', async () =>

@@ -13,21 +13,19 @@ const view = () => ({
       orders_today: 1,
       per_minute_from: '10:00',
       per_minute: [{ minute: '09:59', orders: 1 }, { minute: '10:00', orders: 1 }],
-      stock: [{ store_id: 's', sku: 'a', level: 5 }],
       recent_orders: [order('e1', '10:00')],
       low_stock: [{ sku: 'a' }],
     },
   },
-  all_stores: { orders_today: 1, stock: [{ store_id: 's', sku: 'a', level: 5 }], recent_orders: [order('e1', '10:00')] },
+  all_stores: { orders_today: 1, recent_orders: [order('e1', '10:00')] },
 });
 
-test('fields replace, stock and minutes merge, old minutes go, orders upsert newest first', () => {
+test('fields replace, minutes merge, old minutes go, orders upsert newest first', () => {
   const v = applyDelta(view(), {
     position: 't:2', as_of: 'x', as_of_ms: 2,
     stores: {
       s: {
         orders_today: 2, per_minute_from: '10:01', per_minute: [{ minute: '10:01', orders: 3 }],
-        stock: [{ store_id: 's', sku: 'a', level: 4 }, { store_id: 's', sku: 'b', level: 9 }],
         recent_orders: [order('e2', '10:01'), order('e1', '10:00')],
       },
     },
@@ -36,10 +34,8 @@ test('fields replace, stock and minutes merge, old minutes go, orders upsert new
   const s = v.stores.s;
   assert.equal(s.orders_today, 2);
   assert.deepEqual(s.per_minute, [{ minute: '10:01', orders: 3 }]);
-  assert.deepEqual(s.stock.map((x) => [x.sku, x.level]), [['a', 4], ['b', 9]]);
   assert.deepEqual(s.recent_orders.map((o) => o.event_id), ['e2', 'e1']);
   assert.deepEqual(s.low_stock, [{ sku: 'a' }], 'a list absent from the delta is kept');
-  assert.deepEqual(v.all_stores.stock, s.stock, "a store's stock applies to the rollup");
   assert.deepEqual(v.all_stores.recent_orders, s.recent_orders);
   assert.equal(v.all_stores.orders_today, 2);
   assert.equal(v.position, 't:2');
@@ -67,7 +63,7 @@ test('a complete recent_orders replaces the list, and the rollup follows every s
 });
 
 test('a store first seen in a delta is added whole', () => {
-  const v = applyDelta(view(), { position: 't:4', stores: { n: { orders_today: 7, stock: [], recent_orders: [] } } });
+  const v = applyDelta(view(), { position: 't:4', stores: { n: { orders_today: 7, recent_orders: [] } } });
   assert.equal(v.stores.n.orders_today, 7);
 });
 

@@ -79,16 +79,3 @@ export function launch() {
 /// Console errors a test caused on purpose (a killed server) are not defects.
 export const crashNoise = ['ERR_INCOMPLETE_CHUNKED_ENCODING', 'ERR_CONNECTION_REFUSED', 'status of 503'];
 
-// A scope's view with its stock in (store, SKU) order: deltas upsert stock, so a merged
-// view may hold the same entries in another order than a snapshot.
-export const sortedStock = (scope) => ({
-  ...scope,
-  stock: [...scope.stock].sort((a, b) => `${a.store_id}/${a.sku}`.localeCompare(`${b.store_id}/${b.sku}`)),
-});
-
-// A whole view (every store and the rollup) with each scope's stock sorted.
-export const sortedView = (view) => ({
-  ...view,
-  stores: Object.fromEntries(Object.entries(view.stores).map(([id, scope]) => [id, sortedStock(scope)])),
-  ...(view.all_stores ? { all_stores: sortedStock(view.all_stores) } : {}),
-});

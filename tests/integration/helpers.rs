@@ -174,21 +174,6 @@ pub fn try_http_get(address: &str, path: &str, headers: &[(&str, &str)]) -> Opti
     Some((status, body.to_owned()))
 }
 
-/// A snapshot-shaped view with each scope's stock in (store, SKU) order: deltas upsert
-/// stock, so a merged view may hold the same entries in another order than a snapshot.
-pub fn sorted_stock(mut view: serde_json::Value) -> serde_json::Value {
-    let sort = |v: &mut serde_json::Value| {
-        if let Some(stock) = v.get_mut("stock").and_then(serde_json::Value::as_array_mut) {
-            stock.sort_by_key(|s| format!("{}/{}", s["store_id"], s["sku"]));
-        }
-    };
-    if let Some(stores) = view["stores"].as_object_mut() {
-        stores.values_mut().for_each(sort);
-    }
-    sort(&mut view["all_stores"]);
-    view
-}
-
 /// A `storepulse serve` process under test.
 pub struct Server {
     child: std::process::Child,

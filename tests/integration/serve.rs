@@ -198,25 +198,47 @@ async fn the_snapshot_equals_independently_computed_numbers_and_poison_goes_to_t
         berlin["active_users"]["today"], 2,
         "u1 (two sessions) and sess-3"
     );
-    let levels: Vec<(String, i64)> = berlin["stock"]
-        .as_array()
-        .expect("stock")
-        .iter()
-        .map(|s| {
-            (
-                s["sku"].as_str().unwrap_or("").to_owned(),
-                s["level"].as_i64().unwrap_or(0),
-            )
-        })
-        .collect();
+    // Every level, a page at a time (the catalog is not in snapshots).
+    let page = |query: &str| -> Value {
+        let (status, body) = server.get(&format!("/api/stock?store=store-berlin{query}"));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("json")
+    };
+    let levels = |page: &Value| -> Vec<(String, i64)> {
+        page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|s| {
+                (
+                    s["sku"].as_str().unwrap_or("").to_owned(),
+                    s["level"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let first = page("&limit=2");
+    assert_eq!(first["skus"], 3);
+    assert_eq!(first["next"], "BER-0002");
+    let second = page("&limit=2&after=BER-0002");
+    assert!(second["next"].is_null(), "the last page");
     assert_eq!(
-        levels,
+        [levels(&first), levels(&second)].concat(),
         vec![
             ("BER-0001".into(), 5),
             ("BER-0002".into(), -2),
             ("BER-0003".into(), 100)
         ]
     );
+    assert_eq!(berlin["counts"]["skus"], 3);
+    assert_eq!(berlin["counts"]["oversold"], 1);
+    assert_eq!(server.get("/api/stock").0, 400, "a store is required");
+    assert_eq!(server.get("/api/stock?store=store-berlin&limit=0").0, 400);
+    assert_eq!(
+        server.get("/api/stock?store=store-berlin&limit=1001").0,
+        400
+    );
+    assert_eq!(server.get("/api/stock?store=store-atlantis").0, 404);
     assert_eq!(berlin["low_stock"][0]["sku"], "BER-0001");
     assert_eq!(berlin["low_stock"].as_array().map(Vec::len), Some(1));
     assert_eq!(berlin["oversold"][0]["sku"], "BER-0002");

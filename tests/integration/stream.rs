@@ -5,7 +5,7 @@
 //! clients do not hold anyone back and catch up by shared spans; a thousand clients (half
 //! of them gzip) come through a reconnect storm and a restart exact.
 
-use crate::helpers::{self, Server, database_url, fresh_topics, position_total, sorted_stock};
+use crate::helpers::{self, Server, database_url, fresh_topics, position_total};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -274,8 +274,8 @@ async fn a_client_applying_the_stream_ends_equal_to_the_snapshot_and_resumes_wit
     let snapshot: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(position_total(&snapshot), total);
     assert_eq!(
-        sorted_stock(view.expect("a view")),
-        sorted_stock(snapshot),
+        view.expect("a view"),
+        snapshot,
         "snapshot + deltas = the snapshot"
     );
 }
@@ -429,17 +429,13 @@ async fn a_client_ahead_of_a_restarted_process_waits_and_never_steps_back_and_ma
                         position_total(&after) >= total,
                         "{name}: never older than shown"
                     );
-                    assert_eq!(sorted_stock(after), sorted_stock(shown.clone()), "{name}");
+                    assert_eq!(after, shown.clone(), "{name}");
                 }
                 "progress" => {} // already exactly where the client is: nothing to send
                 other => panic!("{name}: expected a snapshot, got {other}"),
             }
             let (_, view) = follow(&server.address, None, total);
-            assert_eq!(
-                sorted_stock(view),
-                sorted_stock(shown.clone()),
-                "{name} agrees"
-            );
+            assert_eq!(view, shown.clone(), "{name} agrees");
         }
     })
     .await
@@ -477,8 +473,8 @@ fn assert_each_ends_at_the_snapshot(server: &Server, clients: &[&[Sse]]) {
         let mut view = None;
         check_and_apply(&mut view, events);
         assert_eq!(
-            sorted_stock(view.expect("a snapshot came first")),
-            sorted_stock(snapshot.clone()),
+            view.expect("a snapshot came first"),
+            snapshot.clone(),
             "client {i}"
         );
     }
@@ -759,8 +755,8 @@ async fn assert_all_exact(
         let mut view = None;
         check_and_apply(&mut view, &owned);
         assert_eq!(
-            sorted_stock(view.expect("view")),
-            sorted_stock(snapshot.clone()),
+            view.expect("view"),
+            snapshot.clone(),
             "every client ends exact"
         );
     }

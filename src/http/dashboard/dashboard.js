@@ -408,7 +408,7 @@ function render() {
     chartsAt = performance.now();
     renderCharts(v);
   }
-  if (changed('stock', v.stock, v.low_stock, v.oversold, v.alerts)) renderStock(v);
+  if (changed('stock', v.low_stock, v.oversold, v.alerts, v.counts)) renderStock(v);
   if (changed('lists', v.top_products, v.recent_orders)) renderLists(v);
   if (changed('alerts', v.alerts)) renderAlerts(v);
 }
@@ -471,7 +471,9 @@ function kindOf(s, alertBySku) {
 
 function renderStock(v) {
   const alertBySku = new Map(v.alerts.map((a) => [`${a.store_id}/${a.sku}`, a.kind]));
-  const closest = [...v.stock].sort((a, b) => a.level - b.level || a.sku.localeCompare(b.sku)).slice(0, 12);
+  // The most urgent SKUs the view lists (oversold, then low or selling out), lowest first.
+  const closest = [...v.oversold, ...v.low_stock]
+    .sort((a, b) => a.level - b.level || a.store_id.localeCompare(b.store_id) || a.sku.localeCompare(b.sku)).slice(0, 12);
   const max = Math.max(1, ...closest.map((s) => Math.abs(s.level)));
   $('stock-bars').replaceChildren(...closest.map((s) => {
     const kind = kindOf(s, alertBySku);
@@ -495,9 +497,12 @@ function renderStock(v) {
       el('td', {}, s.sold_last_15m == null ? '—' : number.format(s.sold_last_15m)),
       el('td', { class: s.kind === 'sell_out_imminent' || (s.kind === '' && s.minutes_to_sell_out != null) ? 'projection' : '' }, sellOut));
   }));
+  // The view lists the most urgent (aggregate.list_limit); `counts` says how many in all.
+  const whole = (v.counts?.oversold ?? 0) + (v.counts?.low_stock ?? 0);
   const empty = $('low-stock-empty');
-  empty.textContent = 'Nothing is low.';
-  empty.hidden = rows.length > 0;
+  empty.textContent = rows.length === 0 ? 'Nothing is low.'
+    : `…and ${number.format(whole - rows.length)} more (GET /api/stock lists every level).`;
+  empty.hidden = rows.length > 0 && whole <= rows.length;
 }
 
 function renderLists(v) {
@@ -526,7 +531,8 @@ function renderAlerts(v) {
   state.primed = true;
   if (notified) sessionStorage.setItem('storepulse.alerts', JSON.stringify([...state.seenAlerts].slice(-500)));
   for (const kind of ALERT_KINDS) {
-    const n = v.alerts.filter((a) => a.kind === kind).length;
+    // Whole counts: the alerts list itself holds the most urgent only.
+    const n = v.counts?.alerts?.[kind] ?? v.alerts.filter((a) => a.kind === kind).length;
     const out = $(`count-${kind}`);
     out.textContent = number.format(n);
     out.parentElement.classList.toggle('active', n > 0);

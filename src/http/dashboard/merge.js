@@ -2,11 +2,10 @@
 // view a dashboard holds. One module, imported by the page (dashboard.js) and by the
 // browser tests, so the tests check the page's own code. No DOM: it runs in Node too.
 //
-// Rules: fields present replace; `stock` merges by store and SKU; `per_minute` merges by
-// minute and drops minutes before `per_minute_from`; `recent_orders` upserts by event id,
-// ranks newest first (ties by event id) and keeps 20, or replaces the list when the part
-// says `recent_orders_complete: true` (orders left it: their day is no longer held); a
-// store's `stock` applies to the rollup too, and the rollup's `recent_orders` are the 20
+// Rules: fields present replace; `per_minute` merges by minute and drops minutes before
+// `per_minute_from`; `recent_orders` upserts by event id, ranks newest first (ties by event
+// id) and keeps 20, or replaces the list when the part says `recent_orders_complete: true`
+// (orders left it: their day is no longer held); the rollup's `recent_orders` are the 20
 // newest of its stores' lists. Applying a delta twice is harmless.
 
 export const RECENT_ORDERS = 20; // the length of a view's recent_orders
@@ -28,9 +27,7 @@ function upsert(list, items, same) {
 // Merges one scope's part of a delta (a store's, or the rollup's) into its view.
 export function mergeScope(target, part) {
   for (const [field, value] of Object.entries(part)) {
-    if (field === 'stock') {
-      target.stock = upsert(target.stock, value, (a, b) => a.store_id === b.store_id && a.sku === b.sku);
-    } else if (field === 'per_minute') {
+    if (field === 'per_minute') {
       target.per_minute = upsert(target.per_minute, value, (a, b) => a.minute === b.minute)
         .sort((a, b) => a.minute.localeCompare(b.minute));
     } else if (field === 'recent_orders') {
@@ -55,8 +52,6 @@ export function applyDelta(view, delta) {
     if (!view.stores[store]) view.stores[store] = {};
     mergeScope(view.stores[store], part);
     if (part.recent_orders) ordersChanged = true;
-    // The rollup's stock follows from the stores' changes.
-    if (view.all_stores && part.stock) mergeScope(view.all_stores, { stock: part.stock });
   }
   if (delta.all_stores && view.all_stores) mergeScope(view.all_stores, delta.all_stores);
   // The rollup's recent orders are the newest of its stores' lists.

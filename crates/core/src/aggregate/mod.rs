@@ -33,11 +33,13 @@ pub mod position;
 mod rules;
 mod store;
 pub mod view;
+mod views;
 
 pub use hll::HyperLogLog;
 pub use position::{Layout, PartitionKey, Position, PositionError, RecordRef};
 use store::StoreApplied;
 pub use store::{RECENT_ORDERS, StoreState};
+pub use views::{Views, ViewsSnapshot};
 
 use crate::events::{Event, Sku, StoreId};
 use chrono_tz::Tz;
@@ -78,6 +80,9 @@ pub struct AggregateConfig {
     /// Most SKUs held per store (stock entries, and SKUs sold in the sales window): an
     /// event naming a new SKU beyond it is dead-lettered (`sku_limit`).
     pub max_skus_per_store: usize,
+    /// Most entries of a view's `low_stock`, `oversold` and `alerts` lists (the most
+    /// urgent; the view counts the rest).
+    pub list_limit: usize,
 }
 
 impl Default for AggregateConfig {
@@ -96,6 +101,7 @@ impl Default for AggregateConfig {
             max_future_skew_ms: 5 * 60_000,
             max_stores: 10_000,
             max_skus_per_store: 100_000,
+            list_limit: 50,
         }
     }
 }

@@ -225,8 +225,8 @@ pub struct StoreState {
     pub minutes: BTreeMap<i64, MinuteTotals>,
     /// Newest first, at most [`RECENT_ORDERS`].
     pub recent_orders: Vec<RecentOrder>,
-    /// Stock per SKU.
-    pub stock: HashMap<Sku, StockEntry>,
+    /// Stock per SKU, by SKU (`GET /api/stock` pages through it in this order).
+    pub stock: BTreeMap<Sku, StockEntry>,
     /// Sales per SKU in the last [`SALES_WINDOW_MINUTES`].
     pub sales: HashMap<Sku, SkuSales>,
     /// Visitors per minute in the last [`ACTIVE_WINDOW_MINUTES`].

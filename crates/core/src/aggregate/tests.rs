@@ -855,29 +855,32 @@ fn a_channel_survives_into_the_view() {
 }
 
 #[test]
-fn a_conflated_delta_holds_the_latest_values_and_every_changed_sku() {
+fn a_conflated_delta_holds_the_latest_values() {
     let layout = layout();
+    let mut views = None;
     let mut feed = Feed::new();
     feed.apply(stock("s1", "BER-0001", SAMPLE_TIME, 50, 50));
     feed.apply(order("o1", "store-berlin", SAMPLE_TIME, 1_000, "EUR"));
-    let first = crate::live::Delta::of(&feed.state, &layout, &feed.changes);
+    let first = delta_of(&mut views, &feed.state, &layout, &feed.changes);
     feed.changes = Changes::default();
     feed.apply(stock("s2", "BER-0002", SAMPLE_TIME + 1, 7, 7));
     feed.apply(stock("s3", "BER-0001", SAMPLE_TIME + 2, 49, -1));
     feed.apply(order("o2", "store-berlin", SAMPLE_TIME + 3, 2_000, "EUR"));
-    let second = crate::live::Delta::of(&feed.state, &layout, &feed.changes);
+    let second = delta_of(&mut views, &feed.state, &layout, &feed.changes);
     let mut conflated = first.clone();
     conflated.absorb(&second);
     assert_eq!(conflated.position, second.position);
     let berlin = &conflated.stores["store-berlin"];
     assert_eq!(berlin.counters.orders_today, 2);
-    let levels: Vec<(&str, i64)> = berlin
-        .stock
+    assert_eq!(berlin.counters.counts.skus, 2);
+    let low: Vec<(&str, i64)> = berlin
+        .lists
+        .low_stock
         .iter()
         .flatten()
         .map(|s| (s.sku.as_str(), s.level))
         .collect();
-    assert_eq!(levels, vec![("BER-0001", 49), ("BER-0002", 7)]);
+    assert_eq!(low, vec![("BER-0002", 7)]);
     assert_eq!(
         conflated
             .scoped(&"store-berlin".into())
@@ -891,9 +894,10 @@ fn a_conflated_delta_holds_the_latest_values_and_every_changed_sku() {
 fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
     let layout = layout();
     let mut sent = crate::live::SentLists::new();
+    let mut views = None;
     let mut feed = Feed::new();
     feed.apply(stock("s1", "BER-0001", SAMPLE_TIME, 5, 5));
-    let mut first = crate::live::Delta::of(&feed.state, &layout, &feed.changes);
+    let mut first = delta_of(&mut views, &feed.state, &layout, &feed.changes);
     first.omit_unchanged_lists(&mut sent);
     let berlin = &first.stores["store-berlin"].lists;
     assert!(
@@ -903,7 +907,7 @@ fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
     // Another SKU's stock, well stocked: no list changes, none is sent.
     feed.changes = Changes::default();
     feed.apply(stock("s1b", "BER-0002", SAMPLE_TIME + 1, 80, 80));
-    let mut quiet = crate::live::Delta::of(&feed.state, &layout, &feed.changes);
+    let mut quiet = delta_of(&mut views, &feed.state, &layout, &feed.changes);
     quiet.omit_unchanged_lists(&mut sent);
     assert_eq!(
         quiet.stores["store-berlin"].lists,
@@ -913,7 +917,7 @@ fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
     // the alerts and the oversold list stay.
     feed.changes = Changes::default();
     feed.apply(order("o1", "store-berlin", SAMPLE_TIME + 2, 1_000, "EUR"));
-    let mut second = crate::live::Delta::of(&feed.state, &layout, &feed.changes);
+    let mut second = delta_of(&mut views, &feed.state, &layout, &feed.changes);
     second.omit_unchanged_lists(&mut sent);
     let berlin = &second.stores["store-berlin"].lists;
     assert!(berlin.low_stock.is_some());
@@ -923,7 +927,7 @@ fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
     // Below zero: every list that moved is sent again.
     feed.changes = Changes::default();
     feed.apply(stock("s2", "BER-0001", SAMPLE_TIME + 3, -1, -6));
-    let mut third = crate::live::Delta::of(&feed.state, &layout, &feed.changes);
+    let mut third = delta_of(&mut views, &feed.state, &layout, &feed.changes);
     third.omit_unchanged_lists(&mut sent);
     let berlin = &third.stores["store-berlin"].lists;
     assert!(berlin.oversold.as_ref().is_some_and(|o| o.len() == 1));
@@ -940,23 +944,40 @@ fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
     assert_eq!(lists.oversold, berlin.oversold);
 }
 
-/// A view's JSON with each scope's stock in (store, SKU) order: deltas upsert stock, so a
-/// client may hold the same entries in another order than a snapshot.
-fn sorted_stock(mut view: serde_json::Value) -> serde_json::Value {
-    let sort = |scope: &mut serde_json::Value| {
-        if let Some(stock) = scope.get_mut("stock").and_then(|s| s.as_array_mut()) {
-            stock.sort_by_key(|s| format!("{}/{}", s["store_id"], s["sku"]));
-        }
-    };
-    if let Some(stores) = view["stores"].as_object_mut() {
-        stores.values_mut().for_each(sort);
+/// The delta of `changes`, from views brought up to date with them (built on first use),
+/// checked against the one-scan reference views of the state.
+fn delta_of(
+    views: &mut Option<crate::aggregate::Views>,
+    state: &State,
+    layout: &Layout,
+    changes: &Changes,
+) -> crate::live::Delta {
+    let views = views.get_or_insert_with(|| crate::aggregate::Views::new(state));
+    views.update(state, changes.stores.keys());
+    assert_eq!(
+        **views.rollup(),
+        state.all_stores_view(),
+        "the rollup kept current"
+    );
+    for id in changes.stores.keys() {
+        assert_eq!(
+            views.store(id).map(|v| &**v),
+            state.store_view(id).as_ref(),
+            "{id:?}"
+        );
     }
-    sort(&mut view["all_stores"]);
-    view
+    for store in [None, changes.stores.keys().next()] {
+        assert_eq!(
+            serde_json::to_value(views.snapshot(state, layout, store)).expect("json"),
+            serde_json::to_value(state.snapshot(layout, store)).expect("json"),
+            "the snapshot of shared views"
+        );
+    }
+    crate::live::Delta::of(views, state, layout, changes)
 }
 
 fn snapshot_json(state: &State, layout: &Layout) -> serde_json::Value {
-    sorted_stock(serde_json::to_value(state.snapshot(layout, None)).expect("json"))
+    serde_json::to_value(state.snapshot(layout, None)).expect("json")
 }
 
 proptest! {
@@ -976,6 +997,7 @@ proptest! {
         let lists = partitioned_stream(seed, 1_000);
         let records: Vec<(Event, RecordRef)> = lists.into_iter().flatten().collect();
         let mut state = State::new(config());
+        let mut views = None;
         let mut sent = crate::live::SentLists::new();
         let mut held = snapshot_json(&state, &layout);
         let mut changes = Changes::default();
@@ -986,7 +1008,7 @@ proptest! {
             if !(i + 1).is_multiple_of(frame_every) || changes.is_empty() {
                 continue;
             }
-            let mut delta = crate::live::Delta::of(&state, &layout, &changes);
+            let mut delta = delta_of(&mut views, &state, &layout, &changes);
             changes = Changes::default();
             delta.omit_unchanged_lists(&mut sent);
             match pending.as_mut() {
@@ -1000,7 +1022,6 @@ proptest! {
             let Some(delta) = pending.take() else { continue };
             let json = serde_json::to_value(&delta).expect("json");
             crate::live::client::apply_delta(&mut held, &json);
-            held = sorted_stock(held);
             prop_assert_eq!(&held, &snapshot_json(&state, &layout));
         }
     }
@@ -1016,13 +1037,14 @@ fn recent_orders_of_a_day_no_longer_held_leave_a_streaming_client_too() {
     let layout = layout();
     for conflate in [false, true] {
         let mut feed = Feed::new();
+        let mut views = None;
         let mut sent = crate::live::SentLists::new();
         let mut held = snapshot_json(&feed.state, &layout);
         let mut pending: Option<crate::live::Delta> = None;
         let mut frame = |feed: &mut Feed, held: &mut serde_json::Value, last: bool| {
             let changes = std::mem::take(&mut feed.changes);
             if !changes.is_empty() {
-                let mut delta = crate::live::Delta::of(&feed.state, &layout, &changes);
+                let mut delta = delta_of(&mut views, &feed.state, &layout, &changes);
                 delta.omit_unchanged_lists(&mut sent);
                 match pending.as_mut() {
                     Some(earlier) => earlier.absorb(&delta),
@@ -1033,7 +1055,6 @@ fn recent_orders_of_a_day_no_longer_held_leave_a_streaming_client_too() {
                 if let Some(delta) = pending.take() {
                     let json = serde_json::to_value(&delta).expect("json");
                     crate::live::client::apply_delta(held, &json);
-                    *held = sorted_stock(held.clone());
                 }
                 assert_eq!(
                     *held,
@@ -1077,4 +1098,115 @@ fn recent_orders_of_a_day_no_longer_held_leave_a_streaming_client_too() {
         let all = &held["all_stores"]["recent_orders"];
         assert_eq!(all.as_array().map(Vec::len), Some(5), "{all}");
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// The views kept current store by store (`Views::update`) equal the one-scan
+    /// reference after every frame, with lists cut short (a small `list_limit`, many
+    /// stores and SKUs): the rollup's k-way merge of the stores' heads and its sums.
+    #[test]
+    fn views_kept_current_equal_a_scan_of_every_store(
+        seed in 0u64..1_000,
+        stores in 2usize..12,
+        skus in 3usize..40,
+        list_limit in 1usize..6,
+        frame_every in 1usize..30,
+    ) {
+        let mut config = (*config()).clone();
+        config.list_limit = list_limit;
+        let mut state = State::new(Arc::new(config));
+        let scenario = Scenario::new(ScenarioConfig {
+            popularity: Default::default(),
+            seed,
+            start_ms: SAMPLE_TIME,
+            events_per_second: 2.0,
+            stores,
+            skus_per_store: skus,
+            flash_sale: Some(FlashSale {
+                starts_after_ms: MINUTE,
+                duration_ms: 30 * MINUTE,
+                skus_per_store: 3,
+                oversell: true,
+                discount_percent: 30,
+            }),
+        });
+        let mut views = None;
+        let mut changes = Changes::default();
+        let mut offsets: BTreeMap<TopicRole, i64> = BTreeMap::new();
+        for (i, event) in scenario.take(1_500).enumerate() {
+            let role = event.kind().topic_role();
+            let offset = offsets.entry(role).or_insert(0);
+            let at = RecordRef { partition: PartitionKey { role, partition: 0 }, offset: *offset };
+            *offset += 1;
+            state.apply(&event, at, &mut changes);
+            if (i + 1).is_multiple_of(frame_every) && !changes.is_empty() {
+                // delta_of asserts the views equal the reference.
+                let delta = delta_of(&mut views, &state, &layout(), &std::mem::take(&mut changes));
+                let rollup = state.all_stores_view();
+                prop_assert!(rollup.lists.low_stock.len() <= list_limit);
+                prop_assert!(rollup.lists.alerts.len() <= list_limit);
+                prop_assert_eq!(rollup.counters.counts.low_stock as usize >= rollup.lists.low_stock.len(), true);
+                prop_assert!(delta.all_stores.is_some());
+            }
+        }
+    }
+}
+
+#[test]
+fn stock_pages_walk_every_sku_in_byte_order_once() {
+    let mut feed = Feed::new();
+    for (i, sku) in ["BER-0003", "BER-0001", "BER-0010", "BER-0002", "BER-0005"]
+        .iter()
+        .enumerate()
+    {
+        feed.apply(stock(
+            &format!("s{i}"),
+            sku,
+            SAMPLE_TIME,
+            i as i64,
+            i as i64,
+        ));
+    }
+    let layout = layout();
+    let berlin: StoreId = "store-berlin".into();
+    let mut after: Option<String> = None;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = feed
+            .state
+            .stock_page(&layout, &berlin, after.as_deref(), 2)
+            .expect("known store");
+        assert_eq!(page.skus, 5);
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.iter().map(|i| (i.sku.clone(), i.level)));
+        pages += 1;
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(
+        seen,
+        vec![
+            ("BER-0001".to_owned(), 1),
+            ("BER-0002".to_owned(), 3),
+            ("BER-0003".to_owned(), 0),
+            ("BER-0005".to_owned(), 4),
+            ("BER-0010".to_owned(), 2),
+        ]
+    );
+    assert!(
+        feed.state
+            .stock_page(&layout, &"store-nowhere".into(), None, 2)
+            .is_none()
+    );
+    let last = feed
+        .state
+        .stock_page(&layout, &berlin, Some("BER-0005"), 10)
+        .expect("known");
+    assert_eq!((last.items.len(), last.next), (1, None));
 }

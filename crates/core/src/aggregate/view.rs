@@ -168,8 +168,6 @@ pub struct StoreView {
     pub per_minute: Vec<MinuteView>,
     /// The 20 newest orders, newest first.
     pub recent_orders: Vec<OrderView>,
-    /// Every SKU's level, by store and SKU.
-    pub stock: Vec<StockView>,
     /// The stock lists (flattened into the view's JSON).
     #[serde(flatten)]
     pub lists: SkuLists,
@@ -195,9 +193,75 @@ pub struct DayCounters {
     pub active_users: ActiveUsers,
     /// Start of the per-minute window: the 60 minutes ending at the newest event's minute.
     pub per_minute_from: String,
+    /// How many items each SKU list has in whole (its view carries the first
+    /// `aggregate.list_limit`), and how many SKUs are stocked.
+    pub counts: ListCounts,
 }
 
-/// The bounded SKU lists of a view.
+/// The whole lengths behind a view's bounded lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ListCounts {
+    /// SKUs with a stock level (`GET /api/stock` pages through them).
+    pub skus: u64,
+    /// Entries of the whole `low_stock` list.
+    pub low_stock: u64,
+    /// Entries of the whole `oversold` list.
+    pub oversold: u64,
+    /// Active alerts by kind (their sum is the whole `alerts` list).
+    pub alerts: AlertCounts,
+}
+
+/// Active alerts by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AlertCounts {
+    /// Level below zero.
+    pub oversold: u64,
+    /// Level zero.
+    pub sold_out: u64,
+    /// Projected to sell out soon.
+    pub sell_out_imminent: u64,
+    /// Under the threshold.
+    pub low_stock: u64,
+}
+
+impl AlertCounts {
+    fn add(&mut self, kind: AlertKind, n: u64) {
+        match kind {
+            AlertKind::Oversold => self.oversold += n,
+            AlertKind::SoldOut => self.sold_out += n,
+            AlertKind::SellOutImminent => self.sell_out_imminent += n,
+            AlertKind::LowStock => self.low_stock += n,
+        }
+    }
+}
+
+impl ListCounts {
+    /// Adds (or with `sign` −1 takes away) another view's counts: the rollup's are the
+    /// sums of its stores'.
+    pub fn add(&mut self, other: &ListCounts, sign: i8) {
+        let apply = |into: &mut u64, n: u64| {
+            *into = if sign < 0 {
+                into.saturating_sub(n)
+            } else {
+                *into + n
+            };
+        };
+        apply(&mut self.skus, other.skus);
+        apply(&mut self.low_stock, other.low_stock);
+        apply(&mut self.oversold, other.oversold);
+        apply(&mut self.alerts.oversold, other.alerts.oversold);
+        apply(&mut self.alerts.sold_out, other.alerts.sold_out);
+        apply(
+            &mut self.alerts.sell_out_imminent,
+            other.alerts.sell_out_imminent,
+        );
+        apply(&mut self.alerts.low_stock, other.alerts.low_stock);
+    }
+}
+
+/// The bounded SKU lists of a view: each the first `aggregate.list_limit` of its whole
+/// list (top products: 10), in its documented order; [`ListCounts`] says how long the
+/// whole lists are.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SkuLists {
     /// SKUs at or above zero that are under their threshold or raise an alert, most
@@ -209,6 +273,78 @@ pub struct SkuLists {
     pub top_products: Vec<TopProduct>,
     /// Active alerts, one per SKU, most urgent kind first.
     pub alerts: Vec<AlertView>,
+}
+
+/// The rank of `low_stock`: most urgent alert first (none last), then soonest sell-out
+/// (none last), lowest level, then store and SKU.
+pub fn low_stock_order(a: &LowStockView, b: &LowStockView) -> std::cmp::Ordering {
+    let key = |l: &LowStockView| {
+        (
+            l.alert.map_or(u8::MAX, |k| k as u8),
+            l.minutes_to_sell_out.unwrap_or(i64::MAX),
+            l.level,
+        )
+    };
+    key(a)
+        .cmp(&key(b))
+        .then_with(|| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)))
+}
+
+/// The rank of `oversold`: most oversold first, then store and SKU.
+pub fn oversold_order(a: &StockView, b: &StockView) -> std::cmp::Ordering {
+    a.level
+        .cmp(&b.level)
+        .then_with(|| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)))
+}
+
+/// The rank of `top_products`: most units first, then store and SKU.
+pub fn top_order(a: &TopProduct, b: &TopProduct) -> std::cmp::Ordering {
+    b.units
+        .cmp(&a.units)
+        .then_with(|| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)))
+}
+
+/// The rank of `alerts`: kind, then id.
+pub fn alert_order(a: &AlertView, b: &AlertView) -> std::cmp::Ordering {
+    (a.kind, &a.id).cmp(&(b.kind, &b.id))
+}
+
+/// The rank of `recent_orders`: newest first, then event id.
+pub fn order_order(a: &OrderView, b: &OrderView) -> std::cmp::Ordering {
+    b.occurred_at
+        .cmp(&a.occurred_at)
+        .then_with(|| a.event_id.cmp(&b.event_id))
+}
+
+/// How many top products a view lists.
+pub const TOP_PRODUCTS: usize = 10;
+
+/// One SKU's level in a page of `GET /api/stock`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StockItem {
+    /// SKU id.
+    pub sku: String,
+    /// Product name.
+    pub name: String,
+    /// Level; negative is oversold.
+    pub level: i64,
+}
+
+/// One page of a store's stock levels, by SKU in byte order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StockPage {
+    /// Encoded position of the levels.
+    pub position: String,
+    /// Newest event time applied, RFC 3339.
+    pub as_of: Option<String>,
+    /// The store.
+    pub store_id: String,
+    /// SKUs stocked in the store (every page).
+    pub skus: u64,
+    /// At most the page's limit, SKUs after `after`.
+    pub items: Vec<StockItem>,
+    /// The `after` of the next page; `null` on the last.
+    pub next: Option<String>,
 }
 
 /// A whole snapshot: the position it reflects and the views.
@@ -249,29 +385,6 @@ fn add_amounts(into: &mut Amounts, from: &Amounts) {
     }
 }
 
-/// Which SKUs' stock a view lists: a snapshot lists every SKU; a frame only the SKUs that
-/// changed in a store, and none in the rollup (clients derive it from the stores'). SKUs
-/// not listed cost a scan of their entry, never an allocation.
-#[derive(Clone, Copy)]
-pub enum StockWanted<'a> {
-    /// Every SKU.
-    All,
-    /// These SKUs of the store.
-    Only(&'a std::collections::BTreeSet<Sku>),
-    /// None.
-    Nothing,
-}
-
-impl StockWanted<'_> {
-    fn wants(&self, sku: &Sku) -> bool {
-        match self {
-            StockWanted::All => true,
-            StockWanted::Only(skus) => skus.contains(sku),
-            StockWanted::Nothing => false,
-        }
-    }
-}
-
 /// Accumulates one or more stores into a view.
 #[derive(Default)]
 struct Rollup {
@@ -281,11 +394,12 @@ struct Rollup {
     net: Amounts,
     cancelled: u64,
     visitors_today: HyperLogLog,
-    visitors_now: HyperLogLog,
+    /// Visitors per minute, over the stores added (their active windows).
+    active: BTreeMap<i64, HyperLogLog>,
     minutes: BTreeMap<i64, (u64, Amounts)>,
     newest_minute: i64,
     orders_list: Vec<(i64, String, OrderView)>,
-    stock: Vec<StockView>,
+    skus: u64,
     low_stock: Vec<LowStockView>,
     oversold: Vec<StockView>,
     top: Vec<TopProduct>,
@@ -293,20 +407,15 @@ struct Rollup {
 }
 
 impl Rollup {
-    /// Adds one store's aggregates, listing the stock `stock` asks for.
-    fn add(
-        &mut self,
-        store_id: &StoreId,
-        store: &StoreState,
-        state: &State,
-        stock: StockWanted<'_>,
-    ) {
+    /// Adds one store's aggregates.
+    fn add(&mut self, store_id: &StoreId, store: &StoreState, state: &State) {
         let config = state.config();
         self.add_day(store, store.today(config.time_zone(store_id)));
         self.add_minutes(store);
         self.add_orders(store_id, store);
+        self.skus += store.stock.len() as u64;
         for (sku, entry) in &store.stock {
-            self.add_sku(store_id, store, sku, entry, config, stock.wants(sku));
+            self.add_sku(store_id, store, sku, entry, config);
         }
         self.add_sales(store_id, store);
     }
@@ -326,7 +435,7 @@ impl Rollup {
         let newest_minute = store.newest_minute();
         for (minute, sketch) in &store.active {
             if *minute > newest_minute - ACTIVE_WINDOW_MINUTES {
-                self.visitors_now.merge(sketch);
+                self.active.entry(*minute).or_default().merge(sketch);
             }
         }
     }
@@ -363,8 +472,8 @@ impl Rollup {
         }
     }
 
-    /// One SKU: its stock (when `listed`), and the lists and alerts the rules put it in.
-    /// Strings are made only for what is listed.
+    /// One SKU: the lists and alerts the rules put it in. Strings are made only for what
+    /// is listed.
     fn add_sku(
         &mut self,
         store_id: &StoreId,
@@ -372,7 +481,6 @@ impl Rollup {
         sku: &Sku,
         entry: &StockEntry,
         config: &AggregateConfig,
-        listed: bool,
     ) {
         let threshold = config.threshold(sku);
         let sold = store.sales.get(sku).map_or(0, |s| s.units());
@@ -413,9 +521,6 @@ impl Rollup {
                 since: rfc3339(raised.since.at),
             });
         }
-        if listed {
-            self.stock.push(stock());
-        }
     }
 
     /// Units sold per SKU in the sales window (top products).
@@ -433,7 +538,7 @@ impl Rollup {
         }
     }
 
-    fn finish(mut self, day: Option<String>, time_zone: Option<String>) -> StoreView {
+    fn finish(mut self, day: Option<String>, time_zone: Option<String>, limit: usize) -> StoreView {
         let from = self.newest_minute - MINUTES_KEPT + 1;
         let per_minute = self
             .minutes
@@ -447,36 +552,20 @@ impl Rollup {
             .collect();
         self.orders_list
             .sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        // By store, then SKU (stores' entries come from a hash map).
-        self.stock
-            .sort_by(|a, b| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)));
         self.orders_list.truncate(super::store::RECENT_ORDERS);
-        self.low_stock.sort_by(|a, b| {
-            // Most urgent alert first, then soonest sell-out (none last), lowest level.
-            let key = |l: &LowStockView| {
-                (
-                    l.alert.map_or(u8::MAX, |k| k as u8),
-                    l.minutes_to_sell_out.unwrap_or(i64::MAX),
-                    l.level,
-                )
-            };
-            key(a)
-                .cmp(&key(b))
-                .then_with(|| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)))
-        });
-        self.oversold.sort_by(|a, b| {
-            a.level
-                .cmp(&b.level)
-                .then_with(|| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)))
-        });
-        self.top.sort_by(|a, b| {
-            b.units
-                .cmp(&a.units)
-                .then_with(|| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)))
-        });
-        self.top.truncate(10);
-        self.alerts
-            .sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+        let mut counts = ListCounts {
+            skus: self.skus,
+            low_stock: self.low_stock.len() as u64,
+            oversold: self.oversold.len() as u64,
+            alerts: AlertCounts::default(),
+        };
+        for alert in &self.alerts {
+            counts.alerts.add(alert.kind, 1);
+        }
+        first_in_order(&mut self.low_stock, limit, low_stock_order);
+        first_in_order(&mut self.oversold, limit, oversold_order);
+        first_in_order(&mut self.top, TOP_PRODUCTS, top_order);
+        first_in_order(&mut self.alerts, limit, alert_order);
         let average_order_value = self
             .gross
             .iter()
@@ -497,15 +586,15 @@ impl Rollup {
                 cancelled_today: self.cancelled,
                 average_order_value,
                 active_users: ActiveUsers {
-                    last_5_minutes: self.visitors_now.estimate(),
+                    last_5_minutes: active_now(&self.active, self.newest_minute).estimate(),
                     today: self.visitors_today.estimate(),
                     standard_error: hll::STANDARD_ERROR,
                 },
                 per_minute_from: rfc3339(from * 60_000),
+                counts,
             },
             per_minute,
             recent_orders: self.orders_list.into_iter().map(|(_, _, o)| o).collect(),
-            stock: self.stock,
             lists: SkuLists {
                 low_stock: self.low_stock,
                 oversold: self.oversold,
@@ -516,6 +605,28 @@ impl Rollup {
     }
 }
 
+/// The visitors of the 5 minutes ending at `newest_minute`, from visitors per minute.
+pub(crate) fn active_now(active: &BTreeMap<i64, HyperLogLog>, newest_minute: i64) -> HyperLogLog {
+    let mut now = HyperLogLog::default();
+    for sketch in active
+        .range(newest_minute - ACTIVE_WINDOW_MINUTES + 1..)
+        .map(|(_, s)| s)
+    {
+        now.merge(sketch);
+    }
+    now
+}
+
+/// Keeps the first `n` of `list` in `order`: a selection, then a sort of those `n` only,
+/// so a list of a million candidates costs linear time, not a sort of a million.
+fn first_in_order<T>(list: &mut Vec<T>, n: usize, order: fn(&T, &T) -> std::cmp::Ordering) {
+    if list.len() > n && n > 0 {
+        list.select_nth_unstable_by(n - 1, order);
+    }
+    list.truncate(n);
+    list.sort_by(order);
+}
+
 fn day_string(day: i32) -> String {
     (NaiveDate::default() + chrono::Days::new(u64::try_from(day).unwrap_or(0))).to_string()
 }
@@ -523,34 +634,62 @@ fn day_string(day: i32) -> String {
 impl State {
     /// The view of one store, if it has been seen.
     pub fn store_view(&self, store_id: &StoreId) -> Option<StoreView> {
-        self.store_view_with(store_id, StockWanted::All)
-    }
-
-    /// The view of one store listing only the stock `stock` asks for (a frame's delta).
-    pub fn store_view_with(&self, store_id: &StoreId, stock: StockWanted<'_>) -> Option<StoreView> {
         let store = self.stores().get(store_id)?;
         let tz = self.config().time_zone(store_id);
         let mut rollup = Rollup::default();
-        rollup.add(store_id, store, self, stock);
+        rollup.add(store_id, store, self);
         Some(rollup.finish(
             Some(day_string(local_day(tz, store.newest_event_time))),
             Some(tz.name().to_owned()),
+            self.config().list_limit,
         ))
     }
 
-    /// All stores rolled up.
+    /// All stores rolled up by one scan of every store: the reference that
+    /// [`super::Views`] maintains incrementally (and the tests compare it with).
     pub fn all_stores_view(&self) -> StoreView {
-        self.all_stores_view_with(StockWanted::All)
-    }
-
-    /// All stores rolled up, listing only the stock `stock` asks for (`Nothing` for a
-    /// frame: the rollup's stock follows from the stores').
-    pub fn all_stores_view_with(&self, stock: StockWanted<'_>) -> StoreView {
         let mut rollup = Rollup::default();
         for (id, store) in self.stores() {
-            rollup.add(id, store, self, stock);
+            rollup.add(id, store, self);
         }
-        rollup.finish(None, None)
+        rollup.finish(None, None, self.config().list_limit)
+    }
+
+    /// Up to `limit` stock levels of a store, of the SKUs after `after` in byte order
+    /// (`None` if the store is unknown). Costs the page, not the catalog.
+    pub fn stock_page(
+        &self,
+        layout: &Layout,
+        store_id: &StoreId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Option<StockPage> {
+        use std::ops::Bound;
+        let store = self.stores().get(store_id)?;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut items: Vec<StockItem> = store
+            .stock
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(limit.saturating_add(1))
+            .map(|(sku, entry)| StockItem {
+                sku: sku.to_string(),
+                name: entry.name.clone(),
+                level: entry.level,
+            })
+            .collect();
+        let next = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            items.last().map(|i| i.sku.clone()).unwrap_or_default()
+        });
+        let newest = self.newest_event_time();
+        Some(StockPage {
+            position: layout.encode(self.position()),
+            as_of: (newest > 0).then(|| rfc3339(newest)),
+            store_id: store_id.to_string(),
+            skus: store.stock.len() as u64,
+            items,
+            next,
+        })
     }
 
     /// A snapshot of every store and the rollup, or of one store (`None` if unknown).

@@ -128,11 +128,10 @@ impl ClientView {
     }
 }
 
-/// The merge rules: fields present replace; `stock` merges by store and SKU; `per_minute`
-/// merges by minute and drops minutes before `per_minute_from`; `recent_orders` upserts by
-/// event id, ranks newest first (ties by event id) and keeps 20, or replaces the list when
-/// `recent_orders_complete` is true; a store's `stock` applies to the rollup too, and the
-/// rollup's `recent_orders` are the 20 newest of its stores' lists.
+/// The merge rules: fields present replace; `per_minute` merges by minute and drops minutes
+/// before `per_minute_from`; `recent_orders` upserts by event id, ranks newest first (ties
+/// by event id) and keeps 20, or replaces the list when `recent_orders_complete` is true;
+/// the rollup's `recent_orders` are the 20 newest of its stores' lists.
 pub fn apply_delta(view: &mut Value, delta: &Value) {
     let mut orders_changed = false;
     if let Some(stores) = delta["stores"].as_object() {
@@ -146,12 +145,6 @@ pub fn apply_delta(view: &mut Value, delta: &Value) {
                 }
             }
             orders_changed |= part.get("recent_orders").is_some();
-            if view.get("all_stores").is_some()
-                && let Some(stock) = part.get("stock")
-            {
-                let derived = serde_json::json!({ "stock": stock });
-                merge_scope(&mut view["all_stores"], &derived);
-            }
         }
     }
     if let Some(all) = delta.get("all_stores") {
@@ -208,9 +201,6 @@ fn merge_scope(target: &mut Value, part: &Value) {
     let text = |v: &Value, f: &str| v[f].as_str().unwrap_or("").to_owned();
     for (field, value) in part.as_object().into_iter().flatten() {
         match field.as_str() {
-            "stock" => upsert(target, field, value, |a, b| {
-                a["store_id"] == b["store_id"] && a["sku"] == b["sku"]
-            }),
             "per_minute" => {
                 upsert(target, field, value, |a, b| a["minute"] == b["minute"]);
                 if let Some(minutes) = target[field].as_array_mut() {
@@ -266,13 +256,12 @@ mod tests {
         let mut view = serde_json::json!({
             "position": "t:1",
             "stores": {"s": {"orders_today": 1, "per_minute_from": "10:00", "per_minute": [{"minute": "09:59"}, {"minute": "10:00"}],
-                              "stock": [{"store_id": "s", "sku": "a", "level": 5}], "recent_orders": [order("e1", "10:00")]}},
-            "all_stores": {"orders_today": 1, "stock": [{"store_id": "s", "sku": "a", "level": 5}], "recent_orders": [order("e1", "10:00")]}
+                              "recent_orders": [order("e1", "10:00")]}},
+            "all_stores": {"orders_today": 1, "recent_orders": [order("e1", "10:00")]}
         });
         let delta = serde_json::json!({
             "position": "t:2", "as_of": "x", "as_of_ms": 2,
             "stores": {"s": {"orders_today": 2, "per_minute_from": "10:01", "per_minute": [{"minute": "10:01"}],
-                             "stock": [{"store_id": "s", "sku": "a", "level": 4}, {"store_id": "s", "sku": "b", "level": 9}],
                              "recent_orders": [order("e2", "10:01")]}},
             "all_stores": {"orders_today": 2}
         });
@@ -283,10 +272,7 @@ mod tests {
             store["per_minute"],
             serde_json::json!([{"minute": "10:01"}])
         );
-        assert_eq!(store["stock"][0]["level"], 4);
-        assert_eq!(store["stock"][1]["sku"], "b");
         assert_eq!(store["recent_orders"][0]["event_id"], "e2");
-        assert_eq!(view["all_stores"]["stock"], store["stock"]);
         assert_eq!(view["all_stores"]["recent_orders"], store["recent_orders"]);
         assert_eq!(view["all_stores"]["orders_today"], 2);
         assert_eq!(view["position"], "t:2");

@@ -10,7 +10,7 @@ use crate::aggregate::view::{
     AlertView, DayCounters, LowStockView, MinuteView, OrderView, SkuLists, StockView, StoreView,
     TopProduct, rfc3339,
 };
-use crate::aggregate::{Changes, Layout, RECENT_ORDERS, State};
+use crate::aggregate::{Changes, Layout, RECENT_ORDERS, State, Views};
 use crate::events::StoreId;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -97,9 +97,9 @@ pub type SentLists = HashMap<Option<String>, Sent>;
 /// What changed in one store (or the rollup), as absolute values. Counters are always
 /// present; each bounded list (`low_stock`, `oversold`, `top_products`, `alerts`) comes
 /// whole when it differs from the last one sent; `per_minute` lists the changed minutes
-/// (merged by minute; a client drops minutes before `per_minute_from`), `stock` the changed
-/// SKUs (merged by store and SKU), `recent_orders` the orders new or changed since the last
-/// delta of the scope (upserted by event id, see [`upsert_orders`]). Applying a
+/// (merged by minute; a client drops minutes before `per_minute_from`), `recent_orders` the orders new or changed since the last
+/// delta of the scope (upserted by event id, see [`upsert_orders`]). Stock levels are not
+/// in views or deltas (`GET /api/stock` pages through them). Applying a
 /// delta twice is harmless.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StoreDelta {
@@ -118,9 +118,6 @@ pub struct StoreDelta {
     /// upsert cannot say. Sent only then (at most once per scope and day change).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub recent_orders_complete: bool,
-    /// The SKUs that changed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stock: Option<Vec<StockView>>,
     /// The lists that changed, each whole (flattened into the delta's JSON).
     #[serde(flatten)]
     pub lists: SkuListsDelta,
@@ -148,7 +145,6 @@ pub struct Delta {
 struct Touched {
     minutes: bool,
     recent_orders: bool,
-    skus: bool,
 }
 
 /// The client's rule for `recent_orders` in a delta: upsert by `event_id`, rank newest
@@ -208,27 +204,20 @@ impl StoreDelta {
     }
 
     /// The delta of `view` that carries the `touched` parts: the minutes in `minutes` (by
-    /// index since the epoch), the SKUs for which `sku` holds, and every list whole.
-    fn of(
-        view: StoreView,
-        touched: Touched,
-        minutes: &BTreeSet<i64>,
-        sku: &dyn Fn(&StockView) -> bool,
-    ) -> StoreDelta {
+    /// index since the epoch), and every list whole.
+    fn of(view: &StoreView, touched: Touched, minutes: &BTreeSet<i64>) -> StoreDelta {
         StoreDelta {
-            counters: view.counters,
+            counters: view.counters.clone(),
             per_minute: touched.minutes.then(|| {
                 view.per_minute
-                    .into_iter()
+                    .iter()
                     .filter(|m| minutes.contains(&m.index))
+                    .cloned()
                     .collect()
             }),
-            recent_orders: touched.recent_orders.then_some(view.recent_orders),
+            recent_orders: touched.recent_orders.then(|| view.recent_orders.clone()),
             recent_orders_complete: false,
-            stock: touched
-                .skus
-                .then(|| view.stock.into_iter().filter(|s| sku(s)).collect()),
-            lists: SkuListsDelta::all(view.lists),
+            lists: SkuListsDelta::all(view.lists.clone()),
         }
     }
 
@@ -240,7 +229,6 @@ impl StoreDelta {
             later.per_minute.as_deref(),
             &self.counters.per_minute_from,
         );
-        self.stock = merge_stock(self.stock.take(), later.stock.as_deref());
         if later.recent_orders_complete {
             // A replacement replaces whatever came before it.
             self.recent_orders.clone_from(&later.recent_orders);
@@ -276,46 +264,11 @@ fn merge_minutes(
     )
 }
 
-/// The SKUs of two deltas, the later's winning: one entry per store and SKU, in that
-/// order. A sorted merge (both lists come sorted; sorting sorted input is linear), so a
-/// client many frames behind costs linear time, not the product of the two lists.
-fn merge_stock(
-    earlier: Option<Vec<StockView>>,
-    later: Option<&[StockView]>,
-) -> Option<Vec<StockView>> {
-    let Some(mut earlier) = earlier else {
-        return later.map(<[StockView]>::to_vec);
-    };
-    let mut later = later.unwrap_or_default().to_vec();
-    let order = |a: &StockView, b: &StockView| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku));
-    earlier.sort_by(order);
-    later.sort_by(order);
-    let mut merged = Vec::with_capacity(earlier.len() + later.len());
-    let (mut old, mut new) = (earlier.into_iter().peekable(), later.into_iter().peekable());
-    loop {
-        let next = match (old.peek(), new.peek()) {
-            (None, None) => break,
-            (Some(_), None) => old.next(),
-            (None, Some(_)) => new.next(),
-            (Some(a), Some(b)) => match order(a, b) {
-                std::cmp::Ordering::Less => old.next(),
-                std::cmp::Ordering::Greater => new.next(),
-                std::cmp::Ordering::Equal => {
-                    old.next();
-                    new.next()
-                }
-            },
-        };
-        merged.extend(next);
-    }
-    debug_assert!(merged.windows(2).all(|w| order(&w[0], &w[1]).is_lt()));
-    Some(merged)
-}
-
 impl Delta {
     /// The delta of `changes` (which must not be empty) in `state`, positioned at the
-    /// state's position. Whole lists; [`Delta::omit_unchanged_lists`] trims them.
-    pub fn of(state: &State, layout: &Layout, changes: &Changes) -> Delta {
+    /// state's position, from `views` already updated with those changes. Whole lists;
+    /// [`Delta::omit_unchanged_lists`] trims them.
+    pub fn of(views: &Views, state: &State, layout: &Layout, changes: &Changes) -> Delta {
         let mut all_touched = Touched::default();
         let mut all_minutes = BTreeSet::new();
         let stores = changes
@@ -325,33 +278,22 @@ impl Delta {
                 let touched = Touched {
                     minutes: !change.minutes.is_empty(),
                     recent_orders: change.recent_orders,
-                    skus: !change.skus.is_empty(),
                 };
                 all_touched.minutes |= touched.minutes;
                 all_touched.recent_orders |= touched.recent_orders;
-                all_touched.skus |= touched.skus;
                 all_minutes.extend(change.minutes.iter().copied());
-                let view = state
-                    .store_view_with(id, crate::aggregate::view::StockWanted::Only(&change.skus))?;
-                let delta = StoreDelta::of(view, touched, &change.minutes, &|s| {
-                    change.skus.contains(s.sku.as_str())
-                });
-                Some((id.to_string(), delta))
+                let view = views.store(id)?;
+                Some((
+                    id.to_string(),
+                    StoreDelta::of(view, touched, &change.minutes),
+                ))
             })
             .collect();
-        let rollup = state.all_stores_view_with(crate::aggregate::view::StockWanted::Nothing);
-        let all_stores = StoreDelta::of(rollup, all_touched, &all_minutes, &|s| {
-            changes
-                .stores
-                .get(s.store_id.as_str())
-                .is_some_and(|c| c.skus.contains(s.sku.as_str()))
-        });
-        // The rollup's stock and recent orders follow from the stores' (a client applies
-        // each store's changes to the rollup too), so the rollup does not repeat them.
+        // The rollup's recent orders follow from the stores' (a client applies each
+        // store's changes to the rollup too), so the rollup does not repeat them.
         let all_stores = StoreDelta {
-            stock: None,
             recent_orders: None,
-            ..all_stores
+            ..StoreDelta::of(views.rollup(), all_touched, &all_minutes)
         };
         let newest = state.newest_event_time();
         Delta {

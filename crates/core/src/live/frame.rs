@@ -8,7 +8,7 @@
 use super::delta::{Delta, SentLists};
 use super::span::{FAN_OUT, Piece, SPAN_LEVELS, Span};
 use super::sse::{Encoded, sse_event};
-use crate::aggregate::{Changes, Layout, State};
+use crate::aggregate::{Changes, Layout, State, Views};
 use crate::events::StoreId;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -51,12 +51,20 @@ impl Frame {
 pub struct FrameBuilder {
     seq: u64,
     sent: SentLists,
+    views: Option<Views>,
 }
 
 impl FrameBuilder {
     /// A builder whose first frame is number 1 and whose scopes have been sent nothing.
     pub fn new() -> Self {
         FrameBuilder::default()
+    }
+
+    /// The views of `state` as of the last frame built: `state` must be what every frame so
+    /// far was built from, with no change since the last (a snapshot's views, so its
+    /// position is the last frame's id). Built by one scan on first use.
+    pub fn views(&mut self, state: &State) -> &Views {
+        self.views.get_or_insert_with(|| Views::new(state))
     }
 
     /// Sequence number of the last frame built (0 before the first).
@@ -75,7 +83,14 @@ impl FrameBuilder {
         built_ms: u64,
     ) -> Frame {
         self.seq += 1;
-        let mut delta = Delta::of(state, layout, changes);
+        let views = match &mut self.views {
+            Some(views) => {
+                views.update(state, changes.stores.keys());
+                views
+            }
+            None => self.views.insert(Views::new(state)),
+        };
+        let mut delta = Delta::of(views, state, layout, changes);
         delta.omit_unchanged_lists(&mut self.sent);
         let all = Encoded::new(encode_delta(&delta));
         let per_store: HashMap<StoreId, Encoded> = delta
@@ -519,20 +534,6 @@ mod tests {
             });
             parsed
         };
-        let sorted = |mut v: serde_json::Value| {
-            let sort = |scope: &mut serde_json::Value| {
-                if let Some(stock) = scope["stock"].as_array_mut() {
-                    stock.sort_by_key(|s| format!("{}/{}", s["store_id"], s["sku"]));
-                }
-            };
-            if let Some(stores) = v["stores"].as_object_mut() {
-                stores.values_mut().for_each(sort);
-            }
-            if let Some(all) = v.get_mut("all_stores") {
-                sort(all);
-            }
-            v
-        };
         for lag in lags {
             let after = FRAMES as u64 - lag;
             let pieces = log.catch_up(after).expect("held");
@@ -582,13 +583,13 @@ mod tests {
                     apply_delta(&mut caught_up, &delta);
                 }
                 assert_eq!(
-                    sorted(caught_up.clone()),
-                    sorted(snapshot(&state, scope)),
+                    (caught_up.clone()),
+                    (snapshot(&state, scope)),
                     "lag {lag}, scope {scope:?}: the newest snapshot"
                 );
                 assert_eq!(
-                    sorted(caught_up),
-                    sorted(one_by_one.clone()),
+                    (caught_up),
+                    (one_by_one.clone()),
                     "lag {lag}, scope {scope:?}"
                 );
             }

@@ -1,0 +1,545 @@
+//! Views kept current: each store's view is rebuilt only when that store changed, and the
+//! all-stores rollup is maintained from the stores' views, never by scanning every store.
+//!
+//! What one update costs is bounded by what changed: per changed store, its view (a scan of
+//! that store's SKUs) and its contribution to the rollup's sums (currencies, minutes, the
+//! heads of its lists); then the rollup's lists by a k-way merge of the stores' lists,
+//! which takes `O(limit × log limit)` whatever the number of stores, because each store
+//! contributes only the head of each list to a shared ordered set. The rollup's visitors
+//! today are a union of sketches, which cannot forget a store's old day: they are merged
+//! in as stores change and rebuilt only when some store's day turns (once per store and
+//! day).
+//!
+//! The result equals [`State::all_stores_view`] (the one-scan reference) after every
+//! update; a property test checks it. Stores' views are shared (`Arc`) and the map of them
+//! is copy-on-write, so a snapshot takes them without copying a view.
+//!
+//! Pure: no I/O, no clock.
+
+use super::store::{ACTIVE_WINDOW_MINUTES, Amounts, MINUTES_KEPT};
+use super::view::{
+    self, AlertView, DayCounters, ListCounts, LowStockView, MinuteView, OrderView, SkuLists,
+    StockView, StoreView, TOP_PRODUCTS, TopProduct, rfc3339,
+};
+use super::{AggregateConfig, HyperLogLog, State, hll};
+use crate::events::StoreId;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+
+/// Each store's view and the rollup, kept current by [`Views::update`].
+#[derive(Debug)]
+pub struct Views {
+    config: Arc<AggregateConfig>,
+    stores: Arc<BTreeMap<StoreId, Arc<StoreView>>>,
+    parts: HashMap<StoreId, Part>,
+    sums: Sums,
+    newest_minute: i64,
+    visitors_today: HyperLogLog,
+    active: BTreeMap<i64, HyperLogLog>,
+    heads: Heads,
+    rollup: Arc<StoreView>,
+}
+
+/// One store's contribution to the rollup's sums, as last added (to take it away again).
+#[derive(Debug, Default)]
+struct Part {
+    day: i32,
+    orders: u64,
+    orders_by_currency: BTreeMap<String, u64>,
+    gross: Amounts,
+    net: Amounts,
+    cancelled: u64,
+    minutes: Vec<(i64, u64, Amounts)>,
+    counts: ListCounts,
+}
+
+/// The sums of every store's part. Each keyed sum counts the parts that hold its key, so a
+/// key stays while any store has it (a net revenue of 0 is shown, as the one scan shows it)
+/// and leaves with the last.
+#[derive(Debug, Default)]
+struct Sums {
+    orders: u64,
+    orders_by_currency: Counted<String, u64>,
+    gross: Counted<String, i128>,
+    net: Counted<String, i128>,
+    cancelled: u64,
+    minutes: Counted<i64, u64>,
+    minute_revenue: BTreeMap<i64, Counted<String, i128>>,
+    counts: ListCounts,
+}
+
+/// Sums by key, with how many parts hold each key.
+type Counted<K, V> = BTreeMap<K, (V, u64)>;
+
+fn add_keyed<
+    K: Ord + Clone,
+    V: Copy + Default + std::ops::Add<Output = V> + std::ops::Sub<Output = V>,
+>(
+    into: &mut Counted<K, V>,
+    from: impl IntoIterator<Item = (K, V)>,
+    sign: i8,
+) {
+    for (key, value) in from {
+        let entry = into.entry(key.clone()).or_insert((V::default(), 0));
+        if sign < 0 {
+            entry.0 = entry.0 - value;
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                into.remove(&key);
+            }
+        } else {
+            entry.0 = entry.0 + value;
+            entry.1 += 1;
+        }
+    }
+}
+
+fn values<K: Ord + Clone, V: Copy>(counted: &Counted<K, V>) -> BTreeMap<K, V> {
+    counted.iter().map(|(k, (v, _))| (k.clone(), *v)).collect()
+}
+
+/// Keys of the rank of each list (ties included, so the key is a total order).
+type LowKey = (u8, i64, i64, String, String);
+type OversoldKey = (i64, String, String);
+type TopKey = (Reverse<i64>, String, String);
+type AlertKey = (view::AlertKind, String);
+type OrderKey = (Reverse<String>, String);
+
+fn low_key(l: &LowStockView) -> LowKey {
+    (
+        l.alert.map_or(u8::MAX, |k| k as u8),
+        l.minutes_to_sell_out.unwrap_or(i64::MAX),
+        l.level,
+        l.store_id.clone(),
+        l.sku.clone(),
+    )
+}
+fn oversold_key(s: &StockView) -> OversoldKey {
+    (s.level, s.store_id.clone(), s.sku.clone())
+}
+fn top_key(t: &TopProduct) -> TopKey {
+    (Reverse(t.units), t.store_id.clone(), t.sku.clone())
+}
+fn alert_key(a: &AlertView) -> AlertKey {
+    (a.kind, a.id.clone())
+}
+fn order_key(o: &OrderView) -> OrderKey {
+    (Reverse(o.occurred_at.clone()), o.event_id.clone())
+}
+
+/// The head (first item's key) of one list of every store, ordered: the start of a k-way
+/// merge.
+#[derive(Debug)]
+struct HeadSet<K: Ord> {
+    ordered: BTreeSet<(K, StoreId)>,
+    of_store: HashMap<StoreId, K>,
+}
+
+impl<K: Ord + Clone> HeadSet<K> {
+    fn new() -> Self {
+        HeadSet {
+            ordered: BTreeSet::new(),
+            of_store: HashMap::new(),
+        }
+    }
+
+    fn set(&mut self, store: &StoreId, head: Option<K>) {
+        if let Some(old) = self.of_store.remove(store) {
+            self.ordered.remove(&(old, store.clone()));
+        }
+        if let Some(head) = head {
+            self.ordered.insert((head.clone(), store.clone()));
+            self.of_store.insert(store.clone(), head);
+        }
+    }
+
+    /// The first `n` items of all stores' lists merged in key order (ties by store id: the
+    /// order a stable sort of the stores' lists concatenated by store id gives).
+    fn first<T: Clone>(
+        &self,
+        n: usize,
+        stores: &BTreeMap<StoreId, Arc<StoreView>>,
+        list: fn(&StoreView) -> &[T],
+        key: fn(&T) -> K,
+    ) -> Vec<T> {
+        let mut out = Vec::with_capacity(n);
+        let mut heads = self.ordered.iter().peekable();
+        // Items after a store's head, once its head is taken: (key, store, index).
+        let mut next: BinaryHeap<Reverse<(K, &StoreId, usize)>> = BinaryHeap::new();
+        while out.len() < n {
+            let from_heads = match (heads.peek(), next.peek()) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((k, s)), Some(Reverse((nk, ns, _)))) => (k, s) < (nk, *ns),
+            };
+            let (store, index) = if from_heads {
+                let (_, store) = heads.next().expect("peeked");
+                (store, 0)
+            } else {
+                let Reverse((_, store, index)) = next.pop().expect("peeked");
+                (store, index)
+            };
+            let Some(items) = stores.get(store).map(|v| list(v)) else {
+                continue;
+            };
+            if let Some(item) = items.get(index) {
+                out.push(item.clone());
+            }
+            if let Some(after) = items.get(index + 1) {
+                next.push(Reverse((key(after), store, index + 1)));
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+struct Heads {
+    low_stock: HeadSet<LowKey>,
+    oversold: HeadSet<OversoldKey>,
+    top: HeadSet<TopKey>,
+    alerts: HeadSet<AlertKey>,
+    orders: HeadSet<OrderKey>,
+}
+
+impl Heads {
+    fn set(&mut self, store: &StoreId, view: &StoreView) {
+        let lists = &view.lists;
+        self.low_stock
+            .set(store, lists.low_stock.first().map(low_key));
+        self.oversold
+            .set(store, lists.oversold.first().map(oversold_key));
+        self.top.set(store, lists.top_products.first().map(top_key));
+        self.alerts.set(store, lists.alerts.first().map(alert_key));
+        self.orders
+            .set(store, view.recent_orders.first().map(order_key));
+    }
+}
+
+fn amounts_of(money: &[view::Money]) -> Amounts {
+    money
+        .iter()
+        .map(|m| (m.currency.clone(), m.minor))
+        .collect()
+}
+
+fn money(amounts: &Amounts) -> Vec<view::Money> {
+    amounts
+        .iter()
+        .map(|(currency, minor)| view::Money {
+            currency: currency.clone(),
+            minor: *minor,
+        })
+        .collect()
+}
+
+impl Sums {
+    fn add(&mut self, part: &Part, sign: i8) {
+        let apply = |into: &mut u64, n: u64| {
+            *into = if sign < 0 {
+                into.saturating_sub(n)
+            } else {
+                *into + n
+            };
+        };
+        apply(&mut self.orders, part.orders);
+        apply(&mut self.cancelled, part.cancelled);
+        add_keyed(
+            &mut self.orders_by_currency,
+            part.orders_by_currency.iter().map(|(c, n)| (c.clone(), *n)),
+            sign,
+        );
+        let amounts = |a: &Amounts| a.iter().map(|(c, m)| (c.clone(), *m)).collect::<Vec<_>>();
+        add_keyed(&mut self.gross, amounts(&part.gross), sign);
+        add_keyed(&mut self.net, amounts(&part.net), sign);
+        for (minute, orders, revenue) in &part.minutes {
+            add_keyed(&mut self.minutes, [(*minute, *orders)], sign);
+            let by_currency = self.minute_revenue.entry(*minute).or_default();
+            add_keyed(by_currency, amounts(revenue), sign);
+            if by_currency.is_empty() {
+                self.minute_revenue.remove(minute);
+            }
+        }
+        self.counts.add(&part.counts, sign);
+    }
+}
+
+impl Views {
+    /// The views of every store of `state` and their rollup (one scan of everything: at
+    /// start, after a restore, or when the configuration changes).
+    pub fn new(state: &State) -> Views {
+        let mut views = Views {
+            config: Arc::clone(state.config()),
+            stores: Arc::new(BTreeMap::new()),
+            parts: HashMap::new(),
+            sums: Sums::default(),
+            newest_minute: 0,
+            visitors_today: HyperLogLog::default(),
+            active: BTreeMap::new(),
+            heads: Heads {
+                low_stock: HeadSet::new(),
+                oversold: HeadSet::new(),
+                top: HeadSet::new(),
+                alerts: HeadSet::new(),
+                orders: HeadSet::new(),
+            },
+            rollup: Arc::new(state.all_stores_view()),
+        };
+        let all: Vec<StoreId> = state.stores().keys().cloned().collect();
+        views.update(state, all.iter());
+        views
+    }
+
+    /// Brings the views of `changed` stores (and the rollup) up to `state`. Every store
+    /// whose aggregates changed since the last update must be in `changed`.
+    pub fn update<'a>(&mut self, state: &State, changed: impl IntoIterator<Item = &'a StoreId>) {
+        if !Arc::ptr_eq(&self.config, state.config()) && **state.config() != *self.config {
+            *self = Views::new(state);
+            return;
+        }
+        let mut day_turned = false;
+        let mut any = false;
+        for id in changed {
+            let (Some(store), Some(view)) = (state.stores().get(id), state.store_view(id)) else {
+                continue;
+            };
+            any = true;
+            let today = store.today(state.config().time_zone(id));
+            let day = store.days.get(&today);
+            let part = Part {
+                day: today,
+                orders: day.map_or(0, |d| d.orders),
+                orders_by_currency: day
+                    .map(|d| d.orders_by_currency.clone())
+                    .unwrap_or_default(),
+                gross: day.map(|d| d.gross_revenue.clone()).unwrap_or_default(),
+                net: day.map(|d| d.net_revenue.clone()).unwrap_or_default(),
+                cancelled: day.map_or(0, |d| d.cancelled),
+                minutes: view
+                    .per_minute
+                    .iter()
+                    .map(|m| (m.index, m.orders, amounts_of(&m.revenue)))
+                    .collect(),
+                counts: view.counters.counts.clone(),
+            };
+            if let Some(old) = self.parts.insert(id.clone(), part) {
+                day_turned |= old.day != today;
+                self.sums.add(&old, -1);
+            }
+            self.sums.add(&self.parts[id], 1);
+            if let Some(d) = day {
+                self.visitors_today.merge(&d.visitors);
+            }
+            let newest_minute = store.newest_minute();
+            self.newest_minute = self.newest_minute.max(newest_minute);
+            for (minute, sketch) in &store.active {
+                if *minute > newest_minute - ACTIVE_WINDOW_MINUTES {
+                    self.active.entry(*minute).or_default().merge(sketch);
+                }
+            }
+            self.heads.set(id, &view);
+            Arc::make_mut(&mut self.stores).insert(id.clone(), Arc::new(view));
+        }
+        if !any {
+            return;
+        }
+        if day_turned {
+            self.visitors_today = HyperLogLog::default();
+            for (id, store) in state.stores() {
+                let today = store.today(state.config().time_zone(id));
+                if let Some(d) = store.days.get(&today) {
+                    self.visitors_today.merge(&d.visitors);
+                }
+            }
+        }
+        let first_active = self.newest_minute - ACTIVE_WINDOW_MINUTES + 1;
+        self.active = self.active.split_off(&first_active);
+        self.rollup = Arc::new(self.rolled_up());
+    }
+
+    fn rolled_up(&self) -> StoreView {
+        let from = self.newest_minute - MINUTES_KEPT + 1;
+        let limit = self.config.list_limit;
+        let sums = &self.sums;
+        let average_order_value = sums
+            .gross
+            .iter()
+            .filter_map(|(currency, (gross, _))| {
+                let (orders, _) = *sums.orders_by_currency.get(currency)?;
+                (orders > 0).then(|| view::Money {
+                    currency: currency.clone(),
+                    minor: gross.div_euclid(i128::from(orders)),
+                })
+            })
+            .collect();
+        let stores = &*self.stores;
+        StoreView {
+            counters: DayCounters {
+                day: None,
+                time_zone: None,
+                orders_today: sums.orders,
+                revenue_today: money(&values(&sums.net)),
+                cancelled_today: sums.cancelled,
+                average_order_value,
+                active_users: view::ActiveUsers {
+                    last_5_minutes: view::active_now(&self.active, self.newest_minute).estimate(),
+                    today: self.visitors_today.estimate(),
+                    standard_error: hll::STANDARD_ERROR,
+                },
+                per_minute_from: rfc3339(from * 60_000),
+                counts: sums.counts.clone(),
+            },
+            per_minute: sums
+                .minutes
+                .range(from..)
+                .map(|(minute, (orders, _))| MinuteView {
+                    minute: rfc3339(minute * 60_000),
+                    index: *minute,
+                    orders: *orders,
+                    revenue: sums
+                        .minute_revenue
+                        .get(minute)
+                        .map(|r| money(&values(r)))
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            recent_orders: self.heads.orders.first(
+                super::RECENT_ORDERS,
+                stores,
+                |v| &v.recent_orders,
+                order_key,
+            ),
+            lists: SkuLists {
+                low_stock: self.heads.low_stock.first(
+                    limit,
+                    stores,
+                    |v| &v.lists.low_stock,
+                    low_key,
+                ),
+                oversold: self.heads.oversold.first(
+                    limit,
+                    stores,
+                    |v| &v.lists.oversold,
+                    oversold_key,
+                ),
+                top_products: self.heads.top.first(
+                    TOP_PRODUCTS,
+                    stores,
+                    |v| &v.lists.top_products,
+                    top_key,
+                ),
+                alerts: self
+                    .heads
+                    .alerts
+                    .first(limit, stores, |v| &v.lists.alerts, alert_key),
+            },
+        }
+    }
+
+    /// The view of one store, shared.
+    pub fn store(&self, id: &StoreId) -> Option<&Arc<StoreView>> {
+        self.stores.get(id)
+    }
+
+    /// Every store's view, shared (a snapshot holds this; the next update copies the map of
+    /// pointers once, not the views).
+    pub fn stores(&self) -> &Arc<BTreeMap<StoreId, Arc<StoreView>>> {
+        &self.stores
+    }
+
+    /// The rollup, shared.
+    pub fn rollup(&self) -> &Arc<StoreView> {
+        &self.rollup
+    }
+}
+
+/// A snapshot made of shared views: taking one copies pointers, not views, so the ingest
+/// thread can hand it to whoever serialises it. Serialises exactly as [`super::view::Snapshot`].
+#[derive(Clone, Debug)]
+pub struct ViewsSnapshot {
+    position: String,
+    as_of: Option<String>,
+    as_of_ms: i64,
+    scope: ScopeViews,
+}
+
+#[derive(Clone, Debug)]
+enum ScopeViews {
+    All {
+        stores: Arc<BTreeMap<StoreId, Arc<StoreView>>>,
+        rollup: Arc<StoreView>,
+    },
+    One {
+        id: StoreId,
+        view: Arc<StoreView>,
+    },
+}
+
+impl Views {
+    /// The snapshot of every store and the rollup, or of one store (`None` if unknown), at
+    /// `state`'s position: the views must be current with `state`.
+    pub fn snapshot(
+        &self,
+        state: &State,
+        layout: &super::Layout,
+        store: Option<&StoreId>,
+    ) -> Option<ViewsSnapshot> {
+        let scope = match store {
+            Some(id) => ScopeViews::One {
+                id: id.clone(),
+                view: Arc::clone(self.stores.get(id)?),
+            },
+            None => ScopeViews::All {
+                stores: Arc::clone(&self.stores),
+                rollup: Arc::clone(&self.rollup),
+            },
+        };
+        let newest = state.newest_event_time();
+        Some(ViewsSnapshot {
+            position: layout.encode(state.position()),
+            as_of: (newest > 0).then(|| rfc3339(newest)),
+            as_of_ms: newest,
+            scope,
+        })
+    }
+}
+
+impl serde::Serialize for ViewsSnapshot {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeStruct};
+        struct Stores<'a>(&'a ScopeViews);
+        impl serde::Serialize for Stores<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                match self.0 {
+                    ScopeViews::All { stores, .. } => {
+                        let mut map = serializer.serialize_map(Some(stores.len()))?;
+                        for (id, view) in stores.iter() {
+                            map.serialize_entry(id.as_str(), &**view)?;
+                        }
+                        map.end()
+                    }
+                    ScopeViews::One { id, view } => {
+                        let mut map = serializer.serialize_map(Some(1))?;
+                        map.serialize_entry(id.as_str(), &**view)?;
+                        map.end()
+                    }
+                }
+            }
+        }
+        let all = match &self.scope {
+            ScopeViews::All { rollup, .. } => Some(rollup),
+            ScopeViews::One { .. } => None,
+        };
+        let mut out = serializer.serialize_struct("Snapshot", if all.is_some() { 5 } else { 4 })?;
+        out.serialize_field("position", &self.position)?;
+        out.serialize_field("as_of", &self.as_of)?;
+        out.serialize_field("as_of_ms", &self.as_of_ms)?;
+        out.serialize_field("stores", &Stores(&self.scope))?;
+        if let Some(rollup) = all {
+            out.serialize_field("all_stores", &**rollup)?;
+        }
+        out.end()
+    }
+}
