@@ -348,7 +348,8 @@ async fn checkpoint_cost(skus: usize) -> (f64, f64, usize) {
         state.apply(&event, at, &mut changes);
     }
     let started = Instant::now();
-    let frozen = Frozen::of(&state, &layout);
+    // A process's first checkpoint: every store (later ones write the changed stores only).
+    let frozen = Frozen::whole(&state, &layout);
     let freeze = started.elapsed().as_secs_f64();
     let store = CheckpointStore::connect_lazy(&database_url(), "bench-checkpoint").expect("pool");
     store.migrate().await.expect("migrations");
@@ -356,7 +357,10 @@ async fn checkpoint_cost(skus: usize) -> (f64, f64, usize) {
         newest: 1,
         hourly: 0,
     };
-    let written = store.write(&frozen, &layout, keep).await.expect("written");
+    let written = store
+        .write(&frozen, &layout, keep, None)
+        .await
+        .expect("written");
     (freeze, written.duration.as_secs_f64(), written.bytes)
 }
 

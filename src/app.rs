@@ -266,6 +266,7 @@ fn start_pipeline(
             metrics: Arc::clone(&wiring.metrics),
             migrated,
             stop: stages.writer.clone(),
+            base: None,
         })),
         monitor: tasks.spawn(monitor_lag(
             settings.kafka(),
@@ -554,6 +555,8 @@ struct Writer {
     metrics: Arc<Metrics>,
     migrated: bool,
     stop: CancellationToken,
+    /// The chain this process's checkpoints build on (its first, whole, checkpoint).
+    base: Option<i64>,
 }
 
 /// First wait after a failed checkpoint.
@@ -622,7 +625,11 @@ impl Writer {
             self.store.migrate().await?;
             self.migrated = true;
         }
-        let written = self.store.write(frozen, &self.layout, self.keep).await?;
+        let written = self
+            .store
+            .write(frozen, &self.layout, self.keep, self.base)
+            .await?;
+        self.base = Some(written.base_id);
         self.metrics.checkpoints.inc();
         self.metrics
             .checkpoint_duration
@@ -633,7 +640,10 @@ impl Writer {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
         );
-        tracing::debug!(id = written.id, bytes = written.bytes, duration = ?written.duration, "checkpoint written");
+        self.metrics
+            .checkpoint_stores
+            .observe(written.stores as f64);
+        tracing::debug!(id = written.id, bytes = written.bytes, stores = written.stores, duration = ?written.duration, "checkpoint written");
         Ok(())
     }
 }
@@ -676,7 +686,7 @@ mod tests {
         let store = CheckpointStore::connect_lazy("postgres://postgres@127.0.0.1:1/none", "g")
             .expect("a lazy pool");
         let state = State::new(Arc::new(AggregateConfig::default()));
-        let (frozen_tx, frozen) = watch::channel(Some(Arc::new(Frozen::of(&state, &layout))));
+        let (frozen_tx, frozen) = watch::channel(Some(Arc::new(Frozen::whole(&state, &layout))));
         let (written, mut written_rx) = mpsc::unbounded_channel();
         let metrics = Arc::new(Metrics::default());
         let stop = CancellationToken::new();
@@ -692,6 +702,7 @@ mod tests {
             metrics: Arc::clone(&metrics),
             migrated: true,
             stop: stop.clone(),
+            base: None,
         }));
         let failures = || metrics.checkpoint_failures.get();
         for _ in 0..600 {

@@ -1,6 +1,13 @@
 //! The checkpoint store: aggregate state and Kafka positions in PostgreSQL, written in one
 //! transaction, read back on start. The only SQL in the project.
 //!
+//! A checkpoint is written in parts (`migrations/0002_checkpoint_stores.sql`): its row holds
+//! the head and the positions; each store changed since the process's previous checkpoint
+//! is a row of `checkpoint_stores`, in the same transaction. A process's first checkpoint
+//! writes every store and starts its chain (`base_id`); a load reads the head and, per
+//! store, the newest part of the chain at or before the checkpoint. Pruning follows the
+//! kept checkpoints: a part no kept checkpoint reads is deleted in the same transaction.
+//!
 //! Serialisation is versioned ([`FORMAT_VERSION`]): a checkpoint of another version, or of
 //! another partition layout, is skipped with a log line and the process rebuilds from
 //! Kafka; it is never misread. Connections are lazy, so a database that is down at start
@@ -52,8 +59,12 @@ pub enum CheckpointError {
 pub struct Written {
     /// The new checkpoint's id.
     pub id: i64,
-    /// Bytes of state.
+    /// Its chain: the id of the process's first (whole) checkpoint.
+    pub base_id: i64,
+    /// Bytes of state written (head and changed stores).
     pub bytes: usize,
+    /// Stores written.
+    pub stores: usize,
     /// Time the transaction took.
     pub duration: Duration,
 }
@@ -153,14 +164,17 @@ impl CheckpointStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// Writes a checkpoint and prunes all but those `keep` keeps, in one transaction.
+    /// Writes a checkpoint and prunes all but those `keep` keeps, in one transaction. A
+    /// `frozen` that is not whole builds on the chain `base` (the [`Written::base_id`] of
+    /// this process's previous write); a whole one starts a chain.
     pub async fn write(
         &self,
         frozen: &Frozen,
         layout: &Layout,
         keep: Keep,
+        base: Option<i64>,
     ) -> Result<Written, CheckpointError> {
-        let result = self.write_transaction(frozen, layout, keep).await;
+        let result = self.write_transaction(frozen, layout, keep, base).await;
         self.explained(result).await
     }
 
@@ -169,20 +183,67 @@ impl CheckpointStore {
         frozen: &Frozen,
         layout: &Layout,
         keep: Keep,
+        base: Option<i64>,
     ) -> Result<Written, CheckpointError> {
         let started = Instant::now();
+        let base = match (frozen.full, base) {
+            (true, _) => None,
+            (false, Some(base)) => Some(base),
+            (false, None) => {
+                return Err(CheckpointError::Corrupt {
+                    id: 0,
+                    source: FormatError::Corrupt(
+                        "a partial checkpoint without a chain to build on (a defect)".into(),
+                    ),
+                });
+            }
+        };
         let mut tx = self.pool.begin().await?;
         let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO checkpoints (group_name, format_version, layout_tag, position, newest_event_time, state)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            "INSERT INTO checkpoints (group_name, format_version, layout_tag, position, newest_event_time, state, base_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(&self.group)
         .bind(FORMAT_VERSION)
         .bind(layout.tag())
         .bind(&frozen.position)
         .bind(frozen.newest_event_time)
-        .bind(&frozen.bytes)
+        .bind(&frozen.head)
+        .bind(base)
         .fetch_one(&mut *tx)
+        .await?;
+        let base_id = match base {
+            Some(base) => base,
+            None => {
+                sqlx::query("UPDATE checkpoints SET base_id = id WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                id
+            }
+        };
+        let (ids, states): (Vec<String>, Vec<Vec<u8>>) = frozen.stores.iter().cloned().unzip();
+        // Older parts of these stores in the chain are superseded (kept while a kept
+        // checkpoint reads them).
+        sqlx::query(
+            "UPDATE checkpoint_stores SET superseded = true
+              WHERE group_name = $1 AND base_id = $2 AND store_id = ANY($3) AND NOT superseded",
+        )
+        .bind(&self.group)
+        .bind(base_id)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO checkpoint_stores (group_name, base_id, store_id, version, state)
+             SELECT $1, $2, u.store_id, $3, u.state FROM UNNEST($4::text[], $5::bytea[]) AS u(store_id, state)",
+        )
+        .bind(&self.group)
+        .bind(base_id)
+        .bind(id)
+        .bind(&ids)
+        .bind(&states)
+        .execute(&mut *tx)
         .await?;
         let (topics, partitions, offsets): (Vec<String>, Vec<i32>, Vec<i64>) =
             frozen.partitions.iter().cloned().fold(
@@ -217,12 +278,64 @@ impl CheckpointStore {
         .bind(keep.hourly)
         .execute(&mut *tx)
         .await?;
+        // Parts no kept checkpoint reads: superseded ones that every kept checkpoint of their
+        // chain reads a newer version of (or is older than), and any part of a chain with no
+        // kept checkpoint left. Only superseded parts and other chains are looked at, never
+        // the current chain's newest parts (the newest checkpoint reads them).
+        sqlx::query(
+            "DELETE FROM checkpoint_stores p
+              WHERE p.group_name = $1
+                AND (p.superseded OR p.base_id <> $2)
+                AND NOT EXISTS (
+                  SELECT 1 FROM checkpoints c
+                   WHERE c.group_name = $1 AND c.base_id = p.base_id AND c.id >= p.version
+                     AND NOT EXISTS (
+                       SELECT 1 FROM checkpoint_stores q
+                        WHERE q.group_name = $1 AND q.base_id = p.base_id
+                          AND q.store_id = p.store_id
+                          AND q.version > p.version AND q.version <= c.id))",
+        )
+        .bind(&self.group)
+        .bind(base_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Written {
             id,
-            bytes: frozen.bytes.len(),
+            base_id,
+            bytes: frozen.bytes(),
+            stores: frozen.stores.len(),
             duration: started.elapsed(),
         })
+    }
+
+    /// The state of checkpoint `id`: its head and the newest part of each store of its
+    /// chain at or before it.
+    async fn restore(
+        &self,
+        id: i64,
+        base_id: Option<i64>,
+        head: &[u8],
+        config: Arc<AggregateConfig>,
+    ) -> Result<State, CheckpointError> {
+        let Some(base_id) = base_id else {
+            return Err(CheckpointError::Corrupt {
+                id,
+                source: FormatError::Corrupt("no chain (base_id) recorded".into()),
+            });
+        };
+        let stores: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT DISTINCT ON (store_id) store_id, state FROM checkpoint_stores
+              WHERE group_name = $1 AND base_id = $2 AND version <= $3
+              ORDER BY store_id, version DESC",
+        )
+        .bind(&self.group)
+        .bind(base_id)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        storepulse_core::checkpoint::restore_parts(FORMAT_VERSION, head, stores, config)
+            .map_err(|source| CheckpointError::Corrupt { id, source })
     }
 
     /// The newest checkpoint of this group in this format and layout, restored.
@@ -272,12 +385,12 @@ impl CheckpointStore {
         }) else {
             return Ok(None);
         };
-        let (bytes,): (Vec<u8>,) = sqlx::query_as("SELECT state FROM checkpoints WHERE id = $1")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
-        let state = storepulse_core::checkpoint::restore(FORMAT_VERSION, &bytes, config)
-            .map_err(|source| CheckpointError::Corrupt { id, source })?;
+        let (head, base_id): (Vec<u8>, Option<i64>) =
+            sqlx::query_as("SELECT state, base_id FROM checkpoints WHERE id = $1")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?;
+        let state = self.restore(id, base_id, &head, config).await?;
         Ok(Some((id, state)))
     }
 
@@ -305,8 +418,8 @@ impl CheckpointStore {
                 "newer checkpoints of another format or partition layout are ignored; older state is rebuilt from kafka"
             );
         }
-        let row: Option<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT id, state FROM checkpoints WHERE group_name = $1 AND format_version = $2
+        let row: Option<(i64, Vec<u8>, Option<i64>)> = sqlx::query_as(
+            "SELECT id, state, base_id FROM checkpoints WHERE group_name = $1 AND format_version = $2
                AND layout_tag = $3 ORDER BY id DESC LIMIT 1",
         )
         .bind(&self.group)
@@ -314,11 +427,10 @@ impl CheckpointStore {
         .bind(layout.tag())
         .fetch_optional(&self.pool)
         .await?;
-        let Some((id, bytes)) = row else {
+        let Some((id, head, base_id)) = row else {
             return Ok(None);
         };
-        let state = storepulse_core::checkpoint::restore(FORMAT_VERSION, &bytes, config)
-            .map_err(|source| CheckpointError::Corrupt { id, source })?;
+        let state = self.restore(id, base_id, &head, config).await?;
         Ok(Some((id, state)))
     }
 }

@@ -200,8 +200,11 @@ pub struct Metrics {
     pub checkpoint_failures: Counter,
     /// Duration of each checkpoint transaction.
     pub checkpoint_duration: Histogram,
-    /// Size of each checkpoint's state.
+    /// Bytes of state each checkpoint wrote (its head and the stores that changed).
     pub checkpoint_size: Histogram,
+    /// Stores each checkpoint wrote (those changed since the previous one; every store in a
+    /// process's first).
+    pub checkpoint_stores: Histogram,
     /// When the last checkpoint was written, Unix seconds (0 before the first).
     pub checkpoint_last_success: FloatGauge,
     /// Checkpoint attempts that failed since the last one written.
@@ -340,6 +343,7 @@ impl Metrics {
             checkpoint_failures: Counter::default(),
             checkpoint_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             checkpoint_size: Histogram::new(exponential_buckets(1024.0, 2.0, 18)),
+            checkpoint_stores: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             checkpoint_last_success: FloatGauge::default(),
             checkpoint_consecutive_failures: Gauge::default(),
             consumer_lag: Gauge::default(),
@@ -531,7 +535,7 @@ impl Metrics {
             ),
             (
                 "checkpoint_size",
-                "One checkpoint's state",
+                "State one checkpoint wrote: its head and the stores that changed",
                 Unit::Bytes,
                 &m.checkpoint_size,
             ),
@@ -551,6 +555,11 @@ impl Metrics {
         for (name, help, unit, histogram) in histograms {
             r.register_with_unit(name, help, unit, histogram.clone());
         }
+        r.register(
+            "checkpoint_stores",
+            "Stores one checkpoint wrote: those changed since the previous one (every store in a process's first)",
+            m.checkpoint_stores.clone(),
+        );
         let partitions: [(&str, &str, &Family<PartitionLabels, Gauge>); 3] = [
             (
                 "partition_position",

@@ -171,6 +171,14 @@ pub struct Engine {
     settings: EngineSettings,
     out: Outputs,
     changes: Changes,
+    /// Stores changed since the last checkpoint written, with the number of freezes before
+    /// their last change (a written freeze acknowledges the changes before it).
+    unwritten: HashMap<StoreId, u64>,
+    /// Freezes so far.
+    freezes: u64,
+    /// A whole checkpoint (every store) has been written by this process: later ones write
+    /// only the changed stores.
+    whole_written: bool,
     /// Sampled records since the last frame (bounded) and how many there were.
     sampled: Vec<opentelemetry::trace::SpanContext>,
     sampled_records: u64,
@@ -203,6 +211,9 @@ impl Engine {
             settings,
             out,
             changes: Changes::default(),
+            unwritten: HashMap::new(),
+            freezes: 0,
+            whole_written: false,
             dirty: false,
             snapshots: SnapshotCache::default(),
             sampled: Vec::new(),
@@ -377,15 +388,46 @@ impl Engine {
         self.out.checkpoints.send_replace(Some(frozen));
     }
 
-    /// The state and its position as checkpoint bytes.
-    pub fn freeze(&self) -> Arc<Frozen> {
-        Arc::new(Frozen::of(&self.state, &self.layout))
+    /// The state and its position as checkpoint bytes: the head and the stores changed
+    /// since the last checkpoint written (every store until this process has written a
+    /// whole one).
+    pub fn freeze(&mut self) -> Arc<Frozen> {
+        self.note_unwritten();
+        self.freezes += 1;
+        Arc::new(Frozen::of(
+            &self.state,
+            &self.layout,
+            self.unwritten.keys(),
+            !self.whole_written,
+            self.freezes,
+        ))
+    }
+
+    /// A checkpoint was written: the stores it carried that have not changed since are
+    /// clean.
+    pub fn checkpoint_written(&mut self, written: &Frozen) {
+        self.whole_written |= written.full;
+        self.unwritten
+            .retain(|_, freezes| *freezes >= written.generation);
+    }
+
+    /// Marks the stores of the pending changes unwritten (for the next checkpoint).
+    fn note_unwritten(&mut self) {
+        for id in self.changes.stores.keys() {
+            match self.unwritten.get_mut(id) {
+                Some(freezes) => *freezes = self.freezes,
+                None => {
+                    self.unwritten.insert(id.clone(), self.freezes);
+                }
+            }
+        }
     }
 
     /// Builds the frame of the pending changes, logs it and publishes it.
     fn emit_frame(&mut self, now: Instant) {
         let built_ms =
             u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
+        self.note_unwritten();
         let changes = std::mem::take(&mut self.changes);
         let frame = Arc::new(
             self.builder

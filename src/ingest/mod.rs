@@ -92,6 +92,7 @@ impl Ingest {
                 self.engine.handle_request(request, now);
             }
             while let Ok(written) = self.written.try_recv() {
+                self.engine.checkpoint_written(&written);
                 commit_for_lag_tools(&consumer, &written);
             }
             dead_letters.retry_due(now);

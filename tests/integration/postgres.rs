@@ -48,14 +48,22 @@ async fn a_write_keeps_the_newest_and_the_newest_of_each_recent_hour() {
         newest: 2,
         hourly: 3,
     };
+    let mut chain = None;
     for (offset, time) in times.iter().enumerate() {
         let frozen = Frozen {
-            bytes: vec![0; 8],
+            head: vec![0; 8],
+            stores: Vec::new(),
+            full: chain.is_none(),
+            generation: offset as u64,
             position: format!("test:{offset}"),
             partitions: vec![("orders".to_owned(), 0, offset as i64)],
             newest_event_time: *time,
         };
-        store.write(&frozen, &layout, keep).await.expect("written");
+        let written = store
+            .write(&frozen, &layout, keep, chain)
+            .await
+            .expect("written");
+        chain = Some(written.base_id);
     }
     let mut connection = sqlx::PgConnection::connect(&database_url())
         .await
@@ -75,7 +83,10 @@ async fn a_write_keeps_the_newest_and_the_newest_of_each_recent_hour() {
     );
     // With no hourly checkpoints only the newest stay.
     let frozen = Frozen {
-        bytes: vec![0; 8],
+        head: vec![0; 8],
+        stores: Vec::new(),
+        full: false,
+        generation: 7,
         position: "test:7".to_owned(),
         partitions: vec![("orders".to_owned(), 0, 7)],
         newest_event_time: minutes(182),
@@ -85,7 +96,7 @@ async fn a_write_keeps_the_newest_and_the_newest_of_each_recent_hour() {
         hourly: 0,
     };
     store
-        .write(&frozen, &layout, newest_only)
+        .write(&frozen, &layout, newest_only, chain)
         .await
         .expect("written");
     let count: (i64,) = sqlx::query_as("SELECT count(*) FROM checkpoints WHERE group_name = $1")
@@ -94,6 +105,139 @@ async fn a_write_keeps_the_newest_and_the_newest_of_each_recent_hour() {
         .await
         .expect("a query runs");
     assert_eq!(count.0, 2);
+}
+
+/// Checkpoints in parts: a process's first writes every store, later ones only the stores
+/// that changed (fewer bytes); the newest restores exactly the state, from the newest part
+/// of each store; parts no kept checkpoint reads are deleted; another process's chain never
+/// mixes in.
+#[tokio::test]
+async fn a_checkpoint_writes_the_changed_stores_and_restores_from_the_newest_parts() {
+    use std::sync::Arc;
+    use storepulse::aggregate::{AggregateConfig, Changes, Layout, PartitionKey, RecordRef, State};
+    use storepulse::checkpoint::{CheckpointStore, Frozen, Keep};
+    use storepulse::events::{Event, TopicRole, samples};
+    let group = crate::helpers::unique("parts");
+    let store = CheckpointStore::connect_lazy(&database_url(), &group).expect("a URL");
+    store.migrate().await.expect("migrations apply");
+    let layout = Layout::new(vec![
+        (TopicRole::Orders, "orders".to_owned(), 1),
+        (TopicRole::Inventory, "inventory".to_owned(), 1),
+        (TopicRole::Activity, "activity".to_owned(), 1),
+    ]);
+    let config = Arc::new(AggregateConfig::default());
+    let mut state = State::new(Arc::clone(&config));
+    let mut offset = 0;
+    let mut order = |state: &mut State, store: &str| -> Changes {
+        let mut placed = samples::order_placed();
+        placed.store_id = store.into();
+        placed.event_id = format!("e{offset}");
+        placed.order_id = format!("o{offset}").into();
+        placed.occurred_at += offset;
+        let mut changes = Changes::default();
+        state.apply(
+            &Event::OrderPlaced(placed),
+            RecordRef {
+                partition: PartitionKey {
+                    role: TopicRole::Orders,
+                    partition: 0,
+                },
+                offset,
+            },
+            &mut changes,
+        );
+        offset += 1;
+        changes
+    };
+    for id in ["a", "b", "c"] {
+        order(&mut state, id);
+    }
+    let keep = Keep {
+        newest: 2,
+        hourly: 0,
+    };
+    let whole = Frozen::whole(&state, &layout);
+    let first = store
+        .write(&whole, &layout, keep, None)
+        .await
+        .expect("written");
+    assert_eq!((first.stores, first.base_id), (3, first.id));
+    let mut sizes = Vec::new();
+    let mut ids = vec![first.id];
+    for (generation, id) in [(1, "a"), (2, "b"), (3, "a")] {
+        let changes = order(&mut state, id);
+        let frozen = Frozen::of(&state, &layout, changes.stores.keys(), false, generation);
+        let written = store
+            .write(&frozen, &layout, keep, Some(first.base_id))
+            .await
+            .expect("written");
+        assert_eq!((written.stores, written.base_id), (1, first.base_id));
+        sizes.push(written.bytes);
+        ids.push(written.id);
+    }
+    assert!(
+        sizes.iter().all(|b| *b < first.bytes),
+        "{sizes:?} < {}",
+        first.bytes
+    );
+    let (_, restored) = store
+        .load_newest(&layout, Arc::clone(&config))
+        .await
+        .expect("loads")
+        .expect("a checkpoint");
+    assert!(restored == state, "the newest parts restore the state");
+    let mut connection = sqlx::PgConnection::connect(&database_url())
+        .await
+        .expect("postgres answers");
+    // Kept: the last two checkpoints (ids[2] and ids[3]). They read a at ids[1] and ids[3],
+    // b at ids[2], c at ids[0]: a's and b's first parts are gone.
+    let parts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT store_id, version FROM checkpoint_stores WHERE group_name = $1 ORDER BY store_id, version",
+    )
+    .bind(&group)
+    .fetch_all(&mut connection)
+    .await
+    .expect("a query runs");
+    assert_eq!(
+        parts,
+        vec![
+            ("a".to_owned(), ids[1]),
+            ("a".to_owned(), ids[3]),
+            ("b".to_owned(), ids[2]),
+            ("c".to_owned(), ids[0]),
+        ]
+    );
+    // A second process of the group starts its own chain with a whole checkpoint; the first
+    // chain's parts go when none of its checkpoints is kept.
+    let other = store
+        .write(&Frozen::whole(&state, &layout), &layout, keep, None)
+        .await
+        .expect("written");
+    assert_ne!(other.base_id, first.base_id);
+    let again = store
+        .write(
+            &Frozen::of(&state, &layout, std::iter::empty(), false, 9),
+            &layout,
+            keep,
+            Some(other.base_id),
+        )
+        .await
+        .expect("written");
+    assert_eq!(again.stores, 0);
+    let (id, restored) = store
+        .load_newest(&layout, config)
+        .await
+        .expect("loads")
+        .expect("a checkpoint");
+    assert_eq!(id, again.id);
+    assert!(restored == state);
+    let chains: Vec<(i64,)> =
+        sqlx::query_as("SELECT DISTINCT base_id FROM checkpoint_stores WHERE group_name = $1")
+            .bind(&group)
+            .fetch_all(&mut connection)
+            .await
+            .expect("a query runs");
+    assert_eq!(chains, vec![(other.base_id,)], "the first chain is pruned");
 }
 
 /// A checkpoint store that answers but refuses every write (here its table is gone; in

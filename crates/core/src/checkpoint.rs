@@ -1,20 +1,28 @@
 //! The checkpoint format: a [`State`] and its position as versioned bytes, and back. Pure;
 //! the PostgreSQL store (`storepulse::checkpoint`) only moves these bytes.
 //!
+//! A state is written in parts (format 5): a *head* (everything but the stores: positions,
+//! dedup windows, record times; bounded by partitions and `dedup_capacity`) written whole
+//! every time, and *one part per store*, written only when the store changed since the last
+//! checkpoint written (the caller says which). No single value grows with the number of
+//! stores, and a checkpoint writes what changed.
+//!
 //! The rule is "never misread": a checkpoint is restored only if its [`FORMAT_VERSION`]
 //! is today's, otherwise it is rejected with [`FormatError::Version`] and the state is
 //! rebuilt from Kafka. A golden fixture per version (`fixtures/checkpoint/v<N>.bin`) is
 //! checked by the tests below: changing a serialised type without bumping the version
 //! fails them.
 
-use crate::aggregate::{AggregateConfig, Layout, PartitionKey, State};
+use crate::aggregate::{AggregateConfig, Layout, PartitionKey, State, StoreState};
+use crate::events::StoreId;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use thiserror::Error;
 
 /// Version of the serialised `State`. Bump it whenever a serialised type in `aggregate`
 /// changes shape (and add the new golden fixture, see the tests); older checkpoints are
 /// then ignored and the state is rebuilt from Kafka.
-pub const FORMAT_VERSION: i32 = 4;
+pub const FORMAT_VERSION: i32 = 5;
 
 /// A checkpoint that cannot be restored.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -33,8 +41,16 @@ pub enum FormatError {
 /// A serialised state ready to be written (made by the state's owner, written elsewhere).
 #[derive(Clone, Debug)]
 pub struct Frozen {
-    /// The state in format [`FORMAT_VERSION`].
-    pub bytes: Vec<u8>,
+    /// Everything but the stores, in format [`FORMAT_VERSION`].
+    pub head: Vec<u8>,
+    /// The stores written with this checkpoint, each on its own: those changed since the
+    /// last checkpoint written, or every store when `full`.
+    pub stores: Vec<(String, Vec<u8>)>,
+    /// Every store is in `stores`: the checkpoint does not build on earlier ones.
+    pub full: bool,
+    /// The freeze's number in its process: a write acknowledges the stores changed before
+    /// it (the state's owner keeps the others for the next).
+    pub generation: u64,
     /// Encoded position.
     pub position: String,
     /// Per-partition positions: `(topic, partition, next offset)`.
@@ -44,8 +60,15 @@ pub struct Frozen {
 }
 
 impl Frozen {
-    /// Serialises `state` in `layout`.
-    pub fn of(state: &State, layout: &Layout) -> Frozen {
+    /// Serialises `state` in `layout`: its head, and the stores in `stores` (every store of
+    /// the state if `full`).
+    pub fn of<'a>(
+        state: &State,
+        layout: &Layout,
+        stores: impl IntoIterator<Item = &'a StoreId>,
+        full: bool,
+        generation: u64,
+    ) -> Frozen {
         let partitions = layout
             .topics()
             .iter()
@@ -59,21 +82,62 @@ impl Frozen {
                 (name, partition, next)
             })
             .collect();
+        let encode_one = |id: &StoreId| {
+            state
+                .stores()
+                .get(id)
+                .map(|store| (id.to_string(), encode_store(store)))
+        };
+        let stores = if full {
+            state.stores().keys().filter_map(encode_one).collect()
+        } else {
+            stores.into_iter().filter_map(encode_one).collect()
+        };
         Frozen {
-            bytes: encode(state),
+            head: encode_head(state),
+            stores,
+            full,
+            generation,
             position: layout.encode(state.position()),
             partitions,
             newest_event_time: state.newest_event_time(),
         }
     }
+
+    /// The whole state of `state` (every store), as a first checkpoint.
+    pub fn whole(state: &State, layout: &Layout) -> Frozen {
+        Frozen::of(state, layout, std::iter::empty(), true, 0)
+    }
+
+    /// Bytes of state this checkpoint writes (head and stores).
+    pub fn bytes(&self) -> usize {
+        self.head.len() + self.stores.iter().map(|(_, b)| b.len()).sum::<usize>()
+    }
 }
 
-/// The bytes of `state` in format [`FORMAT_VERSION`].
+/// The head of `state` (everything but its stores) in format [`FORMAT_VERSION`].
+pub fn encode_head(state: &State) -> Vec<u8> {
+    postcard::to_stdvec(&state.head()).unwrap_or_else(|e| panic!("a head always serialises: {e}"))
+}
+
+/// One store in format [`FORMAT_VERSION`].
+pub fn encode_store(store: &StoreState) -> Vec<u8> {
+    postcard::to_stdvec(store).unwrap_or_else(|e| panic!("a store always serialises: {e}"))
+}
+
+/// The whole of `state` as one value (head and every store): the golden fixture's form.
 pub fn encode(state: &State) -> Vec<u8> {
-    postcard::to_stdvec(state).unwrap_or_else(|e| panic!("state always serialises: {e}"))
+    let stores: Vec<(String, Vec<u8>)> = state
+        .stores()
+        .iter()
+        .map(|(id, store)| (id.to_string(), encode_store(store)))
+        .collect();
+    postcard::to_stdvec(&(encode_head(state), stores))
+        .unwrap_or_else(|e| panic!("state always serialises: {e}"))
 }
 
-/// The state of a checkpoint written in format `version`, with today's business settings.
+/// The state of a checkpoint written in format `version` as one value ([`encode`]), with
+/// today's business settings.
 pub fn restore(
     version: i32,
     bytes: &[u8],
@@ -82,10 +146,55 @@ pub fn restore(
     if version != FORMAT_VERSION {
         return Err(FormatError::Version { found: version });
     }
-    let mut state: State =
+    let (head, stores): (Vec<u8>, Vec<(String, Vec<u8>)>) =
         postcard::from_bytes(bytes).map_err(|e| FormatError::Corrupt(e.to_string()))?;
-    state.set_config(config);
-    Ok(state)
+    restore_parts(version, &head, stores, config)
+}
+
+/// The state of a checkpoint written in format `version` as a head and its stores' parts.
+/// Stores are decoded on up to `std::thread::available_parallelism` threads (a restart of
+/// thousands of stores uses every core).
+pub fn restore_parts(
+    version: i32,
+    head: &[u8],
+    stores: Vec<(String, Vec<u8>)>,
+    config: Arc<AggregateConfig>,
+) -> Result<State, FormatError> {
+    if version != FORMAT_VERSION {
+        return Err(FormatError::Version { found: version });
+    }
+    let head = postcard::from_bytes(head).map_err(|e| FormatError::Corrupt(e.to_string()))?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunk = stores.len().div_ceil(threads).max(1);
+    let decoded: Vec<Result<Vec<(StoreId, StoreState)>, FormatError>> =
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = stores
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(id, bytes)| {
+                                postcard::from_bytes(bytes)
+                                    .map(|store| (StoreId(id.clone()), store))
+                                    .map_err(|e| FormatError::Corrupt(format!("store {id:?}: {e}")))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(FormatError::Corrupt("a decoder panicked".into())))
+                })
+                .collect()
+        });
+    let mut all = BTreeMap::new();
+    for part in decoded {
+        all.extend(part?);
+    }
+    Ok(State::from_parts(head, all, config))
 }
 
 #[cfg(test)]
@@ -180,6 +289,50 @@ mod tests {
         )
         .expect("a restored state encodes and restores");
         assert!(again == state);
+    }
+
+    /// A checkpoint written in parts: a whole one, then only the stores that changed; the
+    /// newest part of each store with the newest head restores the state exactly.
+    #[test]
+    fn the_newest_part_of_each_store_and_the_newest_head_restore_the_state() {
+        let (mut state, layout) = golden_state();
+        let config = || Arc::new(AggregateConfig::default());
+        let first = Frozen::whole(&state, &layout);
+        assert_eq!(first.stores.len(), state.stores().len());
+        let mut parts: BTreeMap<String, Vec<u8>> = first.stores.iter().cloned().collect();
+        // More records of one store only.
+        let mut changes = Changes::default();
+        let berlin = state.stores().keys().next().cloned().expect("a store");
+        let mut order = crate::events::samples::order_placed();
+        order.store_id = berlin.clone();
+        order.occurred_at = 1_767_225_030_000;
+        let event = crate::events::Event::OrderPlaced(order);
+        let at = RecordRef {
+            partition: PartitionKey {
+                role: TopicRole::Orders,
+                partition: 0,
+            },
+            offset: 10_000,
+        };
+        state.apply(&event, at, &mut changes);
+        assert_eq!(changes.stores.keys().collect::<Vec<_>>(), vec![&berlin]);
+        let second = Frozen::of(&state, &layout, changes.stores.keys(), false, 1);
+        assert_eq!(second.stores.len(), 1, "only the changed store is written");
+        assert!(second.bytes() < first.bytes());
+        parts.extend(second.stores.iter().cloned());
+        let restored = restore_parts(
+            FORMAT_VERSION,
+            &second.head,
+            parts.into_iter().collect(),
+            config(),
+        )
+        .expect("restores");
+        assert!(restored == state);
+        // An old part of the changed store with the new head is another state: the store's
+        // newest part is what restores it.
+        let stale = restore_parts(FORMAT_VERSION, &second.head, first.stores.clone(), config())
+            .expect("decodes");
+        assert!(stale != state);
     }
 
     #[test]

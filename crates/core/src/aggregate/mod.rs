@@ -306,6 +306,53 @@ pub struct State {
     config: Arc<AggregateConfig>,
 }
 
+/// Everything of a state but its stores, by reference: what a checkpoint writes whole
+/// every time (bounded by partitions and the dedup capacity, never by stores).
+#[derive(Serialize)]
+pub(crate) struct HeadRef<'a> {
+    dedup: &'a BTreeMap<PartitionKey, Dedup>,
+    record_times: &'a BTreeMap<PartitionKey, i64>,
+    position: &'a Position,
+    newest_event_time: i64,
+}
+
+/// [`HeadRef`] read back (the same fields in the same order).
+#[derive(Deserialize)]
+pub(crate) struct Head {
+    dedup: BTreeMap<PartitionKey, Dedup>,
+    record_times: BTreeMap<PartitionKey, i64>,
+    position: Position,
+    newest_event_time: i64,
+}
+
+impl State {
+    /// Everything but the stores, for a checkpoint.
+    pub(crate) fn head(&self) -> HeadRef<'_> {
+        HeadRef {
+            dedup: &self.dedup,
+            record_times: &self.record_times,
+            position: &self.position,
+            newest_event_time: self.newest_event_time,
+        }
+    }
+
+    /// A state from a checkpoint's head and its stores.
+    pub(crate) fn from_parts(
+        head: Head,
+        stores: BTreeMap<StoreId, StoreState>,
+        config: Arc<AggregateConfig>,
+    ) -> State {
+        State {
+            stores,
+            dedup: head.dedup,
+            record_times: head.record_times,
+            position: head.position,
+            newest_event_time: head.newest_event_time,
+            config,
+        }
+    }
+}
+
 impl State {
     /// An empty state.
     pub fn new(config: Arc<AggregateConfig>) -> Self {
