@@ -627,9 +627,12 @@ impl Engine {
             self.out.metrics.snapshots_cached.inc();
             return Some(Arc::clone(event));
         }
-        let json = self.snapshot_json(key.0.clone())?.bytes();
+        let snapshot = self.snapshot_json(key.0.clone())?;
         let id = self.layout.encode(self.state.position());
-        let event = Arc::new(Encoded::new(live::sse_event(kind.name(), Some(&id), &json)));
+        // Serialised by the first stream that writes it, off the ingest thread.
+        let event = Arc::new(Encoded::deferred(move || {
+            bytes::Bytes::from(live::sse_event(kind.name(), Some(&id), &snapshot.bytes()))
+        }));
         if kind == SnapshotEvent::Snapshot {
             self.out.hub.share_snapshot(
                 key.0.clone(),

@@ -86,49 +86,79 @@ impl Encoding {
 /// unknown OS). The stream has no trailer: it ends only when its connection does.
 pub const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
-/// One event's bytes, shared by every client: as they are, and deflated (once, on first
-/// use by a gzip client).
-#[derive(Debug)]
+/// Makes an event's bytes on first use.
+type Make = Box<dyn FnOnce() -> Bytes + Send>;
+
+/// One event's bytes, shared by every client: as they are (made at once, or by the first
+/// reader for a [deferred](Encoded::deferred) event), and deflated (once, on first use by a
+/// gzip client).
 pub struct Encoded {
-    plain: Bytes,
+    plain: OnceLock<Bytes>,
+    make: std::sync::Mutex<Option<Make>>,
     deflated: OnceLock<Bytes>,
+}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoded")
+            .field("plain", &self.plain.get().map(Bytes::len))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Encoded {
     /// Wraps an event's bytes.
     pub fn new(plain: impl Into<Bytes>) -> Encoded {
         Encoded {
-            plain: plain.into(),
+            plain: OnceLock::from(plain.into()),
+            make: std::sync::Mutex::new(None),
+            deflated: OnceLock::new(),
+        }
+    }
+
+    /// An event whose bytes `make` makes when a client first needs them (a large snapshot:
+    /// serialised by the first stream that writes it, not by whoever shares it).
+    pub fn deferred(make: impl FnOnce() -> Bytes + Send + 'static) -> Encoded {
+        Encoded {
+            plain: OnceLock::new(),
+            make: std::sync::Mutex::new(Some(Box::new(make))),
             deflated: OnceLock::new(),
         }
     }
 
     /// The bytes as they are.
     pub fn plain(&self) -> &Bytes {
-        &self.plain
+        self.plain.get_or_init(|| {
+            let make = self
+                .make
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            make.map_or_else(Bytes::new, |make| make())
+        })
     }
 
     /// The bytes as one independent deflate segment (see the module doc).
     pub fn deflated(&self) -> &Bytes {
-        self.deflated.get_or_init(|| deflate_segment(&self.plain))
+        self.deflated.get_or_init(|| deflate_segment(self.plain()))
     }
 
     /// The bytes a client with `encoding` is written.
     pub fn for_encoding(&self, encoding: Encoding) -> Bytes {
         match encoding {
-            Encoding::Identity => self.plain.clone(),
+            Encoding::Identity => self.plain().clone(),
             Encoding::Gzip => self.deflated().clone(),
         }
     }
 
     /// Length of the plain bytes.
     pub fn len(&self) -> usize {
-        self.plain.len()
+        self.plain().len()
     }
 
     /// True if there are no bytes.
     pub fn is_empty(&self) -> bool {
-        self.plain.is_empty()
+        self.plain().is_empty()
     }
 }
 
@@ -158,6 +188,45 @@ fn deflate_segment(data: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A deferred event is made by its first reader, once, whichever encoding it reads.
+    #[test]
+    fn a_deferred_event_is_made_once_by_its_first_reader() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let made = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&made);
+        let event = Arc::new(Encoded::deferred(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Bytes::from(sse_event("snapshot", Some("t:1"), b"{}"))
+        }));
+        assert_eq!(
+            made.load(Ordering::SeqCst),
+            0,
+            "nothing made before a reader"
+        );
+        let readers: Vec<_> = (0..4)
+            .map(|i| {
+                let event = Arc::clone(&event);
+                std::thread::spawn(move || {
+                    let encoding = if i % 2 == 0 {
+                        Encoding::Identity
+                    } else {
+                        Encoding::Gzip
+                    };
+                    event.for_encoding(encoding).len()
+                })
+            })
+            .collect();
+        for reader in readers {
+            assert!(reader.join().expect("no panic") > 0);
+        }
+        assert_eq!(made.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            event.plain().as_ref(),
+            b"event: snapshot\nid: t:1\ndata: {}\n\n"
+        );
+    }
 
     #[test]
     fn independently_deflated_events_form_one_gzip_stream() {
