@@ -342,14 +342,16 @@ impl State {
         stores: BTreeMap<StoreId, StoreState>,
         config: Arc<AggregateConfig>,
     ) -> State {
-        State {
+        let mut state = State {
             stores,
             dedup: head.dedup,
             record_times: head.record_times,
             position: head.position,
             newest_event_time: head.newest_event_time,
-            config,
-        }
+            config: Arc::clone(&config),
+        };
+        state.set_config(config);
+        state
     }
 }
 
@@ -373,6 +375,9 @@ impl State {
 
     /// Replaces the settings (after restoring a checkpoint, which does not carry them).
     pub fn set_config(&mut self, config: Arc<AggregateConfig>) {
+        for store in self.stores.values_mut() {
+            store.rebuild_watched(&config);
+        }
         self.config = config;
     }
 

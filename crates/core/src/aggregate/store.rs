@@ -233,9 +233,39 @@ pub struct StoreState {
     pub active: BTreeMap<i64, HyperLogLog>,
     #[serde(skip)]
     day_cache: DayCache,
+    /// The stocked SKUs that a list can hold without selling: under their threshold, at or
+    /// below zero, or in a low-stock run. With the SKUs sold in the sales window, the only
+    /// SKUs a view looks at (a well-stocked SKU that is not selling is in no list). Derived
+    /// from `stock` and the settings, so not serialised: rebuilt on restore.
+    #[serde(skip)]
+    pub(super) watched: std::collections::BTreeSet<Sku>,
+}
+
+/// Whether a SKU's stock entry can put it in a list without sales (see `watched`).
+fn is_watched(entry: &StockEntry, threshold: i64) -> bool {
+    entry.level < threshold || entry.level <= 0 || entry.low_since.is_some()
 }
 
 impl StoreState {
+    /// Rebuilds the watched SKUs from the stock and `config` (after a restore, or when the
+    /// settings change).
+    pub(super) fn rebuild_watched(&mut self, config: &AggregateConfig) {
+        self.watched = self
+            .stock
+            .iter()
+            .filter(|(sku, entry)| is_watched(entry, config.threshold(sku)))
+            .map(|(sku, _)| sku.clone())
+            .collect();
+    }
+
+    /// The SKUs a view looks at: the watched ones, then the SKUs sold in the sales window
+    /// that are not watched. Every other stocked SKU is in no list.
+    pub(super) fn listable_skus(&self) -> impl Iterator<Item = &Sku> {
+        self.watched
+            .iter()
+            .chain(self.sales.keys().filter(|sku| !self.watched.contains(*sku)))
+    }
+
     /// The newest minute index of this store.
     pub fn newest_minute(&self) -> i64 {
         minute_of(self.newest_event_time)
@@ -510,6 +540,17 @@ impl StoreState {
                     entry.run_since = trigger;
                 }
             }
+        }
+        if self
+            .stock
+            .get(&s.sku)
+            .is_some_and(|entry| is_watched(entry, threshold))
+        {
+            if !self.watched.contains(&s.sku) {
+                self.watched.insert(s.sku.clone());
+            }
+        } else {
+            self.watched.remove(&s.sku);
         }
         if !changes.skus.contains(&s.sku) {
             changes.skus.insert(s.sku.clone());

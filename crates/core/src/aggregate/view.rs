@@ -404,6 +404,8 @@ struct Rollup {
     oversold: Vec<StockView>,
     top: Vec<TopProduct>,
     alerts: Vec<AlertView>,
+    /// Look at every stocked SKU, not only the listable ones (the tests' reference).
+    scan_every_sku: bool,
 }
 
 impl Rollup {
@@ -414,8 +416,18 @@ impl Rollup {
         self.add_minutes(store);
         self.add_orders(store_id, store);
         self.skus += store.stock.len() as u64;
-        for (sku, entry) in &store.stock {
-            self.add_sku(store_id, store, sku, entry, config);
+        // Only the SKUs a list can hold: a catalog of well-stocked SKUs that are not
+        // selling costs nothing here.
+        if self.scan_every_sku {
+            for (sku, entry) in &store.stock {
+                self.add_sku(store_id, store, sku, entry, config);
+            }
+        } else {
+            for sku in store.listable_skus() {
+                if let Some(entry) = store.stock.get(sku) {
+                    self.add_sku(store_id, store, sku, entry, config);
+                }
+            }
         }
         self.add_sales(store_id, store);
     }
@@ -634,9 +646,23 @@ fn day_string(day: i32) -> String {
 impl State {
     /// The view of one store, if it has been seen.
     pub fn store_view(&self, store_id: &StoreId) -> Option<StoreView> {
+        self.store_view_scanning(store_id, false)
+    }
+
+    /// The view of one store computed from every stocked SKU (the reference the listable
+    /// SKUs are tested against).
+    #[cfg(test)]
+    pub(crate) fn store_view_of_every_sku(&self, store_id: &StoreId) -> Option<StoreView> {
+        self.store_view_scanning(store_id, true)
+    }
+
+    fn store_view_scanning(&self, store_id: &StoreId, every_sku: bool) -> Option<StoreView> {
         let store = self.stores().get(store_id)?;
         let tz = self.config().time_zone(store_id);
-        let mut rollup = Rollup::default();
+        let mut rollup = Rollup {
+            scan_every_sku: every_sku,
+            ..Rollup::default()
+        };
         rollup.add(store_id, store, self);
         Some(rollup.finish(
             Some(day_string(local_day(tz, store.newest_event_time))),
