@@ -11,7 +11,7 @@ use super::sse::{Encoded, sse_event};
 use crate::aggregate::{Changes, Layout, State, Views};
 use crate::events::StoreId;
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// One delta, encoded once per scope.
@@ -92,19 +92,26 @@ impl FrameBuilder {
         };
         let mut delta = Delta::of(views, state, layout, changes);
         delta.omit_unchanged_lists(&mut self.sent);
-        let all = Encoded::new(encode_delta(&delta));
-        let per_store: HashMap<StoreId, Encoded> = delta
+        // Each store's part is serialised once and spliced into both its own event and the
+        // all-stores one (the same bytes serde would write for the whole delta).
+        let parts: Vec<(&String, Vec<u8>)> = delta
             .stores
             .iter()
-            .map(|(id, view)| {
-                let scoped = Delta {
-                    position: delta.position.clone(),
-                    as_of: delta.as_of.clone(),
-                    as_of_ms: delta.as_of_ms,
-                    stores: BTreeMap::from([(id.clone(), view.clone())]),
-                    all_stores: None,
-                };
-                (StoreId(id.clone()), Encoded::new(encode_delta(&scoped)))
+            .map(|(id, part)| (id, to_json(part)))
+            .collect();
+        let rollup = delta.all_stores.as_ref().map(to_json);
+        let all = Encoded::new(splice_delta(
+            &delta,
+            parts
+                .iter()
+                .map(|(id, json)| (id.as_str(), json.as_slice())),
+            rollup.as_deref(),
+        ));
+        let per_store: HashMap<StoreId, Encoded> = parts
+            .iter()
+            .map(|(id, json)| {
+                let one = splice_delta(&delta, [(id.as_str(), json.as_slice())], None);
+                (StoreId((*id).clone()), Encoded::new(one))
             })
             .collect();
         let size = all.len() + per_store.values().map(Encoded::len).sum::<usize>();
@@ -118,6 +125,42 @@ impl FrameBuilder {
             delta: Arc::new(delta),
         }
     }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|e| panic!("a delta always serialises: {e}"))
+}
+
+/// The `event: delta` of `delta`'s position and time with these stores' parts (already
+/// JSON) and rollup: byte for byte what [`encode_delta`] writes for the same delta.
+fn splice_delta<'a>(
+    delta: &Delta,
+    stores: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    rollup: Option<&[u8]>,
+) -> Bytes {
+    let mut json = Vec::with_capacity(256);
+    json.extend_from_slice(b"{\"position\":");
+    json.extend(to_json(&delta.position));
+    json.extend_from_slice(b",\"as_of\":");
+    json.extend(to_json(&delta.as_of));
+    json.extend_from_slice(b",\"as_of_ms\":");
+    json.extend(to_json(&delta.as_of_ms));
+    json.extend_from_slice(b",\"stores\":{");
+    for (i, (id, part)) in stores.into_iter().enumerate() {
+        if i > 0 {
+            json.push(b',');
+        }
+        json.extend(to_json(&id));
+        json.push(b':');
+        json.extend_from_slice(part);
+    }
+    json.push(b'}');
+    if let Some(rollup) = rollup {
+        json.extend_from_slice(b",\"all_stores\":");
+        json.extend_from_slice(rollup);
+    }
+    json.push(b'}');
+    Bytes::from(sse_event("delta", Some(&delta.position), &json))
 }
 
 /// The `event: delta` of `delta`, id = its position.
@@ -523,6 +566,12 @@ mod tests {
             if !changes.is_empty() {
                 let frame =
                     Arc::new(builder.build(&state, &layout, &std::mem::take(&mut changes), 0));
+                // The spliced bytes are serde's for the whole delta and for each store's.
+                assert_eq!(frame.all.plain(), &encode_delta(&frame.delta));
+                for (id, bytes) in &frame.per_store {
+                    let scoped = frame.delta.scoped(id).expect("a changed store");
+                    assert_eq!(bytes.plain(), &encode_delta(&scoped));
+                }
                 log.push(Arc::clone(&frame));
                 frames.push(frame);
             }
