@@ -13,7 +13,8 @@ import {
   total, launch, crashNoise,
 } from './support.mjs';
 
-const env = environment('dashboard');
+// Lists cut at 3 entries, so the page's "…and N more" and whole counts are exercised.
+const env = { ...environment('dashboard'), STOREPULSE_LIST_LIMIT: '3' };
 const screenshot = process.env.STOREPULSE_SCREENSHOT
   ?? path.join(import.meta.dirname, 'output', 'dashboard.png');
 // History over the last hour of event time, then a flash sale from two minutes ago on.
@@ -45,6 +46,20 @@ async function assertPageEqualsSnapshot(page, base, store) {
   assert.equal(JSON.parse(await page.getAttribute('#cancelled-today', 'data-value')), expected.cancelled_today);
   const shownAlerts = await page.evaluate(() => window.storepulse.alertsShown());
   assert.deepEqual([...shownAlerts].sort(), expected.alerts.map((a) => a.id).sort(), 'the active alerts, each once');
+  // The counts are the whole lists' (the lists themselves hold the first 3).
+  const kinds = ['oversold', 'sold_out', 'sell_out_imminent', 'low_stock'];
+  const counts = await page.evaluate((kinds) => kinds.map((kind) =>
+    Number(document.getElementById(`count-${kind}`).textContent.replace(/\D/g, ''))), kinds);
+  assert.deepEqual(counts, kinds.map((kind) => expected.counts.alerts[kind]), 'the alert counts are the whole lists');
+  assert.ok(expected.alerts.length <= 3 && expected.low_stock.length <= 3 && expected.oversold.length <= 3);
+  const whole = expected.counts.oversold + expected.counts.low_stock;
+  const listed = expected.oversold.length + expected.low_stock.length;
+  const more = await page.evaluate(() => {
+    const note = document.getElementById('low-stock-empty');
+    return note.hidden ? null : note.textContent;
+  });
+  if (whole > listed) assert.equal(more, `…and ${whole - listed} more (GET /api/stock lists every level).`);
+  else if (listed > 0) assert.equal(more, null, 'no note when every entry is listed');
   return expected;
 }
 
