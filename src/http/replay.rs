@@ -1,7 +1,8 @@
 //! `GET /api/replay/stream`: a past range replayed over the live stream's protocol (see
 //! `replay/stream.rs`), for the dashboard's "watch a past sale". Validates the request,
 //! takes a slot (503 with `Retry-After` when every slot is busy) and relays the replay
-//! thread's bytes until the range ends or the token expires (`session-expired`).
+//! thread's bytes until the range ends, the token expires (`session-expired`) or the server
+//! stops (`shutdown`: a deploy never waits for a replay to end).
 
 use super::{ApiError, AppState};
 use crate::replay::stream::ReplayRequest;
@@ -103,6 +104,7 @@ pub(super) async fn replay_stream(
             .map_or(0, |d| d.as_millis() as i64);
         std::time::Duration::from_millis(u64::try_from(at_ms - now_ms).unwrap_or(0))
     });
+    let stop = app.stop.clone();
     let body = Body::from_stream(async_stream::stream! {
         let expiry = tokio::time::sleep(expires_in.unwrap_or_default());
         tokio::pin!(expiry);
@@ -116,6 +118,9 @@ pub(super) async fn replay_stream(
                 () = &mut expiry, if expires_in.is_some() => {
                     (super::stream::session_expired_event(), true)
                 }
+                // The server stops: the stream ends now (dropping the receiver stops the
+                // replay thread), or graceful shutdown would wait for the whole range.
+                () = stop.cancelled() => (super::stream::shutdown_event(), true),
             };
             yield Ok::<_, std::convert::Infallible>(chunk);
             if last {

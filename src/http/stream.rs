@@ -96,6 +96,22 @@ static SESSION_EXPIRED: LazyLock<Encoded> = LazyLock::new(|| {
     ))
 });
 
+/// The last event of a replay stream when the server stops: the client resumes exactly
+/// with its last id on another (or the restarted) server.
+static SHUTTING_DOWN: LazyLock<Encoded> = LazyLock::new(|| {
+    Encoded::new(live::sse_event(
+        "shutdown",
+        None,
+        br#"{"reason":"the server is stopping: reconnect with the last event id to resume the replay"}"#,
+    ))
+});
+
+/// The plain bytes of the `shutdown` event (a replay stream's last event when the server
+/// stops).
+pub(super) fn shutdown_event() -> Bytes {
+    SHUTTING_DOWN.for_encoding(Encoding::Identity)
+}
+
 /// The plain bytes of the `session-expired` event (the replay stream's last event at expiry).
 pub(super) fn session_expired_event() -> Bytes {
     SESSION_EXPIRED.for_encoding(Encoding::Identity)

@@ -853,3 +853,51 @@ async fn a_replay_across_a_sigkill_of_serve_warmed_up_from_its_checkpoints_gives
         "rows from a checkpoint of a serve restarted after SIGKILL equal rows from the earliest offsets"
     );
 }
+
+/// SIGTERM while a replay stream is open (a 50 s range at speed 1): `serve` stops within the
+/// usual bound, with its final checkpoint (exit 0), and the replay client's last event says
+/// why. Before, graceful shutdown waited for the whole range.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_stream_open_at_sigterm_ends_with_a_shutdown_event_and_serve_stops() {
+    let settings = fresh_topics("replay-shutdown");
+    let status = crate::helpers::storepulse(&settings.topics)
+        .args(["simulate", "--quiet", "--count", "1200", "--rate", "0"])
+        .args(["--event-rate", "20", "--start", "2026-12-02T05:00:00Z"])
+        .args(["--stores", "2", "--skus", "5", "--partitions", "2"])
+        .status()
+        .expect("simulate runs");
+    assert!(status.success());
+    let server = Server::start_with(
+        &settings.topics,
+        &helpers::unique("replay-shutdown"),
+        &database_url(),
+        &[],
+    );
+    tokio::task::block_in_place(|| server.snapshot_at(1200, Duration::from_secs(60)));
+    let address = server.address.clone();
+    let client = std::thread::spawn(move || {
+        sse_get(
+            &address,
+            "/api/replay/stream?from=2026-12-02T05:00:05Z&to=2026-12-02T05:00:55Z&speed=1",
+            &[],
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2)); // the snapshot and a few deltas are out
+    let stopping = std::time::Instant::now();
+    let clean = tokio::task::block_in_place(|| server.terminate());
+    let took = stopping.elapsed();
+    assert!(clean, "exit 0: the final checkpoint was written");
+    assert!(
+        took < Duration::from_secs(20),
+        "stopped in {took:?}, not after the 50 s range"
+    );
+    let (code, events) = client.join().expect("the client ends");
+    assert_eq!(code, 200);
+    let names: Vec<&str> = events.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"snapshot"), "{names:?}");
+    assert_eq!(names.last(), Some(&"shutdown"), "{names:?}");
+    assert!(
+        !names.contains(&"end"),
+        "the range did not finish: {names:?}"
+    );
+}
