@@ -80,7 +80,9 @@ def catch_up(i, skus_held):
         result = {"rate": rate, "rss": rss, "per_sku_kb": rss * 1024 / skus_held,
                   "ckpt_mb": m.get("storepulse_checkpoint_size_bytes_sum", 0) / count / 1e6 if count else 0,
                   "ckpt_stores": m.get("storepulse_checkpoint_stores_sum", 0) / count if count else 0,
-                  "ckpts": count, "snapshot_s": snapshot_s, "snapshot_mb": snapshot_bytes / 1e6}
+                  "ckpts": count, "snapshot_s": snapshot_s, "snapshot_mb": snapshot_bytes / 1e6,
+                  "freeze_ms": m.get("storepulse_checkpoint_freeze_seconds_sum", 0) * 1000
+                  / max(1, m.get("storepulse_checkpoint_freeze_seconds_count", 0))}
         serve.terminate(); serve.wait(); stopped = True
         result["restart_s"] = ready_after_restart(env, port)
         return result
@@ -105,11 +107,11 @@ for run in range(runs):
 med = lambda xs: statistics.median(xs)
 base = med([r["rate"] for r in results[0]])
 print(f"\n{events} records per shop, skewed popularity, flash sale on 10 SKUs per store; medians of {runs} runs\n")
-print("| shop | SKUs held | catch-up records/s | CPU per event vs 3 stores | RSS caught up | per SKU | mean checkpoint (stores written) | all-stores snapshot | ready after restart |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| shop | SKUs held | catch-up records/s | CPU per event vs 3 stores | RSS caught up | per SKU | mean checkpoint (stores written) | ingest paused per checkpoint (mean freeze) | all-stores snapshot | ready after restart |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for i, (name, stores, skus) in enumerate(shops):
     rate = med([r["rate"] for r in results[i]])
     m = lambda k: med([r[k] for r in results[i]])
     print(f"| {name} | {stores * skus:,} | {rate:,.0f} | {base / rate:.2f}x | {m('rss'):.0f} MB "
           f"| {m('per_sku_kb'):.2f} KB | {m('ckpt_mb'):.2f} MB ({m('ckpt_stores'):,.0f} of {stores:,} stores, {m('ckpts'):.0f} checkpoints) "
-          f"| {m('snapshot_mb'):.1f} MB in {m('snapshot_s') * 1000:.0f} ms | {m('restart_s'):.1f} s |")
+          f"| {m('freeze_ms'):.1f} ms | {m('snapshot_mb'):.1f} MB in {m('snapshot_s') * 1000:.0f} ms | {m('restart_s'):.1f} s |")

@@ -205,6 +205,8 @@ pub struct Metrics {
     /// Stores each checkpoint wrote (those changed since the previous one; every store in a
     /// process's first).
     pub checkpoint_stores: Histogram,
+    /// Time the ingest thread spends serialising a checkpoint (head and changed stores).
+    pub checkpoint_freeze: Histogram,
     /// When the last checkpoint was written, Unix seconds (0 before the first).
     pub checkpoint_last_success: FloatGauge,
     /// Checkpoint attempts that failed since the last one written.
@@ -344,6 +346,7 @@ impl Metrics {
             checkpoint_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             checkpoint_size: Histogram::new(exponential_buckets(1024.0, 2.0, 18)),
             checkpoint_stores: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
+            checkpoint_freeze: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
             checkpoint_last_success: FloatGauge::default(),
             checkpoint_consecutive_failures: Gauge::default(),
             consumer_lag: Gauge::default(),
@@ -555,6 +558,12 @@ impl Metrics {
         for (name, help, unit, histogram) in histograms {
             r.register_with_unit(name, help, unit, histogram.clone());
         }
+        r.register_with_unit(
+            "checkpoint_freeze",
+            "Time the ingest thread spends serialising one checkpoint (its head and the changed stores); the write happens elsewhere",
+            Unit::Seconds,
+            m.checkpoint_freeze.clone(),
+        );
         r.register(
             "checkpoint_stores",
             "Stores one checkpoint wrote: those changed since the previous one (every store in a process's first)",

@@ -392,15 +392,22 @@ impl Engine {
     /// since the last checkpoint written (every store until this process has written a
     /// whole one).
     pub fn freeze(&mut self) -> Arc<Frozen> {
+        let started = Instant::now();
         self.note_unwritten();
         self.freezes += 1;
-        Arc::new(Frozen::of(
+        let frozen = Arc::new(Frozen::of(
             &self.state,
             &self.layout,
             self.unwritten.keys(),
             !self.whole_written,
             self.freezes,
-        ))
+        ));
+        // The time ingest stood still for it (the write happens on the writer's task).
+        self.out
+            .metrics
+            .checkpoint_freeze
+            .observe(started.elapsed().as_secs_f64());
+        frozen
     }
 
     /// A checkpoint was written: the stores it carried that have not changed since are
