@@ -175,8 +175,9 @@ pub struct StoreChanges {
     pub minutes: BTreeSet<i64>,
     /// The recent-orders list.
     pub recent_orders: bool,
-    /// SKUs whose stock, sales or alerts may have changed.
-    pub skus: BTreeSet<Sku>,
+    /// Some SKU's stock, sales or alerts may have changed (the store's view is rebuilt from
+    /// its listable SKUs; no delta names SKUs, so which ones is not kept).
+    pub skus: bool,
 }
 
 impl Changes {

@@ -415,9 +415,7 @@ impl StoreState {
                     sales.name.clone_from(&line.name);
                 }
                 *sales.minutes.entry(minute).or_default() += i64::from(line.quantity);
-                if !changes.skus.contains(&line.sku) {
-                    changes.skus.insert(line.sku.clone());
-                }
+                changes.skus = true;
             }
         }
         let recent = RecentOrder {
@@ -552,9 +550,7 @@ impl StoreState {
         } else {
             self.watched.remove(&s.sku);
         }
-        if !changes.skus.contains(&s.sku) {
-            changes.skus.insert(s.sku.clone());
-        }
+        changes.skus = true;
     }
 
     fn session_seen(

@@ -691,7 +691,7 @@ fn changes_name_what_moved() {
     let changes = &feed.changes.stores["store-berlin"];
     assert!(changes.totals && changes.recent_orders);
     assert_eq!(changes.minutes.len(), 1);
-    assert!(changes.skus.contains("BER-0009") && changes.skus.contains("BER-0001"));
+    assert!(changes.skus);
 }
 
 // ---------------------------------------------------------------- properties

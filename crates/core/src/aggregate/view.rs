@@ -235,17 +235,20 @@ impl AlertCounts {
     }
 }
 
+/// Adds `n` to `into`, or with `sign` −1 takes it away (never below zero).
+pub(crate) fn add_signed(into: &mut u64, n: u64, sign: i8) {
+    *into = if sign < 0 {
+        into.saturating_sub(n)
+    } else {
+        *into + n
+    };
+}
+
 impl ListCounts {
     /// Adds (or with `sign` −1 takes away) another view's counts: the rollup's are the
     /// sums of its stores'.
     pub fn add(&mut self, other: &ListCounts, sign: i8) {
-        let apply = |into: &mut u64, n: u64| {
-            *into = if sign < 0 {
-                into.saturating_sub(n)
-            } else {
-                *into + n
-            };
-        };
+        let apply = |into: &mut u64, n: u64| add_signed(into, n, sign);
         apply(&mut self.skus, other.skus);
         apply(&mut self.low_stock, other.low_stock);
         apply(&mut self.oversold, other.oversold);
@@ -309,13 +312,6 @@ pub fn alert_order(a: &AlertView, b: &AlertView) -> std::cmp::Ordering {
     (a.kind, &a.id).cmp(&(b.kind, &b.id))
 }
 
-/// The rank of `recent_orders`: newest first, then event id.
-pub fn order_order(a: &OrderView, b: &OrderView) -> std::cmp::Ordering {
-    b.occurred_at
-        .cmp(&a.occurred_at)
-        .then_with(|| a.event_id.cmp(&b.event_id))
-}
-
 /// How many top products a view lists.
 pub const TOP_PRODUCTS: usize = 10;
 
@@ -369,7 +365,7 @@ pub(crate) fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn money(amounts: &Amounts) -> Vec<Money> {
+pub(crate) fn money(amounts: &Amounts) -> Vec<Money> {
     amounts
         .iter()
         .map(|(currency, minor)| Money {
@@ -377,6 +373,35 @@ fn money(amounts: &Amounts) -> Vec<Money> {
             minor: *minor,
         })
         .collect()
+}
+
+/// Gross revenue per currency / orders in it, rounded down to a minor unit.
+pub(crate) fn average_order_value(
+    gross: &Amounts,
+    orders_by_currency: &BTreeMap<String, u64>,
+) -> Vec<Money> {
+    gross
+        .iter()
+        .filter_map(|(currency, gross)| {
+            let orders = *orders_by_currency.get(currency)?;
+            (orders > 0).then(|| Money {
+                currency: currency.clone(),
+                minor: gross.div_euclid(i128::from(orders)),
+            })
+        })
+        .collect()
+}
+
+impl MinuteView {
+    /// The minute `index` (since the epoch) with its orders and revenue.
+    pub(crate) fn new(index: i64, orders: u64, revenue: &Amounts) -> MinuteView {
+        MinuteView {
+            minute: rfc3339(index * 60_000),
+            index,
+            orders,
+            revenue: money(revenue),
+        }
+    }
 }
 
 fn add_amounts(into: &mut Amounts, from: &Amounts) {
@@ -555,12 +580,7 @@ impl Rollup {
         let per_minute = self
             .minutes
             .range(from..)
-            .map(|(minute, (orders, revenue))| MinuteView {
-                minute: rfc3339(minute * 60_000),
-                index: *minute,
-                orders: *orders,
-                revenue: money(revenue),
-            })
+            .map(|(minute, (orders, revenue))| MinuteView::new(*minute, *orders, revenue))
             .collect();
         self.orders_list
             .sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
@@ -578,17 +598,7 @@ impl Rollup {
         first_in_order(&mut self.oversold, limit, oversold_order);
         first_in_order(&mut self.top, TOP_PRODUCTS, top_order);
         first_in_order(&mut self.alerts, limit, alert_order);
-        let average_order_value = self
-            .gross
-            .iter()
-            .filter_map(|(currency, gross)| {
-                let orders = *self.orders_by_currency.get(currency)?;
-                (orders > 0).then(|| Money {
-                    currency: currency.clone(),
-                    minor: gross.div_euclid(i128::from(orders)),
-                })
-            })
-            .collect();
+        let average_order_value = average_order_value(&self.gross, &self.orders_by_currency);
         StoreView {
             counters: DayCounters {
                 day,

@@ -225,25 +225,9 @@ fn amounts_of(money: &[view::Money]) -> Amounts {
         .collect()
 }
 
-fn money(amounts: &Amounts) -> Vec<view::Money> {
-    amounts
-        .iter()
-        .map(|(currency, minor)| view::Money {
-            currency: currency.clone(),
-            minor: *minor,
-        })
-        .collect()
-}
-
 impl Sums {
     fn add(&mut self, part: &Part, sign: i8) {
-        let apply = |into: &mut u64, n: u64| {
-            *into = if sign < 0 {
-                into.saturating_sub(n)
-            } else {
-                *into + n
-            };
-        };
+        let apply = |into: &mut u64, n: u64| view::add_signed(into, n, sign);
         apply(&mut self.orders, part.orders);
         apply(&mut self.cancelled, part.cancelled);
         add_keyed(
@@ -285,7 +269,7 @@ impl Views {
                 alerts: HeadSet::new(),
                 orders: HeadSet::new(),
             },
-            rollup: Arc::new(state.all_stores_view()),
+            rollup: Arc::new(State::new(Arc::clone(state.config())).all_stores_view()),
         };
         let all: Vec<StoreId> = state.stores().keys().cloned().collect();
         views.update(state, all.iter());
@@ -363,24 +347,15 @@ impl Views {
         let from = self.newest_minute - MINUTES_KEPT + 1;
         let limit = self.config.list_limit;
         let sums = &self.sums;
-        let average_order_value = sums
-            .gross
-            .iter()
-            .filter_map(|(currency, (gross, _))| {
-                let (orders, _) = *sums.orders_by_currency.get(currency)?;
-                (orders > 0).then(|| view::Money {
-                    currency: currency.clone(),
-                    minor: gross.div_euclid(i128::from(orders)),
-                })
-            })
-            .collect();
+        let average_order_value =
+            view::average_order_value(&values(&sums.gross), &values(&sums.orders_by_currency));
         let stores = &*self.stores;
         StoreView {
             counters: DayCounters {
                 day: None,
                 time_zone: None,
                 orders_today: sums.orders,
-                revenue_today: money(&values(&sums.net)),
+                revenue_today: view::money(&values(&sums.net)),
                 cancelled_today: sums.cancelled,
                 average_order_value,
                 active_users: view::ActiveUsers {
@@ -394,15 +369,9 @@ impl Views {
             per_minute: sums
                 .minutes
                 .range(from..)
-                .map(|(minute, (orders, _))| MinuteView {
-                    minute: rfc3339(minute * 60_000),
-                    index: *minute,
-                    orders: *orders,
-                    revenue: sums
-                        .minute_revenue
-                        .get(minute)
-                        .map(|r| money(&values(r)))
-                        .unwrap_or_default(),
+                .map(|(minute, (orders, _))| {
+                    let revenue = sums.minute_revenue.get(minute).map(values);
+                    MinuteView::new(*minute, *orders, &revenue.unwrap_or_default())
                 })
                 .collect(),
             recent_orders: self.heads.orders.first(
@@ -441,12 +410,6 @@ impl Views {
     /// The view of one store, shared.
     pub fn store(&self, id: &StoreId) -> Option<&Arc<StoreView>> {
         self.stores.get(id)
-    }
-
-    /// Every store's view, shared (a snapshot holds this; the next update copies the map of
-    /// pointers once, not the views).
-    pub fn stores(&self) -> &Arc<BTreeMap<StoreId, Arc<StoreView>>> {
-        &self.stores
     }
 
     /// The rollup, shared.
