@@ -318,8 +318,71 @@ fn snapshot_throughput(
     rows
 }
 
-/// A state with `skus` SKUs (one store per 1000), checkpointed once.
-async fn checkpoint_cost(skus: usize) -> (f64, f64, usize) {
+/// `scripts/bench checkpoint`: [`checkpoint_cost`] of 100 000 SKUs in 100 and in 10 000
+/// stores, medians of `runs`.
+async fn checkpoint_bench(runs: usize) {
+    println!(
+        "| checkpoint of 100 000 SKUs, every store changed (median of {runs}) | 100 stores × 1 000 SKUs | 10 000 stores × 10 SKUs |"
+    );
+    println!("|---|---:|---:|");
+    let mut shops = Vec::new();
+    for per_store in [1_000, 10] {
+        let mut all = Vec::new();
+        for _ in 0..runs {
+            all.push(checkpoint_cost(100_000, per_store).await);
+        }
+        shops.push(all);
+    }
+    let row = |name: &str, f: fn(&CheckpointCost) -> f64, unit: &str, scale: f64| {
+        let cells: Vec<String> = shops
+            .iter()
+            .map(|all| format!("{:.3} {unit}", median(all.iter().map(f).collect()) * scale))
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    };
+    row(
+        "freeze (on the ingest thread: pointer copies of the changed stores, the head copied)",
+        |c| c.freeze,
+        "ms",
+        1e3,
+    );
+    row(
+        "first change of each store while a frozen checkpoint shares it (copies it, on the ingest thread), per store",
+        |c| c.store_copy,
+        "ms",
+        1e3,
+    );
+    row(
+        "serialise (the writer's blocking worker)",
+        |c| c.encode,
+        "ms",
+        1e3,
+    );
+    row(
+        "PostgreSQL transaction (one part per store)",
+        |c| c.write,
+        "ms",
+        1e3,
+    );
+    row("size", |c| c.bytes as f64, "MB", 1e-6);
+}
+
+/// What one checkpoint of a state costs, and where.
+struct CheckpointCost {
+    /// Freezing it on the ingest thread (pointer copies of the stores, the head copied).
+    freeze: f64,
+    /// Serialising it (on a blocking worker of the writer).
+    encode: f64,
+    /// The PostgreSQL transaction of the encoded checkpoint.
+    write: f64,
+    bytes: usize,
+    /// Mean copy of one store on its first change after a freeze (on the ingest thread).
+    store_copy: f64,
+}
+
+/// A state with `skus` SKUs (`per_store` in each store), then every store changed and
+/// checkpointed once (a partial checkpoint of every store: a catch-up's).
+async fn checkpoint_cost(skus: usize, per_store: usize) -> CheckpointCost {
     let layout = Layout::new(vec![
         (TopicRole::Orders, "o".into(), 4),
         (TopicRole::Inventory, "i".into(), 4),
@@ -330,7 +393,7 @@ async fn checkpoint_cost(skus: usize) -> (f64, f64, usize) {
     for i in 0..skus {
         let event = Event::StockChanged(StockChanged {
             event_id: format!("bench-{i}"),
-            store_id: format!("store-{:03}", i / 1_000).into(),
+            store_id: format!("store-{:05}", i / per_store).into(),
             occurred_at: 1_795_773_600_000 + i as i64,
             sku: format!("SKU-{i:07}").into(),
             name: format!("Product number {i}"),
@@ -347,21 +410,66 @@ async fn checkpoint_cost(skus: usize) -> (f64, f64, usize) {
         };
         state.apply(&event, at, &mut changes);
     }
+    let ids: Vec<_> = state.stores().keys().cloned().collect();
     let started = Instant::now();
-    // A process's first checkpoint: every store (later ones write the changed stores only).
-    let frozen = Frozen::whole(&state, &layout);
+    let frozen = std::sync::Arc::new(Frozen::of(&state, &layout, &ids, false, 1));
     let freeze = started.elapsed().as_secs_f64();
+    // Every store changes once more while the frozen checkpoint still shares it: each
+    // first change copies that store (once).
+    let stores = ids.len();
+    let started = Instant::now();
+    for i in 0..stores {
+        let event = Event::StockChanged(StockChanged {
+            event_id: format!("bench-again-{i}"),
+            store_id: format!("store-{i:05}").into(),
+            occurred_at: 1_795_773_600_000 + skus as i64,
+            sku: format!("SKU-{:07}", i * per_store).into(),
+            name: "Product".into(),
+            new_level: 5,
+            delta: 1,
+            reason: StockChangeReason::Restock,
+        });
+        let at = RecordRef {
+            partition: PartitionKey {
+                role: TopicRole::Inventory,
+                partition: 0,
+            },
+            offset: (skus + i) as i64,
+        };
+        state.apply(&event, at, &mut changes);
+    }
+    let store_copy = started.elapsed().as_secs_f64() / stores as f64;
+    let started = Instant::now();
+    std::hint::black_box(frozen.encode());
+    let encode = started.elapsed().as_secs_f64();
     let store = CheckpointStore::connect_lazy(&database_url(), "bench-checkpoint").expect("pool");
     store.migrate().await.expect("migrations");
     let keep = storepulse::checkpoint::Keep {
         newest: 1,
         hourly: 0,
     };
-    let written = store
-        .write(&frozen, &layout, keep, None)
+    // A partial checkpoint needs a chain: a first (empty) one starts it.
+    let empty = State::new(Arc::new(AggregateConfig::default()));
+    let chain = store
+        .write(
+            Arc::new(Frozen::whole(&empty, &layout)),
+            &layout,
+            keep,
+            None,
+        )
         .await
         .expect("written");
-    (freeze, written.duration.as_secs_f64(), written.bytes)
+    let written = store
+        .write(frozen, &layout, keep, Some(chain.base_id))
+        .await
+        .expect("written");
+    CheckpointCost {
+        freeze,
+        encode,
+        write: written.duration.as_secs_f64(),
+        bytes: written.bytes,
+        store_copy,
+    }
 }
 
 /// One `storepulse replay` over `topics` with `args`; wall seconds of the whole process.
@@ -475,6 +583,10 @@ async fn main() {
         replay_bench(events, runs).await;
         return;
     }
+    if std::env::var("BENCH_CHECKPOINT").is_ok_and(|v| v == "1") {
+        checkpoint_bench(runs).await;
+        return;
+    }
     let settings = KafkaSettings {
         brokers: brokers(),
         topics: Topics {
@@ -508,7 +620,7 @@ async fn main() {
         tokio::task::spawn_blocking(move || (0..runs).map(|_| recovery(&topics, events)).collect())
             .await
             .expect("recovery");
-    let (freeze, write, bytes) = checkpoint_cost(100_000).await;
+    let checkpoint = checkpoint_cost(100_000, 1_000).await;
     let clients = env_or("BENCH_SNAPSHOT_CLIENTS", 8) as usize;
     let topics = settings.topics.clone();
     let snapshot_runs: Vec<Vec<(String, f64, f64, f64)>> = tokio::task::spawn_blocking(move || {
@@ -545,16 +657,21 @@ async fn main() {
         median(recoveries.clone())
     );
     println!(
-        "| checkpoint of 100 000 SKUs: freeze (serialise) | {:.1} ms |",
-        freeze * 1e3
+        "| checkpoint of 100 000 SKUs (100 stores, all changed): freeze (on the ingest thread) | {:.2} ms |",
+        checkpoint.freeze * 1e3
     );
     println!(
-        "| checkpoint of 100 000 SKUs: Postgres transaction | {:.1} ms |",
-        write * 1e3
+        "| … serialise (on the writer's blocking worker) | {:.1} ms |",
+        checkpoint.encode * 1e3
     );
     println!(
-        "| checkpoint of 100 000 SKUs: size | {:.1} MB |",
-        bytes as f64 / 1e6
+        "| … PostgreSQL transaction | {:.1} ms |",
+        checkpoint.write * 1e3
+    );
+    println!("| … size | {:.1} MB |", checkpoint.bytes as f64 / 1e6);
+    println!(
+        "| … first change of a 1 000-SKU store it shares (copies the store, on the ingest thread) | {:.3} ms |",
+        checkpoint.store_copy * 1e3
     );
     println!();
     println!("recovery runs (s): {recoveries:.2?}");

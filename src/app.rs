@@ -584,7 +584,7 @@ async fn checkpoint_writer(mut w: Writer) -> bool {
         if let Some(frozen) =
             frozen.filter(|f| last_position.as_deref() != Some(f.position.as_str()))
         {
-            match w.write(&frozen).await {
+            match w.write(Arc::clone(&frozen)).await {
                 Ok(()) => {
                     last_position = Some(frozen.position.clone());
                     backoff = FIRST_BACKOFF;
@@ -620,7 +620,7 @@ async fn checkpoint_writer(mut w: Writer) -> bool {
 
 impl Writer {
     /// One checkpoint transaction (migrating first if that is still owed), with metrics.
-    async fn write(&mut self, frozen: &Frozen) -> Result<(), CheckpointError> {
+    async fn write(&mut self, frozen: Arc<Frozen>) -> Result<(), CheckpointError> {
         if !self.migrated {
             self.store.migrate().await?;
             self.migrated = true;

@@ -18,7 +18,7 @@ use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-pub use storepulse_core::checkpoint::{FORMAT_VERSION, FormatError, Frozen};
+pub use storepulse_core::checkpoint::{Encoded, FORMAT_VERSION, FormatError, Frozen};
 use thiserror::Error;
 
 /// Migrations in `migrations/`, compiled in.
@@ -167,25 +167,38 @@ impl CheckpointStore {
     /// Writes a checkpoint and prunes all but those `keep` keeps, in one transaction. A
     /// `frozen` that is not whole builds on the chain `base` (the [`Written::base_id`] of
     /// this process's previous write); a whole one starts a chain.
+    /// The frozen state is serialised on a blocking worker first (never on the thread that
+    /// froze it).
     pub async fn write(
         &self,
-        frozen: &Frozen,
+        frozen: Arc<Frozen>,
         layout: &Layout,
         keep: Keep,
         base: Option<i64>,
     ) -> Result<Written, CheckpointError> {
-        let result = self.write_transaction(frozen, layout, keep, base).await;
+        let started = Instant::now();
+        let encoded = {
+            let frozen = Arc::clone(&frozen);
+            match tokio::task::spawn_blocking(move || frozen.encode()).await {
+                Ok(encoded) => encoded,
+                Err(error) => std::panic::resume_unwind(error.into_panic()),
+            }
+        };
+        let result = self
+            .write_transaction(&frozen, &encoded, layout, keep, base, started)
+            .await;
         self.explained(result).await
     }
 
     async fn write_transaction(
         &self,
         frozen: &Frozen,
+        encoded: &Encoded,
         layout: &Layout,
         keep: Keep,
         base: Option<i64>,
+        started: Instant,
     ) -> Result<Written, CheckpointError> {
-        let started = Instant::now();
         let base = match (frozen.full, base) {
             (true, _) => None,
             (false, Some(base)) => Some(base),
@@ -208,7 +221,7 @@ impl CheckpointStore {
         .bind(layout.tag())
         .bind(&frozen.position)
         .bind(frozen.newest_event_time)
-        .bind(&frozen.head)
+        .bind(&encoded.head)
         .bind(base)
         .fetch_one(&mut *tx)
         .await?;
@@ -222,7 +235,7 @@ impl CheckpointStore {
                 id
             }
         };
-        let (ids, states): (Vec<String>, Vec<Vec<u8>>) = frozen.stores.iter().cloned().unzip();
+        let (ids, states): (Vec<String>, Vec<Vec<u8>>) = encoded.stores.iter().cloned().unzip();
         // Older parts of these stores in the chain are superseded (kept while a kept
         // checkpoint reads them).
         sqlx::query(
@@ -303,8 +316,8 @@ impl CheckpointStore {
         Ok(Written {
             id,
             base_id,
-            bytes: frozen.bytes(),
-            stores: frozen.stores.len(),
+            bytes: encoded.bytes(),
+            stores: encoded.stores.len(),
             duration: started.elapsed(),
         })
     }

@@ -20,12 +20,31 @@ async fn the_configured_database_answers_queries() {
     );
 }
 
+/// A checkpoint of an empty state with the given chain flag, generation and newest event
+/// time (its position names the generation): what the pruning tests write.
+fn empty_frozen_at(
+    layout: &storepulse::aggregate::Layout,
+    full: bool,
+    generation: u64,
+    newest_event_time: i64,
+) -> storepulse::checkpoint::Frozen {
+    use storepulse::aggregate::{AggregateConfig, State};
+    let state = State::new(std::sync::Arc::new(AggregateConfig::default()));
+    let mut frozen = storepulse::checkpoint::Frozen::whole(&state, layout);
+    frozen.full = full;
+    frozen.generation = generation;
+    frozen.position = format!("test:{generation}");
+    frozen.newest_event_time = newest_event_time;
+    frozen
+}
+
 /// `checkpoint.keep` newest plus the newest of each of the last `keep_hourly` hours of event
 /// time survive a write; everything else of the group is deleted in its transaction.
 #[tokio::test]
 async fn a_write_keeps_the_newest_and_the_newest_of_each_recent_hour() {
+    use std::sync::Arc;
     use storepulse::aggregate::Layout;
-    use storepulse::checkpoint::{CheckpointStore, Frozen, Keep};
+    use storepulse::checkpoint::{CheckpointStore, Keep};
     use storepulse::events::TopicRole;
     let group = crate::helpers::unique("keep-hourly");
     let store = CheckpointStore::connect_lazy(&database_url(), &group).expect("a URL");
@@ -50,17 +69,9 @@ async fn a_write_keeps_the_newest_and_the_newest_of_each_recent_hour() {
     };
     let mut chain = None;
     for (offset, time) in times.iter().enumerate() {
-        let frozen = Frozen {
-            head: vec![0; 8],
-            stores: Vec::new(),
-            full: chain.is_none(),
-            generation: offset as u64,
-            position: format!("test:{offset}"),
-            partitions: vec![("orders".to_owned(), 0, offset as i64)],
-            newest_event_time: *time,
-        };
+        let frozen = empty_frozen_at(&layout, chain.is_none(), offset as u64, *time);
         let written = store
-            .write(&frozen, &layout, keep, chain)
+            .write(Arc::new(frozen), &layout, keep, chain)
             .await
             .expect("written");
         chain = Some(written.base_id);
@@ -82,21 +93,13 @@ async fn a_write_keeps_the_newest_and_the_newest_of_each_recent_hour() {
         vec![minutes(90), minutes(120), minutes(180), minutes(181)]
     );
     // With no hourly checkpoints only the newest stay.
-    let frozen = Frozen {
-        head: vec![0; 8],
-        stores: Vec::new(),
-        full: false,
-        generation: 7,
-        position: "test:7".to_owned(),
-        partitions: vec![("orders".to_owned(), 0, 7)],
-        newest_event_time: minutes(182),
-    };
+    let frozen = empty_frozen_at(&layout, false, 7, minutes(182));
     let newest_only = Keep {
         newest: 2,
         hourly: 0,
     };
     store
-        .write(&frozen, &layout, newest_only, chain)
+        .write(Arc::new(frozen), &layout, newest_only, chain)
         .await
         .expect("written");
     let count: (i64,) = sqlx::query_as("SELECT count(*) FROM checkpoints WHERE group_name = $1")
@@ -156,9 +159,9 @@ async fn a_checkpoint_writes_the_changed_stores_and_restores_from_the_newest_par
         newest: 2,
         hourly: 0,
     };
-    let whole = Frozen::whole(&state, &layout);
+    let whole = Arc::new(Frozen::whole(&state, &layout));
     let first = store
-        .write(&whole, &layout, keep, None)
+        .write(whole, &layout, keep, None)
         .await
         .expect("written");
     assert_eq!((first.stores, first.base_id), (3, first.id));
@@ -168,7 +171,7 @@ async fn a_checkpoint_writes_the_changed_stores_and_restores_from_the_newest_par
         let changes = order(&mut state, id);
         let frozen = Frozen::of(&state, &layout, changes.stores.keys(), false, generation);
         let written = store
-            .write(&frozen, &layout, keep, Some(first.base_id))
+            .write(Arc::new(frozen), &layout, keep, Some(first.base_id))
             .await
             .expect("written");
         assert_eq!((written.stores, written.base_id), (1, first.base_id));
@@ -210,13 +213,18 @@ async fn a_checkpoint_writes_the_changed_stores_and_restores_from_the_newest_par
     // A second process of the group starts its own chain with a whole checkpoint; the first
     // chain's parts go when none of its checkpoints is kept.
     let other = store
-        .write(&Frozen::whole(&state, &layout), &layout, keep, None)
+        .write(
+            Arc::new(Frozen::whole(&state, &layout)),
+            &layout,
+            keep,
+            None,
+        )
         .await
         .expect("written");
     assert_ne!(other.base_id, first.base_id);
     let again = store
         .write(
-            &Frozen::of(&state, &layout, std::iter::empty(), false, 9),
+            Arc::new(Frozen::of(&state, &layout, std::iter::empty(), false, 9)),
             &layout,
             keep,
             Some(other.base_id),

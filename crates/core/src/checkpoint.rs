@@ -13,10 +13,10 @@
 //! checked by the tests below: changing a serialised type without bumping the version
 //! fails them.
 
-use crate::aggregate::{AggregateConfig, Layout, PartitionKey, State, StoreState};
+use crate::aggregate::{AggregateConfig, FrozenHead, Layout, PartitionKey, State, StoreState};
 use crate::events::StoreId;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use thiserror::Error;
 
 /// Version of the serialised `State`. Bump it whenever a serialised type in `aggregate`
@@ -38,14 +38,16 @@ pub enum FormatError {
     Corrupt(String),
 }
 
-/// A serialised state ready to be written (made by the state's owner, written elsewhere).
-#[derive(Clone, Debug)]
+/// A state frozen for a checkpoint: taken by the state's owner on its own thread in time
+/// proportional to the number of stores written (pointer copies of shared stores, a memory
+/// copy of the head), serialised by the writer with [`Frozen::encode`] off that thread.
+/// Encoding lets go of the shared stores (the state's owner then changes them without
+/// copying) and keeps the bytes for another attempt.
+#[derive(Debug)]
 pub struct Frozen {
-    /// Everything but the stores, in format [`FORMAT_VERSION`].
-    pub head: Vec<u8>,
-    /// The stores written with this checkpoint, each on its own: those changed since the
-    /// last checkpoint written, or every store when `full`.
-    pub stores: Vec<(String, Vec<u8>)>,
+    parts: Mutex<Parts>,
+    /// How many stores this checkpoint writes.
+    store_count: usize,
     /// Every store is in `stores`: the checkpoint does not build on earlier ones.
     pub full: bool,
     /// The freeze's number in its process: a write acknowledges the stores changed before
@@ -59,9 +61,37 @@ pub struct Frozen {
     pub newest_event_time: i64,
 }
 
+/// A frozen checkpoint's state: shared until encoded, then its bytes.
+#[derive(Debug)]
+enum Parts {
+    /// The head, and the stores written with this checkpoint (those changed since the last
+    /// checkpoint written, or every store when `full`).
+    Shared {
+        head: FrozenHead,
+        stores: Vec<(StoreId, Arc<StoreState>)>,
+    },
+    Encoded(Arc<Encoded>),
+}
+
+/// A frozen checkpoint's bytes, in format [`FORMAT_VERSION`].
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    /// Everything but the stores.
+    pub head: Vec<u8>,
+    /// Each store written, on its own.
+    pub stores: Vec<(String, Vec<u8>)>,
+}
+
+impl Encoded {
+    /// Bytes of state (head and stores).
+    pub fn bytes(&self) -> usize {
+        self.head.len() + self.stores.iter().map(|(_, b)| b.len()).sum::<usize>()
+    }
+}
+
 impl Frozen {
-    /// Serialises `state` in `layout`: its head, and the stores in `stores` (every store of
-    /// the state if `full`).
+    /// Freezes `state` in `layout`: its head, and the stores in `stores` (every store of the
+    /// state if `full`).
     pub fn of<'a>(
         state: &State,
         layout: &Layout,
@@ -82,20 +112,22 @@ impl Frozen {
                 (name, partition, next)
             })
             .collect();
-        let encode_one = |id: &StoreId| {
-            state
-                .stores()
-                .get(id)
-                .map(|store| (id.to_string(), encode_store(store)))
-        };
-        let stores = if full {
-            state.stores().keys().filter_map(encode_one).collect()
+        let share = |(id, store): (&StoreId, &Arc<StoreState>)| (id.clone(), Arc::clone(store));
+        let stores: Vec<_> = if full {
+            state.stores().iter().map(share).collect()
         } else {
-            stores.into_iter().filter_map(encode_one).collect()
+            stores
+                .into_iter()
+                .filter_map(|id| state.stores().get_key_value(id))
+                .map(share)
+                .collect()
         };
         Frozen {
-            head: encode_head(state),
-            stores,
+            store_count: stores.len(),
+            parts: Mutex::new(Parts::Shared {
+                head: state.frozen_head(),
+                stores,
+            }),
             full,
             generation,
             position: layout.encode(state.position()),
@@ -109,15 +141,37 @@ impl Frozen {
         Frozen::of(state, layout, std::iter::empty(), true, 0)
     }
 
-    /// Bytes of state this checkpoint writes (head and stores).
-    pub fn bytes(&self) -> usize {
-        self.head.len() + self.stores.iter().map(|(_, b)| b.len()).sum::<usize>()
+    /// How many stores this checkpoint writes.
+    pub fn store_count(&self) -> usize {
+        self.store_count
     }
+
+    /// Serialises the head and the stores (the costly part: run it off the state owner's
+    /// thread) the first time, then lets go of the stores; later calls return those bytes.
+    pub fn encode(&self) -> Arc<Encoded> {
+        let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        let encoded = match &*parts {
+            Parts::Encoded(encoded) => return Arc::clone(encoded),
+            Parts::Shared { head, stores } => Arc::new(Encoded {
+                head: encode_frozen_head(head),
+                stores: stores
+                    .iter()
+                    .map(|(id, store)| (id.to_string(), encode_store(store)))
+                    .collect(),
+            }),
+        };
+        *parts = Parts::Encoded(Arc::clone(&encoded));
+        encoded
+    }
+}
+
+fn encode_frozen_head(head: &FrozenHead) -> Vec<u8> {
+    postcard::to_stdvec(head).unwrap_or_else(|e| panic!("a head always serialises: {e}"))
 }
 
 /// The head of `state` (everything but its stores) in format [`FORMAT_VERSION`].
 pub fn encode_head(state: &State) -> Vec<u8> {
-    postcard::to_stdvec(&state.head()).unwrap_or_else(|e| panic!("a head always serialises: {e}"))
+    encode_frozen_head(&state.frozen_head())
 }
 
 /// One store in format [`FORMAT_VERSION`].
@@ -297,7 +351,7 @@ mod tests {
     fn the_newest_part_of_each_store_and_the_newest_head_restore_the_state() {
         let (mut state, layout) = golden_state();
         let config = || Arc::new(AggregateConfig::default());
-        let first = Frozen::whole(&state, &layout);
+        let first = Frozen::whole(&state, &layout).encode();
         assert_eq!(first.stores.len(), state.stores().len());
         let mut parts: BTreeMap<String, Vec<u8>> = first.stores.iter().cloned().collect();
         // More records of one store only.
@@ -316,8 +370,35 @@ mod tests {
         };
         state.apply(&event, at, &mut changes);
         assert_eq!(changes.stores.keys().collect::<Vec<_>>(), vec![&berlin]);
-        let second = Frozen::of(&state, &layout, changes.stores.keys(), false, 1);
-        assert_eq!(second.stores.len(), 1, "only the changed store is written");
+        let frozen = Frozen::of(&state, &layout, changes.stores.keys(), false, 1);
+        assert_eq!(frozen.store_count(), 1, "only the changed store is written");
+        // Changes after the freeze are not in it (the store is shared copy-on-write).
+        let mut later = crate::events::samples::order_placed();
+        later.store_id = berlin.clone();
+        later.event_id = "after-the-freeze".into();
+        later.occurred_at = 1_767_225_031_000;
+        let later_at = RecordRef {
+            offset: 10_001,
+            ..at
+        };
+        let at_freeze = state.clone();
+        state.apply(
+            &crate::events::Event::OrderPlaced(later),
+            later_at,
+            &mut changes,
+        );
+        assert!(state != at_freeze);
+        // The changed store was copied; the copy at the freeze is shared by the checkpoint
+        // (and `at_freeze`) until it is encoded.
+        assert_eq!(Arc::strong_count(&at_freeze.stores()[&berlin]), 2);
+        let second = frozen.encode();
+        assert_eq!(Arc::strong_count(&at_freeze.stores()[&berlin]), 1);
+        let state = at_freeze;
+        let expected = Frozen::of(&state, &layout, [&berlin], false, 1).encode();
+        assert_eq!(second.stores, expected.stores);
+        assert_eq!(second.head, expected.head);
+        // A second attempt writes the same bytes.
+        assert!(Arc::ptr_eq(&frozen.encode(), &second));
         assert!(second.bytes() < first.bytes());
         parts.extend(second.stores.iter().cloned());
         let restored = restore_parts(

@@ -28,6 +28,7 @@
 //! outcome for a metric only; it never changes how a record is applied, or the rule above
 //! would break.
 
+mod arrivals;
 mod hll;
 pub mod position;
 mod rules;
@@ -35,6 +36,7 @@ mod store;
 pub mod view;
 mod views;
 
+use arrivals::Arrivals;
 pub use hll::HyperLogLog;
 pub use position::{Layout, PartitionKey, Position, PositionError, RecordRef};
 use store::StoreApplied;
@@ -44,7 +46,7 @@ pub use views::{Views, ViewsSnapshot};
 use crate::events::{Event, Sku, StoreId};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 /// Business settings of the aggregates. Changing them changes results, not the state's
@@ -234,17 +236,18 @@ fn get_or_insert<'m, V: Default>(map: &'m mut BTreeMap<StoreId, V>, key: &StoreI
 struct Dedup {
     /// Newest event time in this partition.
     newest: i64,
-    /// `(event time, xxh3 of the event id)`, in arrival order.
-    order: VecDeque<(i64, u64)>,
+    /// `(event time, xxh3 of the event id)`, in arrival order (in shared chunks: a
+    /// checkpoint copies pointers, see `arrivals.rs`).
+    order: Arrivals,
     /// The hashes in `order`, for lookup.
     seen: PrehashedSet,
 }
 
 /// What a checkpoint stores of a [`Dedup`]: the lookup set is rebuilt on load.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct DedupWire {
     newest: i64,
-    order: VecDeque<(i64, u64)>,
+    order: Arrivals,
 }
 
 impl From<DedupWire> for Dedup {
@@ -293,9 +296,14 @@ impl Dedup {
 
 /// The whole materialized view: every store's aggregates, the dedup window and the
 /// position they reflect. One writer (the ingest task) owns it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Stores are shared copy-on-write: a checkpoint takes pointer copies of the stores it
+/// writes and serialises them elsewhere; a store's first change after that copies it
+/// (once, and only that store), so freezing costs the number of changed stores, never
+/// their size. Its serialised form is [`crate::checkpoint`]'s head and store parts.
+#[derive(Clone, Debug, PartialEq)]
 pub struct State {
-    stores: BTreeMap<StoreId, StoreState>,
+    stores: BTreeMap<StoreId, Arc<StoreState>>,
     dedup: BTreeMap<PartitionKey, Dedup>,
     /// Newest usable Kafka timestamp read per partition (every record, applied or not):
     /// what a record without a timestamp is judged by.
@@ -303,21 +311,22 @@ pub struct State {
     position: Position,
     /// Newest event time applied, over all stores (0 before any).
     newest_event_time: i64,
-    #[serde(skip)]
     config: Arc<AggregateConfig>,
 }
 
-/// Everything of a state but its stores, by reference: what a checkpoint writes whole
-/// every time (bounded by partitions and the dedup capacity, never by stores).
-#[derive(Serialize)]
-pub(crate) struct HeadRef<'a> {
-    dedup: &'a BTreeMap<PartitionKey, Dedup>,
-    record_times: &'a BTreeMap<PartitionKey, i64>,
-    position: &'a Position,
+/// Everything of a state but its stores, copied out: what a checkpoint writes whole every
+/// time (bounded by partitions and the dedup capacity, never by stores). Copying it copies
+/// pointers to the dedup windows' sealed chunks and their open ones (no lookup sets, no
+/// serialisation), so the owner can serialise it on another thread.
+#[derive(Clone, Debug, Serialize)]
+pub struct FrozenHead {
+    dedup: BTreeMap<PartitionKey, DedupWire>,
+    record_times: BTreeMap<PartitionKey, i64>,
+    position: Position,
     newest_event_time: i64,
 }
 
-/// [`HeadRef`] read back (the same fields in the same order).
+/// [`FrozenHead`] read back (the same fields in the same order).
 #[derive(Deserialize)]
 pub(crate) struct Head {
     dedup: BTreeMap<PartitionKey, Dedup>,
@@ -327,12 +336,22 @@ pub(crate) struct Head {
 }
 
 impl State {
-    /// Everything but the stores, for a checkpoint.
-    pub(crate) fn head(&self) -> HeadRef<'_> {
-        HeadRef {
-            dedup: &self.dedup,
-            record_times: &self.record_times,
-            position: &self.position,
+    /// Everything but the stores, copied for a checkpoint.
+    pub fn frozen_head(&self) -> FrozenHead {
+        FrozenHead {
+            dedup: self
+                .dedup
+                .iter()
+                .map(|(key, dedup)| {
+                    let wire = DedupWire {
+                        newest: dedup.newest,
+                        order: dedup.order.clone(),
+                    };
+                    (*key, wire)
+                })
+                .collect(),
+            record_times: self.record_times.clone(),
+            position: self.position.clone(),
             newest_event_time: self.newest_event_time,
         }
     }
@@ -344,7 +363,10 @@ impl State {
         config: Arc<AggregateConfig>,
     ) -> State {
         let mut state = State {
-            stores,
+            stores: stores
+                .into_iter()
+                .map(|(id, store)| (id, Arc::new(store)))
+                .collect(),
             dedup: head.dedup,
             record_times: head.record_times,
             position: head.position,
@@ -377,7 +399,7 @@ impl State {
     /// Replaces the settings (after restoring a checkpoint, which does not carry them).
     pub fn set_config(&mut self, config: Arc<AggregateConfig>) {
         for store in self.stores.values_mut() {
-            store.rebuild_watched(&config);
+            Arc::make_mut(store).rebuild_watched(&config);
         }
         self.config = config;
     }
@@ -392,8 +414,8 @@ impl State {
         self.newest_event_time
     }
 
-    /// Every store seen, by id.
-    pub fn stores(&self) -> &BTreeMap<StoreId, StoreState> {
+    /// Every store seen, by id (shared: see [`State`]).
+    pub fn stores(&self) -> &BTreeMap<StoreId, Arc<StoreState>> {
         &self.stores
     }
 
@@ -485,7 +507,7 @@ impl State {
             };
         }
         let store_id = event.store_id();
-        let store = get_or_insert(&mut self.stores, store_id);
+        let store = Arc::make_mut(get_or_insert(&mut self.stores, store_id));
         let applied = match store.apply(event, at, &self.config, changes.store(store_id)) {
             StoreApplied::Applied => Applied::Applied,
             StoreApplied::Repeated => Applied::Repeated,
@@ -501,7 +523,11 @@ impl State {
             if changes.stores.get(store_id) == Some(&StoreChanges::default()) {
                 changes.stores.remove(store_id);
             }
-            if self.stores.get(store_id) == Some(&StoreState::default()) {
+            if self
+                .stores
+                .get(store_id)
+                .is_some_and(|store| **store == StoreState::default())
+            {
                 self.stores.remove(store_id);
             }
         }
