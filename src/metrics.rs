@@ -205,8 +205,10 @@ pub struct Metrics {
     /// Stores each checkpoint wrote (those changed since the previous one; every store in a
     /// process's first).
     pub checkpoint_stores: Histogram,
-    /// Time the ingest thread spends serialising a checkpoint (head and changed stores).
+    /// Time the ingest thread stands still to freeze a checkpoint (pointer copies).
     pub checkpoint_freeze: Histogram,
+    /// Stores the ingest thread copied because a frozen checkpoint still shared them.
+    pub checkpoint_store_copies: Counter,
     /// When the last checkpoint was written, Unix seconds (0 before the first).
     pub checkpoint_last_success: FloatGauge,
     /// Checkpoint attempts that failed since the last one written.
@@ -347,6 +349,7 @@ impl Metrics {
             checkpoint_size: Histogram::new(exponential_buckets(1024.0, 2.0, 18)),
             checkpoint_stores: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             checkpoint_freeze: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
+            checkpoint_store_copies: Counter::default(),
             checkpoint_last_success: FloatGauge::default(),
             checkpoint_consecutive_failures: Gauge::default(),
             consumer_lag: Gauge::default(),
@@ -560,9 +563,14 @@ impl Metrics {
         }
         r.register_with_unit(
             "checkpoint_freeze",
-            "Time the ingest thread spends serialising one checkpoint (its head and the changed stores); the write happens elsewhere",
+            "Time the ingest thread stands still to freeze one checkpoint (pointer copies of the changed stores and the head's chunks); serialising and the write happen elsewhere",
             Unit::Seconds,
             m.checkpoint_freeze.clone(),
+        );
+        r.register(
+            "checkpoint_store_copies",
+            "Stores the ingest thread copied on a change because a frozen checkpoint not yet serialised still shared them (once per store per checkpoint at most)",
+            m.checkpoint_store_copies.clone(),
         );
         r.register(
             "checkpoint_stores",

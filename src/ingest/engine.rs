@@ -436,6 +436,10 @@ impl Engine {
             u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
         self.note_unwritten();
         let changes = std::mem::take(&mut self.changes);
+        self.out
+            .metrics
+            .checkpoint_store_copies
+            .inc_by(changes.store_copies);
         let frame = Arc::new(
             self.builder
                 .build(&self.state, &self.layout, &changes, built_ms),

@@ -388,6 +388,7 @@ mod tests {
             &mut changes,
         );
         assert!(state != at_freeze);
+        assert_eq!(changes.store_copies, 1, "the shared store was copied, once");
         // The changed store was copied; the copy at the freeze is shared by the checkpoint
         // (and `at_freeze`) until it is encoded.
         assert_eq!(Arc::strong_count(&at_freeze.stores()[&berlin]), 2);

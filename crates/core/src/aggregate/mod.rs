@@ -166,6 +166,10 @@ pub struct Outcome {
 pub struct Changes {
     /// Per store.
     pub stores: BTreeMap<StoreId, StoreChanges>,
+    /// Stores copied on a change because something else still shared them: a frozen
+    /// checkpoint not yet serialised (or a clone of the state). The copy-on-write cost of
+    /// checkpoints, paid by a store's first change after a freeze; see [`State`].
+    pub store_copies: u64,
 }
 
 /// What changed in one store.
@@ -507,7 +511,11 @@ impl State {
             };
         }
         let store_id = event.store_id();
-        let store = Arc::make_mut(get_or_insert(&mut self.stores, store_id));
+        let shared = get_or_insert(&mut self.stores, store_id);
+        if Arc::get_mut(shared).is_none() {
+            changes.store_copies += 1;
+        }
+        let store = Arc::make_mut(shared);
         let applied = match store.apply(event, at, &self.config, changes.store(store_id)) {
             StoreApplied::Applied => Applied::Applied,
             StoreApplied::Repeated => Applied::Repeated,
