@@ -158,8 +158,8 @@ fn main() {
     );
 }
 
-/// What an all-stores frame's bytes are made of: each field's JSON, summed over the stores
-/// and the rollup, as a share of the frames' bytes; and the frames deflated (as a gzip
+/// What an all-stores frame's bytes are made of: each field's JSON of the rollup's part, as
+/// a share of the frames' bytes; and the frames deflated (as a gzip
 /// stream sends them).
 fn bytes_by_field(frames: &[Arc<Frame>]) {
     let mut by_field: std::collections::BTreeMap<String, usize> = Default::default();
@@ -167,7 +167,8 @@ fn bytes_by_field(frames: &[Arc<Frame>]) {
     for frame in frames {
         plain += frame.all.len();
         deflated += frame.all.deflated().len();
-        let value = serde_json::to_value(frame.delta.as_ref()).expect("json");
+        // What the all-stores scope receives: the rollup's part.
+        let value = serde_json::to_value(frame.delta.rollup()).expect("json");
         let views = value["stores"]
             .as_object()
             .into_iter()

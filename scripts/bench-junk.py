@@ -62,11 +62,20 @@ def catch_up(topic_env, total):
         m = metrics(port)
         rss = rss_mb(serve.pid)  # before the snapshot below is built
         snapshot = json.loads(get(port, "/api/snapshot"))
+        real, after = {}, None
+        while True:  # the stores, a page at a time; each real one's own view
+            page = json.loads(get(port, "/api/stores?limit=1000" + (f"&after={after}" if after else "")))
+            for store in page["items"]:
+                if not store.startswith("junk-"):
+                    real[store] = json.loads(get(port, f"/api/snapshot?store={store}"))["stores"][store]
+            after = page["next"]
+            if after is None:
+                break
         count = m.get("storepulse_checkpoint_size_bytes_count", 0)
         result = {
             "rss_mb": rss,
-            "stores": len(snapshot["stores"]),
-            "real": {k: v for k, v in snapshot["stores"].items() if not k.startswith("junk-")},
+            "stores": snapshot["store_count"],
+            "real": real,
             "poison": {k.split('"')[1]: v for k, v in m.items()
                        if k.startswith("storepulse_poison_records_total{") and v > 0},
             "checkpoints_during": m.get("storepulse_checkpoints_total", 0) - (checkpoints_at_clean or 0),

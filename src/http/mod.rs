@@ -200,6 +200,7 @@ pub fn app(state: AppState) -> Router {
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/snapshot", get(snapshot))
         .route("/api/stock", get(stock))
+        .route("/api/stores", get(stores))
         .route(
             "/api/session",
             get(access::current)
@@ -317,6 +318,63 @@ async fn stock(
         Some(page) => Ok(([(header::CACHE_CONTROL, "no-cache")], Json(page)).into_response()),
         None => Err(ApiError::unknown_store(&store).into_response()),
     }
+}
+
+/// Query of `/api/stores`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoresQuery {
+    /// The page starts after this store id.
+    after: Option<String>,
+    /// Most ids in the page.
+    limit: Option<usize>,
+}
+
+/// Ids in a page of stores unless `limit` says otherwise, and the most it may say.
+pub const STORE_PAGE: (usize, usize) = (500, 1_000);
+
+/// One page of the stores seen, by id: the all-stores scope carries the rollup, not every
+/// store, so this is where a dashboard finds the stores to choose from.
+async fn stores(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    query: Result<Query<StoresQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Response> {
+    let Query(query) = query.map_err(|e| ApiError::bad_query(e).into_response())?;
+    let limit = query.limit.unwrap_or(STORE_PAGE.0);
+    if !(1..=STORE_PAGE.1).contains(&limit) {
+        return Err(
+            ApiError::bad_request(format!("limit must be 1 to {}", STORE_PAGE.1)).into_response(),
+        );
+    }
+    if query.after.as_ref().is_some_and(|a| a.len() > 128) {
+        return Err(
+            ApiError::bad_request("after must be a store id (at most 128 bytes)").into_response(),
+        );
+    }
+    // A token for some stores reads those (its session says which), not the list.
+    access::check_store(&principal, None).map_err(IntoResponse::into_response)?;
+    app.ensure_assigned().map_err(IntoResponse::into_response)?;
+    let (reply, answer) = oneshot::channel();
+    app.requests
+        .send(Request::Stores {
+            after: query.after,
+            limit,
+            reply,
+        })
+        .await
+        .map_err(|_| ApiError::ingest_stopped().into_response())?;
+    let page = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .map_err(|_| {
+            ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: "the ingest loop did not answer in time".into(),
+            }
+            .into_response()
+        })?
+        .map_err(|_| ApiError::ingest_stopped().into_response())?;
+    Ok(([(header::CACHE_CONTROL, "no-cache")], Json(page)).into_response())
 }
 
 async fn snapshot_of(app: &AppState, store: Option<StoreId>) -> Result<Response, ApiError> {

@@ -275,8 +275,9 @@ async fn the_snapshot_api_answers_with_the_engines_views_and_json_errors() {
     server.feed(300);
     let (status, all) = server.json("/api/snapshot").await;
     assert_eq!(status, StatusCode::OK);
-    let stores: Vec<&String> = all["stores"].as_object().expect("stores").keys().collect();
-    assert_eq!(stores.len(), 2, "both stores: {stores:?}");
+    // The all-stores scope is the rollup: no store's view, however many there are.
+    assert!(all.get("stores").is_none(), "{all}");
+    assert_eq!(all["store_count"], 2);
     assert!(
         all["all_stores"]["orders_today"]
             .as_u64()
@@ -285,15 +286,44 @@ async fn the_snapshot_api_answers_with_the_engines_views_and_json_errors() {
     let response = server.get("/api/snapshot", &[]).await;
     assert_eq!(response.headers()["content-type"], "application/json");
     assert_eq!(response.headers()["cache-control"], "no-cache");
-    let store = stores[0].clone();
-    let (status, one) = server.json(&format!("/api/snapshot?store={store}")).await;
+    // The stores, a page at a time, then each one's own view: they sum to the rollup.
+    let (status, first) = server.json("/api/stores?limit=1").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(one["stores"][&store], all["stores"][&store]);
-    assert!(one.get("all_stores").is_none());
-    assert_eq!(
-        one["position"], all["position"],
-        "one position, same numbers"
-    );
+    assert_eq!(first["store_count"], 2);
+    let after = first["next"].as_str().expect("a second page").to_owned();
+    let (_, second) = server
+        .json(&format!("/api/stores?limit=1&after={after}"))
+        .await;
+    assert!(second["next"].is_null());
+    let stores: Vec<String> = [&first, &second]
+        .iter()
+        .flat_map(|page| page["items"].as_array().expect("items").clone())
+        .map(|id| id.as_str().expect("an id").to_owned())
+        .collect();
+    assert_eq!(stores.len(), 2, "{stores:?}");
+    assert!(stores[0] < stores[1], "byte order");
+    let mut orders = 0;
+    for store in &stores {
+        let (status, one) = server.json(&format!("/api/snapshot?store={store}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(one.get("all_stores").is_none());
+        assert_eq!(
+            one["position"], all["position"],
+            "one position, same numbers"
+        );
+        orders += one["stores"][store]["orders_today"]
+            .as_u64()
+            .expect("orders");
+    }
+    assert_eq!(all["all_stores"]["orders_today"].as_u64(), Some(orders));
+    for (uri, expected) in [
+        ("/api/stores?limit=0", StatusCode::BAD_REQUEST),
+        ("/api/stores?limit=1001", StatusCode::BAD_REQUEST),
+        ("/api/stores?unknown=1", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, body) = server.json(uri).await;
+        assert_eq!(status, expected, "{uri}: {body}");
+    }
     for (uri, expected) in [
         ("/api/snapshot?store=store-nowhere", StatusCode::NOT_FOUND),
         ("/api/snapshot?store=", StatusCode::BAD_REQUEST),

@@ -55,6 +55,15 @@ pub enum Request {
         /// Where the page goes.
         reply: oneshot::Sender<Option<storepulse_core::aggregate::view::StockPage>>,
     },
+    /// A page of the stores seen (`GET /api/stores`).
+    Stores {
+        /// The page starts after this store id (byte order).
+        after: Option<String>,
+        /// Most ids in the page.
+        limit: usize,
+        /// Where the page goes.
+        reply: oneshot::Sender<storepulse_core::aggregate::view::StorePage>,
+    },
     /// A live subscription: what to send first, and the frames after it.
     Subscribe {
         /// Scope.
@@ -359,6 +368,13 @@ impl Engine {
                     .state
                     .stock_page(&self.layout, &store, after.as_deref(), limit);
                 let _ = reply.send(page);
+            }
+            Request::Stores {
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.state.store_page(&self.layout, after.as_deref(), limit));
             }
             Request::Subscribe {
                 store,

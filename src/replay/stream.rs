@@ -290,12 +290,22 @@ impl Pacer<'_> {
     fn begin(&mut self, reader: &mut super::Reader, snapshot: bool) -> Result<(), ReplayError> {
         let _ = send(self.tx, b"retry: 1000\n\n".to_vec());
         if snapshot {
-            let view = reader
-                .state
-                .snapshot(&self.plan.layout, self.request.store.as_ref());
             let id = self.id(&self.plan.layout.encode(reader.state.position()));
+            // The all-stores scope opens with the rollup (as a live stream does).
+            let view = match self.request.store.as_ref() {
+                None => Some(
+                    serde_json::to_vec(&reader.state.rollup_snapshot(&self.plan.layout))
+                        .map_err(std::io::Error::from)?,
+                ),
+                Some(store) => reader
+                    .state
+                    .snapshot(&self.plan.layout, Some(store))
+                    .map(|view| serde_json::to_vec(&view))
+                    .transpose()
+                    .map_err(std::io::Error::from)?,
+            };
             let json = match view {
-                Some(view) => serde_json::to_vec(&view).map_err(std::io::Error::from)?,
+                Some(json) => json,
                 // A store with no event yet at `from`: an empty view of it.
                 None => serde_json::to_vec(&serde_json::json!({
                     "position": self.plan.layout.encode(reader.state.position()),

@@ -32,10 +32,15 @@ async function assertPageEqualsSnapshot(page, base, store) {
     total(await page.evaluate(() => window.storepulse.view()?.position)) >= total(snapshot.position));
   const view = await page.evaluate(() => window.storepulse.view());
   assert.equal(view.position, snapshot.position);
-  for (const id of Object.keys(snapshot.stores)) {
+  for (const id of Object.keys(snapshot.stores ?? {})) {
     assert.deepEqual(view.stores[id], snapshot.stores[id], id);
   }
-  if (!store) assert.deepEqual(view.all_stores, snapshot.all_stores);
+  if (!store) {
+    // All stores: the rollup, and how many stores it sums; no store's view.
+    assert.equal(view.stores, undefined, 'the all-stores view holds no store');
+    assert.equal(view.store_count, snapshot.store_count);
+    assert.deepEqual(view.all_stores, snapshot.all_stores);
+  }
   const expected = store ? snapshot.stores[store] : snapshot.all_stores;
   // What the cards show is what the snapshot says.
   await waitFor('the cards to render', async () =>
@@ -127,7 +132,10 @@ test('the dashboard shows the snapshot, moves live, survives a crash and scopes 
     }
 
     // 4. One store: only its orders; the choice survives a reload.
-    const store = Object.keys((await (await fetch(`${base}/api/snapshot`)).json()).stores).sort()[1];
+    const ids = (await (await fetch(`${base}/api/stores`)).json()).items;
+    await waitFor('the selector to offer the rollup and every store of /api/stores', async () =>
+      JSON.stringify(await page.$$eval('#store option', (o) => o.map((x) => x.value))) === JSON.stringify(['', ...ids]));
+    const store = ids[1];
     await page.selectOption('#store', store);
     await waitFor('the store view', async () => (await page.evaluate(() => window.storepulse.view()?.all_stores)) === undefined);
     await assertPageEqualsSnapshot(page, base, store);

@@ -29,7 +29,7 @@ test('fields replace, minutes merge, old minutes go, orders upsert newest first'
         recent_orders: [order('e2', '10:01'), order('e1', '10:00')],
       },
     },
-    all_stores: { orders_today: 2 },
+    all_stores: { orders_today: 2, recent_orders: [order('e2', '10:01')] },
   });
   const s = v.stores.s;
   assert.equal(s.orders_today, 2);
@@ -51,15 +51,27 @@ test('orders rank by time then event id and keep the newest twenty; a delta twic
   assert.deepEqual(twice, once);
 });
 
-test('a complete recent_orders replaces the list, and the rollup follows every store', () => {
+test('a complete recent_orders replaces the list, in a store and in the rollup alike', () => {
   const v = view();
-  v.stores.p = { recent_orders: [order('p1', '09:00')] };
   v.all_stores.recent_orders = [order('e1', '10:00'), order('p1', '09:00')];
   // e1's day is no longer held: the store's whole list comes, marked complete.
   applyDelta(v, { position: 't:5', stores: { s: { recent_orders: [order('e3', '11:00')], recent_orders_complete: true } } });
   assert.deepEqual(v.stores.s.recent_orders.map((o) => o.event_id), ['e3']);
   assert.equal(v.stores.s.recent_orders_complete, undefined, 'a flag, not a field of the view');
+  assert.deepEqual(v.all_stores.recent_orders.map((o) => o.event_id), ['e1', 'p1'], 'the rollup moves by its own part only');
+  // An all-stores event: the rollup's part, its list whole and complete.
+  applyDelta(v, { position: 't:6', store_count: 2, all_stores: { recent_orders: [order('e3', '11:00'), order('p1', '09:00')], recent_orders_complete: true } });
   assert.deepEqual(v.all_stores.recent_orders.map((o) => o.event_id), ['e3', 'p1']);
+  assert.equal(v.store_count, 2);
+});
+
+test('an all-stores view holds no stores, and takes rollup parts only', () => {
+  const v = { position: 't:1', store_count: 1, all_stores: { orders_today: 1, recent_orders: [order('e1', '10:00')] } };
+  applyDelta(v, { position: 't:2', all_stores: { orders_today: 2, recent_orders: [order('e2', '10:01')] } });
+  assert.equal(v.stores, undefined);
+  assert.equal(v.all_stores.orders_today, 2);
+  assert.deepEqual(v.all_stores.recent_orders.map((o) => o.event_id), ['e2', 'e1']);
+  assert.equal(v.store_count, 1, 'kept until a delta says otherwise');
 });
 
 test('a store first seen in a delta is added whole', () => {

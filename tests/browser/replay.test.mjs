@@ -40,7 +40,9 @@ test('a replay link shows the banner, ends at the as-of view, pauses, resumes an
     await page.click('#replay-pause');
     await waitFor('the end of the replay', async () => (await page.textContent('#replay-state')) === 'ended', 60_000);
     const view = await page.evaluate(() => window.storepulse.view());
-    assert.deepEqual(view.stores, expected.stores, 'the replay ends at --as-of to, exactly');
+    // All stores: the rollup (no store's view), exactly --as-of's.
+    assert.equal(view.stores, undefined, 'an all-stores replay holds no store');
+    assert.deepEqual(view.all_stores, expected.all_stores, 'the replay ends at --as-of to, exactly');
     assert.equal(view.position, expected.position);
     assert.equal(Number(await page.$eval('#replay-progress', (p) => p.value)) > 0.9, true, 'the progress bar is full');
     assert.equal(await page.evaluate(() => sessionStorage.getItem('storepulse.alerts')), null, 'a replay marks no alert as seen (and notifies none)');

@@ -857,10 +857,24 @@ fn a_seeded_fault_matrix_loses_nothing_and_ends_exact() {
         "every partition read to its end, no further"
     );
 
-    // The numbers, to the cent.
+    // The numbers, to the cent: each store's own snapshot (at the same position), and the
+    // rollup their sums.
+    let mut all_orders = 0;
     for store in STORES {
         let (orders, revenue, cancelled) = oracle[store].numbers();
-        let view = &snapshot["stores"][store];
+        all_orders += orders;
+        let (status, body) = get(
+            &address,
+            &format!("/api/snapshot?store={store}"),
+            &[("Authorization", &bearer)],
+        );
+        assert_eq!(status, 200, "{body}");
+        let one: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            one["position"], snapshot["position"],
+            "{store}: one position"
+        );
+        let view = &one["stores"][store];
         assert_eq!(view["orders_today"], orders, "{store} orders");
         assert_eq!(
             view["revenue_today"],
@@ -869,6 +883,10 @@ fn a_seeded_fault_matrix_loses_nothing_and_ends_exact() {
         );
         assert_eq!(view["cancelled_today"], cancelled, "{store} cancellations");
     }
+    assert_eq!(
+        snapshot["all_stores"]["orders_today"], all_orders,
+        "the rollup"
+    );
 
     // Every client: no step back, no repeated id, ends exactly at the snapshot.
     let deadline = Instant::now() + Duration::from_secs(60);

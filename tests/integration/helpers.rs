@@ -284,14 +284,32 @@ impl Server {
     /// Waits until the snapshot's position covers `records` records in total, then returns
     /// the snapshot (all stores).
     pub fn snapshot_at(&self, records: i64, timeout: Duration) -> serde_json::Value {
+        self.snapshot_at_with(records, timeout, |snapshot| self.with_stores(snapshot))
+    }
+
+    /// The all-stores snapshot itself (the rollup, no store's view) once the position
+    /// covers `records`: taken mid-stream, when the stores' own snapshots would be at later
+    /// positions.
+    pub fn rollup_at(&self, records: i64, timeout: Duration) -> serde_json::Value {
+        self.snapshot_at_with(records, timeout, Some)
+    }
+
+    fn snapshot_at_with(
+        &self,
+        records: i64,
+        timeout: Duration,
+        complete: impl Fn(serde_json::Value) -> Option<serde_json::Value>,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         loop {
             let (status, body) = self.get("/api/snapshot");
             if status == 200 {
                 let snapshot: serde_json::Value =
                     serde_json::from_str(&body).expect("snapshot is JSON");
-                if position_total(&snapshot) >= records {
-                    return snapshot;
+                if position_total(&snapshot) >= records
+                    && let Some(whole) = complete(snapshot)
+                {
+                    return whole;
                 }
             }
             assert!(
@@ -301,6 +319,53 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The all-stores snapshot `rollup` with every store's own view under `stores` (from
+    /// `GET /api/stores` and one `/api/snapshot?store=` each), in the shape `storepulse
+    /// replay` writes: the whole picture the tests check. `None` if a store's view is at
+    /// another position (records still arriving).
+    pub fn with_stores(&self, mut rollup: serde_json::Value) -> Option<serde_json::Value> {
+        assert!(
+            rollup.get("stores").is_none(),
+            "the all-stores snapshot holds no store's view"
+        );
+        let mut stores = serde_json::Map::new();
+        let mut after = String::new();
+        loop {
+            let path = if after.is_empty() {
+                "/api/stores?limit=1000".to_owned()
+            } else {
+                format!("/api/stores?limit=1000&after={after}")
+            };
+            let (status, body) = self.get(&path);
+            assert_eq!(status, 200, "{body}");
+            let page: serde_json::Value = serde_json::from_str(&body).expect("a page");
+            for id in page["items"].as_array().expect("items") {
+                let id = id.as_str().expect("an id");
+                let (status, body) = self.get(&format!("/api/snapshot?store={id}"));
+                assert_eq!(status, 200, "{body}");
+                let one: serde_json::Value = serde_json::from_str(&body).expect("json");
+                if one["position"] != rollup["position"] {
+                    return None;
+                }
+                stores.insert(id.to_owned(), one["stores"][id].clone());
+            }
+            match page["next"].as_str() {
+                Some(next) => after = next.to_owned(),
+                None => break,
+            }
+        }
+        if Some(stores.len() as u64) != rollup["store_count"].as_u64() {
+            return None;
+        }
+        // The shape `storepulse replay` writes: position, stores and the rollup.
+        let object = rollup.as_object_mut().expect("an object");
+        for field in ["store_count", "time_zones", "default_time_zone"] {
+            object.remove(field);
+        }
+        rollup["stores"] = serde_json::Value::Object(stores);
+        Some(rollup)
     }
 
     /// The process id of `serve`.

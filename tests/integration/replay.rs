@@ -106,13 +106,13 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
             .status()
             .expect("simulate runs")
     });
-    let live = tokio::task::block_in_place(|| server.snapshot_at(1000, Duration::from_secs(60)));
+    let live = tokio::task::block_in_place(|| server.rollup_at(1000, Duration::from_secs(60)));
     let position = live["position"].as_str().expect("a position").to_owned();
     assert!(
         helpers::position_total(&live) < 3000,
         "taken mid-sale: {position}"
     );
-    let replayed: Value = serde_json::from_str(&stdout_of(&replay(
+    let at_live: Value = serde_json::from_str(&stdout_of(&replay(
         &settings.topics,
         &[
             "--from",
@@ -124,8 +124,29 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
     )))
     .expect("a snapshot");
     assert_eq!(
-        replayed, live,
-        "replay at {position} equals the live snapshot"
+        (&at_live["position"], &at_live["all_stores"]),
+        (&live["position"], &live["all_stores"]),
+        "replay at {position} equals the live rollup"
+    );
+    // And one store's own snapshot, taken mid-sale too, equals the replay at its position.
+    let (status, body) = server.get("/api/snapshot?store=store-berlin");
+    assert_eq!(status, 200, "{body}");
+    let berlin: Value = serde_json::from_str(&body).expect("json");
+    let berlin_position = berlin["position"].as_str().expect("a position").to_owned();
+    let replayed: Value = serde_json::from_str(&stdout_of(&replay(
+        &settings.topics,
+        &[
+            "--from",
+            &rfc3339(from_ms),
+            "--to-position",
+            &berlin_position,
+            "--quiet",
+        ],
+    )))
+    .expect("a snapshot");
+    assert_eq!(
+        replayed["stores"]["store-berlin"], berlin["stores"]["store-berlin"],
+        "replay at {berlin_position} equals the live store"
     );
 
     assert!(sale.join().expect("sale").success());
@@ -182,10 +203,11 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
     ));
     let position_rows = jsonl_rows(&from_position);
     let first_time = position_rows[0]["time"].clone();
+    // (every store at the live rollup's position: the replay there, checked equal above)
     assert_step_equals(
         &position_rows,
         &first_time,
-        &live,
+        &at_live,
         "from the position: the live snapshot",
     );
     let last_time = position_rows.last().expect("rows")["time"].clone();
@@ -378,7 +400,7 @@ async fn replay_equals_what_serve_showed_at_the_same_position_and_its_timeline_e
         ],
     )))
     .expect("a snapshot");
-    assert_eq!(warmed, live, "warmed up before {position}");
+    assert_eq!(warmed, at_live, "warmed up before {position}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -606,11 +628,29 @@ async fn a_replay_stream_rebuilds_the_as_of_view_resumes_by_its_own_ids_and_is_b
     )))
     .expect("a snapshot");
     let rebuilt = view.view.clone().expect("a view");
-    assert_eq!(
-        rebuilt["stores"], as_of["stores"],
-        "the streamed view at its end is --as-of to"
+    assert!(
+        rebuilt.get("stores").is_none(),
+        "the all-stores scope streams the rollup"
     );
-    assert_eq!(rebuilt["all_stores"], as_of["all_stores"]);
+    assert_eq!(
+        rebuilt["all_stores"], as_of["all_stores"],
+        "the streamed rollup at its end is --as-of to"
+    );
+    // One store's replay stream ends at that store's view of --as-of to.
+    let store = as_of["stores"]
+        .as_object()
+        .and_then(|stores| stores.keys().next().cloned())
+        .expect("a store");
+    let (_, one) = tokio::task::block_in_place(|| {
+        sse_get(&server.address, &format!("{path}&store={store}"), &[])
+    });
+    let mut one_view = storepulse::live::client::ClientView::default();
+    apply(&mut one_view, &one);
+    assert_eq!(
+        one_view.view.expect("a view")["stores"][&store],
+        as_of["stores"][&store],
+        "the streamed store at its end is --as-of to"
+    );
 
     // Resume mid-replay with its own id: no snapshot, the deltas after it, the same end.
     let middle = events.len() / 2;
@@ -628,8 +668,8 @@ async fn a_replay_stream_rebuilds_the_as_of_view_resumes_by_its_own_ids_and_is_b
     apply(&mut resumed, &events[..=middle]);
     apply(&mut resumed, &rest);
     assert_eq!(
-        resumed.view.expect("a view")["stores"],
-        as_of["stores"],
+        resumed.view.expect("a view")["all_stores"],
+        as_of["all_stores"],
         "resumed exactly"
     );
     // A live id sent to the replay restarts it from its snapshot; a replay id sent to the

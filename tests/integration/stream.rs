@@ -828,7 +828,7 @@ async fn a_thousand_clients_dropping_at_once_resume_from_the_shared_log_and_end_
     produced += produce(&settings, 23, START + 120_000, MORE as u64, Some(2_000.0)).await;
     assert_eq!(produced, total.load(AtomicOrdering::Acquire));
     let snapshot =
-        tokio::task::block_in_place(|| server.snapshot_at(produced, Duration::from_secs(60)));
+        tokio::task::block_in_place(|| server.rollup_at(produced, Duration::from_secs(60)));
     let sequences = assert_all_exact(clients, &snapshot).await;
     let (shared, engine) = (
         openings("shared") - shared_before,
@@ -873,7 +873,7 @@ async fn a_thousand_clients_through_a_restart_all_end_exact() {
     assert_eq!(produced, total.load(AtomicOrdering::Acquire));
     let restarted = restarted.await.expect("restart");
     let snapshot =
-        tokio::task::block_in_place(|| restarted.snapshot_at(produced, Duration::from_secs(60)));
+        tokio::task::block_in_place(|| restarted.rollup_at(produced, Duration::from_secs(60)));
     let sequences = assert_all_exact(clients, &snapshot).await;
     println!("1000 clients through a restart, {sequences} distinct event sequences");
 }

@@ -333,11 +333,15 @@ function setStatus(status) {
 
 function selected() {
   if (!state.view) return null;
-  return state.store ? state.view.stores[state.store] ?? null : state.view.all_stores ?? null;
+  return state.store ? state.view.stores?.[state.store] ?? null : state.view.all_stores ?? null;
 }
 
+// A store's time zone: its view's (one store), else the all-stores snapshot's rule (the
+// configured zones, then the default).
 function timeZoneOf(storeId) {
-  return state.view?.stores[storeId]?.time_zone ?? selected()?.time_zone ?? 'UTC';
+  const view = state.view;
+  return view?.stores?.[storeId]?.time_zone ?? view?.time_zones?.[storeId]
+    ?? view?.default_time_zone ?? selected()?.time_zone ?? 'UTC';
 }
 
 const fractionDigits = new Map();
@@ -582,10 +586,24 @@ function ago(ms, suffix = true) {
 
 // ---- the store selector and notifications ---------------------------------------------
 
-function rememberStores() {
+// The stores to choose from: the first page of GET /api/stores (the all-stores scope holds
+// the rollup, not the stores), kept in localStorage for the next load.
+const STORE_CHOICES = 1000;
+async function rememberStores() {
   if (state.allowed) return; // the token's stores are the list
   const known = new Set(JSON.parse(localStorage.getItem('storepulse.stores') ?? '[]'));
-  for (const id of Object.keys(state.view.stores)) known.add(id);
+  for (const id of Object.keys(state.view.stores ?? {})) known.add(id);
+  if (!state.store) {
+    try {
+      const response = await fetch(`/api/stores?limit=${STORE_CHOICES}`);
+      if (response.ok) {
+        known.clear();
+        for (const id of (await response.json()).items) known.add(id);
+      }
+    } catch {
+      // offline for a moment: the remembered list stays
+    }
+  }
   localStorage.setItem('storepulse.stores', JSON.stringify([...known].sort()));
   fillStores();
 }

@@ -5,8 +5,9 @@
 // Rules: fields present replace; `per_minute` merges by minute and drops minutes before
 // `per_minute_from`; `recent_orders` upserts by event id, ranks newest first (ties by event
 // id) and keeps 20, or replaces the list when the part says `recent_orders_complete: true`
-// (orders left it: their day is no longer held); the rollup's `recent_orders` are the 20
-// newest of its stores' lists. Applying a delta twice is harmless.
+// (orders left it: their day is no longer held). The same rules for a store's part and the
+// rollup's (an all-stores event carries the rollup only). Applying a delta twice is
+// harmless.
 
 export const RECENT_ORDERS = 20; // the length of a view's recent_orders
 
@@ -47,21 +48,16 @@ export function mergeScope(target, part) {
 
 // Applies a delta to a whole view (a snapshot's shape), in place; returns the view.
 export function applyDelta(view, delta) {
-  let ordersChanged = false;
   for (const [store, part] of Object.entries(delta.stores ?? {})) {
+    view.stores ??= {};
     if (!view.stores[store]) view.stores[store] = {};
     mergeScope(view.stores[store], part);
-    if (part.recent_orders) ordersChanged = true;
   }
   if (delta.all_stores && view.all_stores) mergeScope(view.all_stores, delta.all_stores);
-  // The rollup's recent orders are the newest of its stores' lists.
-  if (ordersChanged && view.all_stores) {
-    view.all_stores.recent_orders = Object.values(view.stores)
-      .flatMap((s) => s.recent_orders ?? []).sort(byRank).slice(0, RECENT_ORDERS);
-  }
   view.position = delta.position;
   view.as_of = delta.as_of;
   view.as_of_ms = delta.as_of_ms;
+  if (delta.store_count !== undefined) view.store_count = delta.store_count;
   return view;
 }
 

@@ -966,18 +966,27 @@ fn delta_of(
             "{id:?}"
         );
     }
-    for store in [None, changes.stores.keys().next()] {
+    assert_eq!(
+        serde_json::to_value(views.snapshot(state, layout, None)).expect("json"),
+        serde_json::to_value(state.rollup_snapshot(layout)).expect("json"),
+        "the all-stores snapshot of shared views"
+    );
+    if let Some(store) = changes.stores.keys().next() {
         assert_eq!(
-            serde_json::to_value(views.snapshot(state, layout, store)).expect("json"),
-            serde_json::to_value(state.snapshot(layout, store)).expect("json"),
-            "the snapshot of shared views"
+            serde_json::to_value(views.snapshot(state, layout, Some(store))).expect("json"),
+            serde_json::to_value(state.snapshot(layout, Some(store))).expect("json"),
+            "a store's snapshot of shared views"
         );
     }
     crate::live::Delta::of(views, state, layout, changes)
 }
 
+/// The whole snapshot (every store and the rollup) as a client holds it after applying
+/// whole deltas (which also say how many stores the rollup sums).
 fn snapshot_json(state: &State, layout: &Layout) -> serde_json::Value {
-    serde_json::to_value(state.snapshot(layout, None)).expect("json")
+    let mut json = serde_json::to_value(state.snapshot(layout, None)).expect("json");
+    json["store_count"] = state.stores().len().into();
+    json
 }
 
 proptest! {
@@ -1245,4 +1254,45 @@ proptest! {
         rebuilt.set_config(Arc::clone(&config));
         prop_assert!(rebuilt == state, "the watched SKUs kept equal the rebuilt ones");
     }
+}
+
+#[test]
+fn store_pages_walk_every_store_in_byte_order_once() {
+    let mut feed = Feed::new();
+    for (i, store) in ["store-c", "store-a", "store-e", "store-b", "store-d"]
+        .iter()
+        .enumerate()
+    {
+        feed.apply(order(
+            &format!("o{i}"),
+            store,
+            SAMPLE_TIME + i as i64,
+            100,
+            "EUR",
+        ));
+    }
+    let layout = layout();
+    let (mut after, mut seen, mut pages) = (None::<String>, Vec::new(), 0);
+    loop {
+        let page = feed.state.store_page(&layout, after.as_deref(), 2);
+        assert_eq!(page.store_count, 5);
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items);
+        pages += 1;
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(
+        seen,
+        ["store-a", "store-b", "store-c", "store-d", "store-e"]
+    );
+    assert!(
+        feed.state
+            .store_page(&layout, Some("store-e"), 2)
+            .items
+            .is_empty()
+    );
 }

@@ -326,6 +326,19 @@ pub struct StockItem {
     pub level: i64,
 }
 
+/// One page of the stores seen, by id in byte order (`GET /api/stores`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StorePage {
+    /// Encoded position of the page.
+    pub position: String,
+    /// Stores seen (every page).
+    pub store_count: usize,
+    /// At most the page's limit, ids after `after`.
+    pub items: Vec<String>,
+    /// The `after` of the next page; `null` on the last.
+    pub next: Option<String>,
+}
+
 /// One page of a store's stock levels, by SKU in byte order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StockPage {
@@ -341,6 +354,42 @@ pub struct StockPage {
     pub items: Vec<StockItem>,
     /// The `after` of the next page; `null` on the last.
     pub next: Option<String>,
+}
+
+/// The all-stores scope's snapshot (`/api/snapshot` without `store`, and the opening of an
+/// all-stores stream): the rollup, how many stores it sums, and the time zone rule that
+/// places each store's times. Bounded whatever the number of stores: a store's own view is
+/// its own scope's.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RollupSnapshot {
+    /// Encoded position (the same form as SSE event ids).
+    pub position: String,
+    /// Newest event time applied, RFC 3339 (`null` before any event).
+    pub as_of: Option<String>,
+    /// The same, epoch milliseconds (0 before any event).
+    pub as_of_ms: i64,
+    /// Stores the rollup sums (every store seen).
+    pub store_count: usize,
+    /// The configured time zone of each store listed in `aggregate.time_zones`.
+    pub time_zones: BTreeMap<String, String>,
+    /// The time zone of every other store.
+    pub default_time_zone: String,
+    /// All stores rolled up.
+    pub all_stores: StoreView,
+}
+
+impl RollupSnapshot {
+    /// The configuration's time zone rule, as the snapshot names it.
+    pub fn time_zones_of(config: &AggregateConfig) -> (BTreeMap<String, String>, String) {
+        (
+            config
+                .time_zones
+                .iter()
+                .map(|(id, tz)| (id.clone(), tz.name().to_owned()))
+                .collect(),
+            config.default_time_zone.name().to_owned(),
+        )
+    }
 }
 
 /// A whole snapshot: the position it reflects and the views.
@@ -728,7 +777,47 @@ impl State {
         })
     }
 
-    /// A snapshot of every store and the rollup, or of one store (`None` if unknown).
+    /// A page of the stores seen: the ids after `after` (from the first without it), at most
+    /// `limit`. Costs the page, whatever the number of stores.
+    pub fn store_page(&self, layout: &Layout, after: Option<&str>, limit: usize) -> StorePage {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut items: Vec<String> = self
+            .stores()
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(limit.saturating_add(1))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        let next = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            items.last().cloned().unwrap_or_default()
+        });
+        StorePage {
+            position: layout.encode(self.position()),
+            store_count: self.stores().len(),
+            items,
+            next,
+        }
+    }
+
+    /// The all-stores scope's snapshot, by one scan (the reference the kept views are
+    /// checked against).
+    pub fn rollup_snapshot(&self, layout: &Layout) -> RollupSnapshot {
+        let (time_zones, default_time_zone) = RollupSnapshot::time_zones_of(self.config());
+        let newest = self.newest_event_time();
+        RollupSnapshot {
+            position: layout.encode(self.position()),
+            as_of: (newest > 0).then(|| rfc3339(newest)),
+            as_of_ms: newest,
+            store_count: self.stores().len(),
+            time_zones,
+            default_time_zone,
+            all_stores: self.all_stores_view(),
+        }
+    }
+
+    /// A snapshot of every store and the rollup (the form `storepulse replay` writes), or
+    /// of one store (`None` if unknown).
     pub fn snapshot(&self, layout: &Layout, store: Option<&StoreId>) -> Option<Snapshot> {
         let (stores, all_stores) = match store {
             Some(id) => {

@@ -419,7 +419,9 @@ impl Views {
 }
 
 /// A snapshot made of shared views: taking one copies pointers, not views, so the ingest
-/// thread can hand it to whoever serialises it. Serialises exactly as [`super::view::Snapshot`].
+/// thread can hand it to whoever serialises it. Serialises exactly as the one-scan
+/// reference: [`super::view::RollupSnapshot`] for all stores, [`super::view::Snapshot`] for
+/// one.
 #[derive(Clone, Debug)]
 pub struct ViewsSnapshot {
     position: String,
@@ -431,7 +433,8 @@ pub struct ViewsSnapshot {
 #[derive(Clone, Debug)]
 enum ScopeViews {
     All {
-        stores: Arc<BTreeMap<StoreId, Arc<StoreView>>>,
+        store_count: usize,
+        config: Arc<AggregateConfig>,
         rollup: Arc<StoreView>,
     },
     One {
@@ -441,7 +444,7 @@ enum ScopeViews {
 }
 
 impl Views {
-    /// The snapshot of every store and the rollup, or of one store (`None` if unknown), at
+    /// The snapshot of the rollup (all stores), or of one store (`None` if unknown), at
     /// `state`'s position: the views must be current with `state`.
     pub fn snapshot(
         &self,
@@ -455,7 +458,8 @@ impl Views {
                 view: Arc::clone(self.stores.get(id)?),
             },
             None => ScopeViews::All {
-                stores: Arc::clone(&self.stores),
+                store_count: self.stores.len(),
+                config: Arc::clone(&self.config),
                 rollup: Arc::clone(&self.rollup),
             },
         };
@@ -472,37 +476,43 @@ impl Views {
 impl serde::Serialize for ViewsSnapshot {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{SerializeMap, SerializeStruct};
-        struct Stores<'a>(&'a ScopeViews);
-        impl serde::Serialize for Stores<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                match self.0 {
-                    ScopeViews::All { stores, .. } => {
-                        let mut map = serializer.serialize_map(Some(stores.len()))?;
-                        for (id, view) in stores.iter() {
-                            map.serialize_entry(id.as_str(), &**view)?;
-                        }
-                        map.end()
-                    }
-                    ScopeViews::One { id, view } => {
+        match &self.scope {
+            ScopeViews::All {
+                store_count,
+                config,
+                rollup,
+            } => {
+                let (time_zones, default_time_zone) =
+                    super::view::RollupSnapshot::time_zones_of(config);
+                let mut out = serializer.serialize_struct("RollupSnapshot", 7)?;
+                out.serialize_field("position", &self.position)?;
+                out.serialize_field("as_of", &self.as_of)?;
+                out.serialize_field("as_of_ms", &self.as_of_ms)?;
+                out.serialize_field("store_count", store_count)?;
+                out.serialize_field("time_zones", &time_zones)?;
+                out.serialize_field("default_time_zone", &default_time_zone)?;
+                out.serialize_field("all_stores", &**rollup)?;
+                out.end()
+            }
+            ScopeViews::One { id, view } => {
+                struct One<'a>(&'a StoreId, &'a StoreView);
+                impl serde::Serialize for One<'_> {
+                    fn serialize<S: serde::Serializer>(
+                        &self,
+                        serializer: S,
+                    ) -> Result<S::Ok, S::Error> {
                         let mut map = serializer.serialize_map(Some(1))?;
-                        map.serialize_entry(id.as_str(), &**view)?;
+                        map.serialize_entry(self.0.as_str(), self.1)?;
                         map.end()
                     }
                 }
+                let mut out = serializer.serialize_struct("Snapshot", 4)?;
+                out.serialize_field("position", &self.position)?;
+                out.serialize_field("as_of", &self.as_of)?;
+                out.serialize_field("as_of_ms", &self.as_of_ms)?;
+                out.serialize_field("stores", &One(id, view))?;
+                out.end()
             }
         }
-        let all = match &self.scope {
-            ScopeViews::All { rollup, .. } => Some(rollup),
-            ScopeViews::One { .. } => None,
-        };
-        let mut out = serializer.serialize_struct("Snapshot", if all.is_some() { 5 } else { 4 })?;
-        out.serialize_field("position", &self.position)?;
-        out.serialize_field("as_of", &self.as_of)?;
-        out.serialize_field("as_of_ms", &self.as_of_ms)?;
-        out.serialize_field("stores", &Stores(&self.scope))?;
-        if let Some(rollup) = all {
-            out.serialize_field("all_stores", &**rollup)?;
-        }
-        out.end()
     }
 }

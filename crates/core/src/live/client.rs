@@ -130,10 +130,9 @@ impl ClientView {
 
 /// The merge rules: fields present replace; `per_minute` merges by minute and drops minutes
 /// before `per_minute_from`; `recent_orders` upserts by event id, ranks newest first (ties
-/// by event id) and keeps 20, or replaces the list when `recent_orders_complete` is true;
-/// the rollup's `recent_orders` are the 20 newest of its stores' lists.
+/// by event id) and keeps 20, or replaces the list when `recent_orders_complete` is true.
+/// The same rules for each store's part and for the rollup's (`all_stores`).
 pub fn apply_delta(view: &mut Value, delta: &Value) {
-    let mut orders_changed = false;
     if let Some(stores) = delta["stores"].as_object() {
         for (store, part) in stores {
             match view["stores"].get_mut(store) {
@@ -144,29 +143,16 @@ pub fn apply_delta(view: &mut Value, delta: &Value) {
                     view["stores"][store] = fresh;
                 }
             }
-            orders_changed |= part.get("recent_orders").is_some();
         }
     }
     if let Some(all) = delta.get("all_stores") {
         merge_scope(&mut view["all_stores"], all);
     }
-    if orders_changed && view.get("all_stores").is_some() {
-        let mut orders: Vec<Value> = view["stores"]
-            .as_object()
-            .into_iter()
-            .flat_map(|stores| stores.values())
-            .flat_map(|store| {
-                store["recent_orders"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .collect();
-        rank_orders(&mut orders);
-        view["all_stores"]["recent_orders"] = Value::Array(orders);
-    }
     for field in ["position", "as_of", "as_of_ms"] {
         view[field] = delta[field].clone();
+    }
+    if let Some(count) = delta.get("store_count") {
+        view["store_count"] = count.clone();
     }
 }
 
@@ -251,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn a_delta_upserts_stock_and_orders_into_the_store_and_the_rollup() {
+    fn a_delta_upserts_orders_into_the_store_and_the_rollup_by_their_own_parts() {
         let order = |id: &str, at: &str| serde_json::json!({"event_id": id, "occurred_at": at});
         let mut view = serde_json::json!({
             "position": "t:1",
@@ -263,7 +249,7 @@ mod tests {
             "position": "t:2", "as_of": "x", "as_of_ms": 2,
             "stores": {"s": {"orders_today": 2, "per_minute_from": "10:01", "per_minute": [{"minute": "10:01"}],
                              "recent_orders": [order("e2", "10:01")]}},
-            "all_stores": {"orders_today": 2}
+            "all_stores": {"orders_today": 2, "recent_orders": [order("e2", "10:01")]}
         });
         apply_delta(&mut view, &delta);
         let store = &view["stores"]["s"];
@@ -276,5 +262,17 @@ mod tests {
         assert_eq!(view["all_stores"]["recent_orders"], store["recent_orders"]);
         assert_eq!(view["all_stores"]["orders_today"], 2);
         assert_eq!(view["position"], "t:2");
+        // An all-stores event carries the rollup only; a view without stores takes it.
+        let mut rollup = serde_json::json!({"position": "t:2", "all_stores": {"orders_today": 2}});
+        apply_delta(
+            &mut rollup,
+            &serde_json::json!({
+                "position": "t:3", "as_of": "y", "as_of_ms": 3,
+                "all_stores": {"orders_today": 3, "recent_orders": [order("e3", "10:02")]}
+            }),
+        );
+        assert!(rollup.get("stores").is_none());
+        assert_eq!(rollup["all_stores"]["orders_today"], 3);
+        assert_eq!(rollup["all_stores"]["recent_orders"][0]["event_id"], "e3");
     }
 }

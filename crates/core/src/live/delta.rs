@@ -133,8 +133,12 @@ pub struct Delta {
     pub as_of: Option<String>,
     /// The same, epoch milliseconds.
     pub as_of_ms: i64,
-    /// Per changed store.
+    /// Per changed store (absent from the all-stores scope's events, see [`Delta::rollup`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub stores: BTreeMap<String, StoreDelta>,
+    /// Stores the rollup sums (all-stores scope only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_count: Option<usize>,
     /// The rollup.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub all_stores: Option<StoreDelta>,
@@ -289,18 +293,14 @@ impl Delta {
                 ))
             })
             .collect();
-        // The rollup's recent orders follow from the stores' (a client applies each
-        // store's changes to the rollup too), so the rollup does not repeat them.
-        let all_stores = StoreDelta {
-            recent_orders: None,
-            ..StoreDelta::of(views.rollup(), all_touched, &all_minutes)
-        };
+        let all_stores = StoreDelta::of(views.rollup(), all_touched, &all_minutes);
         let newest = state.newest_event_time();
         Delta {
             position: layout.encode(state.position()),
             as_of: (newest > 0).then(|| rfc3339(newest)),
             as_of_ms: newest,
             stores,
+            store_count: Some(state.stores().len()),
             all_stores: Some(all_stores),
         }
     }
@@ -324,6 +324,9 @@ impl Delta {
         self.position.clone_from(&later.position);
         self.as_of.clone_from(&later.as_of);
         self.as_of_ms = later.as_of_ms;
+        if later.store_count.is_some() {
+            self.store_count = later.store_count;
+        }
     }
 
     /// Folds the part of `later` that concerns `store` into this delta of that store alone:
@@ -341,6 +344,9 @@ impl Delta {
         self.position.clone_from(&later.position);
         self.as_of.clone_from(&later.as_of);
         self.as_of_ms = later.as_of_ms;
+        if later.store_count.is_some() {
+            self.store_count = later.store_count;
+        }
     }
 
     /// Drops every list that equals the one last sent for its scope (they change only with
@@ -377,6 +383,19 @@ impl Delta {
         }
     }
 
+    /// The part of this delta the all-stores scope receives: the rollup's, never a
+    /// store's (bounded whatever the number of stores that changed).
+    pub fn rollup(&self) -> Delta {
+        Delta {
+            position: self.position.clone(),
+            as_of: self.as_of.clone(),
+            as_of_ms: self.as_of_ms,
+            stores: BTreeMap::new(),
+            store_count: self.store_count,
+            all_stores: self.all_stores.clone(),
+        }
+    }
+
     /// The part of this delta a subscriber of one store receives, if it concerns it.
     pub fn scoped(&self, store: &StoreId) -> Option<Delta> {
         let view = self.stores.get(store.as_str())?;
@@ -385,6 +404,7 @@ impl Delta {
             as_of: self.as_of.clone(),
             as_of_ms: self.as_of_ms,
             stores: BTreeMap::from([(store.to_string(), view.clone())]),
+            store_count: None,
             all_stores: None,
         })
     }

@@ -100,13 +100,9 @@ impl FrameBuilder {
             .map(|(id, part)| (id, to_json(part)))
             .collect();
         let rollup = delta.all_stores.as_ref().map(to_json);
-        let all = Encoded::new(splice_delta(
-            &delta,
-            parts
-                .iter()
-                .map(|(id, json)| (id.as_str(), json.as_slice())),
-            rollup.as_deref(),
-        ));
+        // The all-stores scope gets the rollup only: its bytes do not grow with the stores
+        // that changed.
+        let all = Encoded::new(splice_delta(&delta, [], rollup.as_deref()));
         let per_store: HashMap<StoreId, Encoded> = parts
             .iter()
             .map(|(id, json)| {
@@ -145,16 +141,22 @@ fn splice_delta<'a>(
     json.extend(to_json(&delta.as_of));
     json.extend_from_slice(b",\"as_of_ms\":");
     json.extend(to_json(&delta.as_of_ms));
-    json.extend_from_slice(b",\"stores\":{");
-    for (i, (id, part)) in stores.into_iter().enumerate() {
-        if i > 0 {
-            json.push(b',');
-        }
+    if let (Some(count), Some(_)) = (delta.store_count, rollup) {
+        json.extend_from_slice(b",\"store_count\":");
+        json.extend(to_json(&count));
+    }
+    // `stores` is left out when empty, as serde leaves it out of a `Delta`.
+    let mut any = false;
+    for (id, part) in stores {
+        json.extend_from_slice(if any { b"," } else { b",\"stores\":{" });
+        any = true;
         json.extend(to_json(&id));
         json.push(b':');
         json.extend_from_slice(part);
     }
-    json.push(b'}');
+    if any {
+        json.push(b'}');
+    }
     if let Some(rollup) = rollup {
         json.extend_from_slice(b",\"all_stores\":");
         json.extend_from_slice(rollup);
@@ -361,6 +363,7 @@ mod tests {
                 as_of: None,
                 as_of_ms: 0,
                 stores: Default::default(),
+                store_count: None,
                 all_stores: None,
             }),
         })
@@ -541,8 +544,9 @@ mod tests {
         let mut frames = Vec::new();
         // The snapshots (all stores, one store) where each lagging client stopped.
         let mut held: HashMap<u64, [serde_json::Value; 2]> = HashMap::new();
-        let snapshot = |state: &State, scope: Option<&StoreId>| {
-            serde_json::to_value(state.snapshot(&layout, scope)).expect("json")
+        let snapshot = |state: &State, scope: Option<&StoreId>| match scope {
+            None => serde_json::to_value(state.rollup_snapshot(&layout)).expect("json"),
+            Some(_) => serde_json::to_value(state.snapshot(&layout, scope)).expect("json"),
         };
         for event in scenario {
             if frames.len() == FRAMES {
@@ -566,8 +570,8 @@ mod tests {
             if !changes.is_empty() {
                 let frame =
                     Arc::new(builder.build(&state, &layout, &std::mem::take(&mut changes), 0));
-                // The spliced bytes are serde's for the whole delta and for each store's.
-                assert_eq!(frame.all.plain(), &encode_delta(&frame.delta));
+                // The spliced bytes are serde's for the rollup's part and for each store's.
+                assert_eq!(frame.all.plain(), &encode_delta(&frame.delta.rollup()));
                 for (id, bytes) in &frame.per_store {
                     let scoped = frame.delta.scoped(id).expect("a changed store");
                     assert_eq!(bytes.plain(), &encode_delta(&scoped));

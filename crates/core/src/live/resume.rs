@@ -132,6 +132,7 @@ mod tests {
                     as_of: None,
                     as_of_ms: 0,
                     stores: Default::default(),
+                    store_count: None,
                     all_stores: None,
                 }),
             }));

@@ -117,11 +117,9 @@ impl Span {
     /// The encoded delta for `scope`, once per scope; `None` if it does not concern it.
     fn bytes_for(&self, scope: Option<&StoreId>) -> Option<Arc<Encoded>> {
         match scope {
-            None => {
-                Some(Arc::clone(self.all.get_or_init(|| {
-                    Arc::new(Encoded::new(encode_delta(self.delta())))
-                })))
-            }
+            None => Some(Arc::clone(self.all.get_or_init(|| {
+                Arc::new(Encoded::new(encode_delta(&self.delta().rollup())))
+            }))),
             Some(store) => {
                 // Held while building, so concurrent clients of one store build it once.
                 let mut built = self
