@@ -1,5 +1,5 @@
 //! Where the memory of a store goes, without Kafka: bytes held on the heap (a counting
-//! allocator) by the state, by the frame builder's views and sent lists, and by the frame
+//! allocator) by the state, by the frame builder's views, and by the frame
 //! log, per store. The shop is a buggy producer's flood: `BENCH_STORES` (10 000) junk store
 //! ids with `BENCH_EVENTS_PER_STORE` (1) events each, after 8 real stores; frames every
 //! 100 records as the ingest engine builds them, logged with serve's default limits.
@@ -127,7 +127,7 @@ fn main() {
     feed(flood, &mut alone, None, None);
     let state_bytes = held() - before;
     drop(alone);
-    // With frames built but not logged: the state, and the builder's views and sent lists.
+    // With frames built but not logged: the state, and the builder's views.
     let mut alone = state.clone();
     let mut fresh = FrameBuilder::new();
     fresh.views(&alone);
@@ -154,7 +154,7 @@ fn main() {
         );
     };
     row("state (`State::apply` alone)", state_bytes);
-    row("the frame builder's views and sent lists", builder_bytes);
+    row("the frame builder's views", builder_bytes);
     row(
         "the frame log (frames, their typed deltas and spans)",
         everything - state_bytes - builder_bytes,

@@ -891,14 +891,13 @@ fn a_conflated_delta_holds_the_latest_values() {
 }
 
 #[test]
-fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
+fn a_delta_carries_a_list_only_when_it_differs_from_the_one_its_clients_hold() {
     let layout = layout();
-    let mut sent = crate::live::SentLists::new();
     let mut views = None;
     let mut feed = Feed::new();
     feed.apply(stock("s1", "BER-0001", SAMPLE_TIME, 5, 5));
     let mut first = delta_of(&mut views, &feed.state, &layout, &feed.changes);
-    first.omit_unchanged_lists(&mut sent);
+    first.omit_unchanged_lists(views.as_ref().expect("views"));
     let berlin = &first.stores["store-berlin"].lists;
     assert!(
         berlin.low_stock.is_some() && berlin.alerts.is_some() && berlin.top_products.is_some(),
@@ -908,7 +907,7 @@ fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
     feed.changes = Changes::default();
     feed.apply(stock("s1b", "BER-0002", SAMPLE_TIME + 1, 80, 80));
     let mut quiet = delta_of(&mut views, &feed.state, &layout, &feed.changes);
-    quiet.omit_unchanged_lists(&mut sent);
+    quiet.omit_unchanged_lists(views.as_ref().expect("views"));
     assert_eq!(
         quiet.stores["store-berlin"].lists,
         crate::live::SkuListsDelta::default()
@@ -918,7 +917,7 @@ fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
     feed.changes = Changes::default();
     feed.apply(order("o1", "store-berlin", SAMPLE_TIME + 2, 1_000, "EUR"));
     let mut second = delta_of(&mut views, &feed.state, &layout, &feed.changes);
-    second.omit_unchanged_lists(&mut sent);
+    second.omit_unchanged_lists(views.as_ref().expect("views"));
     let berlin = &second.stores["store-berlin"].lists;
     assert!(berlin.low_stock.is_some());
     assert_eq!(berlin.alerts, None);
@@ -928,7 +927,7 @@ fn a_delta_carries_a_list_only_when_it_differs_from_the_one_last_sent() {
     feed.changes = Changes::default();
     feed.apply(stock("s2", "BER-0001", SAMPLE_TIME + 3, -1, -6));
     let mut third = delta_of(&mut views, &feed.state, &layout, &feed.changes);
-    third.omit_unchanged_lists(&mut sent);
+    third.omit_unchanged_lists(views.as_ref().expect("views"));
     let berlin = &third.stores["store-berlin"].lists;
     assert!(berlin.oversold.as_ref().is_some_and(|o| o.len() == 1));
     assert!(berlin.low_stock.as_ref().is_some_and(Vec::is_empty));
@@ -952,8 +951,15 @@ fn delta_of(
     layout: &Layout,
     changes: &Changes,
 ) -> crate::live::Delta {
-    let views = views.get_or_insert_with(|| crate::aggregate::Views::new(state));
-    views.update(state, changes.stores.keys());
+    // As the frame builder does: built on first use (nothing before it to compare with),
+    // updated with the changes after that.
+    let views = match views {
+        Some(views) => {
+            views.update(state, changes.stores.keys());
+            views
+        }
+        None => views.insert(crate::aggregate::Views::new(state)),
+    };
     assert_eq!(
         **views.rollup(),
         state.all_stores_view(),
@@ -1007,7 +1013,6 @@ proptest! {
         let records: Vec<(Event, RecordRef)> = lists.into_iter().flatten().collect();
         let mut state = State::new(config());
         let mut views = None;
-        let mut sent = crate::live::SentLists::new();
         let mut held = snapshot_json(&state, &layout);
         let mut changes = Changes::default();
         let mut pending: Option<crate::live::Delta> = None;
@@ -1019,7 +1024,7 @@ proptest! {
             }
             let mut delta = delta_of(&mut views, &state, &layout, &changes);
             changes = Changes::default();
-            delta.omit_unchanged_lists(&mut sent);
+            delta.omit_unchanged_lists(views.as_ref().expect("views"));
             match pending.as_mut() {
                 Some(earlier) => earlier.absorb(&delta),
                 None => pending = Some(delta),
@@ -1047,14 +1052,13 @@ fn recent_orders_of_a_day_no_longer_held_leave_a_streaming_client_too() {
     for conflate in [false, true] {
         let mut feed = Feed::new();
         let mut views = None;
-        let mut sent = crate::live::SentLists::new();
         let mut held = snapshot_json(&feed.state, &layout);
         let mut pending: Option<crate::live::Delta> = None;
         let mut frame = |feed: &mut Feed, held: &mut serde_json::Value, last: bool| {
             let changes = std::mem::take(&mut feed.changes);
             if !changes.is_empty() {
                 let mut delta = delta_of(&mut views, &feed.state, &layout, &changes);
-                delta.omit_unchanged_lists(&mut sent);
+                delta.omit_unchanged_lists(views.as_ref().expect("views"));
                 match pending.as_mut() {
                     Some(earlier) => earlier.absorb(&delta),
                     None => pending = Some(delta),

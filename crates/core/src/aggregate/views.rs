@@ -39,6 +39,10 @@ pub struct Views {
     active: BTreeMap<i64, HyperLogLog>,
     heads: Heads,
     rollup: Arc<StoreView>,
+    /// The views the last update replaced (changed stores only), and the rollup before it:
+    /// what a client that applied every frame held, so a delta sends only what differs.
+    previous: HashMap<StoreId, Arc<StoreView>>,
+    previous_rollup: Option<Arc<StoreView>>,
 }
 
 /// One store's contribution to the rollup's sums, as last added (to take it away again).
@@ -257,6 +261,8 @@ impl Views {
         let mut views = Views {
             config: Arc::clone(state.config()),
             stores: Arc::new(BTreeMap::new()),
+            previous: HashMap::new(),
+            previous_rollup: None,
             parts: HashMap::new(),
             sums: Sums::default(),
             newest_minute: 0,
@@ -283,6 +289,8 @@ impl Views {
             *self = Views::new(state);
             return;
         }
+        self.previous.clear();
+        self.previous_rollup = Some(Arc::clone(&self.rollup));
         let mut day_turned = false;
         let mut any = false;
         for id in changed {
@@ -324,7 +332,9 @@ impl Views {
                 }
             }
             self.heads.set(id, &view);
-            Arc::make_mut(&mut self.stores).insert(id.clone(), Arc::new(view));
+            if let Some(old) = Arc::make_mut(&mut self.stores).insert(id.clone(), Arc::new(view)) {
+                self.previous.insert(id.clone(), old);
+            }
         }
         if !any {
             return;
@@ -415,6 +425,17 @@ impl Views {
     /// The rollup, shared.
     pub fn rollup(&self) -> &Arc<StoreView> {
         &self.rollup
+    }
+
+    /// A changed store's view before the last update (`None` for a store new in it, or
+    /// before any update: nothing to compare with).
+    pub fn previous(&self, store: &str) -> Option<&Arc<StoreView>> {
+        self.previous.get(store)
+    }
+
+    /// The rollup before the last update (`None` before any).
+    pub fn previous_rollup(&self) -> Option<&Arc<StoreView>> {
+        self.previous_rollup.as_ref()
     }
 }
 

@@ -1,7 +1,7 @@
 //! Deltas: what changed since a scope's previous frame, as absolute values, and how later
 //! deltas fold into earlier ones (conflation). Built from the typed [`Changes`] of
-//! `State::apply` and the views; what each scope was last sent ([`SentLists`]) is kept by
-//! whoever builds the frames, so bounded lists travel only when they change.
+//! `State::apply` and the views; each scope's view before the frame (kept by [`Views`]) is
+//! what its clients hold, so bounded lists travel only when they change.
 //!
 //! The client's merge rules (docs/api.md, "Deltas") are the inverse of this file: a client
 //! that applies every delta, one by one or conflated, holds exactly the state's views.
@@ -13,7 +13,8 @@ use crate::aggregate::view::{
 use crate::aggregate::{Changes, Layout, RECENT_ORDERS, State, Views};
 use crate::events::StoreId;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// The bounded SKU lists in a delta: each whole, and only when it differs from the one
 /// last sent for the same scope (see [`Delta::omit_unchanged_lists`]).
@@ -43,31 +44,17 @@ impl SkuListsDelta {
         }
     }
 
-    /// Keeps only the lists that differ from `sent`, and makes `sent` what the client now
-    /// holds.
-    fn omit_unchanged(&mut self, sent: &mut SkuLists) {
-        fn one<T: PartialEq + Clone>(list: &mut Option<Vec<T>>, sent: &mut Vec<T>) {
-            if let Some(new) = list {
-                if new == sent {
-                    *list = None;
-                } else {
-                    sent.clone_from(new);
-                }
+    /// Keeps only the lists that differ from `before` (what the client holds).
+    fn omit_unchanged(&mut self, before: &SkuLists) {
+        fn one<T: PartialEq>(list: &mut Option<Vec<T>>, before: &[T]) {
+            if list.as_deref() == Some(before) {
+                *list = None;
             }
         }
-        one(&mut self.low_stock, &mut sent.low_stock);
-        one(&mut self.oversold, &mut sent.oversold);
-        one(&mut self.top_products, &mut sent.top_products);
-        one(&mut self.alerts, &mut sent.alerts);
-    }
-
-    fn whole(&self) -> Option<SkuLists> {
-        Some(SkuLists {
-            low_stock: self.low_stock.clone()?,
-            oversold: self.oversold.clone()?,
-            top_products: self.top_products.clone()?,
-            alerts: self.alerts.clone()?,
-        })
+        one(&mut self.low_stock, &before.low_stock);
+        one(&mut self.oversold, &before.oversold);
+        one(&mut self.top_products, &before.top_products);
+        one(&mut self.alerts, &before.alerts);
     }
 
     fn absorb(&mut self, later: SkuListsDelta) {
@@ -82,17 +69,6 @@ impl SkuListsDelta {
         one(&mut self.alerts, later.alerts);
     }
 }
-
-/// What a scope's clients hold of the parts a delta sends only when they change.
-#[derive(Clone, Debug)]
-pub struct Sent {
-    lists: SkuLists,
-    recent_orders: Option<Vec<OrderView>>,
-}
-
-/// Per scope (key `None`: the all-stores rollup), what its clients hold: the baseline of
-/// [`Delta::omit_unchanged_lists`], kept by whoever builds the frames.
-pub type SentLists = HashMap<Option<String>, Sent>;
 
 /// What changed in one store (or the rollup), as absolute values. Counters are always
 /// present; each bounded list (`low_stock`, `oversold`, `top_products`, `alerts`) comes
@@ -182,12 +158,11 @@ impl StoreDelta {
     /// instead, marked complete (the client replaces its list), when nothing was held
     /// (`None`: what the client holds is not known here) or when an order left the list
     /// without being outranked (its day is no longer held), which upserts cannot say.
-    fn keep_new_orders(&mut self, held: &mut Option<Vec<OrderView>>) {
+    fn keep_new_orders(&mut self, held: Option<&[OrderView]>) {
         let Some(whole) = self.recent_orders.take() else {
             return;
         };
-        let Some(before) = held.as_ref() else {
-            *held = Some(whole.clone());
+        let Some(before) = held else {
             self.recent_orders = Some(whole);
             self.recent_orders_complete = true;
             return;
@@ -197,14 +172,13 @@ impl StoreDelta {
             .filter(|o| !before.contains(o))
             .cloned()
             .collect();
-        let upserted = upsert_orders(Some(before.clone()), Some(new.clone()));
+        let upserted = upsert_orders(Some(before.to_vec()), Some(new.clone()));
         if upserted.as_ref() == Some(&whole) {
             self.recent_orders = (!new.is_empty()).then_some(new);
         } else {
-            self.recent_orders = Some(whole.clone());
+            self.recent_orders = Some(whole);
             self.recent_orders_complete = true;
         }
-        *held = Some(whole);
     }
 
     /// The delta of `view` that carries the `touched` parts: the minutes in `minutes` (by
@@ -349,37 +323,25 @@ impl Delta {
         }
     }
 
-    /// Drops every list that equals the one last sent for its scope (they change only with
-    /// their store's events, but most events leave most lists as they were) and records
-    /// what is sent. Every frame must pass through this once, in order, so that `sent` is
-    /// what a client that applied every frame holds.
-    pub fn omit_unchanged_lists(&mut self, sent: &mut SentLists) {
-        // A scope not sent before gets its lists whole: what a client holds then (from a
-        // snapshot, a checkpoint's state) is not known here.
-        let mut omit = |key: Option<String>, delta: &mut StoreDelta| match sent.get_mut(&key) {
-            Some(baseline) => {
-                delta.lists.omit_unchanged(&mut baseline.lists);
-                delta.keep_new_orders(&mut baseline.recent_orders);
+    /// Drops every list that equals the one the scope's clients hold, and sends only the
+    /// recent orders that are new to them: what they hold is the view before this frame
+    /// (`views` just updated: [`Views::previous`]). The views must be updated once per
+    /// frame, in order, for that to be what a client that applied every frame holds.
+    pub fn omit_unchanged_lists(&mut self, views: &Views) {
+        // Nothing to compare with (a store new in this frame, or the first frame since the
+        // views were built): the lists whole and the recent orders whole and complete.
+        let omit = |before: Option<&Arc<StoreView>>, delta: &mut StoreDelta| match before {
+            Some(before) => {
+                delta.lists.omit_unchanged(&before.lists);
+                delta.keep_new_orders(Some(&before.recent_orders));
             }
-            None => {
-                // The list (if any) is whole and authoritative: the client replaces its own.
-                delta.recent_orders_complete = delta.recent_orders.is_some();
-                if let Some(whole) = delta.lists.whole() {
-                    sent.insert(
-                        key,
-                        Sent {
-                            lists: whole,
-                            recent_orders: delta.recent_orders.clone(),
-                        },
-                    );
-                }
-            }
+            None => delta.keep_new_orders(None),
         };
         for (store, delta) in &mut self.stores {
-            omit(Some(store.clone()), delta);
+            omit(views.previous(store), delta);
         }
         if let Some(all) = &mut self.all_stores {
-            omit(None, all);
+            omit(views.previous_rollup(), all);
         }
     }
 

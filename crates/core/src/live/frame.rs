@@ -5,7 +5,7 @@
 //! Every frame is serialised once and shared by every subscriber; the ingest thread builds
 //! them, the HTTP layer writes them.
 
-use super::delta::{Delta, SentLists};
+use super::delta::Delta;
 use super::span::{FAN_OUT, Piece, SPAN_LEVELS, Span};
 use super::sse::{Encoded, sse_event};
 use crate::aggregate::{Changes, Layout, State, Views};
@@ -44,13 +44,12 @@ impl Frame {
     }
 }
 
-/// Builds the frames of one process: numbers them and remembers what each scope was last
-/// sent, so a frame carries only the lists that changed. Every frame must be built here,
-/// in order, for that memory to be what clients hold.
+/// Builds the frames of one process: numbers them and keeps the views current, so a frame
+/// carries only the lists that changed since the views before it. Every frame must be built
+/// here, in order, for those to be what clients hold.
 #[derive(Debug, Default)]
 pub struct FrameBuilder {
     seq: u64,
-    sent: SentLists,
     views: Option<Views>,
 }
 
@@ -91,7 +90,7 @@ impl FrameBuilder {
             None => self.views.insert(Views::new(state)),
         };
         let mut delta = Delta::of(views, state, layout, changes);
-        delta.omit_unchanged_lists(&mut self.sent);
+        delta.omit_unchanged_lists(views);
         // Each store's part is serialised once and spliced into both its own event and the
         // all-stores one (the same bytes serde would write for the whole delta).
         let parts: Vec<(&String, Vec<u8>)> = delta

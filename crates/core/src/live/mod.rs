@@ -18,7 +18,7 @@ mod resume;
 mod span;
 mod sse;
 
-pub use delta::{Delta, Sent, SentLists, SkuListsDelta, StoreDelta, upsert_orders};
+pub use delta::{Delta, SkuListsDelta, StoreDelta, upsert_orders};
 pub use frame::{Frame, FrameBuilder, FrameLog, LogLimits};
 pub use resume::{Start, after_wait, start};
 pub use span::{Piece, Span};
