@@ -13,7 +13,7 @@ own, once per variant, so the variants isolate what holds memory:
 Prints serve's RSS every 30 s, the last checkpoint's size and the frame log's bytes, per
 variant, as a Markdown table."""
 import os, random, subprocess, sys, threading, time, urllib.request
-from benchlib import free_port, metrics, rss_mb
+from benchlib import count_stream, free_port, metrics, rss_mb
 
 bin_ = sys.argv[1]
 stores = os.environ.get("BENCH_STORES", "8")
@@ -21,23 +21,6 @@ skus = os.environ.get("BENCH_SKUS", "20000")
 rate = os.environ.get("BENCH_RATE", "2000")
 seconds = int(os.environ.get("BENCH_SECONDS", "120"))
 variants = os.environ.get("BENCH_VARIANTS", "none,stream,snapshots").split(",")
-
-
-def stream_reader(port, stop, received):
-    # Opened again until it is taken (503 while the partitions are being assigned).
-    while not stop.is_set():
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/stream",
-                                         headers={"Accept-Encoding": "gzip"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                while not stop.is_set():
-                    chunk = response.read1(65536)
-                    if not chunk:
-                        break
-                    received[0] += len(chunk)
-        except OSError as error:
-            print(f"[bench memory] stream: {error}; opening again", file=sys.stderr)
-            stop.wait(1)
 
 
 def snapshot_poller(port, stop, sizes):
@@ -70,7 +53,7 @@ def run(variant):
                                      "--seed", str(random.getrandbits(16))],
                                     env=env, stdout=subprocess.DEVNULL)
         if variant in ("stream", "snapshots"):
-            threads.append(threading.Thread(target=stream_reader, args=(port, stop, received), daemon=True))
+            threads.append(threading.Thread(target=count_stream, args=(port, "/api/stream", stop, received, True), daemon=True))
         if variant == "snapshots":
             threads.append(threading.Thread(target=snapshot_poller, args=(port, stop, sizes), daemon=True))
         for t in threads:

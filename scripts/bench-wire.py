@@ -10,7 +10,7 @@ bytes per second each received on the wire (gzip), the frames they carried, the 
 lag seen every 200 ms (p99 and max, records), and the all-stores /api/snapshot (size and
 time to its last byte) during the sale. Medians of BENCH_RUNS (3) runs."""
 import json, os, random, statistics, subprocess, sys, threading, time, urllib.request
-from benchlib import free_port, metrics, rss_mb
+from benchlib import count_stream, free_port, metrics, rss_mb
 
 bin_ = sys.argv[1]
 stores = os.environ.get("BENCH_STORES", "1000")
@@ -20,21 +20,6 @@ seconds = int(os.environ.get("BENCH_SECONDS", "40"))
 dashboards = int(os.environ.get("BENCH_DASHBOARDS", "100"))
 runs = int(os.environ.get("BENCH_RUNS", "3"))
 WINDOW = 20
-
-
-def reader(port, path, stop, counts):
-    """Reads a gzip stream until `stop`, counting the bytes on the wire (its deltas are
-    counted by a plain reader of the same scope, `frames`)."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Accept-Encoding": "gzip"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            while not stop.is_set():
-                chunk = response.read1(65536)
-                if not chunk:
-                    break
-                counts[0] += len(chunk)
-    except OSError as error:
-        print(f"[bench wire] {path}: {error}", file=sys.stderr)
 
 
 def frames(port, path, stop, counts):
@@ -72,8 +57,8 @@ def run():
         one_bytes, all_frames, one_frames = [0], [0], [0]
         store = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stores?limit=1", timeout=30)
         first = json.loads(store.read())["items"][0]
-        threads = [threading.Thread(target=reader, args=(port, "/api/stream", stop, c)) for c in all_bytes]
-        threads += [threading.Thread(target=reader, args=(port, f"/api/stream?store={first}", stop, one_bytes)),
+        threads = [threading.Thread(target=count_stream, args=(port, "/api/stream", stop, c)) for c in all_bytes]
+        threads += [threading.Thread(target=count_stream, args=(port, f"/api/stream?store={first}", stop, one_bytes)),
                     threading.Thread(target=frames, args=(port, "/api/stream", stop, all_frames)),
                     threading.Thread(target=frames, args=(port, f"/api/stream?store={first}", stop, one_frames))]
         for t in threads:

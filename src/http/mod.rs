@@ -281,39 +281,17 @@ async fn stock(
     let store = store_param(query.store)
         .and_then(|s| s.ok_or_else(|| ApiError::bad_request("store is required")))
         .map_err(IntoResponse::into_response)?;
-    let limit = query.limit.unwrap_or(STOCK_PAGE.0);
-    if !(1..=STOCK_PAGE.1).contains(&limit) {
-        return Err(
-            ApiError::bad_request(format!("limit must be 1 to {}", STOCK_PAGE.1)).into_response(),
-        );
-    }
-    if query.after.as_ref().is_some_and(|a| a.len() > 128) {
-        return Err(
-            ApiError::bad_request("after must be a SKU id (at most 128 bytes)").into_response(),
-        );
-    }
+    let limit = page_limit(query.limit, query.after.as_deref(), STOCK_PAGE, "a SKU id")
+        .map_err(IntoResponse::into_response)?;
     access::check_store(&principal, Some(&store)).map_err(IntoResponse::into_response)?;
-    app.ensure_assigned().map_err(IntoResponse::into_response)?;
-    let (reply, answer) = oneshot::channel();
-    app.requests
-        .send(Request::Stock {
-            store: store.clone(),
-            after: query.after,
-            limit,
-            reply,
-        })
-        .await
-        .map_err(|_| ApiError::ingest_stopped().into_response())?;
-    let page = tokio::time::timeout(Duration::from_secs(10), answer)
-        .await
-        .map_err(|_| {
-            ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                reason: "the ingest loop did not answer in time".into(),
-            }
-            .into_response()
-        })?
-        .map_err(|_| ApiError::ingest_stopped().into_response())?;
+    let page = ask_engine(&app, |reply| Request::Stock {
+        store: store.clone(),
+        after: query.after,
+        limit,
+        reply,
+    })
+    .await
+    .map_err(IntoResponse::into_response)?;
     match page {
         Some(page) => Ok(([(header::CACHE_CONTROL, "no-cache")], Json(page)).into_response()),
         None => Err(ApiError::unknown_store(&store).into_response()),
@@ -341,59 +319,76 @@ async fn stores(
     query: Result<Query<StoresQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Response> {
     let Query(query) = query.map_err(|e| ApiError::bad_query(e).into_response())?;
-    let limit = query.limit.unwrap_or(STORE_PAGE.0);
-    if !(1..=STORE_PAGE.1).contains(&limit) {
-        return Err(
-            ApiError::bad_request(format!("limit must be 1 to {}", STORE_PAGE.1)).into_response(),
-        );
-    }
-    if query.after.as_ref().is_some_and(|a| a.len() > 128) {
-        return Err(
-            ApiError::bad_request("after must be a store id (at most 128 bytes)").into_response(),
-        );
-    }
+    let limit = page_limit(
+        query.limit,
+        query.after.as_deref(),
+        STORE_PAGE,
+        "a store id",
+    )
+    .map_err(IntoResponse::into_response)?;
     // A token for some stores reads those (its session says which), not the list.
     access::check_store(&principal, None).map_err(IntoResponse::into_response)?;
-    app.ensure_assigned().map_err(IntoResponse::into_response)?;
-    let (reply, answer) = oneshot::channel();
-    app.requests
-        .send(Request::Stores {
-            after: query.after,
-            limit,
-            reply,
-        })
-        .await
-        .map_err(|_| ApiError::ingest_stopped().into_response())?;
-    let page = tokio::time::timeout(Duration::from_secs(10), answer)
-        .await
-        .map_err(|_| {
-            ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                reason: "the ingest loop did not answer in time".into(),
-            }
-            .into_response()
-        })?
-        .map_err(|_| ApiError::ingest_stopped().into_response())?;
+    let page = ask_engine(&app, |reply| Request::Stores {
+        after: query.after,
+        limit,
+        reply,
+    })
+    .await
+    .map_err(IntoResponse::into_response)?;
     Ok(([(header::CACHE_CONTROL, "no-cache")], Json(page)).into_response())
 }
 
-async fn snapshot_of(app: &AppState, store: Option<StoreId>) -> Result<Response, ApiError> {
+/// The `limit` of a paged endpoint (`page`: its default and most) with its `after` checked
+/// (`what` the ids are).
+fn page_limit(
+    limit: Option<usize>,
+    after: Option<&str>,
+    page: (usize, usize),
+    what: &str,
+) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(page.0);
+    if !(1..=page.1).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {}",
+            page.1
+        )));
+    }
+    if after.is_some_and(|a| a.len() > 128) {
+        return Err(ApiError::bad_request(format!(
+            "after must be {what} (at most 128 bytes)"
+        )));
+    }
+    Ok(limit)
+}
+
+/// Sends the ingest loop the request `ask` makes with a reply channel, and waits for its
+/// answer (at most 10 s): `503` while the partitions are not assigned, when the loop has
+/// stopped or does not answer in time.
+async fn ask_engine<T>(
+    app: &AppState,
+    ask: impl FnOnce(oneshot::Sender<T>) -> Request,
+) -> Result<T, ApiError> {
     app.ensure_assigned()?;
     let (reply, answer) = oneshot::channel();
     app.requests
-        .send(Request::Snapshot {
-            store: store.clone(),
-            reply,
-        })
+        .send(ask(reply))
         .await
         .map_err(|_| ApiError::ingest_stopped())?;
-    let json = tokio::time::timeout(Duration::from_secs(10), answer)
+    tokio::time::timeout(Duration::from_secs(10), answer)
         .await
         .map_err(|_| ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             reason: "the ingest loop did not answer in time".into(),
         })?
-        .map_err(|_| ApiError::ingest_stopped())?;
+        .map_err(|_| ApiError::ingest_stopped())
+}
+
+async fn snapshot_of(app: &AppState, store: Option<StoreId>) -> Result<Response, ApiError> {
+    let json = ask_engine(app, |reply| Request::Snapshot {
+        store: store.clone(),
+        reply,
+    })
+    .await?;
     match json {
         // Serialised here, off the ingest thread, once per position and scope: later
         // requests share the bytes.

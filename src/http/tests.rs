@@ -662,6 +662,7 @@ async fn every_endpoint_enforces_tokens_roles_and_store_scopes() {
     // Expected status per token, in the order of `tokens`.
     let matrix: Vec<(&str, [u16; 7])> = vec![
         ("/api/snapshot", [401, 401, 401, 403, 403, 200, 200]),
+        ("/api/stores", [401, 401, 401, 403, 403, 200, 200]),
         (
             "/api/snapshot?store=store-berlin",
             [401, 401, 401, 200, 200, 200, 200],

@@ -11,8 +11,9 @@
 //! day).
 //!
 //! The result equals [`State::all_stores_view`] (the one-scan reference) after every
-//! update; a property test checks it. Stores' views are shared (`Arc`) and the map of them
-//! is copy-on-write, so a snapshot takes them without copying a view.
+//! update; a property test checks it. Views are shared (`Arc`): a snapshot takes one (a
+//! store's, or the rollup) without copying it, and the views an update replaced stay for
+//! one frame as what clients held before it (the baseline of a delta).
 //!
 //! Pure: no I/O, no clock.
 
@@ -31,7 +32,7 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Views {
     config: Arc<AggregateConfig>,
-    stores: Arc<BTreeMap<StoreId, Arc<StoreView>>>,
+    stores: BTreeMap<StoreId, Arc<StoreView>>,
     parts: HashMap<StoreId, Part>,
     sums: Sums,
     newest_minute: i64,
@@ -260,7 +261,7 @@ impl Views {
     pub fn new(state: &State) -> Views {
         let mut views = Views {
             config: Arc::clone(state.config()),
-            stores: Arc::new(BTreeMap::new()),
+            stores: BTreeMap::new(),
             previous: HashMap::new(),
             previous_rollup: None,
             parts: HashMap::new(),
@@ -332,7 +333,7 @@ impl Views {
                 }
             }
             self.heads.set(id, &view);
-            if let Some(old) = Arc::make_mut(&mut self.stores).insert(id.clone(), Arc::new(view)) {
+            if let Some(old) = self.stores.insert(id.clone(), Arc::new(view)) {
                 self.previous.insert(id.clone(), old);
             }
         }
@@ -359,7 +360,7 @@ impl Views {
         let sums = &self.sums;
         let average_order_value =
             view::average_order_value(&values(&sums.gross), &values(&sums.orders_by_currency));
-        let stores = &*self.stores;
+        let stores = &self.stores;
         StoreView {
             counters: DayCounters {
                 day: None,
