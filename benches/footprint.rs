@@ -160,7 +160,7 @@ fn main() {
         everything - state_bytes - builder_bytes,
     );
     println!(
-        "| (the log's own count of its frames' encoded bytes, all frames) | {:.1} MB | |",
+        "| (the log's own count for its bound: encoded events and typed deltas, all frames) | {:.1} MB | |",
         log.bytes() as f64 / 1e6
     );
     row("everything", everything);

@@ -25,7 +25,9 @@ pub struct Frame {
     pub all: Encoded,
     /// The `event: delta` of each store that changed, for store-scoped subscribers.
     pub per_store: HashMap<StoreId, Encoded>,
-    /// Bytes held (for the log's bound).
+    /// Bytes held, for the log's bound: the encoded events plus the typed delta, which is
+    /// counted as the length of its JSON (each store's part and the rollup's, as serialised
+    /// here once), so the bound covers what a frame keeps alive, not its wire bytes only.
     pub size: usize,
     /// When it was built, in milliseconds of the builder's monotonic clock (for the log's
     /// age bound; this module reads no clock).
@@ -109,7 +111,9 @@ impl FrameBuilder {
                 (StoreId((*id).clone()), Encoded::new(one))
             })
             .collect();
-        let size = all.len() + per_store.values().map(Encoded::len).sum::<usize>();
+        let typed = parts.iter().map(|(_, json)| json.len()).sum::<usize>()
+            + rollup.as_ref().map_or(0, Vec::len);
+        let size = all.len() + per_store.values().map(Encoded::len).sum::<usize>() + typed;
         Frame {
             seq: self.seq,
             id: delta.position.clone(),
@@ -575,6 +579,22 @@ mod tests {
                     let scoped = frame.delta.scoped(id).expect("a changed store");
                     assert_eq!(bytes.plain(), &encode_delta(&scoped));
                 }
+                // Its size for the log's bound: the events it carries and its typed delta
+                // (as the JSON of its parts).
+                let encoded: usize =
+                    frame.all.len() + frame.per_store.values().map(Encoded::len).sum::<usize>();
+                let typed: usize = frame
+                    .delta
+                    .stores
+                    .values()
+                    .map(|part| to_json(part).len())
+                    .sum::<usize>()
+                    + frame
+                        .delta
+                        .all_stores
+                        .as_ref()
+                        .map_or(0, |r| to_json(r).len());
+                assert_eq!(frame.size, encoded + typed);
                 log.push(Arc::clone(&frame));
                 frames.push(frame);
             }
