@@ -184,6 +184,9 @@ pub struct Summary {
     pub records: u64,
     /// Poison records skipped (serve dead-letters them).
     pub dead_letters: u64,
+    /// Those by reason (the labels of `storepulse_poison_records_total` and of the
+    /// dead-letter header `storepulse-error`).
+    pub dead_letters_by_reason: std::collections::BTreeMap<&'static str, u64>,
     /// Rows or snapshots written.
     pub outputs: u64,
     /// Wall time.
@@ -217,6 +220,73 @@ fn rfc3339(ms: i64) -> String {
     }
 }
 
+/// A replay ready to read: its consumer, its resolved range and the state warmed up to the
+/// first step. The one way a replay starts, for the CLI and the replay stream alike.
+struct Opened {
+    consumer: kafka::Consumer,
+    plan: Plan,
+    reader: Reader,
+    /// The checkpoint the warm-up started from, if any.
+    checkpoint: Option<i64>,
+    /// The client's position when the first step starts there instead of at `from`.
+    resumed: Option<crate::aggregate::Position>,
+}
+
+/// Opens a replay of `options`: resolves the range (starting the first step at `resume`, a
+/// position of this layout, when given), warms the state up from the newest fitting
+/// checkpoint, and makes the reader. `keep_changes`: every change is kept for frames.
+fn open(
+    settings: &Settings,
+    options: &ReplayOptions,
+    resume: Option<&str>,
+    keep_changes: bool,
+) -> Result<Opened, ReplayError> {
+    let settings_error = |e: &dyn std::fmt::Display| ReplayError::Settings(e.to_string());
+    let kafka_settings = settings.kafka();
+    let consumer: kafka::Consumer = kafka::quiet(
+        kafka::consumer_config(&kafka_settings, "storepulse-replay")
+            .set("enable.partition.eof", "true"),
+    )?;
+    let mut plan = resolve(&kafka_settings, &consumer, options)?;
+    let resumed = resume.and_then(|text| plan.layout.decode(text).ok());
+    if let Some(position) = &resumed {
+        let ends: Vec<i64> = plan
+            .layout
+            .partitions()
+            .map(|p| position.next_offset(p))
+            .collect();
+        plan.steps[0] = Step {
+            time_ms: None,
+            ends,
+        };
+    }
+    let config = std::sync::Arc::new(
+        settings
+            .aggregate_config()
+            .map_err(|e| settings_error(&e))?,
+    );
+    let codec = Codec::new(&settings.confluent_ids().map_err(|e| settings_error(&e))?)
+        .map_err(|e| settings_error(&e))?;
+    let warm = warm_up(settings, &plan, &config);
+    let checkpoint = warm.as_ref().map(|(id, _)| *id);
+    let reader = Reader {
+        state: warm.map_or_else(|| State::new(config), |(_, state)| state),
+        codec,
+        changes: Changes::default(),
+        summary: Summary::default(),
+        alerts: Default::default(),
+        keep_changes,
+        progress: None,
+    };
+    Ok(Opened {
+        consumer,
+        plan,
+        reader,
+        checkpoint,
+        resumed,
+    })
+}
+
 /// Runs a replay to `out` (blocking: call from a blocking thread).
 pub fn run(
     settings: &Settings,
@@ -224,37 +294,17 @@ pub fn run(
     out: &mut dyn Write,
 ) -> Result<Summary, ReplayError> {
     let started = Instant::now();
-    let kafka_settings = settings.kafka();
-    let consumer: kafka::Consumer = kafka::quiet(
-        kafka::consumer_config(&kafka_settings, "storepulse-replay")
-            .set("enable.partition.eof", "true"),
-    )?;
-    let plan = resolve(&kafka_settings, &consumer, options)?;
-    let config = std::sync::Arc::new(
-        settings
-            .aggregate_config()
-            .map_err(|e| ReplayError::Settings(e.to_string()))?,
-    );
-    let warm = warm_up(settings, &plan, &config);
+    let Opened {
+        consumer,
+        plan,
+        mut reader,
+        checkpoint,
+        ..
+    } = open(settings, options, None, false)?;
     if options.dry_run {
-        print_plan(&plan, options, warm.as_ref().map(|(id, _)| *id), out)?;
+        print_plan(&plan, options, checkpoint, out)?;
         return Ok(Summary::default());
     }
-    let codec = Codec::new(
-        &settings
-            .confluent_ids()
-            .map_err(|e| ReplayError::Settings(e.to_string()))?,
-    )
-    .map_err(|e| ReplayError::Settings(e.to_string()))?;
-    let mut reader = Reader {
-        state: warm.map_or_else(|| State::new(config), |(_, state)| state),
-        codec,
-        changes: Changes::default(),
-        summary: Summary::default(),
-        alerts: Default::default(),
-        keep_changes: false,
-        progress: None,
-    };
     if options.progress {
         reader.progress = Some(progress_bar(&plan, &reader.state));
     }
@@ -700,8 +750,13 @@ impl Reader {
                     self.changes = Changes::default(); // only serve's frames read them
                 }
             }
-            Err(_) => {
+            Err(poison) => {
                 self.summary.dead_letters += 1;
+                *self
+                    .summary
+                    .dead_letters_by_reason
+                    .entry(poison.label())
+                    .or_default() += 1;
                 self.state.skip(at);
             }
         }

@@ -10,7 +10,7 @@
 //! thread (scheduled `SCHED_IDLE`: it yields to the live path), at most `max_concurrent` at
 //! once; one whose client went away stops at its next write.
 
-use super::{End, Plan, ReplayError, ReplayOptions, Step};
+use super::{End, Plan, ReplayError, ReplayOptions};
 use crate::aggregate::Changes;
 use crate::config::Settings;
 use crate::events::StoreId;
@@ -187,46 +187,13 @@ fn run(
         progress: false,
         dry_run: false,
     };
-    let kafka_settings = settings.kafka();
-    let consumer: crate::kafka::Consumer = crate::kafka::quiet(
-        crate::kafka::consumer_config(&kafka_settings, "storepulse-replay")
-            .set("enable.partition.eof", "true"),
-    )?;
-    let mut plan = super::resolve(&kafka_settings, &consumer, &options)?;
-    // Resuming: the first step is the client's position instead of `from`.
-    let resumed = resume.and_then(|text| plan.layout.decode(text).ok());
-    if let Some(position) = &resumed {
-        let ends: Vec<i64> = plan
-            .layout
-            .partitions()
-            .map(|p| position.next_offset(p))
-            .collect();
-        plan.steps[0] = Step {
-            time_ms: None,
-            ends,
-        };
-    }
-    let config = Arc::new(
-        settings
-            .aggregate_config()
-            .map_err(|e| ReplayError::Settings(e.to_string()))?,
-    );
-    let codec = crate::events::Codec::new(
-        &settings
-            .confluent_ids()
-            .map_err(|e| ReplayError::Settings(e.to_string()))?,
-    )
-    .map_err(|e| ReplayError::Settings(e.to_string()))?;
-    let warm = super::warm_up(settings, &plan, &config);
-    let mut reader = super::Reader {
-        state: warm.map_or_else(|| crate::aggregate::State::new(config), |(_, state)| state),
-        codec,
-        changes: Changes::default(),
-        summary: super::Summary::default(),
-        alerts: Default::default(),
-        keep_changes: true,
-        progress: None,
-    };
+    let super::Opened {
+        consumer,
+        plan,
+        mut reader,
+        resumed,
+        ..
+    } = super::open(settings, &options, resume, true)?;
     let tag = request.tag();
     let pacer = std::cell::RefCell::new(Pacer {
         tag: &tag,

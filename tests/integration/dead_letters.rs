@@ -217,11 +217,79 @@ async fn hostile_records_are_dead_lettered_and_move_no_number() {
     .await
     .expect("consumer thread");
     assert_eq!(dead.len(), 8);
+    // Bytes that are no event: a tombstone, a record too short for any framing, an unknown
+    // schema fingerprint, a session cut in half.
+    let whole = session("s8", "store-berlin", T0 + 22_000);
+    produce_tombstone(ordered, "gone");
+    produce_raw(&[
+        (activity, "short".into(), vec![0xC3]),
+        (
+            activity,
+            "fingerprint".into(),
+            vec![0xC3, 0x01, 0xDE, 0xAD, 0xBE, 0xEF, 0, 0, 0, 0, 0x02],
+        ),
+        (activity, "cut".into(), whole[..whole.len() / 2].to_vec()),
+    ]);
     // Later events count as usual.
     produce(&orders(&settings, &[order("o20", T0 + 40_000, 1_000)]));
-    let last = tokio::task::block_in_place(|| server.snapshot_at(30, Duration::from_secs(60)));
+    let last = tokio::task::block_in_place(|| server.snapshot_at(34, Duration::from_secs(60)));
     assert_eq!(berlin(&last).0, 21);
+    // `storepulse replay` of the same records takes the same record path: every poison
+    // record is skipped for the reason serve dead-lettered it.
+    let mut served: Vec<String> = storepulse::events::DecodeError::LABELS
+        .iter()
+        .filter_map(|label| {
+            let count = server.metric(&format!(
+                "storepulse_poison_records_total{{reason=\"{label}\"}}"
+            ));
+            (count > 0).then(|| format!("{label} {count}"))
+        })
+        .collect();
+    served.sort(); // the replay's summary lists its reasons in this order
+    assert_eq!(served.len(), 7, "{served:?}");
+    let replayed = helpers::storepulse(&settings.topics)
+        .args([
+            "replay",
+            "--from",
+            "2026-11-27T13:00:00Z",
+            "--out",
+            "/dev/null",
+        ])
+        .args([
+            "--to-position",
+            last["position"].as_str().expect("a position"),
+        ])
+        .env(
+            "STOREPULSE_GROUP_ID",
+            "storepulse-replay-test-no-checkpoints",
+        )
+        .env("STOREPULSE_DATABASE_URL", database_url())
+        .output()
+        .expect("replay runs");
+    let summary = String::from_utf8_lossy(&replayed.stderr);
+    assert!(replayed.status.success(), "{summary}");
+    assert!(
+        summary.contains(&format!(
+            "(12 poison records skipped, as serve dead-letters them: {})",
+            served.join(", ")
+        )),
+        "serve: {served:?}; replay: {summary}"
+    );
     assert!(server.terminate(), "SIGTERM exits 0");
+}
+
+/// Produces a record with no value (a tombstone) and waits for its delivery.
+fn produce_tombstone(topic: &str, key: &str) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", helpers::brokers())
+        .create()
+        .expect("a producer");
+    producer
+        .send(BaseRecord::<str, [u8]>::to(topic).key(key))
+        .map_err(|(e, _)| e)
+        .expect("queued");
+    producer.flush(Duration::from_secs(30)).expect("delivered");
 }
 
 async fn delete_topic(settings: &KafkaSettings, topic: &str) {
@@ -434,7 +502,6 @@ async fn the_simulators_events_ahead_of_the_clock_carry_their_time_and_are_appli
 /// next record is processed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tombstone_is_dead_lettered_with_its_own_reason() {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let settings = crate::helpers::fresh_topics("tombstone");
     crate::helpers::create_topics(&settings, 1).await;
     let server = crate::helpers::Server::start(
@@ -442,15 +509,7 @@ async fn a_tombstone_is_dead_lettered_with_its_own_reason() {
         &crate::helpers::unique("tombstone"),
         &crate::helpers::database_url(),
     );
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", crate::helpers::brokers())
-        .create()
-        .expect("a producer");
-    producer
-        .send(BaseRecord::<str, [u8]>::to(&settings.topics.orders).key("order-1"))
-        .map_err(|(e, _)| e)
-        .expect("queued");
-    producer.flush(Duration::from_secs(30)).expect("delivered");
+    produce_tombstone(&settings.topics.orders, "order-1");
     let dlq = format!("{}-dlq", settings.topics.orders);
     let records = tokio::task::block_in_place(|| {
         crate::helpers::consume_all(
