@@ -20,10 +20,11 @@ use crate::aggregate::{AggregateConfig, Layout, PartitionKey, State};
 use crate::checkpoint::{CheckpointError, CheckpointStore, Frozen};
 use crate::config::Settings;
 use crate::events::{Codec, TopicRole};
+use crate::fanout::{Hub, Status};
 use crate::http::access::AccessControl;
 use crate::http::listener::StreamListener;
 use crate::http::{self, AppState};
-use crate::ingest::{Engine, EngineSettings, Hub, Ingest, Outputs, Status};
+use crate::ingest::{Engine, EngineSettings, Ingest, Outputs};
 use crate::kafka::{self, KafkaSettings};
 use crate::live::LogLimits;
 use crate::metrics::Metrics;
@@ -67,7 +68,7 @@ struct Wiring {
     aggregate: Arc<AggregateConfig>,
     metrics: Arc<Metrics>,
     store: CheckpointStore,
-    requests: mpsc::Receiver<crate::ingest::Request>,
+    requests: mpsc::Receiver<crate::fanout::Request>,
     status: watch::Sender<Status>,
     /// Where the hub goes once the layout is known (HTTP reads it from there).
     hub: Arc<OnceLock<Arc<Hub>>>,

@@ -30,6 +30,7 @@ pub mod auth;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod fanout;
 pub mod http;
 pub mod ingest;
 pub mod kafka;

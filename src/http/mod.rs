@@ -10,7 +10,7 @@ use crate::auth::Principal;
 use crate::checkpoint::CheckpointStore;
 use crate::config::StreamSection;
 use crate::events::StoreId;
-use crate::ingest::{Request, Status};
+use crate::fanout::{Request, Status};
 use crate::metrics::Metrics;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{StatusCode, header};
@@ -38,7 +38,7 @@ mod tests;
 #[derive(Clone)]
 pub struct AppState {
     /// The live stream's shared side, set once the partition layout is known.
-    pub hub: Arc<std::sync::OnceLock<Arc<crate::ingest::Hub>>>,
+    pub hub: Arc<std::sync::OnceLock<Arc<crate::fanout::Hub>>>,
     /// Requests to the ingest thread.
     pub requests: mpsc::Sender<Request>,
     /// Ingest status.

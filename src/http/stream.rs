@@ -14,7 +14,7 @@ use super::listener::{Connection, KillSwitch};
 use super::{ApiError, AppState};
 use crate::auth::Principal;
 use crate::events::StoreId;
-use crate::ingest::{Hub, Request, Subscribed, Subscription};
+use crate::fanout::{Hub, Request, Subscribed, Subscription};
 use crate::live::{self, Encoded, Encoding, Piece};
 use crate::metrics::{DisconnectReason, Metrics, OpeningPath};
 use axum::Extension;

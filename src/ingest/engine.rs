@@ -8,20 +8,20 @@
 //! | a poison record | [`Engine::skip`] (after it was dead-lettered) |
 //! | the end of a poll batch | [`Engine::end_batch`] (snapshot cache, frame, parked resumes) |
 //!
-//! Frames and snapshot events go to the [`Hub`], which HTTP reads without a round trip;
-//! the engine answers only the subscriptions the hub cannot (no fresh shared snapshot,
-//! rules 4 and 5).
 //! | a request from HTTP | [`Engine::handle_request`] |
 //! | time passing | [`Engine::tick`] (checkpoints, status) |
+//!
+//! Frames and snapshot events go to the fan-out's [`Hub`], which HTTP reads without a
+//! round trip; the engine answers only the subscriptions the hub cannot open alone (no
+//! reusable shared snapshot, rules 4 and 5), deciding them with the same `live::start`.
 
 use super::freshness::PendingAges;
-use super::hub::{Hub, SharedSnapshot, Subscription};
 use crate::aggregate::{Applied, Changes, Layout, RecordRef, State};
 use crate::checkpoint::Frozen;
 use crate::events::{Codec, DecodeError, StoreId};
-use crate::live::{self, Encoded, FrameBuilder, SnapshotEvent, Start};
+use crate::fanout::{Hub, Request, SharedSnapshot, SnapshotJson, Status, Subscribed};
+use crate::live::{self, Encoded, FrameBuilder, Opening, Owner, SnapshotEvent, Start};
 use crate::metrics::{Metrics, OpeningPath};
-use bytes::Bytes;
 use opentelemetry::trace::TraceContextExt;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,69 +31,6 @@ use storepulse_core::record::{self, Processed, Record};
 /// Most sampled records a frame span links to (it counts them all).
 const FRAME_LINKS: usize = 32;
 use tokio::sync::{oneshot, watch};
-
-/// A request to the state's owner.
-#[derive(Debug)]
-pub enum Request {
-    /// The JSON snapshot of all stores (`None`) or one; replies `None` for an unknown store.
-    Snapshot {
-        /// Scope.
-        store: Option<StoreId>,
-        /// Where the snapshot goes: shared views, serialised by whoever needs the bytes
-        /// first (cached per position and scope).
-        reply: oneshot::Sender<Option<Arc<SnapshotJson>>>,
-    },
-    /// A page of one store's stock levels (`GET /api/stock`); replies `None` for an
-    /// unknown store.
-    Stock {
-        /// The store.
-        store: StoreId,
-        /// The page starts after this SKU (byte order).
-        after: Option<String>,
-        /// Most levels in the page.
-        limit: usize,
-        /// Where the page goes.
-        reply: oneshot::Sender<Option<storepulse_core::aggregate::view::StockPage>>,
-    },
-    /// A page of the stores seen (`GET /api/stores`).
-    Stores {
-        /// The page starts after this store id (byte order).
-        after: Option<String>,
-        /// Most ids in the page.
-        limit: usize,
-        /// Where the page goes.
-        reply: oneshot::Sender<storepulse_core::aggregate::view::StorePage>,
-    },
-    /// A live subscription: what to send first, and the frames after it.
-    Subscribe {
-        /// Scope.
-        store: Option<StoreId>,
-        /// The client's last event id, if any.
-        since: Option<String>,
-        /// Where the answer goes: at once, or after a bounded wait (resume rule 4).
-        reply: oneshot::Sender<Subscribed>,
-    },
-}
-
-/// The answer to [`Request::Subscribe`].
-#[derive(Debug)]
-pub enum Subscribed {
-    /// The stream starts.
-    Started(Subscription),
-    /// No event of that store yet.
-    UnknownStore,
-}
-
-/// What the ingest loop reports about itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Status {
-    /// Partitions assigned and reading.
-    pub assigned: bool,
-    /// The position of the state.
-    pub position: crate::aggregate::Position,
-    /// Newest event time applied.
-    pub newest_event_time: i64,
-}
 
 /// Open streams per `stream.frame_interval` of the time between frames.
 pub const STREAMS_PER_INTERVAL: u32 = 1_000;
@@ -139,29 +76,6 @@ struct Parked {
     deadline: Instant,
     store: Option<StoreId>,
     reply: oneshot::Sender<Subscribed>,
-}
-
-/// A snapshot of shared views and its JSON, made on first use: taking it costs the ingest
-/// thread a few pointer copies; the bytes are made once, by whoever asks first (an HTTP
-/// worker for `/api/snapshot`), and shared by every later reader.
-#[derive(Debug)]
-pub struct SnapshotJson {
-    snapshot: storepulse_core::aggregate::ViewsSnapshot,
-    json: std::sync::OnceLock<Bytes>,
-}
-
-impl SnapshotJson {
-    /// The JSON, serialised on the first call.
-    pub fn bytes(&self) -> Bytes {
-        self.json
-            .get_or_init(|| {
-                Bytes::from(
-                    serde_json::to_vec(&self.snapshot)
-                        .unwrap_or_else(|e| panic!("a snapshot always serialises: {e}")),
-                )
-            })
-            .clone()
-    }
 }
 
 /// Snapshots of the current position: taken once per scope, shared by every request and
@@ -473,11 +387,7 @@ impl Engine {
         // Traced only when sampled records went into it: a `frame` span (child of the first,
         // linked to the others) and the fan-out inside it.
         let span = self.frame_span(frame.seq, frame_bytes);
-        if let Some(span) = &span {
-            self.out
-                .hub
-                .note_trace(frame.seq, crate::telemetry::span_context(span));
-        }
+        let trace = span.as_ref().map(crate::telemetry::span_context);
         let _frame = span.as_ref().map(tracing::Span::enter);
         let _deliver = span.as_ref().map(|_| {
             tracing::info_span!(
@@ -487,7 +397,7 @@ impl Engine {
             )
             .entered()
         });
-        let log_bytes = self.out.hub.publish(frame);
+        let log_bytes = self.out.hub.publish_frame(frame, trace);
         let metrics = &self.out.metrics;
         metrics.frame_log_bytes.set(log_bytes as i64);
         metrics.frames.inc();
@@ -495,8 +405,9 @@ impl Engine {
         metrics.frame_size.observe(frame_bytes as f64);
     }
 
-    /// Chooses where a subscription starts (`live::start`) and subscribes it to the frames
-    /// that follow in the same step; rule 4 parks it until the state catches up.
+    /// Decides where a subscription starts (`live::start`, as the state's owner) and
+    /// subscribes it to the frames that follow in the same step; rule 4 parks it until the
+    /// state catches up or its wait runs out.
     fn subscribe(
         &mut self,
         store: Option<StoreId>,
@@ -504,17 +415,7 @@ impl Engine {
         reply: oneshot::Sender<Subscribed>,
         now: Instant,
     ) {
-        // Pending changes go out first, so a snapshot's position is the last frame's id:
-        // the next frame is new to this subscriber.
-        if !self.changes.is_empty() {
-            self.emit_frame(now);
-        }
-        let known = self.store_known(store.as_ref());
-        let position = self.state.position();
-        let start = self
-            .out
-            .hub
-            .with_log(|log| live::start(since, log, &self.layout, position, known));
+        let start = self.decide(store.as_ref(), since, None, now);
         match start {
             Start::WaitUntil(wanted) => self.parked.push(Parked {
                 wanted,
@@ -528,8 +429,37 @@ impl Engine {
         }
     }
 
-    /// Answers the parked subscriptions whose state has caught up (a snapshot) or whose
-    /// wait ran out (a resync: the client replaces what it holds).
+    /// The start of a subscription (`live::start` with the state's position). Pending
+    /// changes go out first, so a snapshot's position is the last frame's id: the next
+    /// frame is new to its subscriber.
+    fn decide(
+        &mut self,
+        store: Option<&StoreId>,
+        since: Option<&str>,
+        waited: Option<(&crate::aggregate::Position, bool)>,
+        now: Instant,
+    ) -> Start {
+        if !self.changes.is_empty() {
+            self.emit_frame(now);
+        }
+        let owner = Owner {
+            position: self.state.position(),
+            store_known: store.is_none_or(|id| self.state.stores().contains_key(id)),
+            waited,
+        };
+        self.out.hub.with_log(|log| {
+            live::start(&Opening {
+                since,
+                log,
+                layout: &self.layout,
+                shared: None, // the engine's own snapshots are always current
+                owner: Some(owner),
+            })
+        })
+    }
+
+    /// Asks again for the parked subscriptions: a snapshot once the state caught up, a
+    /// resync once the wait ran out (the client replaces what it holds).
     fn answer_parked(&mut self, now: Instant) {
         if self.parked.is_empty() {
             return;
@@ -538,47 +468,42 @@ impl Engine {
             if parked.reply.is_closed() {
                 continue; // the client went away while it waited
             }
-            let known = self.store_known(parked.store.as_ref());
-            let start = match live::after_wait(&parked.wanted, self.state.position(), known) {
-                Some(start) => start,
-                None if now >= parked.deadline => {
-                    if known {
-                        Start::Resync
-                    } else {
-                        Start::UnknownStore
-                    }
+            let ran_out = now >= parked.deadline;
+            match self.decide(
+                parked.store.as_ref(),
+                None,
+                Some((&parked.wanted, ran_out)),
+                now,
+            ) {
+                Start::WaitUntil(_) => self.parked.push(parked),
+                start => {
+                    let _ = parked.reply.send(self.started_at(start, parked.store));
                 }
-                None => {
-                    self.parked.push(parked);
-                    continue;
-                }
-            };
-            if !self.changes.is_empty() {
-                self.emit_frame(now);
             }
-            let _ = parked.reply.send(self.started_at(start, parked.store));
         }
     }
 
-    /// The subscription of a decided start. Nothing is pending (the caller emitted it), so
-    /// a snapshot contains exactly the frames up to the newest.
+    /// The subscription of a decided start. Nothing is pending (the decision emitted it),
+    /// so a snapshot contains exactly the frames up to the newest.
     fn started_at(&mut self, start: Start, store: Option<StoreId>) -> Subscribed {
         self.out.metrics.opened(OpeningPath::Engine);
         let hub = Arc::clone(&self.out.hub);
         let newest = self.builder.last_seq();
         let kind = match start {
-            Start::Replay(after) => {
+            Start::FramesAfter(after) => {
                 if let Some(subscription) = hub.open_after(None, after) {
                     return Subscribed::Started(subscription);
                 }
                 SnapshotEvent::Snapshot // unreachable: the log does not change meanwhile
             }
-            Start::Snapshot => SnapshotEvent::Snapshot,
+            Start::Snapshot | Start::SharedSnapshot => SnapshotEvent::Snapshot,
             Start::Resync => {
                 self.out.metrics.resyncs.inc();
                 SnapshotEvent::Resync
             }
-            Start::UnknownStore | Start::WaitUntil(_) => return Subscribed::UnknownStore,
+            Start::UnknownStore | Start::WaitUntil(_) | Start::AskOwner => {
+                return Subscribed::UnknownStore;
+            }
         };
         let Some(event) = self.snapshot_event(store, kind) else {
             return Subscribed::UnknownStore;
@@ -616,10 +541,6 @@ impl Engine {
         Some(span)
     }
 
-    fn store_known(&self, store: Option<&StoreId>) -> bool {
-        store.is_none_or(|id| self.state.stores().contains_key(id))
-    }
-
     /// The snapshot of a scope at the current position, from the views of the last frame
     /// (nothing may be pending): shared views, serialised on first use.
     fn snapshot_json(&mut self, store: Option<StoreId>) -> Option<Arc<SnapshotJson>> {
@@ -633,17 +554,14 @@ impl Engine {
                 .views(&self.state)
                 .snapshot(&self.state, &self.layout, store.as_ref())?;
         self.out.metrics.snapshots_built.inc();
-        let json = Arc::new(SnapshotJson {
-            snapshot,
-            json: std::sync::OnceLock::new(),
-        });
+        let json = Arc::new(SnapshotJson::new(snapshot));
         self.snapshots.json.insert(store, Arc::clone(&json));
         Some(json)
     }
 
     /// The SSE event of a scope's snapshot at the current position, encoded once; a
     /// `snapshot` is also shared through the hub, for the subscribers of the next
-    /// [`SNAPSHOT_REUSE`](super::hub::SNAPSHOT_REUSE).
+    /// [`SNAPSHOT_REUSE_MS`](live::SNAPSHOT_REUSE_MS).
     fn snapshot_event(
         &mut self,
         store: Option<StoreId>,
@@ -661,7 +579,7 @@ impl Engine {
             bytes::Bytes::from(live::sse_event(kind.name(), Some(&id), &snapshot.bytes()))
         }));
         if kind == SnapshotEvent::Snapshot {
-            self.out.hub.share_snapshot(
+            self.out.hub.publish_snapshot(
                 key.0.clone(),
                 SharedSnapshot {
                     seq: self.builder.last_seq(),

@@ -12,15 +12,14 @@
 mod dead_letter;
 mod engine;
 mod freshness;
-mod hub;
 
 pub use dead_letter::DeadLetters;
-pub use engine::{Engine, EngineSettings, Outputs, Request, Status, Subscribed};
-pub use hub::{Hub, Subscription};
+pub use engine::{Engine, EngineSettings, Outputs};
 
 use crate::aggregate::{Layout, PartitionKey, RecordRef};
 use crate::checkpoint::Frozen;
 use crate::events::TopicRole;
+use crate::fanout::Request;
 use crate::kafka::{self, KafkaSettings};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};

@@ -20,6 +20,6 @@ mod sse;
 
 pub use delta::{Delta, SkuListsDelta, StoreDelta, upsert_orders};
 pub use frame::{Frame, FrameBuilder, FrameLog, LogLimits};
-pub use resume::{Start, after_wait, start};
+pub use resume::{Opening, Owner, SNAPSHOT_REUSE_MS, Shared, Start, start};
 pub use span::{Piece, Span};
 pub use sse::{Encoded, Encoding, GZIP_HEADER, SnapshotEvent, sse_event};

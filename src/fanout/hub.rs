@@ -1,25 +1,20 @@
-//! What the ingest engine publishes for the live stream, read by HTTP without a round trip
-//! through the ingest thread: the frame log (frames and their shared spans), the broadcast
-//! of each new frame, and the newest snapshot event of each scope.
+//! The live stream's shared side, read by HTTP without a round trip to the state's owner:
+//! the frame log (frames and their shared spans), the broadcast of each new frame, and the
+//! newest snapshot event of each scope.
 //!
-//! The engine is the only writer. A frame is logged and broadcast under the write lock, and
+//! One writer (the ingest engine today) feeds it through [`Hub::publish_frame`] and
+//! [`Hub::publish_snapshot`]. A frame is logged and broadcast under the write lock, and
 //! a subscription reads the log and subscribes under the read lock, so what a subscriber
 //! is given first and what its receiver then yields meet exactly: no gap, no frame twice.
 //! Readers hold the lock only to clone `Arc`s; bytes are built (once) after it is released.
 
 use crate::aggregate::{Layout, Position};
 use crate::events::StoreId;
-use crate::live::{Encoded, Frame, FrameLog, LogLimits, Piece};
-use std::cmp::Ordering;
+use crate::live::{self, Encoded, Frame, FrameLog, LogLimits, Opening, Piece, Shared, Start};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::broadcast;
-
-/// How long a scope's snapshot is given to new subscribers, with the catch-up after it,
-/// before one is built again (unless no frame came since: then it is current): a burst of
-/// clients shares one snapshot.
-pub const SNAPSHOT_REUSE: Duration = Duration::from_millis(250);
 
 /// A scope's snapshot event, where it was taken.
 #[derive(Clone, Debug)]
@@ -85,18 +80,6 @@ impl Hub {
         }
     }
 
-    /// Remembers the span of frame `seq` (before it is published).
-    pub fn note_trace(&self, seq: u64, span: opentelemetry::trace::SpanContext) {
-        let mut traces = self
-            .traces
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if traces.len() == TRACED_FRAMES {
-            traces.pop_front();
-        }
-        traces.push_back((seq, span));
-    }
-
     /// The span of frame `seq`, if it carried sampled records and is recent.
     pub fn trace_of(&self, seq: u64) -> Option<opentelemetry::trace::SpanContext> {
         self.traces
@@ -114,8 +97,24 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Logs and broadcasts a frame (the engine's). Returns the bytes the log holds.
-    pub fn publish(&self, frame: Arc<Frame>) -> usize {
+    /// Logs and broadcasts a frame, with the span of its trace when it carried sampled
+    /// records (traced connections parent their `write` spans on it). Returns the bytes
+    /// the log holds.
+    pub fn publish_frame(
+        &self,
+        frame: Arc<Frame>,
+        trace: Option<opentelemetry::trace::SpanContext>,
+    ) -> usize {
+        if let Some(span) = trace {
+            let mut traces = self
+                .traces
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if traces.len() == TRACED_FRAMES {
+                traces.pop_front();
+            }
+            traces.push_back((frame.seq, span));
+        }
         let mut published = self
             .published
             .write()
@@ -126,18 +125,18 @@ impl Hub {
         published.log.bytes()
     }
 
-    /// Runs `read` on the frame log (the engine's resume decision).
-    pub fn with_log<R>(&self, read: impl FnOnce(&FrameLog) -> R) -> R {
-        read(&self.read().log)
-    }
-
-    /// Remembers a scope's newest snapshot event, for [`Hub::try_open`].
-    pub fn share_snapshot(&self, scope: Option<StoreId>, snapshot: SharedSnapshot) {
+    /// Makes `snapshot` its scope's newest shared snapshot event.
+    pub fn publish_snapshot(&self, scope: Option<StoreId>, snapshot: SharedSnapshot) {
         self.published
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .snapshots
             .insert(scope, snapshot);
+    }
+
+    /// Runs `read` on the frame log (the owner's resume decision).
+    pub fn with_log<R>(&self, read: impl FnOnce(&FrameLog) -> R) -> R {
+        read(&self.read().log)
     }
 
     /// A subscription that starts with `snapshot` (if any) and the log's catch-up after
@@ -162,11 +161,9 @@ impl Hub {
         })
     }
 
-    /// Opens a stream from what is shared, when the resume rules allow it without the
-    /// engine: rule 2 (the client's id is a logged frame), or a snapshot start (rule 1, or
-    /// rule 3 with an id at or before the shared snapshot) while the scope's shared
-    /// snapshot is younger than [`SNAPSHOT_REUSE`] or no frame came after it. `None`: ask
-    /// the engine.
+    /// Opens a stream from what is shared when the resume rules ([`live::start`] without
+    /// the state's owner) allow it: the frames after a logged id (rule 2), or the scope's
+    /// shared snapshot (rules 1 and 3). `None`: ask the state's owner.
     pub fn try_open(
         &self,
         scope: Option<&StoreId>,
@@ -174,29 +171,29 @@ impl Hub {
         now: Instant,
     ) -> Option<Subscription> {
         let published = self.read();
-        if let Some(seq) = since.and_then(|id| published.log.seq_of(id)) {
-            return Self::open(&published, &self.frames, None, seq);
+        let snapshot = published.snapshots.get(&scope.cloned());
+        let start = live::start(&Opening {
+            since,
+            log: &published.log,
+            layout: &self.layout,
+            shared: snapshot.map(|s| Shared {
+                seq: s.seq,
+                position: &s.position,
+                age_ms: u64::try_from(now.saturating_duration_since(s.built).as_millis())
+                    .unwrap_or(u64::MAX),
+            }),
+            owner: None,
+        });
+        match (start, snapshot) {
+            (Start::FramesAfter(seq), _) => Self::open(&published, &self.frames, None, seq),
+            (Start::SharedSnapshot, Some(shared)) => Self::open(
+                &published,
+                &self.frames,
+                Some(Arc::clone(&shared.event)),
+                shared.seq,
+            ),
+            _ => None,
         }
-        let newest = published.log.newest_seq();
-        let shared = published.snapshots.get(&scope.cloned()).filter(|s| {
-            s.seq == newest || now.saturating_duration_since(s.built) <= SNAPSHOT_REUSE
-        })?;
-        if let Some(id) = since {
-            // Malformed or another layout (rule 5), or ahead of the snapshot: the engine.
-            let wanted = self.layout.decode(id).ok()?;
-            if !matches!(
-                wanted.compare(&shared.position),
-                Some(Ordering::Less | Ordering::Equal)
-            ) {
-                return None;
-            }
-        }
-        Self::open(
-            &published,
-            &self.frames,
-            Some(Arc::clone(&shared.event)),
-            shared.seq,
-        )
     }
 
     /// The pieces after frame `after` up to the newest, and the newest's number; `None` if
@@ -213,6 +210,7 @@ mod tests {
     use super::*;
     use crate::events::TopicRole;
     use crate::live::Delta;
+    use std::time::Duration;
 
     fn layout() -> Layout {
         Layout::new(vec![
@@ -272,7 +270,7 @@ mod tests {
         );
         let start = Instant::now();
         for seq in 1..=5 {
-            hub.publish(frame(seq));
+            hub.publish_frame(frame(seq), None);
         }
         // Rule 2: the frames after the client's id, no snapshot.
         let resumed = hub.try_open(None, Some(&id(3)), start).expect("rule 2");
@@ -280,7 +278,7 @@ mod tests {
         assert_eq!((seqs(&resumed), resumed.last_seq), (vec![4, 5], 5));
         // No shared snapshot yet: the engine builds one.
         assert!(hub.try_open(None, None, start).is_none());
-        hub.share_snapshot(None, shared(5, start));
+        hub.publish_snapshot(None, shared(5, start));
         let fresh = hub.try_open(None, None, start).expect("a fresh snapshot");
         assert!(fresh.snapshot.is_some());
         assert_eq!((seqs(&fresh), fresh.last_seq), (vec![], 5));
@@ -290,7 +288,7 @@ mod tests {
                 .is_none()
         );
         // A frame after it: shared for 250 ms (with the catch-up), then the engine again.
-        hub.publish(frame(6));
+        hub.publish_frame(frame(6), None);
         let young = start + Duration::from_millis(200);
         let with_frames = hub
             .try_open(None, None, young)
@@ -301,7 +299,7 @@ mod tests {
                 .is_none()
         );
         // With no frame after it, a snapshot stays current however old it is.
-        hub.share_snapshot(None, shared(6, start));
+        hub.publish_snapshot(None, shared(6, start));
         let later = start + Duration::from_secs(60);
         assert!(hub.try_open(None, None, later).is_some());
         // Rule 3 from the hub only for an id at or before the snapshot; ahead (rule 4) or
@@ -316,7 +314,7 @@ mod tests {
         // The receiver yields the frames after the opening, none before.
         let mut opened = hub.try_open(None, Some(&id(6)), later).expect("rule 2");
         assert!(opened.live.try_recv().is_err());
-        hub.publish(frame(7));
+        hub.publish_frame(frame(7), None);
         assert_eq!(opened.live.try_recv().map(|f| f.seq).ok(), Some(7));
         // A catch-up after an evicted frame is refused: the writer then takes a snapshot.
         let small = Hub::new(
@@ -329,7 +327,7 @@ mod tests {
             16,
         );
         for seq in 1..=5 {
-            small.publish(frame(seq));
+            small.publish_frame(frame(seq), None);
         }
         assert!(small.catch_up(1).is_none());
         assert_eq!(
