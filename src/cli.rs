@@ -398,7 +398,10 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
             .migrate()
             .await
             .context("migrations failed")?;
-            println!("migrations applied to {}", settings.checkpoint.database_url);
+            println!(
+                "migrations applied to {}",
+                crate::config::mask_secret(&settings.checkpoint.database_url)
+            );
             Ok(())
         }
     }

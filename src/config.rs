@@ -204,7 +204,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// `scheme://user:password@host/…` with the password replaced by `****`; anything else
 /// not a URL with a password is masked whole unless it has no secret part.
-fn mask_secret(value: &str) -> String {
+pub fn mask_secret(value: &str) -> String {
     match value.split_once("://") {
         Some((scheme, rest)) => {
             let (authority, path) = rest

@@ -4,6 +4,7 @@
 //! invariants live here, next to the values. Shell: talks to the broker (topic admin,
 //! watermarks); knows nothing about events.
 
+use crate::aggregate::Layout;
 use crate::events::TopicRole;
 use crate::log_every::LogEvery;
 use rdkafka::ClientConfig;
@@ -339,4 +340,68 @@ pub fn total_records(settings: &KafkaSettings, topic: &str) -> Result<i64, Kafka
         }
     }
     Ok(total)
+}
+
+/// Waits until the three topics exist, then returns their layout; `None` if stopped first.
+pub async fn wait_for_layout(
+    settings: &KafkaSettings,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<Layout> {
+    let mut warned = false;
+    loop {
+        let probe = settings.clone();
+        let counts = tokio::task::spawn_blocking(move || {
+            partition_counts(&probe, &probe.topics.all(), Duration::from_secs(5))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("metadata thread panicked: {e}"));
+        match counts {
+            Ok(counts) if counts.iter().all(Option::is_some) => {
+                let topics = TopicRole::ALL
+                    .into_iter()
+                    .zip(counts)
+                    .map(|(role, count)| {
+                        (
+                            role,
+                            settings.topics.name(role).to_owned(),
+                            count.unwrap_or(0),
+                        )
+                    })
+                    .collect();
+                return Some(Layout::new(topics));
+            }
+            Ok(counts) if !warned => {
+                let missing: Vec<&str> = settings
+                    .topics
+                    .all()
+                    .into_iter()
+                    .zip(counts)
+                    .filter(|(_, c)| c.is_none())
+                    .map(|(name, _)| name)
+                    .collect();
+                tracing::warn!(
+                    ?missing,
+                    "waiting for topics to exist (e.g. storepulse simulate creates them)"
+                );
+                warned = true;
+            }
+            Err(error) if !warned => {
+                tracing::warn!(error = %error, "waiting for kafka");
+                warned = true;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return None,
+        }
+    }
+}
+
+/// Creates the dead-letter topic if it is missing (a warning if Kafka cannot be asked: the
+/// dead-letter producer creates it when a poison record needs it).
+pub async fn ensure_dead_letter_topic(settings: &KafkaSettings, topic: &str) {
+    if let Err(error) = ensure_topics(settings, &[topic], 1, Duration::from_secs(10)).await {
+        tracing::warn!(error = %error, topic, "could not create the dead-letter topic");
+    }
 }

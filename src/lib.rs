@@ -5,8 +5,9 @@
 //!
 //! # Layout
 //!
-//! The functional core is the `storepulse-core` crate (`crates/core`, no I/O dependency:
-//! the compiler keeps it pure), re-exported here:
+//! The functional core is the `storepulse-core` crate (`crates/core`; its dependency list
+//! holds no I/O or async crate, which `tests/integration/architecture.rs` checks),
+//! re-exported here:
 //! - [`events`]: the event types, Avro schemas (`schemas/`) and the codec.
 //! - [`aggregate`]: the materialized view: `State::apply`, positions, JSON views.
 //! - [`live`]: the live stream's logic: deltas, frames, the frame log, resume rules, SSE.
@@ -15,11 +16,18 @@
 //!
 //! Imperative shell (one external system per module):
 //! - [`kafka`]: the only place typed settings become rdkafka configuration.
-//! - [`ingest`]: the consumer thread and the engine that owns the state; dead letters.
-//! - [`checkpoint`]: the PostgreSQL checkpoint store (the only SQL).
+//! - [`ingest`]: the consumer thread and the engine that owns the state; dead letters; the
+//!   lag monitor.
+//! - [`fanout`]: what the HTTP side reads to serve streams (the hub) and asks of the
+//!   state's owner; fed by the engine through two calls.
+//! - [`checkpoint`]: the PostgreSQL checkpoint store (the only SQL) and its writer task.
 //! - [`http`]: the axum API (the only axum code).
+//! - [`auth`]: bearer tokens: verification, keys (HS256, public keys, JWKS), sessions.
+//! - [`replay`]: `storepulse replay` and the replay stream: a past range rebuilt from Kafka.
+//! - [`telemetry`]: traces (OTLP), W3C context in Kafka headers, spans.
 //! - [`simulate`]: produces a scenario to the real broker.
 //! - [`config`], [`metrics`]: settings and counters.
+//! - [`tasks`]: `serve`'s task tracker, for tasks and OS threads.
 //! - [`app`]: wires `serve` together, owns start-up and shutdown order.
 //! - [`cli`]: the `storepulse` command line.
 
@@ -38,4 +46,5 @@ pub mod log_every;
 pub mod metrics;
 pub mod replay;
 pub mod simulate;
+pub mod tasks;
 pub mod telemetry;

@@ -40,6 +40,55 @@ pub struct AccessControl {
 }
 
 impl AccessControl {
+    /// Who may read what: refuses `auth.mode = "none"` on a non-loopback address unless
+    /// `auth.allow_anonymous`, reads the key files, and reloads them on SIGHUP (a task of
+    /// `tasks` that ends on `stop`).
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        tasks: &tokio_util::task::TaskTracker,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<AccessControl> {
+        use anyhow::Context;
+        let auth = &settings.auth;
+        if auth.mode == "none" && !settings.http.addr.ip().is_loopback() && !auth.allow_anonymous {
+            anyhow::bail!(
+                "http.addr {} is not a loopback address and auth.mode is \"none\": anyone who can reach it would read every store. Set auth.mode = \"jwt\" with a key (README, Security), or auth.allow_anonymous = true (STOREPULSE_AUTH_ALLOW_ANONYMOUS=true) if a proxy in front authenticates",
+                settings.http.addr
+            );
+        }
+        let verifier = crate::auth::Verifier::new(auth)
+            .context("auth key files")?
+            .map(Arc::new);
+        if let Some(verifier) = &verifier {
+            let verifier = Arc::clone(verifier);
+            tasks.spawn(async move {
+            let Ok(mut hangups) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while let Some(()) = tokio::select! {
+                hangup = hangups.recv() => hangup,
+                () = stop.cancelled() => None,
+            } {
+                match verifier.reload() {
+                    Ok(keys) => tracing::info!(keys, "SIGHUP: auth keys reloaded"),
+                    Err(error) => {
+                        tracing::error!(error = %error, "SIGHUP: auth keys not reloaded; the keys in use stay");
+                    }
+                }
+            }
+        });
+        }
+        Ok(AccessControl {
+            verifier,
+            protect_metrics: auth.protect_metrics,
+            cors_origins: settings.http.cors_origins.clone(),
+        })
+    }
+}
+
+impl AccessControl {
     /// No access control (the default on loopback, and most tests).
     pub fn open() -> AccessControl {
         AccessControl {

@@ -51,6 +51,15 @@ pub struct StreamListener {
     socket: socket2::Socket,
 }
 
+/// Raises the soft limit of open files to the hard one: every client is a descriptor, and
+/// a common default soft limit of 1024 runs out long before memory does.
+pub fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open files limit (RLIMIT_NOFILE soft = hard)"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+    }
+}
+
 impl Drop for StreamListener {
     fn drop(&mut self) {
         self.accepted.close();
@@ -65,15 +74,16 @@ impl StreamListener {
         inner: TcpListener,
         send_buffer: Option<usize>,
         accept_errors: prometheus_client::metrics::counter::Counter,
+        tasks: &tokio_util::task::TaskTracker,
     ) -> io::Result<Self> {
         let local = inner.local_addr()?;
         let inner = inner.into_std()?;
         inner.set_nonblocking(false)?;
         let socket = socket2::Socket::from(inner.try_clone()?);
         let (tx, accepted) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::Builder::new()
-            .name("accept".into())
-            .spawn(move || accept_until_closed(&inner, &tx, &accept_errors))?;
+        crate::tasks::spawn_thread(tasks, "accept", move || {
+            accept_until_closed(&inner, &tx, &accept_errors);
+        })?;
         Ok(StreamListener {
             accepted,
             local,
@@ -272,7 +282,13 @@ mod tests {
     #[tokio::test]
     async fn the_accept_thread_serves_connections_and_the_port_closes_with_the_listener() {
         let bound = bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
-        let mut listener = StreamListener::new(bound, None, Default::default()).expect("listener");
+        let mut listener = StreamListener::new(
+            bound,
+            None,
+            Default::default(),
+            &tokio_util::task::TaskTracker::new(),
+        )
+        .expect("listener");
         let address = listener.local.to_string();
         for _ in 0..3 {
             let client = tokio::net::TcpStream::connect(&address);

@@ -61,6 +61,8 @@ pub struct AppState {
     pub access: Arc<access::AccessControl>,
     /// Per-client stream caps and request rates.
     pub limits: Arc<limits::ClientLimits>,
+    /// `serve`'s task tracker: connections, watchdogs and replays are spawned on it.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl AppState {

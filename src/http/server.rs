@@ -28,6 +28,7 @@ pub const MAX_HEAD_BUFFER: usize = 32 * 1024;
 pub async fn serve(
     mut listener: StreamListener,
     router: Router,
+    tasks: &tokio_util::task::TaskTracker,
     header_timeout: Duration,
     max_connections: usize,
     stop: CancellationToken,
@@ -67,7 +68,7 @@ pub async fn serve(
             },
         );
         let connection = graceful.watch(http1.serve_connection(TokioIo::new(io), service));
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _permit = permit; // given back when the connection ends
             if let Err(error) = connection.await {
                 // Timeouts, resets and malformed requests: the client's problem, not ours.

@@ -279,6 +279,7 @@ pub(super) async fn stream(
     let stall = StallWatch::start(
         connection.map(|Extension(ConnectInfo(c))| c.kill),
         app.stream.stall_timeout,
+        &app.tasks,
     );
     guard.ending = Some(DisconnectReason::ClientClosed);
     guard.stalled = Some(stall.fired());
@@ -492,14 +493,18 @@ pub(super) struct StallWatch {
 }
 
 impl StallWatch {
-    pub(super) fn start(kill: Option<KillSwitch>, timeout: Duration) -> Self {
+    pub(super) fn start(
+        kill: Option<KillSwitch>,
+        timeout: Duration,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Self {
         let offered_at = Arc::new(AtomicU64::new(0));
         let fired = Arc::new(AtomicBool::new(false));
         let epoch = tokio::time::Instant::now();
         let watchdog = kill.filter(|_| !timeout.is_zero()).map(|kill| {
             let offered_at = Arc::clone(&offered_at);
             let fired = Arc::clone(&fired);
-            tokio::spawn(watch_for_stall(offered_at, epoch, timeout, kill, fired))
+            tasks.spawn(watch_for_stall(offered_at, epoch, timeout, kill, fired))
         });
         StallWatch {
             offered_at,
@@ -571,7 +576,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_chunk_not_taken_for_the_stall_timeout_kills_the_connection() {
         let kill = KillSwitch::default();
-        let watch = StallWatch::start(Some(kill.clone()), Duration::from_secs(30));
+        let watch = StallWatch::start(
+            Some(kill.clone()),
+            Duration::from_secs(30),
+            &tokio_util::task::TaskTracker::new(),
+        );
         // Reading clients: chunks offered and taken, for longer than the timeout.
         for _ in 0..100 {
             watch.offered();
@@ -590,7 +599,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_zero_timeout_never_disconnects() {
         let kill = KillSwitch::default();
-        let watch = StallWatch::start(Some(kill.clone()), Duration::ZERO);
+        let watch = StallWatch::start(
+            Some(kill.clone()),
+            Duration::ZERO,
+            &tokio_util::task::TaskTracker::new(),
+        );
         watch.offered();
         tokio::time::sleep(Duration::from_secs(3_600)).await;
         assert!(!kill.is_killed());

@@ -117,7 +117,9 @@ impl TestServer {
             replays: Arc::new(crate::replay::stream::ReplayService::new(
                 Arc::new(crate::config::defaults().clone()),
                 1,
+                tokio_util::task::TaskTracker::new(),
             )),
+            tasks: tokio_util::task::TaskTracker::new(),
             access: Arc::new(access),
             limits: Arc::new(super::limits::ClientLimits::new(
                 crate::config::defaults().limit_settings(),

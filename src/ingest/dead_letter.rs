@@ -170,14 +170,18 @@ pub struct DeadLetters {
     topic: String,
     metrics: Arc<Metrics>,
     ledger: Arc<Mutex<Ledger>>,
+    /// Where the topic's creation thread is tracked.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl DeadLetters {
-    /// A producer to `topic` on the broker of `settings`.
+    /// A producer to `topic` on the broker of `settings`; the threads it starts are
+    /// tracked by `tasks`.
     pub fn new(
         settings: &KafkaSettings,
         topic: String,
         metrics: Arc<Metrics>,
+        tasks: tokio_util::task::TaskTracker,
     ) -> Result<DeadLetters, kafka::KafkaError> {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let producer = producer(settings, &metrics, &ledger)?;
@@ -188,6 +192,7 @@ impl DeadLetters {
             topic,
             metrics,
             ledger,
+            tasks,
         })
     }
 
@@ -287,35 +292,33 @@ impl DeadLetters {
     fn create_topic(&self) {
         let settings = self.settings.clone();
         let topic = self.topic.clone();
-        let spawned = std::thread::Builder::new()
-            .name("dead-letter-topic".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        tracing::warn!(error = %error, "cannot create the dead-letter topic");
-                        return;
-                    }
-                };
-                let created = runtime.block_on(kafka::ensure_topics(
-                    &settings,
-                    &[topic.as_str()],
-                    1,
-                    ATTEMPT_TIMEOUT,
-                ));
-                match created {
-                    Ok(created) if !created.is_empty() => {
-                        tracing::info!(topic, "created the missing dead-letter topic");
-                    }
-                    Ok(_) => tracing::info!(topic, "the dead-letter topic exists"),
-                    Err(error) => {
-                        tracing::warn!(error = %error, topic, "could not create the dead-letter topic; trying again in 10 s");
-                    }
+        let spawned = crate::tasks::spawn_thread(&self.tasks, "dead-letter-topic", move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot create the dead-letter topic");
+                    return;
                 }
-            });
+            };
+            let created = runtime.block_on(kafka::ensure_topics(
+                &settings,
+                &[topic.as_str()],
+                1,
+                ATTEMPT_TIMEOUT,
+            ));
+            match created {
+                Ok(created) if !created.is_empty() => {
+                    tracing::info!(topic, "created the missing dead-letter topic");
+                }
+                Ok(_) => tracing::info!(topic, "the dead-letter topic exists"),
+                Err(error) => {
+                    tracing::warn!(error = %error, topic, "could not create the dead-letter topic; trying again in 10 s");
+                }
+            }
+        });
         if let Err(error) = spawned {
             tracing::warn!(error = %error, "cannot start the dead-letter topic creation");
         }

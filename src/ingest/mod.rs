@@ -12,9 +12,11 @@
 mod dead_letter;
 mod engine;
 mod freshness;
+mod lag;
 
 pub use dead_letter::DeadLetters;
 pub use engine::{Engine, EngineSettings, Outputs};
+pub use lag::monitor_lag;
 
 use crate::aggregate::{Layout, PartitionKey, RecordRef};
 use crate::checkpoint::Frozen;
@@ -37,6 +39,8 @@ const POLL_WAIT: Duration = Duration::from_millis(5);
 
 /// The consumer thread's inputs and its engine.
 pub struct Ingest {
+    /// Where the threads it starts are tracked.
+    pub tasks: tokio_util::task::TaskTracker,
     /// Broker and topics.
     pub kafka: KafkaSettings,
     /// Consumer group (offset commits for lag tools).
@@ -62,7 +66,12 @@ impl Ingest {
         let consumer: kafka::Consumer =
             kafka::quiet(&kafka::consumer_config(&self.kafka, &self.group_id))?;
         let metrics = Arc::clone(self.engine.metrics());
-        let dead_letters = DeadLetters::new(&self.kafka, self.dead_letter_topic.clone(), metrics)?;
+        let dead_letters = DeadLetters::new(
+            &self.kafka,
+            self.dead_letter_topic.clone(),
+            metrics,
+            self.tasks.clone(),
+        )?;
         consumer
             .assign(&assignment(self.engine.layout(), |p| {
                 self.engine.state().position().next_offset(p)

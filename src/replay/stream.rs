@@ -62,6 +62,7 @@ impl ReplayRequest {
 pub struct ReplayService {
     settings: Arc<Settings>,
     slots: Arc<Semaphore>,
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// Every slot is taken.
@@ -70,10 +71,16 @@ pub struct Busy;
 
 impl ReplayService {
     /// At most `max_concurrent` replays at once.
-    pub fn new(settings: Arc<Settings>, max_concurrent: usize) -> ReplayService {
+    /// At most `max_concurrent` replays at once, each on a thread tracked by `tasks`.
+    pub fn new(
+        settings: Arc<Settings>,
+        max_concurrent: usize,
+        tasks: tokio_util::task::TaskTracker,
+    ) -> ReplayService {
         ReplayService {
             settings,
             slots: Arc::new(Semaphore::new(max_concurrent)),
+            tasks,
         }
     }
 
@@ -95,14 +102,12 @@ impl ReplayService {
         };
         let resume = request.resume_position(last_event_id).map(str::to_owned);
         let runtime = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name("storepulse-replay".into())
-            .spawn(move || {
-                lowest_priority();
-                let _entered = runtime.enter();
-                stream(&settings, &request, resume.as_deref(), &tx, permit);
-            })
-            .map_err(|_| Busy)?;
+        crate::tasks::spawn_thread(&self.tasks, "storepulse-replay", move || {
+            lowest_priority();
+            let _entered = runtime.enter();
+            stream(&settings, &request, resume.as_deref(), &tx, permit);
+        })
+        .map_err(|_| Busy)?;
         Ok(rx)
     }
 }

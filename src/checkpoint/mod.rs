@@ -11,7 +11,8 @@
 //! Serialisation is versioned ([`FORMAT_VERSION`]): a checkpoint of another version, or of
 //! another partition layout, is skipped with a log line and the process rebuilds from
 //! Kafka; it is never misread. Connections are lazy, so a database that is down at start
-//! delays checkpoints (the caller retries with backoff) and never stops processing.
+//! delays checkpoints (the writer retries with backoff, `writer.rs`) and never stops
+//! processing.
 
 use crate::aggregate::{AggregateConfig, Layout, State};
 use sqlx::Connection;
@@ -20,6 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use storepulse_core::checkpoint::{Encoded, FORMAT_VERSION, FormatError, Frozen};
 use thiserror::Error;
+
+mod writer;
+pub use writer::{Writer, checkpoint_writer, migrate_early, restore};
 
 /// Migrations in `migrations/`, compiled in.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -1,0 +1,63 @@
+//! `serve`'s one [`TaskTracker`]: every task and OS thread it starts is spawned through
+//! it, so shutdown waits for all of them (`app.rs`). Tokio tasks go through
+//! `TaskTracker::spawn`; an OS thread (the ingest loop, the accept loop, replays, the
+//! dead-letter topic's creation) through [`spawn_thread`], which tracks a task that ends
+//! when the thread does.
+//!
+//! The one exception is the signal handler in `main.rs`: it outlives `serve` to turn a
+//! second signal into an abort.
+
+use tokio_util::task::TaskTracker;
+
+/// Starts `work` on an OS thread named `name`, tracked by `tasks` until it returns. Fails
+/// only when the thread cannot be created.
+pub fn spawn_thread<T: Send + 'static>(
+    tasks: &TaskTracker,
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<std::thread::Result<T>>> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let (ended, ending) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            let _ = done.send(outcome);
+            drop(ended); // the tracked task below ends now
+        })?;
+    tasks.spawn(async move {
+        let _ = ending.await;
+    });
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_thread_is_waited_for_and_gives_back_its_result_or_its_panic() {
+        let tasks = TaskTracker::new();
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let result = spawn_thread(&tasks, "test-thread", move || {
+            let _ = hold.recv();
+            std::thread::current().name().map(str::to_owned)
+        })
+        .expect("a thread");
+        tasks.close();
+        assert_eq!(tasks.len(), 1, "tracked while it runs");
+        release.send(()).expect("the thread waits");
+        tasks.wait().await;
+        let name = result.await.expect("sent").expect("no panic");
+        assert_eq!(name.as_deref(), Some("test-thread"));
+        let tasks = TaskTracker::new();
+        let panicked =
+            spawn_thread(&tasks, "panics", || -> () { panic!("on purpose") }).expect("a thread");
+        tasks.close();
+        tasks.wait().await;
+        assert!(
+            panicked.await.expect("sent").is_err(),
+            "the panic is the result"
+        );
+    }
+}
