@@ -96,6 +96,14 @@ pub enum Access {
 }
 
 impl Principal {
+    /// How long its token has left (`None`: it does not expire; zero once it has).
+    pub fn session_left(&self) -> Option<std::time::Duration> {
+        self.expires_at_ms.map(|at_ms| {
+            let left = at_ms.saturating_sub(crate::wall_clock::unix_ms());
+            std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0))
+        })
+    }
+
     /// Anyone, when access control is off: every store, every role, no expiry.
     pub fn anonymous() -> Principal {
         Principal {
@@ -127,7 +135,7 @@ impl Principal {
 
 /// Why a request's token was not accepted. The messages are safe to answer with: they
 /// never contain the token.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum AuthError {
     /// No token at all.
     #[error(

@@ -13,7 +13,7 @@ use crate::simulate::{self, SimulateOptions};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 /// storepulse: live e-commerce operations from Kafka event streams.
@@ -255,18 +255,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn parse_start(s: &str) -> Result<i64, String> {
     if s == "now" {
-        return Ok(SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_err(|e| e.to_string())?
-            .as_millis() as i64);
+        return Ok(crate::wall_clock::unix_ms());
     }
     let time = humantime::parse_rfc3339_weak(s)
         .map_err(|e| format!("{s:?}: {e} (expected \"now\" or e.g. 2026-11-27T10:00:00Z)"))?;
-    let millis = time
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| format!("{s:?} is before the Unix epoch"))?
-        .as_millis();
-    i64::try_from(millis).map_err(|_| format!("{s:?} is too far in the future"))
+    if time < UNIX_EPOCH {
+        return Err(format!("{s:?} is before the Unix epoch"));
+    }
+    match crate::wall_clock::unix_ms_of(time) {
+        i64::MAX => Err(format!("{s:?} is too far in the future")),
+        millis => Ok(millis),
+    }
 }
 
 /// Options of `storepulse simulate`.
@@ -429,9 +428,7 @@ fn token(args: &TokenArgs) -> anyhow::Result<String> {
         "operator" => Role::Operator,
         _ => Role::Viewer,
     };
-    let now_s = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now_s = crate::wall_clock::unix_ms() / 1000;
     let subject = if args.subject.is_empty() {
         format!("token-{:016x}", rand::random::<u64>())
     } else {
@@ -449,9 +446,7 @@ fn token(args: &TokenArgs) -> anyhow::Result<String> {
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     use crate::replay::{End, Format, ReplayOptions};
     let settings = args.config.settings()?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = crate::wall_clock::unix_ms();
     let from_ms = match (&args.from, &args.from_position) {
         (Some(from), _) => parse_time(from, now_ms).context("--from")?,
         (None, Some(position)) => {

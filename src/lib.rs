@@ -48,3 +48,4 @@ pub mod replay;
 pub mod simulate;
 pub mod tasks;
 pub mod telemetry;
+pub mod wall_clock;

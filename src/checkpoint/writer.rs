@@ -146,11 +146,9 @@ impl Writer {
             .checkpoint_duration
             .observe(written.duration.as_secs_f64());
         self.metrics.checkpoint_size.observe(written.bytes as f64);
-        self.metrics.checkpoint_last_success.set(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-        );
+        self.metrics
+            .checkpoint_last_success
+            .set(crate::wall_clock::unix_ms() as f64 / 1000.0);
         self.metrics
             .checkpoint_stores
             .observe(written.stores as f64);

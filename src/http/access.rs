@@ -99,21 +99,43 @@ impl AccessControl {
     }
 }
 
-/// What a path needs before its handler runs.
-enum Needs {
-    /// Nothing (the page, health, readiness; `/api/session` checks its own header).
-    Nothing,
-    /// A principal with at least this role.
-    Role(Role),
+/// A request whose credentials did not verify (or were missing): kept for the routes that
+/// need a role, which answer 401 with it.
+#[derive(Clone, Debug)]
+struct Unauthenticated(AuthError);
+
+/// The middleware a route that needs role viewer is declared with (`http::app`,
+/// `route_layer(from_fn(access::viewer))`): 401 without a valid token, 403 with one of a
+/// lower role. A route declared without one of these needs nothing.
+pub async fn viewer(request: Request, next: Next) -> Response {
+    require(Role::Viewer, request, next).await
 }
 
-fn needs(method: &Method, path: &str, protect_metrics: bool) -> Needs {
-    match path {
-        "/api/session" => Needs::Nothing,
-        "/api/replay/stream" => Needs::Role(Role::Analyst),
-        "/metrics" if protect_metrics => Needs::Role(Role::Operator),
-        _ if path.starts_with("/api/") && method != Method::OPTIONS => Needs::Role(Role::Viewer),
-        _ => Needs::Nothing,
+/// Like [`viewer`], for the routes that need role analyst.
+pub async fn analyst(request: Request, next: Next) -> Response {
+    require(Role::Analyst, request, next).await
+}
+
+/// Like [`viewer`], for the routes that need role operator.
+pub async fn operator(request: Request, next: Next) -> Response {
+    require(Role::Operator, request, next).await
+}
+
+async fn require(role: Role, request: Request, next: Next) -> Response {
+    match request.extensions().get::<Principal>() {
+        Some(principal) if principal.role < role => ApiError {
+            status: StatusCode::FORBIDDEN,
+            reason: format!("this needs a token with role {} or above", role.as_str()),
+        }
+        .into_response(),
+        Some(_) => next.run(request).await,
+        None => {
+            let error = request
+                .extensions()
+                .get::<Unauthenticated>()
+                .map_or(AuthError::Missing, |u| u.0.clone());
+            unauthorized(&error)
+        }
     }
 }
 
@@ -166,8 +188,9 @@ fn authenticate(control: &AccessControl, headers: &HeaderMap) -> Result<Principa
     }
 }
 
-/// The layer: refuses credentials in the URL, authenticates what needs it, and puts the
-/// [`Principal`] in the request for the handlers.
+/// The layer: refuses credentials in the URL, verifies the request's credentials if it has
+/// any, and puts the [`Principal`] (or why there is none) in the request; each route that
+/// needs a role says so where it is declared ([`viewer`], [`analyst`], [`operator`]).
 pub async fn layer(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
     if let Some(query) = request.uri().query()
         && let Some(name) = query
@@ -180,25 +203,13 @@ pub async fn layer(State(app): State<AppState>, mut request: Request, next: Next
         ))
         .into_response();
     }
-    let control = &app.access;
-    let required = needs(
-        request.method(),
-        request.uri().path(),
-        control.protect_metrics,
-    );
-    match (authenticate(control, request.headers()), required) {
-        (Ok(principal), Needs::Role(role)) if principal.role < role => {
-            return ApiError {
-                status: StatusCode::FORBIDDEN,
-                reason: format!("this needs a token with role {} or above", role.as_str()),
-            }
-            .into_response();
-        }
-        (Ok(principal), _) => {
+    match authenticate(&app.access, request.headers()) {
+        Ok(principal) => {
             request.extensions_mut().insert(principal);
         }
-        (Err(error), Needs::Role(_)) => return unauthorized(&error),
-        (Err(_), Needs::Nothing) => {}
+        Err(error) => {
+            request.extensions_mut().insert(Unauthenticated(error));
+        }
     }
     next.run(request).await
 }
@@ -305,9 +316,7 @@ pub async fn create(State(app): State<AppState>, headers: HeaderMap) -> Response
         Ok(principal) => principal,
         Err(error) => return unauthorized(&error),
     };
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = crate::wall_clock::unix_ms();
     let max_age = (principal.expires_at_ms.unwrap_or(now_ms) - now_ms).max(0) / 1000;
     let cookie = format!(
         "{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"

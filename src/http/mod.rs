@@ -128,6 +128,44 @@ impl IntoResponse for ApiError {
 /// same rule the events' `store_id` follows (1 to 128 bytes, no control, space or
 /// invisible character, not `all` or `other`); anything else is the same 400 everywhere,
 /// with the rule's reason.
+/// Why a request for a scope is refused: a bad or forbidden `store` (4xx with a reason), or
+/// the caller's request rate (429 with `Retry-After`).
+enum ScopeRefusal {
+    Bad(ApiError),
+    Limited(limits::Refusal),
+}
+
+impl IntoResponse for ScopeRefusal {
+    fn into_response(self) -> Response {
+        match self {
+            ScopeRefusal::Bad(error) => error.into_response(),
+            ScopeRefusal::Limited(refusal) => refusal.into_response(),
+        }
+    }
+}
+
+/// The scope a request asks for, checked the one way `/api/snapshot`, `/api/stream` and
+/// `/api/replay/stream` check it: `store` is a store id, the caller's token may read it, and
+/// the caller's address is within its request rate (`limits.*`). Returns the store and
+/// that address (streams cap their count per address too).
+fn scope(
+    app: &AppState,
+    principal: &Principal,
+    connection: Option<&listener::Connection>,
+    headers: &axum::http::HeaderMap,
+    store: Option<String>,
+) -> Result<(Option<StoreId>, Option<std::net::IpAddr>), ScopeRefusal> {
+    let store = store_param(store).map_err(ScopeRefusal::Bad)?;
+    access::check_store(principal, store.as_ref()).map_err(ScopeRefusal::Bad)?;
+    let address = connection.map(|c| app.limits.client_address(c.remote.ip(), headers));
+    if let Some(address) = address {
+        app.limits
+            .admit(address, std::time::Instant::now())
+            .map_err(ScopeRefusal::Limited)?;
+    }
+    Ok((store, address))
+}
+
 fn store_param(store: Option<String>) -> Result<Option<StoreId>, ApiError> {
     match store {
         Some(store) => match crate::events::store_id_problem(&store) {
@@ -198,22 +236,44 @@ async fn wrong_method(method: axum::http::Method) -> Response {
 
 /// The router, testable without a socket.
 pub fn app(state: AppState) -> Router {
+    use axum::middleware::from_fn;
+    let metrics_route = if state.access.protect_metrics {
+        get(metrics).route_layer(from_fn(access::operator))
+    } else {
+        get(metrics)
+    };
     Router::new()
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
-        .route("/api/snapshot", get(snapshot))
-        .route("/api/stock", get(stock))
-        .route("/api/stores", get(stores))
+        .route(
+            "/api/snapshot",
+            get(snapshot).route_layer(from_fn(access::viewer)),
+        )
+        .route(
+            "/api/stock",
+            get(stock).route_layer(from_fn(access::viewer)),
+        )
+        .route(
+            "/api/stores",
+            get(stores).route_layer(from_fn(access::viewer)),
+        )
+        // Checks its own credentials (sign-in and sign-out).
         .route(
             "/api/session",
             get(access::current)
                 .post(access::create)
                 .delete(access::end),
         )
-        .route("/api/stream", get(stream::stream))
-        .route("/api/replay/stream", get(replay::replay_stream))
+        .route(
+            "/api/stream",
+            get(stream::stream).route_layer(from_fn(access::viewer)),
+        )
+        .route(
+            "/api/replay/stream",
+            get(replay::replay_stream).route_layer(from_fn(access::analyst)),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", metrics_route)
         .merge(dashboard::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -245,14 +305,9 @@ async fn snapshot(
     query: Result<Query<SnapshotQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Response> {
     let Query(query) = query.map_err(|e| ApiError::bad_query(e).into_response())?;
-    let store = store_param(query.store).map_err(IntoResponse::into_response)?;
-    access::check_store(&principal, store.as_ref()).map_err(IntoResponse::into_response)?;
-    if let Some(Extension(ConnectInfo(connection))) = &connection {
-        let address = app.limits.client_address(connection.remote.ip(), &headers);
-        app.limits
-            .admit(address, std::time::Instant::now())
-            .map_err(IntoResponse::into_response)?;
-    }
+    let connection = connection.as_ref().map(|c| &c.0.0);
+    let (store, _) = scope(&app, &principal, connection, &headers, query.store)
+        .map_err(IntoResponse::into_response)?;
     snapshot_of(&app, store)
         .await
         .map_err(IntoResponse::into_response)

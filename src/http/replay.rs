@@ -8,7 +8,7 @@ use super::{ApiError, AppState};
 use crate::replay::stream::ReplayRequest;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -34,13 +34,13 @@ fn time(name: &str, value: &str) -> Result<i64, ApiError> {
         status: StatusCode::BAD_REQUEST,
         reason: format!("{name}: {e} (e.g. 2026-12-02T14:00:00Z)"),
     })?;
-    at.duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
-        .ok_or_else(|| ApiError {
+    match crate::wall_clock::unix_ms_of(at) {
+        0 | i64::MAX => Err(ApiError {
             status: StatusCode::BAD_REQUEST,
             reason: format!("{name}: out of range"),
-        })
+        }),
+        ms => Ok(ms),
+    }
 }
 
 /// The handler.
@@ -52,16 +52,17 @@ pub(super) async fn replay_stream(
     query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(ApiError::bad_query)?;
-    let store = super::store_param(query.store.clone())?;
-    super::access::check_store(&principal, store.as_ref())?;
-    if let Some(axum::Extension(axum::extract::ConnectInfo(connection))) = &connection
-        && let Err(refusal) = app.limits.admit(
-            app.limits.client_address(connection.remote.ip(), &headers),
-            std::time::Instant::now(),
-        )
-    {
-        return Ok(refusal.into_response());
-    }
+    let (store, _) = match super::scope(
+        &app,
+        &principal,
+        connection.as_ref().map(|c| &c.0.0),
+        &headers,
+        query.store.clone(),
+    ) {
+        Ok(scope) => scope,
+        Err(super::ScopeRefusal::Bad(error)) => return Err(error),
+        Err(limited) => return Ok(limited.into_response()),
+    };
     let bad = |reason: String| ApiError {
         status: StatusCode::BAD_REQUEST,
         reason,
@@ -98,12 +99,7 @@ pub(super) async fn replay_stream(
     };
     // A replay stream ends at its token's expiry too, with the same last event as a live
     // one; dropping the receiver stops the replay thread.
-    let expires_in = principal.expires_at_ms.map(|at_ms| {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        std::time::Duration::from_millis(u64::try_from(at_ms - now_ms).unwrap_or(0))
-    });
+    let expires_in = principal.session_left();
     let stop = app.stop.clone();
     let body = Body::from_stream(async_stream::stream! {
         let expiry = tokio::time::sleep(expires_in.unwrap_or_default());
@@ -128,14 +124,8 @@ pub(super) async fn replay_stream(
             }
         }
     });
-    let mut response = body.into_response();
-    let response_headers = response.headers_mut();
-    for (name, value) in [
-        (header::CONTENT_TYPE, "text/event-stream"),
-        (header::CACHE_CONTROL, "no-cache, no-transform"),
-        (header::HeaderName::from_static("x-accel-buffering"), "no"),
-    ] {
-        response_headers.insert(name, HeaderValue::from_static(value));
-    }
-    Ok(response)
+    Ok(super::stream::sse_response(
+        body,
+        crate::live::Encoding::Identity,
+    ))
 }

@@ -119,18 +119,14 @@ pub(super) fn session_expired_event() -> Bytes {
 
 /// When a stream ends by itself, and why: the token's expiry or `stream.max_lifetime`,
 /// whichever comes first.
-fn stream_end(
+pub(super) fn stream_end(
     principal: &Principal,
     max_lifetime: Duration,
 ) -> Option<(tokio::time::Instant, DisconnectReason)> {
     let now = tokio::time::Instant::now();
-    let expiry = principal.expires_at_ms.map(|at_ms| {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let left = Duration::from_millis(u64::try_from(at_ms - now_ms).unwrap_or(0));
-        (now + left, DisconnectReason::SessionExpired)
-    });
+    let expiry = principal
+        .session_left()
+        .map(|left| (now + left, DisconnectReason::SessionExpired));
     let lifetime =
         (!max_lifetime.is_zero()).then(|| (now + max_lifetime, DisconnectReason::Lifetime));
     match (expiry, lifetime) {
@@ -218,8 +214,20 @@ pub(super) async fn stream(
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(ApiError::bad_query)?;
-    let store = super::store_param(query.store)?;
-    super::access::check_store(&principal, store.as_ref())?;
+    let (store, address) = match super::scope(
+        &app,
+        &principal,
+        connection.as_ref().map(|c| &c.0.0),
+        &headers,
+        query.store,
+    ) {
+        Ok(scope) => scope,
+        Err(super::ScopeRefusal::Bad(error)) => return Err(error),
+        Err(limited) => {
+            app.metrics.refused_streams.inc();
+            return Ok(limited.into_response());
+        }
+    };
     app.ensure_assigned()?;
     let hub = app
         .hub
@@ -227,17 +235,11 @@ pub(super) async fn stream(
         .cloned()
         .ok_or_else(ApiError::ingest_stopped)?;
     // Per client first (a flood from one address is its own 429), then the global cap.
-    let slot = match &connection {
-        Some(Extension(ConnectInfo(connection))) => {
-            let now = Instant::now();
-            let address = app.limits.client_address(connection.remote.ip(), &headers);
+    let slot = match address {
+        Some(address) => {
             let principal = Some(principal.subject.as_str())
                 .filter(|s| !s.is_empty() && principal.expires_at_ms.is_some());
-            match app
-                .limits
-                .admit(address, now)
-                .and_then(|()| app.limits.open_stream(address, principal, now))
-            {
+            match app.limits.open_stream(address, principal, Instant::now()) {
                 Ok(slot) => Some(slot),
                 Err(refusal) => {
                     app.metrics.refused_streams.inc();
@@ -293,8 +295,17 @@ pub(super) async fn stream(
         traced,
         ends: stream_end(&principal, app.stream.max_lifetime),
     };
-    let mut response =
-        Body::from_stream(writer(app, client, subscription, stall, guard)).into_response();
+    Ok(sse_response(
+        Body::from_stream(writer(app, client, subscription, stall, guard)),
+        encoding,
+    ))
+}
+
+/// A response of Server-Sent Events: the headers every stream (live or replay) sends — no
+/// caching or transformation, no proxy buffering, varying by `Accept-Encoding` — and
+/// `Content-Encoding: gzip` when `encoding` is gzip.
+pub(super) fn sse_response(body: Body, encoding: Encoding) -> Response {
+    let mut response = body.into_response();
     let response_headers = response.headers_mut();
     for (name, value) in [
         (header::CONTENT_TYPE, "text/event-stream"),
@@ -307,7 +318,7 @@ pub(super) async fn stream(
     if encoding == Encoding::Gzip {
         response_headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
-    Ok(response)
+    response
 }
 
 /// One stream's choices: its scope, its encoding, and the newest frame it was given.

@@ -382,8 +382,11 @@ impl Engine {
             .sampled
             .first()
             .map(|record| record.trace_id().to_string());
-        self.pending_ages
-            .observe(&self.out.metrics, unix_millis_now(), trace.as_deref());
+        self.pending_ages.observe(
+            &self.out.metrics,
+            crate::wall_clock::unix_ms(),
+            trace.as_deref(),
+        );
         // Traced only when sampled records went into it: a `frame` span (child of the first,
         // linked to the others) and the fan-out inside it.
         let span = self.frame_span(frame.seq, frame_bytes);
@@ -615,14 +618,6 @@ fn outcome_label(applied: Applied) -> &'static str {
         Applied::Repeated => "repeated",
         Applied::Expired => "expired",
     }
-}
-
-/// The wall clock in Unix milliseconds (frames are stamped for the freshness histograms;
-/// the core never reads a clock).
-fn unix_millis_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

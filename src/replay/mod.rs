@@ -191,7 +191,7 @@ pub struct Summary {
 }
 
 fn rfc3339(ms: i64) -> String {
-    let time = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    let time = crate::wall_clock::from_unix_ms(ms);
     if ms % 1000 == 0 {
         humantime::format_rfc3339_seconds(time).to_string()
     } else {
