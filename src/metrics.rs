@@ -8,7 +8,10 @@
 //! go uncounted. The topic label is the real topic name. Histograms are observed per batch,
 //! per frame or per checkpoint, never per event. docs/operations.md lists every metric.
 
+mod control;
 mod process;
+
+pub use control::{Control, ControlCollector};
 
 use crate::events::{DecodeError, Event, StoreId, TopicRole};
 use crate::kafka::Topics;
@@ -19,6 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -160,6 +164,9 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 /// The metrics of one process.
 #[derive(Debug)]
 pub struct Metrics {
+    /// The control state the gauges of open streams, lag, dead letters and checkpoint
+    /// failures show (read at each scrape).
+    pub control: Arc<Control>,
     registry: Registry,
     records: [Counter; TopicRole::ALL.len()],
     events: [Counter; 4],
@@ -188,10 +195,6 @@ pub struct Metrics {
     pub dead_lettered: Counter,
     /// Attempts the dead-letter topic did not take (each retried).
     pub dead_letter_failures: Counter,
-    /// Poison records waiting for the dead-letter topic to acknowledge them.
-    pub dead_letters_pending: Gauge,
-    /// How long the oldest of them has waited, seconds (0 when none waits).
-    pub dead_letters_oldest_wait: FloatGauge,
     /// Consumer errors reported by the client.
     pub consumer_errors: Counter,
     /// Checkpoints written.
@@ -211,10 +214,6 @@ pub struct Metrics {
     pub checkpoint_store_copies: Counter,
     /// When the last checkpoint was written, Unix seconds (0 before the first).
     pub checkpoint_last_success: FloatGauge,
-    /// Checkpoint attempts that failed since the last one written.
-    pub checkpoint_consecutive_failures: Gauge,
-    /// Records between the position and the partition ends, all partitions (-1 unknown).
-    pub consumer_lag: Gauge,
     /// Newest event time applied, Unix seconds.
     pub newest_event_time: FloatGauge,
     /// Time to decode and apply one batch of records.
@@ -235,8 +234,6 @@ pub struct Metrics {
     pub frame_size: Histogram,
     /// Bytes held by the frame log.
     pub frame_log_bytes: Gauge,
-    /// Live streams open now.
-    pub subscribers: Gauge,
     /// Streams refused because the subscriber cap was reached.
     pub refused_streams: Counter,
     /// Failed `accept` calls (e.g. out of file descriptors), each followed by a back-off.
@@ -353,6 +350,7 @@ impl Metrics {
             freshness,
         } = Labeled::register(r, topics);
         let m = Metrics {
+            control: Arc::new(Control::default()),
             records,
             events,
             poison,
@@ -371,8 +369,6 @@ impl Metrics {
             expired: Counter::default(),
             dead_lettered: Counter::default(),
             dead_letter_failures: Counter::default(),
-            dead_letters_pending: Gauge::default(),
-            dead_letters_oldest_wait: FloatGauge::default(),
             consumer_errors: Counter::default(),
             checkpoints: Counter::default(),
             checkpoint_failures: Counter::default(),
@@ -382,8 +378,6 @@ impl Metrics {
             checkpoint_freeze: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
             checkpoint_store_copies: Counter::default(),
             checkpoint_last_success: FloatGauge::default(),
-            checkpoint_consecutive_failures: Gauge::default(),
-            consumer_lag: Gauge::default(),
             newest_event_time: FloatGauge::default(),
             batch_duration: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
             batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
@@ -394,7 +388,6 @@ impl Metrics {
             frame_bytes: Counter::default(),
             frame_size: Histogram::new(exponential_buckets(64.0, 2.0, 16)),
             frame_log_bytes: Gauge::default(),
-            subscribers: Gauge::default(),
             refused_streams: Counter::default(),
             accept_errors: Counter::default(),
             lagged_subscribers: Counter::default(),
@@ -403,7 +396,7 @@ impl Metrics {
             resyncs: Counter::default(),
             registry: Registry::default(),
         };
-        m.consumer_lag.set(-1);
+        r.register_collector(Box::new(ControlCollector(Arc::clone(&m.control))));
         m.register_ingest(r);
         m.register_lag(r);
         m.register_checkpoints(r);
@@ -481,36 +474,13 @@ impl Metrics {
 
     /// How far the consumer is behind, and the dead letters it waits for.
     fn register_lag(&self, r: &mut Registry) {
-        let gauges: [(&str, &str, &Gauge); 2] = [
-            (
-                "consumer_lag_records",
-                "Records between the position and the partition ends, all partitions (-1: unknown)",
-                &self.consumer_lag,
-            ),
-            (
-                "dead_letters_pending",
-                "Poison records not yet acknowledged by the dead-letter topic (no checkpoint covers them)",
-                &self.dead_letters_pending,
-            ),
-        ];
-        for (name, help, gauge) in gauges {
-            r.register(name, help, gauge.clone());
-        }
-        let seconds: [(&str, &str, &FloatGauge); 2] = [
-            (
-                "dead_letters_oldest_wait",
-                "How long the oldest poison record has waited for the dead-letter topic",
-                &self.dead_letters_oldest_wait,
-            ),
-            (
-                "newest_event_timestamp",
-                "Newest event time applied, Unix time",
-                &self.newest_event_time,
-            ),
-        ];
-        for (name, help, gauge) in seconds {
-            r.register_with_unit(name, help, Unit::Seconds, gauge.clone());
-        }
+        // The lag and the dead letters waiting are control state (`control.rs`).
+        r.register_with_unit(
+            "newest_event_timestamp",
+            "Newest event time applied, Unix time",
+            Unit::Seconds,
+            self.newest_event_time.clone(),
+        );
         let partitions: [(&str, &str, &Family<PartitionLabels, Gauge>); 3] = [
             (
                 "partition_position",
@@ -546,11 +516,6 @@ impl Metrics {
         for (name, help, counter) in counters {
             r.register(name, help, counter.clone());
         }
-        r.register(
-            "checkpoint_consecutive_failures",
-            "Checkpoint attempts that failed since the last one written (/readyz is not ready from 3)",
-            self.checkpoint_consecutive_failures.clone(),
-        );
         let seconds: [(&str, &str, &FloatGauge); 1] = [(
             "checkpoint_last_success_timestamp",
             "When the last checkpoint was written, Unix time (0: none yet)",
@@ -655,17 +620,11 @@ impl Metrics {
 
     /// How much the live stream holds and how fresh its frames are.
     fn register_stream_sizes(&self, r: &mut Registry) {
-        let gauges: [(&str, &str, &Gauge); 2] = [
-            ("subscribers", "Live streams open now", &self.subscribers),
-            (
-                "frame_log_bytes",
-                "Bytes held by the frame log",
-                &self.frame_log_bytes,
-            ),
-        ];
-        for (name, help, gauge) in gauges {
-            r.register(name, help, gauge.clone());
-        }
+        r.register(
+            "frame_log_bytes",
+            "Bytes held by the frame log",
+            self.frame_log_bytes.clone(),
+        );
         let histograms: [(&str, &str, Unit, &Histogram); 2] = [
             (
                 "produce_to_frame",

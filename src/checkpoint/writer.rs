@@ -99,12 +99,12 @@ pub async fn checkpoint_writer(mut w: Writer) -> bool {
                 Ok(()) => {
                     last_position = Some(frozen.position.clone());
                     backoff = FIRST_BACKOFF;
-                    w.metrics.checkpoint_consecutive_failures.set(0);
+                    w.metrics.control.checkpoint_attempted(true);
                     let _ = w.written.send(frozen);
                 }
                 Err(error) => {
                     w.metrics.checkpoint_failures.inc();
-                    w.metrics.checkpoint_consecutive_failures.inc();
+                    w.metrics.control.checkpoint_attempted(false);
                     if finishing {
                         tracing::error!(error = %error, "final checkpoint failed; the next start resumes from the previous one");
                         return false;

@@ -481,13 +481,14 @@ async fn readyz(State(app): State<AppState>) -> Response {
     let reachable = tokio::time::timeout(Duration::from_secs(2), app.checkpoints.is_reachable())
         .await
         .unwrap_or(false);
-    let failing = app.metrics.checkpoint_consecutive_failures.get();
+    let control = &app.metrics.control;
+    let failing = control.checkpoint_failures_in_a_row();
     let checkpoint_store = reachable && failing < CHECKPOINT_FAILURES_NOT_READY;
-    let lag = app.metrics.consumer_lag.get();
-    let lag = (lag >= 0).then_some(lag);
+    let lag = control.consumer_lag();
     let caught_up = status.assigned && lag.is_some_and(|lag| lag <= app.max_lag);
-    let dead_letters_pending = app.metrics.dead_letters_pending.get();
-    let dead_letters_oldest_ms = (app.metrics.dead_letters_oldest_wait.get() * 1000.0) as i64;
+    let dead_letters_pending = control.dead_letters_pending();
+    let dead_letters_oldest_ms =
+        i64::try_from(control.dead_letters_oldest().as_millis()).unwrap_or(i64::MAX);
     // A poison record waiting this long means the dead-letter topic is not taking them:
     // checkpoints are held back until it does.
     let dead_letter_topic = dead_letters_oldest_ms < DEAD_LETTER_WAIT_READY_MS;

@@ -55,7 +55,7 @@ struct SubscriberGuard {
 impl SubscriberGuard {
     /// The guard, and how many streams were open before this one.
     fn new(metrics: &Arc<Metrics>) -> (SubscriberGuard, i64) {
-        let before = metrics.subscribers.inc();
+        let before = metrics.control.stream_opened();
         let guard = SubscriberGuard {
             metrics: Arc::clone(metrics),
             ending: None,
@@ -68,7 +68,7 @@ impl SubscriberGuard {
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        self.metrics.subscribers.dec();
+        self.metrics.control.stream_closed();
         if let Some(reason) = self.ending {
             let stalled = self
                 .stalled
@@ -147,7 +147,7 @@ impl SharedProgress {
     fn event(&self, app: &AppState) -> Arc<Encoded> {
         let key = (
             app.status.borrow().newest_event_time,
-            app.metrics.consumer_lag.get(),
+            app.metrics.control.consumer_lag().unwrap_or(-1),
         );
         let mut held = self
             .0

@@ -135,8 +135,8 @@ impl ProducerContext for DeliveryReports {
             }
         }
         self.metrics
-            .dead_letters_pending
-            .set(ledger.pending.len() as i64);
+            .control
+            .set_dead_letters_pending(ledger.pending.len());
     }
 }
 
@@ -229,8 +229,8 @@ impl DeadLetters {
         ledger.bytes += pending.held_bytes;
         ledger.pending.insert(number, pending);
         self.metrics
-            .dead_letters_pending
-            .set(ledger.pending.len() as i64);
+            .control
+            .set_dead_letters_pending(ledger.pending.len());
     }
 
     /// Queues one attempt; false if the producer refused it (a failed attempt, retried; one
@@ -281,9 +281,7 @@ impl DeadLetters {
             .map(|p| now.saturating_duration_since(p.sent_at))
             .max()
             .unwrap_or_default();
-        self.metrics
-            .dead_letters_oldest_wait
-            .set(oldest.as_secs_f64());
+        self.metrics.control.set_dead_letters_oldest(oldest);
     }
 
     /// Creates the topic if it is missing, on a thread of its own (the ingest thread never

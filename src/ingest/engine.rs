@@ -258,7 +258,7 @@ impl Engine {
     fn frame_interval(&self) -> Duration {
         stretched_interval(
             self.settings.frame_interval,
-            self.out.metrics.subscribers.get(),
+            self.out.metrics.control.open_streams(),
         )
     }
 
@@ -395,7 +395,7 @@ impl Engine {
         let _deliver = span.as_ref().map(|_| {
             tracing::info_span!(
                 "deliver",
-                "storepulse.subscribers" = self.out.metrics.subscribers.get(),
+                "storepulse.subscribers" = self.out.metrics.control.open_streams(),
                 "storepulse.frame.bytes" = frame_bytes,
             )
             .entered()

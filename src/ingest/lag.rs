@@ -62,13 +62,14 @@ pub async fn monitor_lag(
                     metrics.partition(topic, *partition, next, high);
                     (high - next).max(0)
                 })
-                .sum(),
+                .sum::<i64>()
+                .into(),
             Err(error) => {
                 tracing::debug!(error = %error, "watermarks unavailable");
-                -1
+                None
             }
         };
-        metrics.consumer_lag.set(lag);
+        metrics.control.set_consumer_lag(lag);
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = stop.cancelled() => {}

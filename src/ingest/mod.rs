@@ -121,7 +121,7 @@ impl Ingest {
             self.engine.publish_checkpoint(Arc::clone(&last));
         } else {
             tracing::error!(
-                pending = self.engine.metrics().dead_letters_pending.get(),
+                pending = self.engine.metrics().control.dead_letters_pending(),
                 "final checkpoint withheld: poison records are not in the dead-letter topic yet; the next start reads them again"
             );
             if let Some((frozen, sent)) = held
