@@ -504,26 +504,31 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     .await
     .context("replay thread")??;
     if !quiet && !args.dry_run {
-        let reasons: Vec<String> = summary
-            .dead_letters_by_reason
-            .iter()
-            .map(|(reason, count)| format!("{reason} {count}"))
-            .collect();
-        eprintln!(
-            "[replay] {} records ({} poison records skipped, as serve dead-letters them{}) in {:.1} s ({:.0} records/s); {} outputs",
-            summary.records,
-            summary.dead_letters,
-            if reasons.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", reasons.join(", "))
-            },
-            summary.elapsed.as_secs_f64(),
-            summary.records as f64 / summary.elapsed.as_secs_f64().max(1e-9),
-            summary.outputs
-        );
+        eprintln!("{}", replay_summary(&summary));
     }
     Ok(())
+}
+
+/// The line a replay ends with on stderr: records, poison records by reason, speed.
+fn replay_summary(summary: &crate::replay::Summary) -> String {
+    let reasons: Vec<String> = summary
+        .dead_letters_by_reason
+        .iter()
+        .map(|(reason, count)| format!("{reason} {count}"))
+        .collect();
+    format!(
+        "[replay] {} records ({} poison records skipped, as serve dead-letters them{}) in {:.1} s ({:.0} records/s); {} outputs",
+        summary.records,
+        summary.dead_letters,
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", reasons.join(", "))
+        },
+        summary.elapsed.as_secs_f64(),
+        summary.records as f64 / summary.elapsed.as_secs_f64().max(1e-9),
+        summary.outputs
+    )
 }
 
 /// `replay --set`: the range as configured and as set, and what differs at each step.

@@ -665,11 +665,73 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         self.aggregate_config()?;
         self.confluent_ids()?;
+        self.validate_auth()?;
+        self.validate_http()?;
         let invalid = |key: &str, message: &str| ConfigError::Invalid {
             key: key.into(),
             message: message.into(),
         };
+        // (is it out of bounds, the key, what it must be)
+        let bounds: [(bool, &str, &str); 9] = [
+            (
+                self.checkpoint.interval < Duration::from_millis(100),
+                "checkpoint.interval",
+                "must be at least 100ms",
+            ),
+            (
+                self.checkpoint.keep < 1,
+                "checkpoint.keep",
+                "must be at least 1",
+            ),
+            (
+                self.checkpoint.keep_hourly < 0,
+                "checkpoint.keep_hourly",
+                "must be 0 or more",
+            ),
+            (
+                self.aggregate.days_held < 1,
+                "aggregate.days_held",
+                "must be at least 1",
+            ),
+            (
+                self.aggregate.max_stores < 1,
+                "aggregate.max_stores",
+                "must be at least 1",
+            ),
+            (
+                self.aggregate.max_skus_per_store < 1,
+                "aggregate.max_skus_per_store",
+                "must be at least 1",
+            ),
+            (
+                !(1..=1_000).contains(&self.aggregate.list_limit),
+                "aggregate.list_limit",
+                "must be 1 to 1000",
+            ),
+            (
+                self.http.max_connections < 1,
+                "http.max_connections",
+                "must be at least 1",
+            ),
+            (
+                self.stream.queue_frames < 1,
+                "stream.queue_frames",
+                "must be at least 1",
+            ),
+        ];
+        match bounds.into_iter().find(|(out, _, _)| *out) {
+            Some((_, key, message)) => Err(invalid(key, message)),
+            None => Ok(()),
+        }
+    }
+
+    /// `auth.mode` and its key.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
         use secrecy::ExposeSecret;
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
         let secret = self.auth.hs256_secret.expose_secret();
         match self.auth.mode.as_str() {
             "none" => {}
@@ -692,6 +754,15 @@ impl Settings {
                 "must be at least 32 bytes (e.g. openssl rand -base64 48)",
             ));
         }
+        Ok(())
+    }
+
+    /// The trusted proxies' addresses and the CORS origins.
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
         if self
             .http
             .trusted_proxies
@@ -713,36 +784,6 @@ impl Settings {
                     "each origin is scheme://host[:port] (no path, never *)",
                 ));
             }
-        }
-        if self.checkpoint.interval < Duration::from_millis(100) {
-            return Err(invalid("checkpoint.interval", "must be at least 100ms"));
-        }
-        if self.checkpoint.keep < 1 {
-            return Err(invalid("checkpoint.keep", "must be at least 1"));
-        }
-        if self.checkpoint.keep_hourly < 0 {
-            return Err(invalid("checkpoint.keep_hourly", "must be 0 or more"));
-        }
-        if self.aggregate.days_held < 1 {
-            return Err(invalid("aggregate.days_held", "must be at least 1"));
-        }
-        if self.aggregate.max_stores < 1 {
-            return Err(invalid("aggregate.max_stores", "must be at least 1"));
-        }
-        if self.aggregate.max_skus_per_store < 1 {
-            return Err(invalid(
-                "aggregate.max_skus_per_store",
-                "must be at least 1",
-            ));
-        }
-        if !(1..=1_000).contains(&self.aggregate.list_limit) {
-            return Err(invalid("aggregate.list_limit", "must be 1 to 1000"));
-        }
-        if self.http.max_connections < 1 {
-            return Err(invalid("http.max_connections", "must be at least 1"));
-        }
-        if self.stream.queue_frames < 1 {
-            return Err(invalid("stream.queue_frames", "must be at least 1"));
         }
         Ok(())
     }

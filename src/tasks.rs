@@ -1,8 +1,8 @@
 //! `serve`'s one [`TaskTracker`]: every task and OS thread it starts is spawned through
 //! it, so shutdown waits for all of them (`app.rs`). Tokio tasks go through
 //! `TaskTracker::spawn`; an OS thread (the ingest loop, the accept loop, replays, the
-//! dead-letter topic's creation) through [`spawn_thread`], which tracks a task that ends
-//! when the thread does.
+//! dead-letter topic's creation) through [`spawn_thread`], which holds a tracker token
+//! until the thread ends.
 //!
 //! The one exception is the signal handler in `main.rs`: it outlives `serve` to turn a
 //! second signal into an abort.
@@ -17,17 +17,16 @@ pub fn spawn_thread<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<tokio::sync::oneshot::Receiver<std::thread::Result<T>>> {
     let (done, result) = tokio::sync::oneshot::channel();
-    let (ended, ending) = tokio::sync::oneshot::channel::<()>();
+    // Counts as a task of the tracker until the thread drops it: no runtime needed, so a
+    // thread may start another (the ingest thread starts the dead-letter topic's).
+    let token = tasks.token();
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
             let _ = done.send(outcome);
-            drop(ended); // the tracked task below ends now
+            drop(token);
         })?;
-    tasks.spawn(async move {
-        let _ = ending.await;
-    });
     Ok(result)
 }
 
@@ -37,6 +36,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_thread_is_waited_for_and_gives_back_its_result_or_its_panic() {
+        // Started from a thread with no runtime, as the ingest thread does.
+        let tasks = TaskTracker::new();
+        let outer = tasks.clone();
+        std::thread::spawn(move || spawn_thread(&outer, "nested", || 7).map(|_| ()))
+            .join()
+            .expect("no panic")
+            .expect("a thread");
+        tasks.close();
+        tasks.wait().await;
         let tasks = TaskTracker::new();
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let result = spawn_thread(&tasks, "test-thread", move || {

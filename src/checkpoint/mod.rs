@@ -216,6 +216,32 @@ impl CheckpointStore {
             }
         };
         let mut tx = self.pool.begin().await?;
+        let (id, base_id) = self
+            .insert_head(&mut tx, frozen, encoded, layout, base)
+            .await?;
+        self.insert_parts(&mut tx, base_id, id, encoded).await?;
+        insert_positions(&mut tx, id, frozen).await?;
+        self.prune(&mut tx, keep, base_id).await?;
+        tx.commit().await?;
+        Ok(Written {
+            id,
+            base_id,
+            bytes: encoded.bytes(),
+            stores: encoded.stores.len(),
+            duration: started.elapsed(),
+        })
+    }
+
+    /// The checkpoint's row (head, position); a chain's first checkpoint is its own base.
+    /// Returns its id and its chain's base.
+    async fn insert_head(
+        &self,
+        tx: &mut PgConnection,
+        frozen: &Frozen,
+        encoded: &Encoded,
+        layout: &Layout,
+        base: Option<i64>,
+    ) -> Result<(i64, i64), CheckpointError> {
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO checkpoints (group_name, format_version, layout_tag, position, newest_event_time, state, base_id)
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
@@ -229,19 +255,26 @@ impl CheckpointStore {
         .bind(base)
         .fetch_one(&mut *tx)
         .await?;
-        let base_id = match base {
-            Some(base) => base,
-            None => {
-                sqlx::query("UPDATE checkpoints SET base_id = id WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                id
-            }
-        };
+        if let Some(base) = base {
+            return Ok((id, base));
+        }
+        sqlx::query("UPDATE checkpoints SET base_id = id WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        Ok((id, id))
+    }
+
+    /// One part per store the checkpoint wrote; older parts of those stores in the chain
+    /// are superseded (kept while a kept checkpoint reads them).
+    async fn insert_parts(
+        &self,
+        tx: &mut PgConnection,
+        base_id: i64,
+        id: i64,
+        encoded: &Encoded,
+    ) -> Result<(), CheckpointError> {
         let (ids, states): (Vec<String>, Vec<Vec<u8>>) = encoded.stores.iter().cloned().unzip();
-        // Older parts of these stores in the chain are superseded (kept while a kept
-        // checkpoint reads them).
         sqlx::query(
             "UPDATE checkpoint_stores SET superseded = true
               WHERE group_name = $1 AND base_id = $2 AND store_id = ANY($3) AND NOT superseded",
@@ -262,26 +295,20 @@ impl CheckpointStore {
         .bind(&states)
         .execute(&mut *tx)
         .await?;
-        let (topics, partitions, offsets): (Vec<String>, Vec<i32>, Vec<i64>) =
-            frozen.partitions.iter().cloned().fold(
-                Default::default(),
-                |(mut t, mut p, mut o), (topic, partition, offset)| {
-                    t.push(topic);
-                    p.push(partition);
-                    o.push(offset);
-                    (t, p, o)
-                },
-            );
-        sqlx::query(
-            "INSERT INTO checkpoint_positions (checkpoint_id, topic, partition, next_offset)
-             SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[])",
-        )
-        .bind(id)
-        .bind(&topics)
-        .bind(&partitions)
-        .bind(&offsets)
-        .execute(&mut *tx)
-        .await?;
+        Ok(())
+    }
+
+    /// Deletes the checkpoints beyond `keep`, then the parts no kept checkpoint reads:
+    /// superseded ones that every kept checkpoint of their chain reads a newer version of
+    /// (or is older than), and any part of a chain with no kept checkpoint left. Only
+    /// superseded parts and other chains are looked at, never the current chain's newest
+    /// parts (the newest checkpoint reads them).
+    async fn prune(
+        &self,
+        tx: &mut PgConnection,
+        keep: Keep,
+        base_id: i64,
+    ) -> Result<(), CheckpointError> {
         sqlx::query(
             "DELETE FROM checkpoints WHERE group_name = $1
                AND id NOT IN (SELECT id FROM checkpoints WHERE group_name = $1
@@ -295,10 +322,6 @@ impl CheckpointStore {
         .bind(keep.hourly)
         .execute(&mut *tx)
         .await?;
-        // Parts no kept checkpoint reads: superseded ones that every kept checkpoint of their
-        // chain reads a newer version of (or is older than), and any part of a chain with no
-        // kept checkpoint left. Only superseded parts and other chains are looked at, never
-        // the current chain's newest parts (the newest checkpoint reads them).
         sqlx::query(
             "DELETE FROM checkpoint_stores p
               WHERE p.group_name = $1
@@ -316,14 +339,7 @@ impl CheckpointStore {
         .bind(base_id)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(Written {
-            id,
-            base_id,
-            bytes: encoded.bytes(),
-            stores: encoded.stores.len(),
-            duration: started.elapsed(),
-        })
+        Ok(())
     }
 
     /// The state of checkpoint `id`: its head and the newest part of each store of its
@@ -450,6 +466,35 @@ impl CheckpointStore {
         let state = self.restore(id, base_id, &head, config).await?;
         Ok(Some((id, state)))
     }
+}
+
+/// Each partition's next offset at the checkpoint.
+async fn insert_positions(
+    tx: &mut PgConnection,
+    id: i64,
+    frozen: &Frozen,
+) -> Result<(), CheckpointError> {
+    let (topics, partitions, offsets): (Vec<String>, Vec<i32>, Vec<i64>) =
+        frozen.partitions.iter().cloned().fold(
+            Default::default(),
+            |(mut t, mut p, mut o), (topic, partition, offset)| {
+                t.push(topic);
+                p.push(partition);
+                o.push(offset);
+                (t, p, o)
+            },
+        );
+    sqlx::query(
+        "INSERT INTO checkpoint_positions (checkpoint_id, topic, partition, next_offset)
+         SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[])",
+    )
+    .bind(id)
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&offsets)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

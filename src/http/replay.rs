@@ -5,6 +5,7 @@
 //! stops (`shutdown`: a deploy never waits for a replay to end).
 
 use super::{ApiError, AppState};
+use crate::events::StoreId;
 use crate::replay::stream::ReplayRequest;
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -63,6 +64,27 @@ pub(super) async fn replay_stream(
         Err(super::ScopeRefusal::Bad(error)) => return Err(error),
         Err(limited) => return Ok(limited.into_response()),
     };
+    let request = request_of(&query, store)?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query.since.as_deref());
+    let Ok(bytes) = app.replays.start(request, last_event_id) else {
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "10")],
+            axum::Json(json!({ "error": "every replay slot is busy (replay.max_concurrent); retry later" })),
+        )
+            .into_response());
+    };
+    Ok(super::stream::sse_response(
+        relay(bytes, principal.session_left(), app.stop.clone()),
+        crate::live::Encoding::Identity,
+    ))
+}
+
+/// The range, speed and store asked for, checked: 400 with the reason otherwise.
+fn request_of(query: &ReplayQuery, store: Option<StoreId>) -> Result<ReplayRequest, ApiError> {
     let bad = |reason: String| ApiError {
         status: StatusCode::BAD_REQUEST,
         reason,
@@ -79,29 +101,23 @@ pub(super) async fn replay_stream(
     if !(1..=1000).contains(&speed) {
         return Err(bad(format!("speed {speed} is not between 1 and 1000")));
     }
-    let request = ReplayRequest {
+    Ok(ReplayRequest {
         from_ms,
         to_ms,
         speed,
         store,
-    };
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or(query.since.as_deref());
-    let Ok(mut bytes) = app.replays.start(request, last_event_id) else {
-        return Ok((
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "10")],
-            axum::Json(json!({ "error": "every replay slot is busy (replay.max_concurrent); retry later" })),
-        )
-            .into_response());
-    };
-    // A replay stream ends at its token's expiry too, with the same last event as a live
-    // one; dropping the receiver stops the replay thread.
-    let expires_in = principal.session_left();
-    let stop = app.stop.clone();
-    let body = Body::from_stream(async_stream::stream! {
+    })
+}
+
+/// The response body: the replay's bytes until it ends, the token expires (`expires_in`,
+/// with the same last event as a live stream) or the server stops (`event: shutdown`);
+/// dropping the receiver stops the replay thread.
+fn relay(
+    mut bytes: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    expires_in: Option<std::time::Duration>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Body {
+    Body::from_stream(async_stream::stream! {
         let expiry = tokio::time::sleep(expires_in.unwrap_or_default());
         tokio::pin!(expiry);
         loop {
@@ -123,9 +139,5 @@ pub(super) async fn replay_stream(
                 break;
             }
         }
-    });
-    Ok(super::stream::sse_response(
-        body,
-        crate::live::Encoding::Identity,
-    ))
+    })
 }

@@ -234,32 +234,13 @@ pub(super) async fn stream(
         .get()
         .cloned()
         .ok_or_else(ApiError::ingest_stopped)?;
-    // Per client first (a flood from one address is its own 429), then the global cap.
-    let slot = match address {
-        Some(address) => {
-            let principal = Some(principal.subject.as_str())
-                .filter(|s| !s.is_empty() && principal.expires_at_ms.is_some());
-            match app.limits.open_stream(address, principal, Instant::now()) {
-                Ok(slot) => Some(slot),
-                Err(refusal) => {
-                    app.metrics.refused_streams.inc();
-                    return Ok(refusal.into_response());
-                }
-            }
+    let mut guard = match admit_stream(&app, &principal, address) {
+        Ok(guard) => guard,
+        Err(refused) => {
+            app.metrics.refused_streams.inc();
+            return Ok(refused.into_response());
         }
-        None => None,
     };
-    let (mut guard, open_streams) = SubscriberGuard::new(&app.metrics);
-    guard.slot = slot;
-    if open_streams >= app.stream.max_subscribers as i64 {
-        app.metrics.refused_streams.inc();
-        return Ok((
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5")],
-            axum::Json(json!({ "error": "too many open streams; retry later" })),
-        )
-            .into_response());
-    }
     // A header that is not text is as good as a malformed id: it gets a resync snapshot.
     let since = headers
         .get("last-event-id")
@@ -299,6 +280,52 @@ pub(super) async fn stream(
         Body::from_stream(writer(app, client, subscription, stall, guard)),
         encoding,
     ))
+}
+
+/// A place for one more stream: per client first (a flood from one address is its own
+/// 429), then the global cap (`stream.max_subscribers`, 503). The guard gives it back.
+fn admit_stream(
+    app: &AppState,
+    principal: &Principal,
+    address: Option<std::net::IpAddr>,
+) -> Result<SubscriberGuard, StreamRefused> {
+    let slot = match address {
+        Some(address) => {
+            let principal = Some(principal.subject.as_str())
+                .filter(|s| !s.is_empty() && principal.expires_at_ms.is_some());
+            let slot = app.limits.open_stream(address, principal, Instant::now());
+            Some(slot.map_err(StreamRefused::Client)?)
+        }
+        None => None,
+    };
+    let (mut guard, open_streams) = SubscriberGuard::new(&app.metrics);
+    guard.slot = slot;
+    if open_streams >= app.stream.max_subscribers as i64 {
+        return Err(StreamRefused::Full);
+    }
+    Ok(guard)
+}
+
+/// Why there is no place for one more stream.
+enum StreamRefused {
+    /// The client's own cap (429).
+    Client(super::limits::Refusal),
+    /// `stream.max_subscribers` (503).
+    Full,
+}
+
+impl IntoResponse for StreamRefused {
+    fn into_response(self) -> Response {
+        match self {
+            StreamRefused::Client(refusal) => refusal.into_response(),
+            StreamRefused::Full => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5")],
+                axum::Json(json!({ "error": "too many open streams; retry later" })),
+            )
+                .into_response(),
+        }
+    }
 }
 
 /// A response of Server-Sent Events: the headers every stream (live or replay) sends — no
@@ -385,6 +412,47 @@ impl Client {
         self.catch_up(metrics)
     }
 
+    /// What a stream writes first: the gzip header (if gzip), the `retry:` line, then its
+    /// opening.
+    fn first_bytes(&mut self, subscription: &Subscription, metrics: &Metrics) -> Vec<Bytes> {
+        let mut first = Vec::new();
+        if self.encoding == Encoding::Gzip {
+            first.push(Bytes::from_static(&live::GZIP_HEADER));
+        }
+        first.push(RETRY.for_encoding(self.encoding));
+        first.extend(self.opening(subscription, metrics));
+        first
+    }
+
+    /// The `write` span of frame `seq` on a traced connection, if the frame carried sampled
+    /// records.
+    fn write_span(&self, seq: u64) -> Option<tracing::Span> {
+        let parent = self.traced.then(|| self.hub.trace_of(seq)).flatten()?;
+        Some(crate::telemetry::write_span(
+            parent,
+            seq,
+            self.store.as_ref().map(|s| s.0.as_str()),
+        ))
+    }
+
+    /// A client the log has moved past starts again as `live::start` says for it (a
+    /// snapshot, shared when fresh): the opening's bytes and the frames after it; `None`
+    /// if the feed ended.
+    async fn reopen(
+        &mut self,
+        app: &AppState,
+        metrics: &Metrics,
+    ) -> Option<(
+        Vec<Bytes>,
+        tokio::sync::broadcast::Receiver<Arc<live::Frame>>,
+    )> {
+        let hub = Arc::clone(&self.hub);
+        match open(app, &hub, self.store.clone(), None).await {
+            Ok(Subscribed::Started(fresh)) => Some((self.opening(&fresh, metrics), fresh.live)),
+            _ => None,
+        }
+    }
+
     /// The shared pieces from this client's last frame to the newest.
     fn catch_up(&mut self, metrics: &Metrics) -> Option<Vec<Bytes>> {
         let (pieces, newest) = self.hub.catch_up(self.last_seq)?;
@@ -405,14 +473,10 @@ fn writer(
 ) -> impl futures_core::Stream<Item = Result<Bytes, std::convert::Infallible>> {
     async_stream::stream! {
         let mut guard = guard;
-        if client.encoding == Encoding::Gzip {
-            yield Ok(Bytes::from_static(&live::GZIP_HEADER));
-        }
-        yield Ok(RETRY.for_encoding(client.encoding));
         let metrics = Arc::clone(&app.metrics);
-        let opening = client.opening(&subscription, &metrics);
+        let first = client.first_bytes(&subscription, &metrics);
         let mut live = subscription.live;
-        for bytes in opening {
+        for bytes in first {
             stall.offered();
             yield Ok(bytes);
             stall.taken();
@@ -430,13 +494,7 @@ fn writer(
             let written = tokio::select! {
                 received = live.recv() => match received {
                     Ok(frame) => {
-                        if client.traced && let Some(parent) = client.hub.trace_of(frame.seq) {
-                            write_span = Some(crate::telemetry::write_span(
-                                parent,
-                                frame.seq,
-                                client.store.as_ref().map(|s| s.0.as_str()),
-                            ));
-                        }
+                        write_span = client.write_span(frame.seq);
                         client.on_frame(&frame, !live.is_empty(), &metrics)
                     }
                     Err(RecvError::Lagged(_)) => {
@@ -464,13 +522,12 @@ fn writer(
             let writes = match written {
                 Some(writes) => writes,
                 // The log moved past this client: a snapshot (rule 3), shared when fresh.
-                None => match open(&app, &client.hub, client.store.clone(), None).await {
-                    Ok(Subscribed::Started(fresh)) => {
-                        let writes = client.opening(&fresh, &metrics);
-                        live = fresh.live;
+                None => match client.reopen(&app, &metrics).await {
+                    Some((writes, fresh)) => {
+                        live = fresh;
                         writes
                     }
-                    _ => {
+                    None => {
                         guard.ending = Some(DisconnectReason::FeedEnded);
                         break;
                     }

@@ -8,7 +8,7 @@
 
 pub use storepulse_core::scenario;
 
-use crate::events::{Codec, EncodeError};
+use crate::events::{Codec, EncodeError, Event};
 use crate::kafka::{self, KafkaError, KafkaSettings};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -144,20 +144,13 @@ pub async fn run(
         .map_err(SimulateError::InvalidScenario)?;
     let codec = Codec::new(&Default::default())?;
     if options.create_topics {
-        // A broker that cannot create topics within the delivery timeout cannot take records.
-        let timeout = options.message_timeout.min(Duration::from_secs(30));
-        let names = settings.topics.all();
-        let created = kafka::ensure_topics(settings, &names, options.partitions, timeout).await?;
-        if !created.is_empty() {
-            tracing::info!(topics = ?created, partitions = options.partitions, "created topics");
-        }
+        create_topics(settings, &options).await?;
     }
     let producer: ThreadedProducer<DeliveryCounter> =
         kafka::producer_config(settings, options.message_timeout)
             .create_with_context(DeliveryCounter::default())
             .map_err(KafkaError::Config)?;
     let counter: Arc<DeliveryCounter> = Arc::clone(producer.context());
-
     let mut scenario = Scenario::new(options.scenario.clone());
     let mut trace_rng = ChaCha8Rng::seed_from_u64(options.scenario.seed ^ 0x7472_6163_6570_6172);
     let mut buggy = scenario::BuggyProducer::new(options.scenario.seed, options.junk_per_mille);
@@ -166,7 +159,6 @@ pub async fn run(
     let mut produced: u64 = 0;
     let mut backpressure_waits: u64 = 0;
     let mut next_progress = options.progress_every.map(|every| started + every);
-
     'production: while produced < count && !stop.is_cancelled() {
         let elapsed = started.elapsed();
         if options.duration.is_some_and(|limit| elapsed >= limit) {
@@ -181,54 +173,10 @@ pub async fn run(
             let mut event = scenario.next().unwrap_or_else(|| unreachable!("endless"));
             let junk = buggy.corrupt(&mut event);
             let payload = codec.encode(&event)?;
-            let topic = settings.topics.name(event.kind().topic_role());
-            // With an exporter: a PRODUCER span per record the sampler picks, whose context
-            // the record carries, so its trace begins here; the others carry a context
-            // marked not sampled (the producer decided; serve follows). Without an
-            // exporter: a random context marked sampled, as an upstream system that traces
-            // elsewhere would send.
-            let send_span = crate::telemetry::producer_span(topic, event.key());
-            let trace = match &send_span {
-                Some((_, traceparent)) => traceparent.clone(),
-                None => traceparent(&mut trace_rng, !crate::telemetry::enabled()),
-            };
-            // The record's Kafka timestamp is its event time: replay finds a time range by
-            // record time (offsets for times), and serve's future guard, which compares the
-            // two, takes every simulated record (the broker refuses timestamps more than
-            // `message.timestamp.after.max.ms`, 1 h, ahead).
-            let mut record = BaseRecord::to(topic)
-                .key(event.key())
-                .payload(&payload)
-                // A buggy producer's future-dated records carry no timestamp (CreateTime −1).
-                .timestamp(if junk == Some(scenario::Junk::NoTimestamp) {
-                    -1
-                } else {
-                    event.occurred_at()
-                })
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: "traceparent",
-                    value: Some(trace.as_str()),
-                }));
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        // The broker is slower than the target rate: wait, never drop.
-                        backpressure_waits += 1;
-                        record = back;
-                        if stop.is_cancelled() {
-                            break 'production;
-                        }
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err((error, _)) => {
-                        counter.failed.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut first) = counter.first_error.lock() {
-                            first.get_or_insert_with(|| error.to_string());
-                        }
-                        break;
-                    }
-                }
+            let outgoing = Outgoing::of(settings, &event, &payload, junk, &mut trace_rng);
+            match send(&producer, &outgoing, &counter, &stop).await {
+                Some(waits) => backpressure_waits += waits,
+                None => break 'production,
             }
             produced += 1;
         }
@@ -236,20 +184,153 @@ pub async fn run(
             print_progress(started, produced, &counter, scenario.phase());
             next_progress = options.progress_every.map(|every| at + every);
         }
-        match options.rate {
-            Some(rate) => {
-                let next_due = Duration::from_secs_f64((produced + 1) as f64 / rate);
-                let wait = next_due.saturating_sub(started.elapsed());
-                tokio::select! {
-                    () = tokio::time::sleep(wait.clamp(Duration::from_micros(200), Duration::from_millis(50))) => {}
-                    () = stop.cancelled() => {}
-                }
-            }
-            None => tokio::task::yield_now().await,
+        pace(options.rate, produced, started, &stop).await;
+    }
+    let report = finish(
+        producer,
+        &counter,
+        &options,
+        produced,
+        started,
+        backpressure_waits,
+    )
+    .await;
+    if options.progress_every.is_some() {
+        print_progress(started, produced, &counter, scenario.phase());
+    }
+    if report.failed > 0 || report.acked < report.produced {
+        return Err(SimulateError::Undelivered { report });
+    }
+    Ok(report)
+}
+
+/// Creates the three topics if they are missing (a broker that cannot create them within
+/// the delivery timeout cannot take records either).
+async fn create_topics(
+    settings: &KafkaSettings,
+    options: &SimulateOptions,
+) -> Result<(), SimulateError> {
+    let timeout = options.message_timeout.min(Duration::from_secs(30));
+    let names = settings.topics.all();
+    let created = kafka::ensure_topics(settings, &names, options.partitions, timeout).await?;
+    if !created.is_empty() {
+        tracing::info!(topics = ?created, partitions = options.partitions, "created topics");
+    }
+    Ok(())
+}
+
+/// One record about to be produced: its topic, key, value, Kafka timestamp and trace context.
+struct Outgoing<'a> {
+    topic: &'a str,
+    key: String,
+    payload: &'a [u8],
+    timestamp: i64,
+    traceparent: String,
+}
+
+impl<'a> Outgoing<'a> {
+    fn of(
+        settings: &'a KafkaSettings,
+        event: &Event,
+        payload: &'a [u8],
+        junk: Option<scenario::Junk>,
+        trace_rng: &mut ChaCha8Rng,
+    ) -> Outgoing<'a> {
+        let topic = settings.topics.name(event.kind().topic_role());
+        // With an exporter: a PRODUCER span per record the sampler picks, whose context
+        // the record carries, so its trace begins here; the others carry a context
+        // marked not sampled (the producer decided; serve follows). Without an
+        // exporter: a random context marked sampled, as an upstream system that traces
+        // elsewhere would send.
+        let traceparent = match crate::telemetry::producer_span(topic, event.key()) {
+            Some((_, traceparent)) => traceparent,
+            None => traceparent(trace_rng, !crate::telemetry::enabled()),
+        };
+        Outgoing {
+            topic,
+            key: event.key().to_owned(),
+            payload,
+            // The record's Kafka timestamp is its event time: replay finds a time range by
+            // record time (offsets for times), and serve's future guard, which compares the
+            // two, takes every simulated record (the broker refuses timestamps more than
+            // `message.timestamp.after.max.ms`, 1 h, ahead). A buggy producer's
+            // future-dated records carry no timestamp (CreateTime −1).
+            timestamp: if junk == Some(scenario::Junk::NoTimestamp) {
+                -1
+            } else {
+                event.occurred_at()
+            },
+            traceparent,
         }
     }
+}
 
-    // Every record gets its delivery report within message.timeout.ms; wait a bit longer.
+/// Queues one record, waiting while the producer's queue is full (the broker is slower
+/// than the target rate: never drop). The waits it took, or `None` if stopped meanwhile; a
+/// record the producer refuses is counted as failed.
+async fn send(
+    producer: &ThreadedProducer<DeliveryCounter>,
+    outgoing: &Outgoing<'_>,
+    counter: &DeliveryCounter,
+    stop: &CancellationToken,
+) -> Option<u64> {
+    let mut record = BaseRecord::to(outgoing.topic)
+        .key(outgoing.key.as_str())
+        .payload(outgoing.payload)
+        .timestamp(outgoing.timestamp)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: "traceparent",
+            value: Some(outgoing.traceparent.as_str()),
+        }));
+    let mut waits = 0;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Some(waits),
+            Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                waits += 1;
+                record = back;
+                if stop.is_cancelled() {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((error, _)) => {
+                counter.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut first) = counter.first_error.lock() {
+                    first.get_or_insert_with(|| error.to_string());
+                }
+                return Some(waits);
+            }
+        }
+    }
+}
+
+/// Waits until the next record is due at `rate` (a short nap, so stop is noticed), or
+/// yields when there is no rate.
+async fn pace(rate: Option<f64>, produced: u64, started: Instant, stop: &CancellationToken) {
+    match rate {
+        Some(rate) => {
+            let next_due = Duration::from_secs_f64((produced + 1) as f64 / rate);
+            let wait = next_due.saturating_sub(started.elapsed());
+            tokio::select! {
+                () = tokio::time::sleep(wait.clamp(Duration::from_micros(200), Duration::from_millis(50))) => {}
+                () = stop.cancelled() => {}
+            }
+        }
+        None => tokio::task::yield_now().await,
+    }
+}
+
+/// Flushes (every record gets its delivery report within `message.timeout.ms`; this waits
+/// a bit longer) and reports; records still in flight after the flush count as failed.
+async fn finish(
+    producer: ThreadedProducer<DeliveryCounter>,
+    counter: &DeliveryCounter,
+    options: &SimulateOptions,
+    produced: u64,
+    started: Instant,
+    backpressure_waits: u64,
+) -> Report {
     let flush_timeout = options.message_timeout + Duration::from_secs(5);
     let flushed = tokio::task::spawn_blocking(move || {
         let result = producer.flush(flush_timeout);
@@ -261,26 +342,18 @@ pub async fn run(
     let mut failed = counter.failed.load(Ordering::Relaxed);
     let mut first_error = counter.first_error.lock().ok().and_then(|e| e.clone());
     if let (_, Err(e)) = &flushed {
-        // Records still in flight after the flush have no report: count them as failed.
         failed = produced.saturating_sub(acked);
         first_error.get_or_insert_with(|| format!("flush did not complete: {e}"));
     }
     drop(flushed);
-    let report = Report {
+    Report {
         produced,
         acked,
         failed,
         first_error,
         elapsed: started.elapsed(),
         backpressure_waits,
-    };
-    if options.progress_every.is_some() {
-        print_progress(started, produced, &counter, scenario.phase());
     }
-    if report.failed > 0 || report.acked < report.produced {
-        return Err(SimulateError::Undelivered { report });
-    }
-    Ok(report)
 }
 
 fn print_progress(started: Instant, produced: u64, counter: &DeliveryCounter, phase: Phase) {

@@ -452,9 +452,10 @@ impl Scenario {
         }));
     }
 
-    /// Places an order if any of the drawn lines can be served; false if none could.
-    fn order(&mut self, phase: Phase) -> bool {
-        let store = self.rng.random_range(0..self.stores.len());
+    /// The lines of an order in `store`: one to three distinct products (in a flash sale the
+    /// first is a sale product 4 times in 5), each with its quantity and price; a product
+    /// out of stock is left out unless the sale oversells.
+    fn draw_lines(&mut self, store: usize, phase: Phase) -> Vec<(usize, i64, i64)> {
         let sale = self.config.flash_sale.clone();
         let flash_skus = sale.as_ref().map_or(0, |s| s.skus_per_store);
         let line_count = self.rng.random_range(1..=3usize);
@@ -491,6 +492,13 @@ impl Scenario {
             };
             lines.push((product, quantity, price));
         }
+        lines
+    }
+
+    /// Places an order if any of the drawn lines can be served; false if none could.
+    fn order(&mut self, phase: Phase) -> bool {
+        let store = self.rng.random_range(0..self.stores.len());
+        let lines = self.draw_lines(store, phase);
         if lines.is_empty() {
             return false;
         }
