@@ -161,7 +161,7 @@ fn wire(
         tasks: tasks.clone(),
         access: Arc::clone(&access),
         limits: Arc::new(crate::http::limits::ClientLimits::new(
-            settings.limit_settings(),
+            crate::http::limits::LimitSettings::of(settings),
         )),
     };
     let wiring = Wiring {

@@ -154,12 +154,12 @@ pub enum AuthError {
 #[derive(Debug, Error)]
 pub enum KeyError {
     /// Unreadable.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Not a key we can use.
     #[error("{path}: {message}")]
@@ -316,9 +316,9 @@ fn principal(claims: Claims, token: &str) -> Result<Principal, AuthError> {
 }
 
 fn read(path: &str) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path).map_err(|source| KeyError::Read {
+    std::fs::read(path).map_err(|cause| KeyError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 

@@ -554,23 +554,11 @@ fn parse(source_name: &str, text: &str) -> Result<toml::Table, ConfigError> {
     })
 }
 
-impl Settings {
-    /// The per-client limits as the HTTP side counts them.
-    pub fn limit_settings(&self) -> crate::http::limits::LimitSettings {
-        let limits = &self.limits;
-        crate::http::limits::LimitSettings {
-            streams_per_client: limits.streams_per_client,
-            streams_per_principal: limits.streams_per_principal,
-            requests_per_second: f64::from(limits.requests_per_second),
-            burst: f64::from(limits.burst),
-            // Checked by `validate`.
-            trusted_proxies: self
-                .http
-                .trusted_proxies
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .collect(),
-        }
+impl Default for KafkaSettings {
+    /// The local stack's broker and topics, from `config/default.toml` (the one place
+    /// defaults live).
+    fn default() -> Self {
+        defaults().kafka()
     }
 }
 
@@ -923,7 +911,7 @@ mod tests {
             &env(&[("STOREPULSE_TRUSTED_PROXIES", "10.0.0.9, ::1")]),
         )
         .expect("addresses");
-        assert_eq!(proxies.limit_settings().trusted_proxies.len(), 2);
+        assert_eq!(proxies.http.trusted_proxies.len(), 2);
         let bad_proxy = Settings::load(
             None,
             &env(&[("STOREPULSE_TRUSTED_PROXIES", "proxy.internal")]),

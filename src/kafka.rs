@@ -137,20 +137,13 @@ pub struct KafkaSettings {
     pub topics: Topics,
 }
 
-impl Default for KafkaSettings {
-    /// The local stack's broker and topics, from `config/default.toml` (the one place
-    /// defaults live).
-    fn default() -> Self {
-        crate::config::defaults().kafka()
-    }
-}
-
-/// A failed conversation with the broker.
+/// A failed conversation with the broker. Each message says its cause, and `source()`
+/// does not repeat it (so a chain of causes prints each once).
 #[derive(Debug, Error)]
 pub enum KafkaError {
     /// A client could not be created from the configuration.
     #[error("invalid kafka client configuration: {0}")]
-    Config(#[source] rdkafka::error::KafkaError),
+    Config(rdkafka::error::KafkaError),
     /// The broker refused an operation on a topic (creating it, reading its metadata).
     #[error("topic {topic}: {code}")]
     Topic {
@@ -161,7 +154,7 @@ pub enum KafkaError {
     },
     /// A request got no answer (broker down or unreachable).
     #[error("kafka request failed: {0}")]
-    Request(#[source] rdkafka::error::KafkaError),
+    Request(rdkafka::error::KafkaError),
 }
 
 /// Settings every client shares.

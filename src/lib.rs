@@ -49,3 +49,41 @@ pub mod simulate;
 pub mod tasks;
 pub mod telemetry;
 pub mod wall_clock;
+
+#[cfg(test)]
+mod tests {
+    /// An error's message says its cause, and the chain of causes (what `main` prints) does
+    /// not say it again.
+    #[test]
+    fn an_error_says_its_cause_once() {
+        let cases: Vec<(anyhow::Error, &str)> = vec![
+            (
+                crate::replay::ReplayError::from(std::io::Error::other("disk full")).into(),
+                "disk full",
+            ),
+            (
+                crate::checkpoint::CheckpointError::from(sqlx::Error::PoolTimedOut).into(),
+                "pool timed out",
+            ),
+            (
+                crate::kafka::KafkaError::Request(rdkafka::error::KafkaError::Canceled).into(),
+                "client dropped",
+            ),
+            (
+                crate::simulate::SimulateError::from(crate::events::codec::SchemaError::Parse {
+                    schema: crate::events::codec::SchemaId {
+                        kind: crate::events::EventKind::OrderPlaced,
+                        version: 1,
+                    },
+                    reason: "unexpected token".into(),
+                })
+                .into(),
+                "unexpected token",
+            ),
+        ];
+        for (error, cause) in cases {
+            let printed = format!("{error:#}").to_lowercase();
+            assert_eq!(printed.matches(cause).count(), 1, "{printed}");
+        }
+    }
+}

@@ -34,7 +34,7 @@ pub enum CheckpointError {
     /// The database did not answer or refused (inside the store; callers get
     /// [`CheckpointError::Unavailable`], which says where and why).
     #[error("checkpoint store: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// The database did not answer or refused: which one (no password), and the cause a
     /// direct connection attempt reports when the pool only says it timed out.
     #[error("checkpoint store {target}: {cause}")]
@@ -46,16 +46,29 @@ pub enum CheckpointError {
     },
     /// Migrations failed.
     #[error("checkpoint migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     /// The stored state cannot be restored although its version matched the query (a
     /// defect: never guessed at, the state is rebuilt from Kafka).
-    #[error("checkpoint {id} cannot be restored: {source}")]
+    #[error("checkpoint {id} cannot be restored: {cause}")]
     Corrupt {
         /// Checkpoint id.
         id: i64,
         /// Why.
-        source: FormatError,
+        cause: FormatError,
     },
+}
+
+// Display says the cause; `source()` does not repeat it.
+impl From<sqlx::Error> for CheckpointError {
+    fn from(error: sqlx::Error) -> Self {
+        CheckpointError::Database(error)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for CheckpointError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        CheckpointError::Migrate(error)
+    }
 }
 
 /// What a write did.
@@ -209,7 +222,7 @@ impl CheckpointStore {
             (false, None) => {
                 return Err(CheckpointError::Corrupt {
                     id: 0,
-                    source: FormatError::Corrupt(
+                    cause: FormatError::Corrupt(
                         "a partial checkpoint without a chain to build on (a defect)".into(),
                     ),
                 });
@@ -354,7 +367,7 @@ impl CheckpointStore {
         let Some(base_id) = base_id else {
             return Err(CheckpointError::Corrupt {
                 id,
-                source: FormatError::Corrupt("no chain (base_id) recorded".into()),
+                cause: FormatError::Corrupt("no chain (base_id) recorded".into()),
             });
         };
         let stores: Vec<(String, Vec<u8>)> = sqlx::query_as(
@@ -368,7 +381,7 @@ impl CheckpointStore {
         .fetch_all(&self.pool)
         .await?;
         storepulse_core::checkpoint::restore_parts(FORMAT_VERSION, head, stores, config)
-            .map_err(|source| CheckpointError::Corrupt { id, source })
+            .map_err(|source| CheckpointError::Corrupt { id, cause: source })
     }
 
     /// The newest checkpoint of this group in this format and layout, restored.

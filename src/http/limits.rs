@@ -217,6 +217,26 @@ impl ClientLimits {
     }
 }
 
+impl LimitSettings {
+    /// The per-client limits of `settings` (`[limits]`, `http.trusted_proxies`).
+    pub fn of(settings: &crate::config::Settings) -> LimitSettings {
+        let limits = &settings.limits;
+        LimitSettings {
+            streams_per_client: limits.streams_per_client,
+            streams_per_principal: limits.streams_per_principal,
+            requests_per_second: f64::from(limits.requests_per_second),
+            burst: f64::from(limits.burst),
+            // Checked by the settings' validation.
+            trusted_proxies: settings
+                .http
+                .trusted_proxies
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

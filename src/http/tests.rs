@@ -122,7 +122,7 @@ impl TestServer {
             tasks: tokio_util::task::TaskTracker::new(),
             access: Arc::new(access),
             limits: Arc::new(super::limits::ClientLimits::new(
-                crate::config::defaults().limit_settings(),
+                crate::http::limits::LimitSettings::of(crate::config::defaults()),
             )),
         });
         TestServer {

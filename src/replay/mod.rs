@@ -90,14 +90,14 @@ pub enum ReplayError {
     #[error("--every needs --to as a time (a position has no time to step to)")]
     EveryNeedsTime,
     /// A position of another layout, or not a position.
-    #[error("{position:?} is not a position of these topics (layout {layout}): {source}")]
+    #[error("{position:?} is not a position of these topics (layout {layout}): {cause}")]
     Position {
         /// What was given.
         position: String,
         /// This layout's tag.
         layout: String,
         /// Why.
-        source: PositionError,
+        cause: PositionError,
     },
     /// `--from` is older than what a partition still holds.
     #[error(
@@ -171,7 +171,14 @@ pub enum ReplayError {
     Settings(String),
     /// Writing the output.
     #[error("cannot write the output: {0}")]
-    Output(#[from] std::io::Error),
+    Output(std::io::Error),
+}
+
+// Display says the cause; `source()` does not repeat it.
+impl From<std::io::Error> for ReplayError {
+    fn from(error: std::io::Error) -> Self {
+        ReplayError::Output(error)
+    }
 }
 
 /// What a replay did.

@@ -120,10 +120,10 @@ pub(super) fn position_ends(topology: &Topology, text: &str) -> Result<Vec<i64>,
     let position = topology
         .layout
         .decode(text)
-        .map_err(|source| ReplayError::Position {
+        .map_err(|cause| ReplayError::Position {
             position: text.chars().take(200).collect(),
             layout: topology.layout.tag().to_owned(),
-            source,
+            cause,
         })?;
     let ends: Vec<i64> = topology
         .layout

@@ -80,7 +80,7 @@ pub enum SimulateError {
     InvalidScenario(String),
     /// The schemas did not load (a build defect).
     #[error("failed to load schemas: {0}")]
-    Schemas(#[from] crate::events::codec::SchemaError),
+    Schemas(crate::events::codec::SchemaError),
     /// A generated event did not encode (a defect).
     #[error(transparent)]
     Encode(#[from] EncodeError),
@@ -129,6 +129,13 @@ fn traceparent(rng: &mut ChaCha8Rng, sampled: bool) -> String {
     let span_id: u64 = rng.random::<u64>().max(1);
     let flags = if sampled { "01" } else { "00" };
     format!("00-{trace_id:032x}-{span_id:016x}-{flags}")
+}
+
+// Display says the cause; `source()` does not repeat it.
+impl From<crate::events::codec::SchemaError> for SimulateError {
+    fn from(error: crate::events::codec::SchemaError) -> Self {
+        SimulateError::Schemas(error)
+    }
 }
 
 /// Produces the scenario until its count or duration is reached, or `stop` is cancelled;

@@ -3,7 +3,21 @@
 //! decide; docs/api.md states the same rules for clients.
 
 use super::store::{SALES_WINDOW_MINUTES, StockEntry, Trigger};
-use super::view::AlertKind;
+use serde::Serialize;
+
+/// Kinds of alert, most urgent first (the order of the alerts list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// Stock below zero.
+    Oversold,
+    /// Stock at zero.
+    SoldOut,
+    /// Projected to sell out within the configured minutes (see [`alert`]).
+    SellOutImminent,
+    /// Stock under the threshold.
+    LowStock,
+}
 
 /// Where a SKU's level stands against its threshold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -124,19 +124,7 @@ pub struct TopProduct {
     pub units: i64,
 }
 
-/// Kinds of alert, most urgent first (the order of the alerts list).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AlertKind {
-    /// Stock below zero.
-    Oversold,
-    /// Stock at zero.
-    SoldOut,
-    /// Projected to sell out within the configured minutes (see `rules::alert`).
-    SellOutImminent,
-    /// Stock under the threshold.
-    LowStock,
-}
+pub use super::rules::AlertKind;
 
 /// An active alert. Its id is derived from the SKU and the record that started the
 /// condition, so a replay or a restart shows the same alert with the same id.

@@ -189,12 +189,12 @@ pub enum DecodeError {
         reason: String,
     },
     /// Decodes, but breaks a rule the schema cannot express.
-    #[error("invalid {schema} event: {source}")]
+    #[error("invalid {schema} event: {cause}")]
     Invalid {
         /// The writer schema.
         schema: SchemaId,
         /// Which rule.
-        source: InvalidEvent,
+        cause: InvalidEvent,
     },
     /// Dated later than its Kafka record's timestamp allows (a fast clock, a test event,
     /// a hostile producer): applying it would move the store's "now" and wipe its day.
@@ -381,9 +381,9 @@ impl Codec {
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
         let (version, datum) = self.frame(bytes)?;
         let event = decode_datum(version, datum)?;
-        event.validate().map_err(|source| DecodeError::Invalid {
+        event.validate().map_err(|cause| DecodeError::Invalid {
             schema: version.id,
-            source,
+            cause,
         })?;
         Ok(event)
     }

@@ -18,7 +18,7 @@
 //! [`Start::UnknownStore`] wherever it would start with a snapshot or a resync. Nothing a
 //! client sends can make this panic or answer differently than the table.
 
-use super::frame::FrameLog;
+use super::log::FrameLog;
 use crate::aggregate::{Layout, Position};
 use std::cmp::Ordering;
 
@@ -150,7 +150,7 @@ mod tests {
     use crate::events::TopicRole;
     use crate::live::delta::Delta;
     use crate::live::frame::Frame;
-    use crate::live::frame::LogLimits;
+    use crate::live::log::LogLimits;
     use crate::live::sse::Encoded;
     use std::collections::HashMap;
     use std::sync::Arc;
