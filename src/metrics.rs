@@ -255,6 +255,27 @@ impl Default for Metrics {
     }
 }
 
+/// Registers each `(name, help, metric)`.
+fn register_all<M: prometheus_client::registry::Metric + Clone>(
+    r: &mut Registry,
+    metrics: &[(&str, &str, &M)],
+) {
+    for (name, help, metric) in metrics {
+        r.register(*name, *help, (*metric).clone());
+    }
+}
+
+/// Registers each `(name, help, metric)` in `unit`.
+fn register_all_in<M: prometheus_client::registry::Metric + Clone>(
+    r: &mut Registry,
+    unit: Unit,
+    metrics: &[(&str, &str, &M)],
+) {
+    for (name, help, metric) in metrics {
+        r.register_with_unit(*name, *help, unit.clone(), (*metric).clone());
+    }
+}
+
 /// The metrics with labels, registered, with the labels known up front created at zero.
 struct Labeled {
     records: [Counter; 3],
@@ -452,9 +473,7 @@ impl Metrics {
                 &self.consumer_errors,
             ),
         ];
-        for (name, help, counter) in counters {
-            r.register(name, help, counter.clone());
-        }
+        register_all(r, &counters);
         let histograms: [(&str, &str, Unit, &Histogram); 1] = [(
             "batch_duration",
             "Decoding and applying one batch of records (up to 2 000)",
@@ -498,9 +517,7 @@ impl Metrics {
                 &self.partition_lag,
             ),
         ];
-        for (name, help, family) in partitions {
-            r.register(name, help, family.clone());
-        }
+        register_all(r, &partitions);
     }
 
     /// The checkpoints' metrics.
@@ -513,17 +530,13 @@ impl Metrics {
                 &self.checkpoint_failures,
             ),
         ];
-        for (name, help, counter) in counters {
-            r.register(name, help, counter.clone());
-        }
+        register_all(r, &counters);
         let seconds: [(&str, &str, &FloatGauge); 1] = [(
             "checkpoint_last_success_timestamp",
             "When the last checkpoint was written, Unix time (0: none yet)",
             &self.checkpoint_last_success,
         )];
-        for (name, help, gauge) in seconds {
-            r.register_with_unit(name, help, Unit::Seconds, gauge.clone());
-        }
+        register_all_in(r, Unit::Seconds, &seconds);
         let histograms: [(&str, &str, Unit, &Histogram); 2] = [
             (
                 "checkpoint_duration",
@@ -613,9 +626,7 @@ impl Metrics {
                 &self.resyncs,
             ),
         ];
-        for (name, help, counter) in counters {
-            r.register(name, help, counter.clone());
-        }
+        register_all(r, &counters);
     }
 
     /// How much the live stream holds and how fresh its frames are.

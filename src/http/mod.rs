@@ -271,6 +271,11 @@ pub fn app(state: AppState) -> Router {
             "/api/replay/stream",
             get(replay::replay_stream).route_layer(from_fn(access::analyst)),
         )
+        // Any other API path needs a viewer too (401 before 404: no probing without a token).
+        .route(
+            "/api/{*rest}",
+            get(no_route).route_layer(from_fn(access::viewer)),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", metrics_route)

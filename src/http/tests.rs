@@ -694,6 +694,8 @@ async fn every_endpoint_enforces_tokens_roles_and_store_scopes() {
         ("/api/session", [401, 401, 401, 200, 200, 200, 200]),
         ("/healthz", [200, 200, 200, 200, 200, 200, 200]),
         ("/", [200, 200, 200, 200, 200, 200, 200]),
+        // An API path that does not exist is not told apart without a token.
+        ("/api/nope", [401, 401, 401, 404, 404, 404, 404]),
     ];
     let mut failures = Vec::new();
     for (uri, expected) in &matrix {
