@@ -80,7 +80,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-async fn prefill(settings: &KafkaSettings, events: u64) {
+async fn prefill(settings: &KafkaSettings, events: u64, start_ms: i64) {
     let names = settings.topics.all();
     kafka::ensure_topics(settings, &names, PARTITIONS, Duration::from_secs(15))
         .await
@@ -108,7 +108,7 @@ async fn prefill(settings: &KafkaSettings, events: u64) {
     let report = simulate::run(
         settings,
         SimulateOptions {
-            scenario: common::catalog(7, 1_795_773_600_000),
+            scenario: common::catalog(7, start_ms),
             rate: None,
             count: Some(events),
             duration: None,
@@ -496,17 +496,19 @@ fn replay_run(topics: &Topics, args: &[&str]) -> f64 {
 
 /// `BENCH_REPLAY=1`: replay beside the bare consumer and serve's catch-up.
 async fn replay_bench(events: u64, runs: usize) {
+    // Dated yesterday, in topics of the day (see `main`).
+    let day = storepulse::wall_clock::unix_ms() / 86_400_000;
+    let start_ms = (day - 1) * 86_400_000;
     let settings = KafkaSettings {
         brokers: brokers(),
         topics: Topics {
-            orders: format!("bench-replay-{events}-orders"),
-            inventory: format!("bench-replay-{events}-inventory"),
-            activity: format!("bench-replay-{events}-activity"),
+            orders: format!("bench-replay-{events}-{day}-orders"),
+            inventory: format!("bench-replay-{events}-{day}-inventory"),
+            activity: format!("bench-replay-{events}-{day}-activity"),
         },
     };
-    prefill(&settings, events).await;
-    // The catalog's events start at 1 795 773 600 000 ms at 2 000 events/s of event time.
-    let start_ms: i64 = 1_795_773_600_000;
+    prefill(&settings, events, start_ms).await;
+    // The catalog's events start at `start_ms`, at 2 000 events/s of event time.
     let end_ms = start_ms + (events as i64 * 1000 / 2000) + 60_000;
     let time = |ms: i64| {
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64))
@@ -588,15 +590,20 @@ async fn main() {
         checkpoint_bench(runs).await;
         return;
     }
+    // Records dated yesterday (UTC) in topics named for the day: Kafka's retention deletes
+    // records by their timestamps, so a fixed past date would be deleted under a bench that
+    // still counts them (and wait for them forever).
+    let day = storepulse::wall_clock::unix_ms() / 86_400_000;
+    let start_ms = (day - 1) * 86_400_000;
     let settings = KafkaSettings {
         brokers: brokers(),
         topics: Topics {
-            orders: format!("bench-{events}-orders"),
-            inventory: format!("bench-{events}-inventory"),
-            activity: format!("bench-{events}-activity"),
+            orders: format!("bench-{events}-{day}-orders"),
+            inventory: format!("bench-{events}-{day}-inventory"),
+            activity: format!("bench-{events}-{day}-activity"),
         },
     };
-    prefill(&settings, events).await;
+    prefill(&settings, events, start_ms).await;
 
     let (mut base_wall, mut base_cpu, mut serve_wall, mut serve_cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
