@@ -193,7 +193,13 @@ impl Server {
     async fn start(with_naive: bool) -> Server {
         let (settings, suffix) = common::fresh_topics("bench-degrade").await;
         produce(&settings, 1, 200.0, 2).await;
-        let environment = [("STOREPULSE_MAX_SUBSCRIBERS", "20000")];
+        // Every client comes from one loopback address: no per-client caps.
+        let environment = [
+            ("STOREPULSE_MAX_SUBSCRIBERS", "20000"),
+            ("STOREPULSE_LIMIT_STREAMS_PER_CLIENT", "0"),
+            ("STOREPULSE_LIMIT_STREAMS_PER_PRINCIPAL", "0"),
+            ("STOREPULSE_LIMIT_REQUESTS_PER_SECOND", "0"),
+        ];
         let (serve, address) = common::spawn_serve(
             &settings.topics,
             &format!("bench-degrade-{suffix}"),

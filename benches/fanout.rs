@@ -137,7 +137,14 @@ async fn main() {
     let (settings, suffix) = common::fresh_topics("bench-fanout").await;
     produce(&settings, 1, rate, 2).await;
     let group = format!("bench-fanout-{suffix}");
-    let environment = vec![("STOREPULSE_MAX_SUBSCRIBERS", "20000")];
+    // Every client comes from one loopback address: the per-client caps would refuse
+    // all but the first few dozen.
+    let environment = vec![
+        ("STOREPULSE_MAX_SUBSCRIBERS", "20000"),
+        ("STOREPULSE_LIMIT_STREAMS_PER_CLIENT", "0"),
+        ("STOREPULSE_LIMIT_STREAMS_PER_PRINCIPAL", "0"),
+        ("STOREPULSE_LIMIT_REQUESTS_PER_SECOND", "0"),
+    ];
     let (mut serve, address) = common::spawn_serve(&settings.topics, &group, &environment);
     wait_for("readiness", Duration::from_secs(60), || {
         common::http_get(&address, "/readyz").0 == 200
