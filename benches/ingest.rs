@@ -86,13 +86,27 @@ async fn prefill(settings: &KafkaSettings, events: u64, start_ms: i64) {
         .await
         .expect("topics");
     let probe = settings.clone();
+    // Topics just created may not be in the metadata yet: ask again for a few seconds.
     let held: i64 = tokio::task::spawn_blocking(move || {
-        probe
-            .topics
-            .all()
-            .iter()
-            .map(|t| kafka::total_records(&probe, t).expect("watermarks"))
-            .sum()
+        let count = || -> Result<i64, kafka::KafkaError> {
+            probe
+                .topics
+                .all()
+                .iter()
+                .map(|t| kafka::total_records(&probe, t))
+                .sum()
+        };
+        let mut attempts = 0;
+        loop {
+            match count() {
+                Ok(held) => break held,
+                Err(error) if attempts == 50 => panic!("watermarks: {error}"),
+                Err(_) => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
     })
     .await
     .expect("thread");
