@@ -119,7 +119,7 @@ pub(super) fn session_expired_event() -> Bytes {
 
 /// When a stream ends by itself, and why: the token's expiry or `stream.max_lifetime`,
 /// whichever comes first.
-pub(super) fn stream_end(
+fn stream_end(
     principal: &Principal,
     max_lifetime: Duration,
 ) -> Option<(tokio::time::Instant, DisconnectReason)> {

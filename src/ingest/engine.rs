@@ -418,7 +418,12 @@ impl Engine {
         reply: oneshot::Sender<Subscribed>,
         now: Instant,
     ) {
-        let start = self.decide(store.as_ref(), since, None, now);
+        // Pending changes go out first, so a snapshot's position is the last frame's id and
+        // a client whose id is the newest position finds its frame (rule 2).
+        if !self.changes.is_empty() {
+            self.emit_frame(now);
+        }
+        let start = self.decide(store.as_ref(), since, None);
         match start {
             Start::WaitUntil(wanted) => self.parked.push(Parked {
                 wanted,
@@ -432,19 +437,13 @@ impl Engine {
         }
     }
 
-    /// The start of a subscription (`live::start` with the state's position). Pending
-    /// changes go out first, so a snapshot's position is the last frame's id: the next
-    /// frame is new to its subscriber.
+    /// The start of a subscription (`live::start` with the state's position).
     fn decide(
-        &mut self,
+        &self,
         store: Option<&StoreId>,
         since: Option<&str>,
         waited: Option<(&crate::aggregate::Position, bool)>,
-        now: Instant,
     ) -> Start {
-        if !self.changes.is_empty() {
-            self.emit_frame(now);
-        }
         let owner = Owner {
             position: self.state.position(),
             store_known: store.is_none_or(|id| self.state.stores().contains_key(id)),
@@ -472,21 +471,21 @@ impl Engine {
                 continue; // the client went away while it waited
             }
             let ran_out = now >= parked.deadline;
-            match self.decide(
-                parked.store.as_ref(),
-                None,
-                Some((&parked.wanted, ran_out)),
-                now,
-            ) {
+            match self.decide(parked.store.as_ref(), None, Some((&parked.wanted, ran_out))) {
                 Start::WaitUntil(_) => self.parked.push(parked),
                 start => {
+                    // Only a subscription that starts now frames what is pending (a
+                    // waiting one must not build frames ahead of the frame interval).
+                    if !self.changes.is_empty() {
+                        self.emit_frame(now);
+                    }
                     let _ = parked.reply.send(self.started_at(start, parked.store));
                 }
             }
         }
     }
 
-    /// The subscription of a decided start. Nothing is pending (the decision emitted it),
+    /// The subscription of a decided start. Nothing is pending (the caller emitted it),
     /// so a snapshot contains exactly the frames up to the newest.
     fn started_at(&mut self, start: Start, store: Option<StoreId>) -> Subscribed {
         self.out.metrics.opened(OpeningPath::Engine);
