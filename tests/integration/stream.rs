@@ -480,20 +480,38 @@ fn assert_each_ends_at_the_snapshot(server: &Server, clients: &[&[Sse]]) {
     }
 }
 
-/// Produces 30 000 more records while `fast` reads along; returns its events and the total.
-async fn produce_while_reading(
+/// Produces rounds of 5 000 records while `fast` reads along, until `happened` is true of the
+/// server (at most 12 rounds: how many frames a round makes depends on how busy the machine
+/// is, since a starved engine folds more records into each frame); returns the reader's
+/// events and the total.
+async fn produce_while_reading_until(
     settings: &KafkaSettings,
+    server: &Server,
     fast: SseClient,
     first: i64,
+    happened: impl Fn(&Server) -> bool,
 ) -> (Vec<Sse>, i64) {
-    let total = first + 30_000;
-    let fast_reader = tokio::task::spawn_blocking(move || {
-        let mut fast = fast;
-        read_until(&mut fast, total)
-    });
-    let more = produce(settings, 8, START + 60_000, 30_000, Some(6_000.0)).await;
-    assert_eq!(first + more, total);
-    let fast_events = fast_reader.await.expect("reader");
+    const ROUND: u64 = 5_000;
+    let mut total = first;
+    let mut fast = fast;
+    let mut fast_events = Vec::new();
+    for round in 0..12 {
+        let target = total + ROUND as i64;
+        let fast_reader = tokio::task::spawn_blocking(move || {
+            let events = read_until(&mut fast, target);
+            (fast, events)
+        });
+        let start = START + 60_000 + round * 20_000;
+        let more = produce(settings, 8 + round as u64, start, ROUND, Some(6_000.0)).await;
+        assert_eq!(total + more, target);
+        let (reader, events) = fast_reader.await.expect("reader");
+        fast = reader;
+        fast_events.extend(events);
+        total = target;
+        if happened(server) {
+            break;
+        }
+    }
     assert_eq!(
         fast_events.iter().filter(|e| e.event == "snapshot").count(),
         1,
@@ -513,9 +531,12 @@ async fn a_client_that_falls_behind_the_queue_catches_up_with_shared_spans_not_a
     let (settings, server, first) = caught_up_server("stream-slow", 7, 200, environment).await;
     let address = server.address.clone();
     let (mut slow, fast) = idle_and_reading_clients(&address);
-    // Hundreds of frames while the slow client reads nothing and the other reads along:
-    // the slow one's socket fills, its queue of 32 frames overflows.
-    let (fast_events, total) = produce_while_reading(&settings, fast, first).await;
+    // Frames while the slow client reads nothing and the other reads along, until the slow
+    // one's socket fills and its queue of 32 frames overflows.
+    let (fast_events, total) = produce_while_reading_until(&settings, &server, fast, first, |s| {
+        counter(s, "storepulse_lagged_subscribers_total") >= 1
+    })
+    .await;
     let slow_events = tokio::task::block_in_place(|| read_until(&mut slow, total));
     assert!(
         counter(&server, "storepulse_lagged_subscribers_total") >= 1,
@@ -558,9 +579,12 @@ async fn a_client_that_reads_nothing_is_disconnected_and_resumes_exactly_by_its_
     let (settings, server, first) = caught_up_server("stream-stall", 9, 200, environment).await;
     let address = server.address.clone();
     let (mut stalled, fast) = idle_and_reading_clients(&address);
-    // Five seconds of frames; the stalled client takes nothing, so after a second of a
-    // blocked socket the server closes it.
-    let (fast_events, total) = produce_while_reading(&settings, fast, first).await;
+    // Frames until the stalled client, taking nothing, has had a blocked socket for a
+    // second and the server closes it.
+    let (fast_events, total) = produce_while_reading_until(&settings, &server, fast, first, |s| {
+        counter(s, "storepulse_disconnects_total{reason=\"stalled\"}") >= 1
+    })
+    .await;
     assert!(
         counter(&server, "storepulse_disconnects_total{reason=\"stalled\"}") >= 1,
         "the client that read nothing was disconnected"
