@@ -31,6 +31,7 @@
 mod arrivals;
 mod hll;
 pub mod position;
+pub mod rollup;
 mod rules;
 mod store;
 pub mod view;
@@ -39,6 +40,7 @@ mod views;
 use arrivals::Arrivals;
 pub use hll::HyperLogLog;
 pub use position::{Layout, PartitionKey, Position, PositionError, RecordRef};
+pub use rollup::{Part, rollup_of};
 use store::StoreApplied;
 pub use store::{RECENT_ORDERS, StoreState};
 pub use views::{Views, ViewsSnapshot};

@@ -1300,3 +1300,69 @@ fn store_pages_walk_every_store_in_byte_order_once() {
             .is_empty()
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// The stores split into slices, each with its own state and views (as the aggregators
+    /// of a cluster hold them): the rollup of the slices' parts equals the one-process
+    /// all-stores view after every frame, lists cut short included (ADR 0007, decision 10).
+    #[test]
+    fn the_rollup_of_slices_parts_equals_the_one_process_rollup(
+        seed in 0u64..1_000,
+        stores in 2usize..12,
+        slices in 1usize..5,
+        list_limit in 1usize..6,
+        frame_every in 1usize..30,
+    ) {
+        let mut config = (*config()).clone();
+        config.list_limit = list_limit;
+        let config = Arc::new(config);
+        let mut whole = State::new(Arc::clone(&config));
+        let mut parts: Vec<(State, Changes, Option<Views>)> =
+            (0..slices).map(|_| (State::new(Arc::clone(&config)), Changes::default(), None)).collect();
+        let scenario = Scenario::new(ScenarioConfig {
+            popularity: Default::default(),
+            seed,
+            start_ms: SAMPLE_TIME,
+            events_per_second: 2.0,
+            stores,
+            skus_per_store: 12,
+            flash_sale: Some(FlashSale {
+                starts_after_ms: MINUTE,
+                duration_ms: 30 * MINUTE,
+                skus_per_store: 3,
+                oversell: true,
+                discount_percent: 30,
+            }),
+        });
+        let mut offsets: BTreeMap<(usize, TopicRole), i64> = BTreeMap::new();
+        let mut ignored = Changes::default();
+        for (i, event) in scenario.take(1_500).enumerate() {
+            let role = event.kind().topic_role();
+            let slice = (xxhash_rust::xxh3::xxh3_64(event.store_id().as_str().as_bytes()) % slices as u64) as usize;
+            let offset = offsets.entry((slice, role)).or_insert(0);
+            let at = RecordRef { partition: PartitionKey { role, partition: slice as i32 }, offset: *offset };
+            *offset += 1;
+            whole.apply(&event, at, &mut ignored);
+            let (state, changes, _) = &mut parts[slice];
+            state.apply(&event, at, changes);
+            if (i + 1).is_multiple_of(frame_every) {
+                for (state, changes, views) in &mut parts {
+                    let changed = std::mem::take(changes);
+                    match views {
+                        Some(views) => views.update(state, changed.stores.keys()),
+                        None => *views = Some(Views::new(state)),
+                    }
+                }
+                let held: Vec<&Part> = parts.iter().filter_map(|(_, _, v)| v.as_ref().map(Views::part)).collect();
+                let combined = rollup_of(&held, list_limit);
+                let expected = whole.all_stores_view();
+                if whole.stores().is_empty() {
+                    continue;
+                }
+                prop_assert_eq!(combined, expected);
+            }
+        }
+    }
+}

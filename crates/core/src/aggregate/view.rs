@@ -253,7 +253,7 @@ impl ListCounts {
 /// The bounded SKU lists of a view: each the first `aggregate.list_limit` of its whole
 /// list (top products: 10), in its documented order; [`ListCounts`] says how long the
 /// whole lists are.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct SkuLists {
     /// SKUs at or above zero that are under their threshold or raise an alert, most
     /// urgent first.

@@ -17,12 +17,13 @@
 //!
 //! Pure: no I/O, no clock.
 
-use super::store::{ACTIVE_WINDOW_MINUTES, Amounts, MINUTES_KEPT};
-use super::view::{
-    self, AlertView, DayCounters, ListCounts, LowStockView, MinuteView, OrderView, SkuLists,
-    StockView, StoreView, TOP_PRODUCTS, TopProduct, rfc3339,
+use super::rollup::{
+    AlertKey, LowKey, OrderKey, OversoldKey, Part, TopKey, alert_key, low_key, order_key,
+    oversold_key, rollup_of, top_key,
 };
-use super::{AggregateConfig, HyperLogLog, State, hll};
+use super::store::{ACTIVE_WINDOW_MINUTES, Amounts, MINUTES_KEPT};
+use super::view::{self, ListCounts, SkuLists, StoreView, TOP_PRODUCTS, rfc3339};
+use super::{AggregateConfig, HyperLogLog, State};
 use crate::events::StoreId;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -33,12 +34,14 @@ use std::sync::Arc;
 pub struct Views {
     config: Arc<AggregateConfig>,
     stores: BTreeMap<StoreId, Arc<StoreView>>,
-    parts: HashMap<StoreId, Part>,
+    parts: HashMap<StoreId, StorePart>,
     sums: Sums,
     newest_minute: i64,
     visitors_today: HyperLogLog,
     active: BTreeMap<i64, HyperLogLog>,
     heads: Heads,
+    /// The part of every store held, as of the last update.
+    part: Part,
     rollup: Arc<StoreView>,
     /// The views the last update replaced (changed stores only), and the rollup before it:
     /// what a client that applied every frame held, so a delta sends only what differs.
@@ -48,7 +51,7 @@ pub struct Views {
 
 /// One store's contribution to the rollup's sums, as last added (to take it away again).
 #[derive(Debug, Default)]
-struct Part {
+struct StorePart {
     day: i32,
     orders: u64,
     orders_by_currency: BTreeMap<String, u64>,
@@ -102,35 +105,6 @@ fn add_keyed<
 
 fn values<K: Ord + Clone, V: Copy>(counted: &Counted<K, V>) -> BTreeMap<K, V> {
     counted.iter().map(|(k, (v, _))| (k.clone(), *v)).collect()
-}
-
-/// Keys of the rank of each list (ties included, so the key is a total order).
-type LowKey = (u8, i64, i64, String, String);
-type OversoldKey = (i64, String, String);
-type TopKey = (Reverse<i64>, String, String);
-type AlertKey = (view::AlertKind, String);
-type OrderKey = (Reverse<String>, String);
-
-fn low_key(l: &LowStockView) -> LowKey {
-    (
-        l.alert.map_or(u8::MAX, |k| k as u8),
-        l.minutes_to_sell_out.unwrap_or(i64::MAX),
-        l.level,
-        l.store_id.clone(),
-        l.sku.clone(),
-    )
-}
-fn oversold_key(s: &StockView) -> OversoldKey {
-    (s.level, s.store_id.clone(), s.sku.clone())
-}
-fn top_key(t: &TopProduct) -> TopKey {
-    (Reverse(t.units), t.store_id.clone(), t.sku.clone())
-}
-fn alert_key(a: &AlertView) -> AlertKey {
-    (a.kind, a.id.clone())
-}
-fn order_key(o: &OrderView) -> OrderKey {
-    (Reverse(o.occurred_at.clone()), o.event_id.clone())
 }
 
 /// The head (first item's key) of one list of every store, ordered: the start of a k-way
@@ -231,7 +205,7 @@ fn amounts_of(money: &[view::Money]) -> Amounts {
 }
 
 impl Sums {
-    fn add(&mut self, part: &Part, sign: i8) {
+    fn add(&mut self, part: &StorePart, sign: i8) {
         let apply = |into: &mut u64, n: u64| view::add_signed(into, n, sign);
         apply(&mut self.orders, part.orders);
         apply(&mut self.cancelled, part.cancelled);
@@ -276,6 +250,7 @@ impl Views {
                 alerts: HeadSet::new(),
                 orders: HeadSet::new(),
             },
+            part: Part::default(),
             rollup: Arc::new(State::new(Arc::clone(state.config())).all_stores_view()),
         };
         let all: Vec<StoreId> = state.stores().keys().cloned().collect();
@@ -301,7 +276,7 @@ impl Views {
             any = true;
             let today = store.today(state.config().time_zone(id));
             let day = store.days.get(&today);
-            let part = Part {
+            let part = StorePart {
                 day: today,
                 orders: day.map_or(0, |d| d.orders),
                 orders_by_currency: day
@@ -351,40 +326,36 @@ impl Views {
         }
         let first_active = self.newest_minute - ACTIVE_WINDOW_MINUTES + 1;
         self.active = self.active.split_off(&first_active);
-        self.rollup = Arc::new(self.rolled_up());
+        self.part = self.part_of_stores();
+        self.rollup = Arc::new(rollup_of(&[&self.part], self.config.list_limit));
     }
 
-    fn rolled_up(&self) -> StoreView {
+    /// The part of the stores held: their sums, sketches and the first items of their
+    /// lists (the k-way merge of their heads), with the windows ending at their newest
+    /// minute.
+    fn part_of_stores(&self) -> Part {
         let from = self.newest_minute - MINUTES_KEPT + 1;
         let limit = self.config.list_limit;
         let sums = &self.sums;
-        let average_order_value =
-            view::average_order_value(&values(&sums.gross), &values(&sums.orders_by_currency));
         let stores = &self.stores;
-        StoreView {
-            counters: DayCounters {
-                day: None,
-                time_zone: None,
-                orders_today: sums.orders,
-                revenue_today: view::money(&values(&sums.net)),
-                cancelled_today: sums.cancelled,
-                average_order_value,
-                active_users: view::ActiveUsers {
-                    last_5_minutes: view::active_now(&self.active, self.newest_minute).estimate(),
-                    today: self.visitors_today.estimate(),
-                    standard_error: hll::STANDARD_ERROR,
-                },
-                per_minute_from: rfc3339(from * 60_000),
-                counts: sums.counts.clone(),
-            },
-            per_minute: sums
+        Part {
+            orders: sums.orders,
+            orders_by_currency: values(&sums.orders_by_currency),
+            gross: values(&sums.gross),
+            net: values(&sums.net),
+            cancelled: sums.cancelled,
+            minutes: sums
                 .minutes
                 .range(from..)
                 .map(|(minute, (orders, _))| {
                     let revenue = sums.minute_revenue.get(minute).map(values);
-                    MinuteView::new(*minute, *orders, &revenue.unwrap_or_default())
+                    (*minute, (*orders, revenue.unwrap_or_default()))
                 })
                 .collect(),
+            counts: sums.counts.clone(),
+            newest_minute: self.newest_minute,
+            visitors_today: self.visitors_today.clone(),
+            active: self.active.clone(),
             recent_orders: self.heads.orders.first(
                 super::RECENT_ORDERS,
                 stores,
@@ -416,6 +387,13 @@ impl Views {
                     .first(limit, stores, |v| &v.lists.alerts, alert_key),
             },
         }
+    }
+
+    /// What the stores held contribute to an all-stores rollup (their own rollup is
+    /// [`rollup_of`] this part alone): what an aggregator of a cluster publishes for its
+    /// slice.
+    pub fn part(&self) -> &Part {
+        &self.part
     }
 
     /// The view of one store, shared.
