@@ -16,6 +16,7 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+pub mod cluster;
 pub mod events;
 pub mod live;
 pub mod record;

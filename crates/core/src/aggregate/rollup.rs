@@ -21,11 +21,12 @@ use super::view::{
     self, AlertView, DayCounters, ListCounts, LowStockView, MinuteView, OrderView, SkuLists,
     StockView, StoreView, TopProduct, rfc3339,
 };
+use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 /// What a set of stores contributes to the all-stores rollup.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Part {
     /// Orders today (each store's own today).
     pub orders: u64,

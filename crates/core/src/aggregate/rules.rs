@@ -3,10 +3,10 @@
 //! decide; docs/api.md states the same rules for clients.
 
 use super::store::{SALES_WINDOW_MINUTES, StockEntry, Trigger};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Kinds of alert, most urgent first (the order of the alerts list).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// Stock below zero.

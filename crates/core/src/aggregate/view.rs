@@ -13,11 +13,11 @@ use super::store::{ACTIVE_WINDOW_MINUTES, Amounts, MINUTES_KEPT, StockEntry, loc
 use super::{AggregateConfig, HyperLogLog, Layout, State, StoreState, hll};
 use crate::events::{Channel, Sku, StoreId};
 use chrono::{DateTime, NaiveDate, SecondsFormat};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// An amount of money.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Money {
     /// ISO-4217 code.
     pub currency: String,
@@ -26,7 +26,8 @@ pub struct Money {
 }
 
 /// One minute of the last hour.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "MinuteFields")]
 pub struct MinuteView {
     /// Start of the minute, RFC 3339.
     pub minute: String,
@@ -40,7 +41,7 @@ pub struct MinuteView {
 }
 
 /// A recent order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderView {
     /// Store of the order.
     pub store_id: String,
@@ -64,7 +65,7 @@ pub struct OrderView {
 }
 
 /// Distinct visitors.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActiveUsers {
     /// In the last 5 minutes of event time.
     pub last_5_minutes: u64,
@@ -75,7 +76,7 @@ pub struct ActiveUsers {
 }
 
 /// A SKU's stock.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockView {
     /// Store of the SKU.
     pub store_id: String,
@@ -88,7 +89,7 @@ pub struct StockView {
 }
 
 /// A SKU low on stock, with its sales velocity.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LowStockView {
     /// Store of the SKU.
     pub store_id: String,
@@ -112,7 +113,7 @@ pub struct LowStockView {
 }
 
 /// A top seller.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopProduct {
     /// Store of the SKU.
     pub store_id: String,
@@ -128,7 +129,7 @@ pub use super::rules::AlertKind;
 
 /// An active alert. Its id is derived from the SKU and the record that started the
 /// condition, so a replay or a restart shows the same alert with the same id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertView {
     /// Stable id.
     pub id: String,
@@ -146,7 +147,9 @@ pub struct AlertView {
     pub since: String,
 }
 
-/// The aggregates of one store, or of all stores rolled up.
+/// The aggregates of one store, or of all stores rolled up. (Not `Deserialize`: its
+/// flattened parts would go through serde's buffer, which cannot hold an `i128`; the
+/// cluster's records carry it field by field, see `cluster::wire`.)
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StoreView {
     /// Today's counters (flattened into the view's JSON).
@@ -162,7 +165,7 @@ pub struct StoreView {
 }
 
 /// The counters of "today", shared by a view and a delta (a delta always carries them).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DayCounters {
     /// The store's local date that "today" means; `null` in the all-stores rollup (each
     /// store counts its own today).
@@ -187,7 +190,7 @@ pub struct DayCounters {
 }
 
 /// The whole lengths behind a view's bounded lists.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListCounts {
     /// SKUs with a stock level (`GET /api/stock` pages through them).
     pub skus: u64,
@@ -200,7 +203,7 @@ pub struct ListCounts {
 }
 
 /// Active alerts by kind.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertCounts {
     /// Level below zero.
     pub oversold: u64,
@@ -253,7 +256,7 @@ impl ListCounts {
 /// The bounded SKU lists of a view: each the first `aggregate.list_limit` of its whole
 /// list (top products: 10), in its documented order; [`ListCounts`] says how long the
 /// whole lists are.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SkuLists {
     /// SKUs at or above zero that are under their threshold or raise an alert, most
     /// urgent first.
@@ -325,6 +328,35 @@ pub struct StorePage {
     pub items: Vec<String>,
     /// The `after` of the next page; `null` on the last.
     pub next: Option<String>,
+}
+
+impl StorePage {
+    /// The page of `stores` (by id, byte order) after `after`, at most `limit` ids, at
+    /// `position` (encoded).
+    pub fn of<V>(
+        stores: &BTreeMap<StoreId, V>,
+        position: String,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StorePage {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut items: Vec<String> = stores
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(limit.saturating_add(1))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        let next = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            items.last().cloned().unwrap_or_default()
+        });
+        StorePage {
+            position,
+            store_count: stores.len(),
+            items,
+            next,
+        }
+    }
 }
 
 /// One page of a store's stock levels, by SKU in byte order.
@@ -427,6 +459,27 @@ pub(crate) fn average_order_value(
             })
         })
         .collect()
+}
+
+/// A [`MinuteView`] as serialised (without its index, which is its `minute`).
+#[derive(Deserialize)]
+struct MinuteFields {
+    minute: String,
+    orders: u64,
+    revenue: Vec<Money>,
+}
+
+impl From<MinuteFields> for MinuteView {
+    fn from(fields: MinuteFields) -> MinuteView {
+        let ms = chrono::DateTime::parse_from_rfc3339(&fields.minute)
+            .map_or(0, |t| t.timestamp_millis());
+        MinuteView {
+            minute: fields.minute,
+            index: ms.div_euclid(60_000),
+            orders: fields.orders,
+            revenue: fields.revenue,
+        }
+    }
 }
 
 impl MinuteView {
@@ -768,24 +821,7 @@ impl State {
     /// A page of the stores seen: the ids after `after` (from the first without it), at most
     /// `limit`. Costs the page, whatever the number of stores.
     pub fn store_page(&self, layout: &Layout, after: Option<&str>, limit: usize) -> StorePage {
-        use std::ops::Bound;
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut items: Vec<String> = self
-            .stores()
-            .range::<str, _>((from, Bound::Unbounded))
-            .take(limit.saturating_add(1))
-            .map(|(id, _)| id.to_string())
-            .collect();
-        let next = (items.len() > limit).then(|| {
-            items.truncate(limit);
-            items.last().cloned().unwrap_or_default()
-        });
-        StorePage {
-            position: layout.encode(self.position()),
-            store_count: self.stores().len(),
-            items,
-            next,
-        }
+        StorePage::of(self.stores(), layout.encode(self.position()), after, limit)
     }
 
     /// The all-stores scope's snapshot, by one scan (the reference the kept views are

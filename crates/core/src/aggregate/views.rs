@@ -396,6 +396,11 @@ impl Views {
         &self.part
     }
 
+    /// Every store's view, by id.
+    pub fn stores(&self) -> impl Iterator<Item = (&StoreId, &Arc<StoreView>)> {
+        self.stores.iter()
+    }
+
     /// The view of one store, shared.
     pub fn store(&self, id: &StoreId) -> Option<&Arc<StoreView>> {
         self.stores.get(id)
@@ -452,24 +457,61 @@ impl Views {
         layout: &super::Layout,
         store: Option<&StoreId>,
     ) -> Option<ViewsSnapshot> {
-        let scope = match store {
-            Some(id) => ScopeViews::One {
-                id: id.clone(),
-                view: Arc::clone(self.stores.get(id)?),
-            },
-            None => ScopeViews::All {
-                store_count: self.stores.len(),
-                config: Arc::clone(&self.config),
-                rollup: Arc::clone(&self.rollup),
-            },
-        };
+        let position = layout.encode(state.position());
         let newest = state.newest_event_time();
-        Some(ViewsSnapshot {
-            position: layout.encode(state.position()),
-            as_of: (newest > 0).then(|| rfc3339(newest)),
-            as_of_ms: newest,
-            scope,
+        Some(match store {
+            Some(id) => ViewsSnapshot::of_store(
+                position,
+                newest,
+                id.clone(),
+                Arc::clone(self.stores.get(id)?),
+            ),
+            None => ViewsSnapshot::of_rollup(
+                position,
+                newest,
+                self.stores.len(),
+                Arc::clone(&self.config),
+                Arc::clone(&self.rollup),
+            ),
         })
+    }
+}
+
+impl ViewsSnapshot {
+    fn new(position: String, newest_ms: i64, scope: ScopeViews) -> ViewsSnapshot {
+        ViewsSnapshot {
+            position,
+            as_of: (newest_ms > 0).then(|| rfc3339(newest_ms)),
+            as_of_ms: newest_ms,
+            scope,
+        }
+    }
+
+    /// The all-stores snapshot of a rollup at `position` (encoded), whose newest event time
+    /// is `newest_ms`.
+    pub fn of_rollup(
+        position: String,
+        newest_ms: i64,
+        store_count: usize,
+        config: Arc<AggregateConfig>,
+        rollup: Arc<StoreView>,
+    ) -> ViewsSnapshot {
+        let scope = ScopeViews::All {
+            store_count,
+            config,
+            rollup,
+        };
+        ViewsSnapshot::new(position, newest_ms, scope)
+    }
+
+    /// The snapshot of one store's view at `position` (encoded).
+    pub fn of_store(
+        position: String,
+        newest_ms: i64,
+        id: StoreId,
+        view: Arc<StoreView>,
+    ) -> ViewsSnapshot {
+        ViewsSnapshot::new(position, newest_ms, ScopeViews::One { id, view })
     }
 }
 

@@ -199,6 +199,72 @@ impl StoreDelta {
         }
     }
 
+    /// The view a client holds after applying this delta to `held` (what it held before;
+    /// `None` for a scope it has nothing of): the merge rules of docs/api.md, "Deltas".
+    /// Applied to the view a scope's previous frame left, it gives the view of this frame.
+    pub fn apply_to(&self, held: Option<&StoreView>) -> StoreView {
+        fn pick<T: Clone>(delta: &Option<Vec<T>>, held: Option<&Vec<T>>) -> Vec<T> {
+            delta.clone().or_else(|| held.cloned()).unwrap_or_default()
+        }
+        let lists = |held: Option<&SkuLists>| SkuLists {
+            low_stock: pick(&self.lists.low_stock, held.map(|l| &l.low_stock)),
+            oversold: pick(&self.lists.oversold, held.map(|l| &l.oversold)),
+            top_products: pick(&self.lists.top_products, held.map(|l| &l.top_products)),
+            alerts: pick(&self.lists.alerts, held.map(|l| &l.alerts)),
+        };
+        let recent_orders = if self.recent_orders_complete {
+            self.recent_orders.clone().unwrap_or_default()
+        } else {
+            upsert_orders(
+                held.map(|h| h.recent_orders.clone()),
+                self.recent_orders.clone(),
+            )
+            .unwrap_or_default()
+        };
+        StoreView {
+            counters: self.counters.clone(),
+            per_minute: merge_minutes(
+                Some(held.map(|h| h.per_minute.clone()).unwrap_or_default()),
+                self.per_minute.as_deref(),
+                &self.counters.per_minute_from,
+            )
+            .unwrap_or_default(),
+            recent_orders,
+            lists: lists(held.map(|h| &h.lists)),
+        }
+    }
+
+    /// What a client that holds `before` (`None`: nothing of this scope) needs to hold
+    /// `after`: the counters, the minutes that differ, the lists that differ and the recent
+    /// orders new to it (whole and complete when nothing was held, or when an order left
+    /// without being outranked). A cluster's edge makes the rollup's delta this way.
+    pub fn between(before: Option<&StoreView>, after: &StoreView) -> StoreDelta {
+        let held: BTreeMap<i64, &MinuteView> = before
+            .map(|b| b.per_minute.iter().map(|m| (m.index, m)).collect())
+            .unwrap_or_default();
+        let minutes: Vec<MinuteView> = after
+            .per_minute
+            .iter()
+            .filter(|m| held.get(&m.index) != Some(m))
+            .cloned()
+            .collect();
+        let mut delta = StoreDelta {
+            counters: after.counters.clone(),
+            per_minute: (!minutes.is_empty()).then_some(minutes),
+            recent_orders: Some(after.recent_orders.clone()),
+            recent_orders_complete: false,
+            lists: SkuListsDelta::all(after.lists.clone()),
+        };
+        match before {
+            Some(before) => {
+                delta.lists.omit_unchanged(&before.lists);
+                delta.keep_new_orders(Some(&before.recent_orders));
+            }
+            None => delta.keep_new_orders(None),
+        }
+        delta
+    }
+
     /// Folds a later delta of the same scope into this one.
     pub fn absorb(&mut self, later: &StoreDelta) {
         self.counters.clone_from(&later.counters);
@@ -249,6 +315,11 @@ impl Delta {
     pub fn of(views: &Views, state: &State, layout: &Layout, changes: &Changes) -> Delta {
         let mut all_touched = Touched::default();
         let mut all_minutes = BTreeSet::new();
+        for change in changes.stores.values() {
+            all_touched.minutes |= !change.minutes.is_empty();
+            all_touched.recent_orders |= change.recent_orders;
+            all_minutes.extend(change.minutes.iter().copied());
+        }
         let stores = changes
             .stores
             .iter()
@@ -257,9 +328,6 @@ impl Delta {
                     minutes: !change.minutes.is_empty(),
                     recent_orders: change.recent_orders,
                 };
-                all_touched.minutes |= touched.minutes;
-                all_touched.recent_orders |= touched.recent_orders;
-                all_minutes.extend(change.minutes.iter().copied());
                 let view = views.store(id)?;
                 Some((
                     id.to_string(),
@@ -277,6 +345,32 @@ impl Delta {
             store_count: Some(state.stores().len()),
             all_stores: Some(all_stores),
         }
+    }
+
+    /// Each changed store's delta, its lists trimmed to what the store's clients hold
+    /// (`views` just updated with `changes`): the stores' part of [`Delta::of`] after
+    /// [`Delta::omit_unchanged_lists`], which a cluster's aggregator publishes.
+    pub fn store_deltas(views: &Views, changes: &Changes) -> BTreeMap<String, StoreDelta> {
+        let mut delta = Delta {
+            position: String::new(),
+            as_of: None,
+            as_of_ms: 0,
+            stores: BTreeMap::new(),
+            store_count: None,
+            all_stores: None,
+        };
+        for (id, change) in &changes.stores {
+            let touched = Touched {
+                minutes: !change.minutes.is_empty(),
+                recent_orders: change.recent_orders,
+            };
+            if let Some(view) = views.store(id) {
+                let part = StoreDelta::of(view, touched, &change.minutes);
+                delta.stores.insert(id.to_string(), part);
+            }
+        }
+        delta.omit_unchanged_lists(views);
+        delta.stores
     }
 
     /// Folds a later delta into this one: the result applied alone equals applying both in

@@ -91,6 +91,15 @@ impl FrameBuilder {
         };
         let mut delta = Delta::of(views, state, layout, changes);
         delta.omit_unchanged_lists(views);
+        Frame::of_delta(self.seq, delta, built_ms)
+    }
+}
+
+impl Frame {
+    /// Frame number `seq` of `delta` (its lists already trimmed to what clients lack): the
+    /// delta serialised once for all stores and once per changed store. `built_ms` is the
+    /// builder's monotonic clock (the log's age bound).
+    pub fn of_delta(seq: u64, delta: Delta, built_ms: u64) -> Frame {
         // Each store's part is serialised once and spliced into both its own event and the
         // all-stores one (the same bytes serde would write for the whole delta).
         let parts: Vec<(&String, Vec<u8>)> = delta
@@ -113,7 +122,7 @@ impl FrameBuilder {
             + rollup.as_ref().map_or(0, Vec::len);
         let size = all.len() + per_store.values().map(Encoded::len).sum::<usize>() + typed;
         Frame {
-            seq: self.seq,
+            seq,
             id: delta.position.clone(),
             all,
             per_store,
