@@ -7,6 +7,8 @@
 
 mod hub;
 mod owner;
+mod serving;
 
 pub use hub::{Hub, SharedSnapshot, Subscription};
 pub use owner::{Request, SnapshotJson, Status, Subscribed};
+pub use serving::{Held, Parked, Serving};

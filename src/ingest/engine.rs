@@ -19,9 +19,9 @@ use super::freshness::PendingAges;
 use crate::aggregate::{Applied, Changes, Layout, RecordRef, State};
 use crate::checkpoint::Frozen;
 use crate::events::{Codec, DecodeError, StoreId};
-use crate::fanout::{Hub, Request, SharedSnapshot, SnapshotJson, Status, Subscribed};
-use crate::live::{self, Encoded, FrameBuilder, Opening, Owner, SnapshotEvent, Start};
-use crate::metrics::{Metrics, OpeningPath};
+use crate::fanout::{Held, Hub, Request, Serving, Status, Subscribed};
+use crate::live::FrameBuilder;
+use crate::metrics::Metrics;
 use opentelemetry::trace::TraceContextExt;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,23 +69,6 @@ pub struct Outputs {
     pub metrics: Arc<Metrics>,
 }
 
-/// A subscription parked by resume rule 4 until the state reaches what its client showed.
-#[derive(Debug)]
-struct Parked {
-    wanted: crate::aggregate::Position,
-    deadline: Instant,
-    store: Option<StoreId>,
-    reply: oneshot::Sender<Subscribed>,
-}
-
-/// Snapshots of the current position: taken once per scope, shared by every request and
-/// subscriber until the state changes.
-#[derive(Debug, Default)]
-struct SnapshotCache {
-    json: HashMap<Option<StoreId>, Arc<SnapshotJson>>,
-    events: HashMap<(Option<StoreId>, SnapshotEvent), Arc<Encoded>>,
-}
-
 /// The state's owner.
 pub struct Engine {
     state: State,
@@ -108,9 +91,8 @@ pub struct Engine {
     /// How old what the next frame carries is (for the freshness histograms).
     pending_ages: PendingAges,
     dirty: bool,
-    snapshots: SnapshotCache,
     builder: FrameBuilder,
-    parked: Vec<Parked>,
+    serving: Serving,
     started: Instant,
     last_frame: Instant,
     next_checkpoint: Instant,
@@ -127,6 +109,11 @@ impl Engine {
         out: Outputs,
     ) -> Engine {
         let now = Instant::now();
+        let serving = Serving::new(
+            Arc::clone(&out.hub),
+            Arc::clone(&out.metrics),
+            settings.resume_wait,
+        );
         Engine {
             state,
             layout,
@@ -138,12 +125,11 @@ impl Engine {
             freezes: 0,
             whole_written: false,
             dirty: false,
-            snapshots: SnapshotCache::default(),
             sampled: Vec::new(),
             sampled_records: 0,
             pending_ages: PendingAges::default(),
             builder: FrameBuilder::new(),
-            parked: Vec::new(),
+            serving,
             started: now,
             last_frame: now.checked_sub(settings.frame_interval).unwrap_or(now),
             next_checkpoint: now + settings.checkpoint_interval,
@@ -242,7 +228,7 @@ impl Engine {
     /// goes out when the frame interval has passed; parked resumes are answered.
     pub fn end_batch(&mut self, now: Instant) {
         if std::mem::take(&mut self.dirty) {
-            self.snapshots = SnapshotCache::default();
+            self.serving.moved();
         }
         if !self.changes.is_empty() && now >= self.last_frame + self.frame_interval() {
             self.emit_frame(now);
@@ -270,7 +256,12 @@ impl Engine {
                 if !self.changes.is_empty() {
                     self.emit_frame(now);
                 }
-                let _ = reply.send(self.snapshot_json(store));
+                let mut held = Views {
+                    state: &self.state,
+                    layout: &self.layout,
+                    builder: &mut self.builder,
+                };
+                let _ = reply.send(self.serving.snapshot_json(&mut held, store));
             }
             Request::Stock {
                 store,
@@ -408,9 +399,8 @@ impl Engine {
         metrics.frame_size.observe(frame_bytes as f64);
     }
 
-    /// Decides where a subscription starts (`live::start`, as the state's owner) and
-    /// subscribes it to the frames that follow in the same step; rule 4 parks it until the
-    /// state catches up or its wait runs out.
+    /// Decides where a subscription starts (`live::start`, as the state's owner, in
+    /// [`Serving`]) and subscribes it to the frames that follow in the same step.
     fn subscribe(
         &mut self,
         store: Option<StoreId>,
@@ -423,97 +413,37 @@ impl Engine {
         if !self.changes.is_empty() {
             self.emit_frame(now);
         }
-        let start = self.decide(store.as_ref(), since, None);
-        match start {
-            Start::WaitUntil(wanted) => self.parked.push(Parked {
-                wanted,
-                deadline: now + self.settings.resume_wait,
-                store,
-                reply,
-            }),
-            start => {
-                let _ = reply.send(self.started_at(start, store));
-            }
-        }
-    }
-
-    /// The start of a subscription (`live::start` with the state's position).
-    fn decide(
-        &self,
-        store: Option<&StoreId>,
-        since: Option<&str>,
-        waited: Option<(&crate::aggregate::Position, bool)>,
-    ) -> Start {
-        let owner = Owner {
-            position: self.state.position(),
-            store_known: store.is_none_or(|id| self.state.stores().contains_key(id)),
-            waited,
+        let mut held = Views {
+            state: &self.state,
+            layout: &self.layout,
+            builder: &mut self.builder,
         };
-        self.out.hub.with_log(|log| {
-            live::start(&Opening {
-                since,
-                log,
-                layout: &self.layout,
-                shared: None, // the engine's own snapshots are always current
-                owner: Some(owner),
-            })
-        })
+        self.serving.subscribe(&mut held, store, since, reply, now);
     }
 
     /// Asks again for the parked subscriptions: a snapshot once the state caught up, a
     /// resync once the wait ran out (the client replaces what it holds).
     fn answer_parked(&mut self, now: Instant) {
-        if self.parked.is_empty() {
+        let held = Views {
+            state: &self.state,
+            layout: &self.layout,
+            builder: &mut self.builder,
+        };
+        let ready = self.serving.ready_parked(&held, now);
+        if ready.is_empty() {
             return;
         }
-        for parked in std::mem::take(&mut self.parked) {
-            if parked.reply.is_closed() {
-                continue; // the client went away while it waited
-            }
-            let ran_out = now >= parked.deadline;
-            match self.decide(parked.store.as_ref(), None, Some((&parked.wanted, ran_out))) {
-                Start::WaitUntil(_) => self.parked.push(parked),
-                start => {
-                    // Only a subscription that starts now frames what is pending (a
-                    // waiting one must not build frames ahead of the frame interval).
-                    if !self.changes.is_empty() {
-                        self.emit_frame(now);
-                    }
-                    let _ = parked.reply.send(self.started_at(start, parked.store));
-                }
-            }
+        // Only a subscription that starts now frames what is pending (a waiting one must
+        // not build frames ahead of the frame interval).
+        if !self.changes.is_empty() {
+            self.emit_frame(now);
         }
-    }
-
-    /// The subscription of a decided start. Nothing is pending (the caller emitted it),
-    /// so a snapshot contains exactly the frames up to the newest.
-    fn started_at(&mut self, start: Start, store: Option<StoreId>) -> Subscribed {
-        self.out.metrics.opened(OpeningPath::Engine);
-        let hub = Arc::clone(&self.out.hub);
-        let newest = self.builder.last_seq();
-        let kind = match start {
-            Start::FramesAfter(after) => {
-                if let Some(subscription) = hub.open_after(None, after) {
-                    return Subscribed::Started(subscription);
-                }
-                SnapshotEvent::Snapshot // unreachable: the log does not change meanwhile
-            }
-            Start::Snapshot | Start::SharedSnapshot => SnapshotEvent::Snapshot,
-            Start::Resync => {
-                self.out.metrics.resyncs.inc();
-                SnapshotEvent::Resync
-            }
-            Start::UnknownStore | Start::WaitUntil(_) | Start::AskOwner => {
-                return Subscribed::UnknownStore;
-            }
+        let mut held = Views {
+            state: &self.state,
+            layout: &self.layout,
+            builder: &mut self.builder,
         };
-        let Some(event) = self.snapshot_event(store, kind) else {
-            return Subscribed::UnknownStore;
-        };
-        match hub.open_after(Some(event), newest) {
-            Some(subscription) => Subscribed::Started(subscription),
-            None => Subscribed::UnknownStore,
-        }
+        self.serving.start_parked(&mut held, ready);
     }
 
     /// The span of a frame that carries sampled records, or `None`: a child of the first
@@ -543,58 +473,6 @@ impl Engine {
         Some(span)
     }
 
-    /// The snapshot of a scope at the current position, from the views of the last frame
-    /// (nothing may be pending): shared views, serialised on first use.
-    fn snapshot_json(&mut self, store: Option<StoreId>) -> Option<Arc<SnapshotJson>> {
-        debug_assert!(self.changes.is_empty(), "the views are the last frame's");
-        if let Some(json) = self.snapshots.json.get(&store) {
-            self.out.metrics.snapshots_cached.inc();
-            return Some(Arc::clone(json));
-        }
-        let snapshot =
-            self.builder
-                .views(&self.state)
-                .snapshot(&self.state, &self.layout, store.as_ref())?;
-        self.out.metrics.snapshots_built.inc();
-        let json = Arc::new(SnapshotJson::new(snapshot));
-        self.snapshots.json.insert(store, Arc::clone(&json));
-        Some(json)
-    }
-
-    /// The SSE event of a scope's snapshot at the current position, encoded once; a
-    /// `snapshot` is also shared through the hub, for the subscribers of the next
-    /// [`SNAPSHOT_REUSE_MS`](live::SNAPSHOT_REUSE_MS).
-    fn snapshot_event(
-        &mut self,
-        store: Option<StoreId>,
-        kind: SnapshotEvent,
-    ) -> Option<Arc<Encoded>> {
-        let key = (store, kind);
-        if let Some(event) = self.snapshots.events.get(&key) {
-            self.out.metrics.snapshots_cached.inc();
-            return Some(Arc::clone(event));
-        }
-        let snapshot = self.snapshot_json(key.0.clone())?;
-        let id = self.layout.encode(self.state.position());
-        // Serialised by the first stream that writes it, off the ingest thread.
-        let event = Arc::new(Encoded::deferred(move || {
-            bytes::Bytes::from(live::sse_event(kind.name(), Some(&id), &snapshot.bytes()))
-        }));
-        if kind == SnapshotEvent::Snapshot {
-            self.out.hub.publish_snapshot(
-                key.0.clone(),
-                SharedSnapshot {
-                    seq: self.builder.last_seq(),
-                    position: self.state.position().clone(),
-                    built: Instant::now(),
-                    event: Arc::clone(&event),
-                },
-            );
-        }
-        self.snapshots.events.insert(key, Arc::clone(&event));
-        Some(event)
-    }
-
     fn publish_status(&self) {
         self.out
             .metrics
@@ -605,6 +483,38 @@ impl Engine {
             position: self.state.position().clone(),
             newest_event_time: self.state.newest_event_time(),
         });
+    }
+}
+
+/// The engine's views as the serving half sees them: those of the last frame (the caller
+/// publishes what is pending first).
+struct Views<'a> {
+    state: &'a State,
+    layout: &'a Layout,
+    builder: &'a mut FrameBuilder,
+}
+
+impl Held for Views<'_> {
+    fn layout(&self) -> &Layout {
+        self.layout
+    }
+
+    fn position(&self) -> &crate::aggregate::Position {
+        self.state.position()
+    }
+
+    fn store_known(&self, store: &StoreId) -> bool {
+        self.state.stores().contains_key(store)
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.builder.last_seq()
+    }
+
+    fn snapshot(&mut self, store: Option<&StoreId>) -> Option<crate::aggregate::ViewsSnapshot> {
+        self.builder
+            .views(self.state)
+            .snapshot(self.state, self.layout, store)
     }
 }
 
