@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 pub use storepulse_core::checkpoint::{Encoded, FORMAT_VERSION, FormatError, Frozen};
 use thiserror::Error;
 
+mod chain;
 mod writer;
+pub use chain::Chain;
 pub use writer::{Writer, checkpoint_writer, migrate_early, restore};
 
 /// Migrations in `migrations/`, compiled in.
@@ -126,6 +128,15 @@ impl CheckpointStore {
             options,
             target,
         })
+    }
+
+    /// The same database and connections for another group's checkpoints (a cluster's
+    /// aggregator keeps one group per slice).
+    pub fn for_group(&self, group: &str) -> CheckpointStore {
+        CheckpointStore {
+            group: group.to_owned(),
+            ..self.clone()
+        }
     }
 
     /// Where the store is (`postgres://host:port/database`, no password).

@@ -17,13 +17,12 @@
 
 use super::freshness::PendingAges;
 use crate::aggregate::{Applied, Changes, Layout, RecordRef, State};
-use crate::checkpoint::Frozen;
+use crate::checkpoint::{Chain, Frozen};
 use crate::events::{Codec, DecodeError, StoreId};
 use crate::fanout::{Held, Hub, Request, Serving, Status, Subscribed};
 use crate::live::FrameBuilder;
 use crate::metrics::Metrics;
 use opentelemetry::trace::TraceContextExt;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storepulse_core::record::{self, Processed, Record};
@@ -77,14 +76,8 @@ pub struct Engine {
     settings: EngineSettings,
     out: Outputs,
     changes: Changes,
-    /// Stores changed since the last checkpoint written, with the number of freezes before
-    /// their last change (a written freeze acknowledges the changes before it).
-    unwritten: HashMap<StoreId, u64>,
-    /// Freezes so far.
-    freezes: u64,
-    /// A whole checkpoint (every store) has been written by this process: later ones write
-    /// only the changed stores.
-    whole_written: bool,
+    /// The stores owed to the next checkpoint.
+    chain: Chain,
     /// Sampled records since the last frame (bounded) and how many there were.
     sampled: Vec<opentelemetry::trace::SpanContext>,
     sampled_records: u64,
@@ -121,9 +114,7 @@ impl Engine {
             settings,
             out,
             changes: Changes::default(),
-            unwritten: HashMap::new(),
-            freezes: 0,
-            whole_written: false,
+            chain: Chain::default(),
             dirty: false,
             sampled: Vec::new(),
             sampled_records: 0,
@@ -314,15 +305,8 @@ impl Engine {
     /// whole one).
     pub fn freeze(&mut self) -> Arc<Frozen> {
         let started = Instant::now();
-        self.note_unwritten();
-        self.freezes += 1;
-        let frozen = Arc::new(Frozen::of(
-            &self.state,
-            &self.layout,
-            self.unwritten.keys(),
-            !self.whole_written,
-            self.freezes,
-        ));
+        self.chain.note(self.changes.stores.keys());
+        let frozen = Arc::new(self.chain.freeze(&self.state, &self.layout));
         // The time ingest stood still for it (the write happens on the writer's task).
         self.out
             .metrics
@@ -334,28 +318,14 @@ impl Engine {
     /// A checkpoint was written: the stores it carried that have not changed since are
     /// clean.
     pub fn checkpoint_written(&mut self, written: &Frozen) {
-        self.whole_written |= written.full;
-        self.unwritten
-            .retain(|_, freezes| *freezes >= written.generation);
-    }
-
-    /// Marks the stores of the pending changes unwritten (for the next checkpoint).
-    fn note_unwritten(&mut self) {
-        for id in self.changes.stores.keys() {
-            match self.unwritten.get_mut(id) {
-                Some(freezes) => *freezes = self.freezes,
-                None => {
-                    self.unwritten.insert(id.clone(), self.freezes);
-                }
-            }
-        }
+        self.chain.written(written);
     }
 
     /// Builds the frame of the pending changes, logs it and publishes it.
     fn emit_frame(&mut self, now: Instant) {
         let built_ms =
             u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
-        self.note_unwritten();
+        self.chain.note(self.changes.stores.keys());
         let changes = std::mem::take(&mut self.changes);
         self.out
             .metrics
