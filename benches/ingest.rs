@@ -131,6 +131,7 @@ async fn prefill(settings: &KafkaSettings, events: u64, start_ms: i64) {
             message_timeout: Duration::from_secs(120),
             progress_every: Some(Duration::from_secs(5)),
             junk_per_mille: 0,
+            key_by_store: false,
         },
         CancellationToken::new(),
     )

@@ -120,6 +120,7 @@ async fn main() {
                 message_timeout: Duration::from_secs(60),
                 progress_every: None,
                 junk_per_mille: 0,
+                key_by_store: false,
             },
             CancellationToken::new(),
         )

@@ -43,15 +43,15 @@ use tokio_util::task::TaskTracker;
 pub const FINAL_CHECKPOINT_WAIT: Duration = Duration::from_secs(15);
 
 /// The shutdown stages, in order. Each token is a child of the next stage's.
-struct Stages {
-    http: CancellationToken,
-    ingest: CancellationToken,
-    writer: CancellationToken,
-    monitor: CancellationToken,
+pub(crate) struct Stages {
+    pub(crate) http: CancellationToken,
+    pub(crate) ingest: CancellationToken,
+    pub(crate) writer: CancellationToken,
+    pub(crate) monitor: CancellationToken,
 }
 
 impl Stages {
-    fn new() -> Stages {
+    pub(crate) fn new() -> Stages {
         let monitor = CancellationToken::new();
         let writer = monitor.child_token();
         let ingest = writer.child_token();
@@ -66,15 +66,15 @@ impl Stages {
 }
 
 /// What start-up builds before the ingest thread: shared by the HTTP side and the engine.
-struct Wiring {
-    codec: Codec,
-    aggregate: Arc<AggregateConfig>,
-    metrics: Arc<Metrics>,
-    store: CheckpointStore,
-    requests: mpsc::Receiver<crate::fanout::Request>,
-    status: watch::Sender<Status>,
+pub(crate) struct Wiring {
+    pub(crate) codec: Codec,
+    pub(crate) aggregate: Arc<AggregateConfig>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) store: CheckpointStore,
+    pub(crate) requests: mpsc::Receiver<crate::fanout::Request>,
+    pub(crate) status: watch::Sender<Status>,
     /// Where the hub goes once the layout is known (HTTP reads it from there).
-    hub: Arc<OnceLock<Arc<Hub>>>,
+    pub(crate) hub: Arc<OnceLock<Arc<Hub>>>,
 }
 
 /// How the ingest thread ended: its result, or its panic.
@@ -123,7 +123,7 @@ pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Resul
 }
 
 /// The channels, counters and checkpoint store, and the HTTP side's share of them.
-fn wire(
+pub(crate) fn wire(
     settings: &Settings,
     stages: &Stages,
     tasks: &TaskTracker,
@@ -147,7 +147,7 @@ fn wire(
         hub: Arc::clone(&hub),
         requests: request_tx,
         status: status_rx,
-        checkpoints: store.clone(),
+        checkpoints: Some(store.clone()),
         metrics: Arc::clone(&metrics),
         max_lag: settings.ready.max_lag,
         stream: Arc::new(settings.stream.clone()),
@@ -189,16 +189,7 @@ fn start_pipeline(
     let (checkpoint_tx, checkpoint_rx) = watch::channel(None);
     let (written_tx, written_rx) = mpsc::unbounded_channel();
     let status_rx = wiring.status.subscribe();
-    let stream = &settings.stream;
-    let hub = Arc::new(Hub::new(
-        layout.clone(),
-        LogLimits {
-            frames: stream.log_max_frames,
-            bytes: stream.log_max_bytes,
-            age_ms: u64::try_from(stream.log_max_age.as_millis()).unwrap_or(u64::MAX),
-        },
-        stream.queue_frames,
-    ));
+    let hub = hub_for(settings, &layout);
     let _ = wiring.hub.set(Arc::clone(&hub));
     let engine = Engine::new(
         state,
@@ -252,6 +243,20 @@ fn start_pipeline(
     }
 }
 
+/// The fan-out's hub for `layout`, bounded by `[stream]`.
+pub(crate) fn hub_for(settings: &Settings, layout: &Layout) -> Arc<Hub> {
+    let stream = &settings.stream;
+    Arc::new(Hub::new(
+        layout.clone(),
+        LogLimits {
+            frames: stream.log_max_frames,
+            bytes: stream.log_max_bytes,
+            age_ms: u64::try_from(stream.log_max_age.as_millis()).unwrap_or(u64::MAX),
+        },
+        stream.queue_frames,
+    ))
+}
+
 /// The documented order: HTTP, ingest (final checkpoint frozen), the writer (it written,
 /// bounded), the lag monitor; each joined before the next. `ended` is the ingest result if
 /// it ended by itself.
@@ -299,7 +304,7 @@ async fn shut_down(
 }
 
 /// Binds the HTTP listener (printing its address: scripts and tests read that line).
-fn start_http(
+pub(crate) fn start_http(
     settings: &Settings,
     tasks: &TaskTracker,
     accept_errors: prometheus_client::metrics::counter::Counter,
@@ -319,7 +324,7 @@ fn start_http(
 }
 
 /// Serves until the HTTP stage is cancelled; the open streams end on the same token.
-async fn run_http(
+pub(crate) async fn run_http(
     listener: StreamListener,
     app: AppState,
     header_timeout: Duration,
@@ -339,7 +344,7 @@ async fn run_http(
 }
 
 /// Stopped before ingest started: only HTTP runs.
-async fn stop_early(
+pub(crate) async fn stop_early(
     stages: Stages,
     tasks: TaskTracker,
     server: JoinHandle<std::io::Result<()>>,

@@ -31,6 +31,8 @@ impl Cli {
         match self.command {
             Command::Simulate(_) => "storepulse-simulate",
             Command::Serve(_) => "storepulse",
+            Command::Aggregator(_) => "storepulse-aggregator",
+            Command::Edge(_) => "storepulse-edge",
             Command::Replay(_) => "storepulse-replay",
             Command::Schemas(_) | Command::Migrate(_) | Command::Config(_) | Command::Token(_) => {
                 "storepulse-cli"
@@ -48,6 +50,12 @@ pub enum Command {
     Schemas(SchemasArgs),
     /// Consume the topics into live aggregates, checkpoint them, serve the HTTP API.
     Serve(ConfigArgs),
+    /// A cluster's aggregator: owns slices of whole stores through a Kafka consumer group
+    /// and publishes their frames in transactions (docs/operations.md, "Scaling out").
+    Aggregator(ConfigArgs),
+    /// A cluster's edge: serves dashboards from the frames the aggregators publish; any
+    /// edge resumes any event id.
+    Edge(ConfigArgs),
     /// Apply the checkpoint store's database migrations.
     Migrate(ConfigArgs),
     /// Sign a bearer token with the configured HS256 secret (auth.hs256_secret), for a
@@ -300,6 +308,10 @@ pub struct SimulateArgs {
     /// total of 2^63 − 1, or a date ten years ahead without a Kafka timestamp.
     #[arg(long, env = "STOREPULSE_SIM_JUNK_PER_MILLE", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
     junk_per_mille: u32,
+    /// Record keys: `event` (order id, SKU or session id) or `store` (the store id, placed
+    /// by murmur2 as Kafka's default partitioner does: what a cluster needs).
+    #[arg(long, env = "STOREPULSE_SIM_KEY", default_value = "event", value_parser = ["event", "store"])]
+    key: String,
     /// Partitions of topics this run creates.
     #[arg(long, env = "STOREPULSE_SIM_PARTITIONS", default_value_t = 4)]
     partitions: i32,
@@ -365,6 +377,7 @@ impl SimulateArgs {
             message_timeout: self.message_timeout,
             progress_every: (!self.quiet).then_some(Duration::from_secs(1)),
             junk_per_mille: self.junk_per_mille,
+            key_by_store: self.key == "store",
         }
     }
 }
@@ -387,6 +400,8 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
         Command::Simulate(args) => simulate(*args, stop).await,
         Command::Schemas(args) => schemas(&args),
         Command::Serve(args) => app::serve(args.settings()?, stop).await,
+        Command::Aggregator(args) => crate::cluster::run_aggregator(args.settings()?, stop).await,
+        Command::Edge(args) => crate::cluster::run_edge(args.settings()?, stop).await,
         Command::Replay(args) => replay(*args).await,
         Command::Migrate(args) => {
             let settings = args.settings()?;

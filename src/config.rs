@@ -111,6 +111,17 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "aggregate.max_skus_per_store",
     ),
     ("STOREPULSE_LIST_LIMIT", "aggregate.list_limit"),
+    ("STOREPULSE_CLUSTER_GROUP_ID", "cluster.group_id"),
+    ("STOREPULSE_CLUSTER_FRAMES_TOPIC", "cluster.frames_topic"),
+    ("STOREPULSE_CLUSTER_SLICES_TOPIC", "cluster.slices_topic"),
+    (
+        "STOREPULSE_CLUSTER_TRANSACTIONAL_PREFIX",
+        "cluster.transactional_prefix",
+    ),
+    (
+        "STOREPULSE_CLUSTER_TRANSACTION_TIMEOUT",
+        "cluster.transaction_timeout",
+    ),
 ];
 
 /// `STOREPULSE_…` variables that are not settings but are read by a command's own options
@@ -128,6 +139,7 @@ pub const OTHER_ENVIRONMENT: &[&str] = &[
     "STOREPULSE_SIM_POPULARITY",
     "STOREPULSE_SIM_JUNK_PER_MILLE",
     "STOREPULSE_SIM_PARTITIONS",
+    "STOREPULSE_SIM_KEY",
     "STOREPULSE_SIM_SEED",
     "STOREPULSE_SIM_START",
     "STOREPULSE_SIM_FLASH_AT",
@@ -490,6 +502,25 @@ pub struct Settings {
     pub replay: ReplaySection,
     /// Business rules.
     pub aggregate: AggregateSection,
+    /// The roles of a cluster (`storepulse aggregator`, `storepulse edge`).
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The aggregators' consumer group (KIP-848 protocol) and checkpoint namespace.
+    pub group_id: String,
+    /// Slice frames, one partition.
+    pub frames_topic: String,
+    /// The slices' changelog, compacted, one partition per slice.
+    pub slices_topic: String,
+    /// Prefix of each slice's `transactional.id`.
+    pub transactional_prefix: String,
+    /// Longest a slice's transaction may stay open.
+    #[serde(deserialize_with = "duration")]
+    pub transaction_timeout: Duration,
 }
 
 /// Sets `key` (dotted) to `raw`, typed as the value already there: a number stays a number,

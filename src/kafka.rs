@@ -89,6 +89,12 @@ impl ClientContext for QuietLogs {
 
 impl ConsumerContext for QuietLogs {}
 
+impl rdkafka::producer::ProducerContext for QuietLogs {
+    type DeliveryOpaque = ();
+    // Transactional producers learn the fate of their records from the commit.
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, (): ()) {}
+}
+
 /// A consumer whose client logs are rate-limited.
 pub type Consumer = BaseConsumer<QuietLogs>;
 
@@ -168,6 +174,11 @@ fn base_config(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
+/// Settings of an admin client.
+pub fn admin_config(settings: &KafkaSettings) -> ClientConfig {
+    base_config(settings)
+}
+
 /// Producer settings for durable, ordered, complete delivery.
 ///
 /// Invariants: `message.timeout.ms` bounds how long a record may wait for delivery
@@ -232,6 +243,8 @@ pub async fn ensure_topics(
 /// (default 500 ms, far too slow for a live dashboard). Memory: the prefetch queue is
 /// bounded (librdkafka's defaults buffer up to 64 MiB per partition set).
 pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+    // (librdkafka reads `read_committed` by default: records of aborted transactions, such
+    // as a fenced aggregator's, are never delivered.)
     let mut config = base_config(settings);
     config
         .set("group.id", group_id)

@@ -37,6 +37,7 @@ pub mod app;
 pub mod auth;
 pub mod checkpoint;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod fanout;
 pub mod http;

@@ -303,6 +303,7 @@ pub async fn produce(settings: &KafkaSettings, seed: u64, rate: f64, seconds: u6
             message_timeout: Duration::from_secs(30),
             progress_every: None,
             junk_per_mille: 0,
+            key_by_store: false,
         },
         CancellationToken::new(),
     )

@@ -124,7 +124,9 @@ impl Serving {
     /// Starts the subscriptions [`Serving::ready_parked`] returned.
     pub fn start_parked(&mut self, held: &mut impl Held, ready: Vec<(Parked, Start)>) {
         for (parked, start) in ready {
-            let _ = parked.reply.send(self.started_at(held, start, parked.store));
+            let _ = parked
+                .reply
+                .send(self.started_at(held, start, parked.store));
         }
     }
 
@@ -154,7 +156,12 @@ impl Serving {
 
     /// The subscription of a decided start. Nothing is pending, so a snapshot contains
     /// exactly the frames up to the newest.
-    fn started_at(&mut self, held: &mut impl Held, start: Start, store: Option<StoreId>) -> Subscribed {
+    fn started_at(
+        &mut self,
+        held: &mut impl Held,
+        start: Start,
+        store: Option<StoreId>,
+    ) -> Subscribed {
         self.metrics.opened(OpeningPath::Engine);
         let hub = Arc::clone(&self.hub);
         let newest = held.last_seq();

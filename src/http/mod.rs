@@ -43,8 +43,9 @@ pub struct AppState {
     pub requests: mpsc::Sender<Request>,
     /// Ingest status.
     pub status: watch::Receiver<Status>,
-    /// The checkpoint store (readiness checks it answers).
-    pub checkpoints: CheckpointStore,
+    /// The checkpoint store (readiness checks it answers); `None` for a role without one
+    /// (a cluster's edge).
+    pub checkpoints: Option<CheckpointStore>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Most records behind that still count as ready.
@@ -483,9 +484,12 @@ const DEAD_LETTER_WAIT_READY_MS: i64 = 5_000;
 
 async fn readyz(State(app): State<AppState>) -> Response {
     let status = app.status.borrow().clone();
-    let reachable = tokio::time::timeout(Duration::from_secs(2), app.checkpoints.is_reachable())
-        .await
-        .unwrap_or(false);
+    let reachable = match &app.checkpoints {
+        Some(store) => tokio::time::timeout(Duration::from_secs(2), store.is_reachable())
+            .await
+            .unwrap_or(false),
+        None => true,
+    };
     let control = &app.metrics.control;
     let failing = control.checkpoint_failures_in_a_row();
     let checkpoint_store = reachable && failing < CHECKPOINT_FAILURES_NOT_READY;

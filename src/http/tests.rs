@@ -107,8 +107,10 @@ impl TestServer {
             requests: requests_tx,
             status,
             // Nothing listens there: readiness reports the store as down.
-            checkpoints: CheckpointStore::connect_lazy("postgres://postgres@127.0.0.1:1/none", "g")
-                .expect("a lazy pool"),
+            checkpoints: Some(
+                CheckpointStore::connect_lazy("postgres://postgres@127.0.0.1:1/none", "g")
+                    .expect("a lazy pool"),
+            ),
             metrics,
             max_lag: 1_000,
             stream: Arc::new(stream),

@@ -46,6 +46,10 @@ pub struct SimulateOptions {
     pub progress_every: Option<Duration>,
     /// A buggy producer: records in a thousand corrupted ([`scenario::BuggyProducer`]).
     pub junk_per_mille: u32,
+    /// Key every record by its store id, placed by Kafka's default partitioner (murmur2):
+    /// the producer contract of a cluster (docs/api.md, "Producing for a cluster").
+    /// Otherwise by order id, SKU or session (one process takes any key).
+    pub key_by_store: bool,
 }
 
 /// What a run did.
@@ -153,10 +157,14 @@ pub async fn run(
     if options.create_topics {
         create_topics(settings, &options).await?;
     }
-    let producer: ThreadedProducer<DeliveryCounter> =
-        kafka::producer_config(settings, options.message_timeout)
-            .create_with_context(DeliveryCounter::default())
-            .map_err(KafkaError::Config)?;
+    let mut config = kafka::producer_config(settings, options.message_timeout);
+    if options.key_by_store {
+        // Java's default partitioner, as the contract says.
+        config.set("partitioner", "murmur2_random");
+    }
+    let producer: ThreadedProducer<DeliveryCounter> = config
+        .create_with_context(DeliveryCounter::default())
+        .map_err(KafkaError::Config)?;
     let counter: Arc<DeliveryCounter> = Arc::clone(producer.context());
     let mut scenario = Scenario::new(options.scenario.clone());
     let mut trace_rng = ChaCha8Rng::seed_from_u64(options.scenario.seed ^ 0x7472_6163_6570_6172);
@@ -180,7 +188,10 @@ pub async fn run(
             let mut event = scenario.next().unwrap_or_else(|| unreachable!("endless"));
             let junk = buggy.corrupt(&mut event);
             let payload = codec.encode(&event)?;
-            let outgoing = Outgoing::of(settings, &event, &payload, junk, &mut trace_rng);
+            let mut outgoing = Outgoing::of(settings, &event, &payload, junk, &mut trace_rng);
+            if options.key_by_store {
+                outgoing.key = event.store_id().as_str().to_owned();
+            }
             match send(&producer, &outgoing, &counter, &stop).await {
                 Some(waits) => backpressure_waits += waits,
                 None => break 'production,

@@ -483,6 +483,7 @@ async fn the_simulators_events_ahead_of_the_clock_carry_their_time_and_are_appli
             message_timeout: Duration::from_secs(30),
             progress_every: None,
             junk_per_mille: 0,
+            key_by_store: false,
         },
         tokio_util::sync::CancellationToken::new(),
     )

@@ -334,6 +334,7 @@ async fn produce_flash_sale(
             message_timeout: Duration::from_secs(30),
             progress_every: None,
             junk_per_mille: 0,
+            key_by_store: false,
         },
         CancellationToken::new(),
     )

@@ -39,6 +39,7 @@ fn options(seed: u64, count: u64) -> SimulateOptions {
         message_timeout: Duration::from_secs(30),
         progress_every: None,
         junk_per_mille: 0,
+        key_by_store: false,
     }
 }
 

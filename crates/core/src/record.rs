@@ -1,5 +1,5 @@
 //! The record path: what happens to one Kafka record, in one place, for every reader
-//! (`serve`'s ingest and `storepulse replay`). Decode, then (unless the position already
+//! (`serve`'s ingest, `storepulse replay` and a cluster's aggregators). Decode, then (unless the position already
 //! covers it) the event-time guard, the cardinality limits and `State::apply`.
 //!
 //! Pure: the record's bytes, position and Kafka timestamp come in as arguments; the caller
@@ -38,6 +38,29 @@ pub fn process(
     record: Record<'_>,
     changes: &mut Changes,
 ) -> Result<Processed, DecodeError> {
+    process_checked(state, codec, record, changes, None)
+}
+
+/// [`process`] for a state that holds one slice of a cluster (ADR 0007): the record must
+/// also be in its store's slice among `partitions` (`wrong_partition` otherwise), so a
+/// producer that does not key by store id moves no number of another slice's stores.
+pub fn process_in_slice(
+    state: &mut State,
+    codec: &Codec,
+    record: Record<'_>,
+    changes: &mut Changes,
+    partitions: i32,
+) -> Result<Processed, DecodeError> {
+    process_checked(state, codec, record, changes, Some(partitions))
+}
+
+fn process_checked(
+    state: &mut State,
+    codec: &Codec,
+    record: Record<'_>,
+    changes: &mut Changes,
+    slices: Option<i32>,
+) -> Result<Processed, DecodeError> {
     let partition = record.at.partition;
     let reference = state.partition_record_time(partition);
     if let Some(time) = usable_timestamp(record.timestamp_ms) {
@@ -45,6 +68,17 @@ pub fn process(
     }
     let event = codec.decode(record.payload.ok_or(DecodeError::Tombstone)?)?;
     if !state.position().covers(record.at) {
+        if let Some(partitions) = slices {
+            let store = event.store_id().as_str();
+            let slice = crate::cluster::slice_of(store, partitions);
+            if slice != partition.partition {
+                return Err(DecodeError::WrongPartition {
+                    store: store.to_owned(),
+                    partition: partition.partition,
+                    slice,
+                });
+            }
+        }
         check_event_time(
             &event,
             record.timestamp_ms,
@@ -331,5 +365,29 @@ mod tests {
         let revenue = &store.counters.revenue_today;
         assert_eq!(revenue.len(), 1);
         assert_eq!(revenue[0].minor, 3 * i128::from(MAX_AMOUNT_MINOR));
+    }
+
+    /// A slice's state takes only its own stores' records: one in another store's
+    /// partition is poison and moves nothing.
+    #[test]
+    fn a_slice_refuses_a_record_of_a_store_of_another_partition() {
+        let mut state = State::new(Arc::new(AggregateConfig::default()));
+        // murmur2("foobar") puts it in partition 16 of 50.
+        let payload = session("foobar", "e1", T0);
+        let record = |partition| Record {
+            at: at(partition, 0),
+            payload: Some(&payload),
+            timestamp_ms: Some(T0),
+        };
+        let mut changes = Changes::default();
+        let refused = process_in_slice(&mut state, &codec(), record(3), &mut changes, 50);
+        assert_eq!(
+            refused.map(|_| ()).map_err(|e| e.label()),
+            Err("wrong_partition")
+        );
+        assert!(changes.is_empty() && state.stores().is_empty());
+        let taken = process_in_slice(&mut state, &codec(), record(16), &mut changes, 50);
+        assert!(taken.is_ok());
+        assert_eq!(state.stores().len(), 1);
     }
 }

@@ -237,11 +237,24 @@ pub enum DecodeError {
         /// The limit.
         max: usize,
     },
+    /// Read by a cluster's aggregator from a partition that is not its store's slice: its
+    /// producer did not key it by store id (docs/api.md, "Producing for a cluster").
+    #[error(
+        "store {store:?} belongs to partition {slice} (murmur2 of its id), but the record is in partition {partition}: key records by store id"
+    )]
+    WrongPartition {
+        /// The store.
+        store: String,
+        /// The partition the record was read from.
+        partition: i32,
+        /// The partition the store's records belong to.
+        slice: i32,
+    },
 }
 
 impl DecodeError {
     /// Every label, indexed by [`DecodeError::index`] (metrics keep one counter each).
-    pub const LABELS: [&'static str; 11] = [
+    pub const LABELS: [&'static str; 12] = [
         "tombstone",
         "too_short",
         "unknown_framing",
@@ -253,6 +266,7 @@ impl DecodeError {
         "no_timestamp",
         "store_limit",
         "sku_limit",
+        "wrong_partition",
     ];
 
     /// The position of this error's label in [`DecodeError::LABELS`]. The match is
@@ -270,6 +284,7 @@ impl DecodeError {
             DecodeError::NoTimestamp => 8,
             DecodeError::StoreLimit { .. } => 9,
             DecodeError::SkuLimit { .. } => 10,
+            DecodeError::WrongPartition { .. } => 11,
         }
     }
 
