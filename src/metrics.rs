@@ -240,6 +240,8 @@ pub struct Metrics {
     pub accept_errors: Counter,
     /// Streams that fell behind their queue and caught up from the frame log.
     pub lagged_subscribers: Counter,
+    /// A cluster edge's slices reloaded from the changelog (a frame did not continue).
+    pub slice_reloads: Counter,
     /// Times a stream behind caught up from the frame log's shared pieces.
     pub catch_ups: Counter,
     /// Catch-up writes that were a span of frames (conflated once per scope, shared).
@@ -412,6 +414,7 @@ impl Metrics {
             refused_streams: Counter::default(),
             accept_errors: Counter::default(),
             lagged_subscribers: Counter::default(),
+            slice_reloads: Counter::default(),
             catch_ups: Counter::default(),
             span_writes: Counter::default(),
             resyncs: Counter::default(),
@@ -574,7 +577,7 @@ impl Metrics {
 
     /// The live stream's metrics: snapshots, frames, subscribers, catch-ups.
     fn register_stream(&self, r: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             (
                 "snapshots_built",
                 "Snapshots serialised",
@@ -609,6 +612,11 @@ impl Metrics {
                 "lagged_subscribers",
                 "Streams that fell behind their queue and caught up from the frame log (or a snapshot)",
                 &self.lagged_subscribers,
+            ),
+            (
+                "slice_reloads",
+                "A cluster edge's slices reloaded from the changelog because a slice frame did not continue what it held (never in a correct run)",
+                &self.slice_reloads,
             ),
             (
                 "catch_ups",

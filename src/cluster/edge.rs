@@ -209,6 +209,7 @@ impl EdgeRun {
                 Applied::Frame(made) => self.publish(made, serving),
                 Applied::Duplicate => {}
                 Applied::Gap { held, from } => {
+                    self.metrics.slice_reloads.inc();
                     tracing::warn!(
                         slice = frame.slice,
                         ?held,

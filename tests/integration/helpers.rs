@@ -227,6 +227,45 @@ impl Server {
         environment: &[(&str, &str)],
         log: std::process::Stdio,
     ) -> Server {
+        Server::start_command(
+            wrapper,
+            "serve",
+            topics,
+            group,
+            database_url,
+            environment,
+            log,
+        )
+    }
+
+    /// A cluster's `aggregator` or `edge` (`role`) on `topics`, with the cluster's
+    /// settings in `environment`; returns once it listens.
+    pub fn start_role(
+        role: &str,
+        topics: &Topics,
+        database_url: &str,
+        environment: &[(&str, &str)],
+    ) -> Server {
+        Server::start_command(
+            &[],
+            role,
+            topics,
+            "unused",
+            database_url,
+            environment,
+            std::process::Stdio::inherit(),
+        )
+    }
+
+    fn start_command(
+        wrapper: &[&str],
+        subcommand: &str,
+        topics: &Topics,
+        group: &str,
+        database_url: &str,
+        environment: &[(&str, &str)],
+        log: std::process::Stdio,
+    ) -> Server {
         use std::io::BufRead;
         let program = env!("CARGO_BIN_EXE_storepulse");
         let mut command = match wrapper.split_first() {
@@ -238,7 +277,7 @@ impl Server {
             None => std::process::Command::new(program),
         };
         let mut child = command
-            .arg("serve")
+            .arg(subcommand)
             .env("STOREPULSE_KAFKA_BROKERS", brokers())
             .env("STOREPULSE_TOPIC_ORDERS", &topics.orders)
             .env("STOREPULSE_TOPIC_INVENTORY", &topics.inventory)

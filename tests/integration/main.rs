@@ -6,6 +6,7 @@
 
 mod architecture;
 mod cli;
+mod cluster;
 mod dead_letters;
 mod helpers;
 mod limits;

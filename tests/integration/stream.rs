@@ -19,18 +19,18 @@ use storepulse::simulate::{self, SimulateOptions};
 use tokio_util::sync::CancellationToken;
 
 /// One server-sent event (the shared test client's type).
-type Sse = SseEvent;
+pub(crate) type Sse = SseEvent;
 
 /// A plain SSE client over HTTP/1.0 (the body is the raw stream until close), parsing with
 /// the shared test client (`storepulse::live::client`).
-struct SseClient {
+pub(crate) struct SseClient {
     reader: BufReader<std::net::TcpStream>,
     parser: SseParser,
     queued: std::collections::VecDeque<Sse>,
 }
 
 impl SseClient {
-    fn connect(address: &str, path: &str, last_event_id: Option<&[u8]>) -> SseClient {
+    pub(crate) fn connect(address: &str, path: &str, last_event_id: Option<&[u8]>) -> SseClient {
         SseClient::connect_with(address, path, last_event_id, None)
     }
 
@@ -108,7 +108,7 @@ impl SseClient {
     }
 
     /// The next event with data, or `None` when the server closed the stream.
-    fn try_next(&mut self) -> Option<Sse> {
+    pub(crate) fn try_next(&mut self) -> Option<Sse> {
         use std::io::Read;
         let mut chunk = [0u8; 16 * 1024];
         while self.queued.is_empty() {
@@ -212,7 +212,7 @@ fn read_until(client: &mut SseClient, total: i64) -> Vec<Sse> {
     }
 }
 
-fn check_and_apply(view: &mut Option<Value>, events: &[Sse]) {
+pub(crate) fn check_and_apply(view: &mut Option<Value>, events: &[Sse]) {
     let mut last: Option<i64> = view.as_ref().map(position_total);
     for event in events {
         let data: Value = serde_json::from_str(&event.data).expect("json data");
