@@ -242,6 +242,12 @@ pub struct Metrics {
     pub lagged_subscribers: Counter,
     /// A cluster edge's slices reloaded from the changelog (a frame did not continue).
     pub slice_reloads: Counter,
+    /// A cluster aggregator's slices: owned now.
+    pub slices_owned: Gauge,
+    /// Slices this aggregator took (at start or by a rebalance).
+    pub slices_taken: Counter,
+    /// Slices this aggregator dropped because Kafka fenced its producer (another owns them).
+    pub slices_fenced: Counter,
     /// Times a stream behind caught up from the frame log's shared pieces.
     pub catch_ups: Counter,
     /// Catch-up writes that were a span of frames (conflated once per scope, shared).
@@ -415,6 +421,9 @@ impl Metrics {
             accept_errors: Counter::default(),
             lagged_subscribers: Counter::default(),
             slice_reloads: Counter::default(),
+            slices_owned: Gauge::default(),
+            slices_taken: Counter::default(),
+            slices_fenced: Counter::default(),
             catch_ups: Counter::default(),
             span_writes: Counter::default(),
             resyncs: Counter::default(),
@@ -577,7 +586,7 @@ impl Metrics {
 
     /// The live stream's metrics: snapshots, frames, subscribers, catch-ups.
     fn register_stream(&self, r: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 11] = [
+        let counters: [(&str, &str, &Counter); 13] = [
             (
                 "snapshots_built",
                 "Snapshots serialised",
@@ -619,6 +628,16 @@ impl Metrics {
                 &self.slice_reloads,
             ),
             (
+                "slices_taken",
+                "Slices a cluster aggregator took (at start or by a rebalance)",
+                &self.slices_taken,
+            ),
+            (
+                "slices_fenced",
+                "Slices a cluster aggregator dropped because Kafka fenced its producer: another aggregator owns them",
+                &self.slices_fenced,
+            ),
+            (
                 "catch_ups",
                 "Times a stream behind caught up from the frame log's shared pieces",
                 &self.catch_ups,
@@ -643,6 +662,11 @@ impl Metrics {
             "frame_log_bytes",
             "Bytes held by the frame log",
             self.frame_log_bytes.clone(),
+        );
+        r.register(
+            "slices_owned",
+            "Slices a cluster aggregator owns now",
+            self.slices_owned.clone(),
         );
         let histograms: [(&str, &str, Unit, &Histogram); 2] = [
             (
@@ -784,7 +808,7 @@ mod tests {
             .filter_map(|l| l.split_whitespace().next())
             .collect();
         // 46 registered; the freshness and per-partition families show once they have a series.
-        assert_eq!(names.len(), 42, "{names:?}");
+        assert_eq!(names.len(), 46, "{names:?}");
         for name in names {
             assert!(
                 operations.contains(&format!("storepulse_{name}")),

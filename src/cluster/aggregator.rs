@@ -114,6 +114,7 @@ impl Aggregator {
             for (number, slice) in &mut slices {
                 if let Err(fence) = slice.publish_due(now, self.frame_interval, context) {
                     tracing::warn!(slice = number, reason = %fence.0, "fenced: another aggregator owns this slice now; dropping it");
+                    context.metrics.slices_fenced.inc();
                     fenced.push(*number);
                 }
             }
@@ -171,6 +172,7 @@ impl Aggregator {
                         continue;
                     }
                     slices.insert(*number, slice);
+                    context.metrics.slices_taken.inc();
                 }
                 Err(error) => {
                     tracing::warn!(slice = number, error = %error, "cannot take the slice yet; retrying");
@@ -231,6 +233,7 @@ impl Aggregator {
             .max()
             .unwrap_or(0);
         let live = slices.len() == owned.len() && slices.values().all(Slice::is_live);
+        self.context.metrics.slices_owned.set(slices.len() as i64);
         self.context
             .metrics
             .control

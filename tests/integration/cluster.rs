@@ -243,3 +243,52 @@ async fn a_cluster_loses_an_aggregator_and_an_edge_mid_sale_and_every_client_end
     );
     drop(survivor);
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_aggregator_whose_slices_moved_is_fenced_and_changes_nothing() {
+    let settings = fresh_topics("zombie");
+    helpers::create_topics(&settings, 2).await;
+    let name = unique("zombie");
+    let frames = format!("{name}-frames");
+    let slices = format!("{name}-slices");
+    let environment: Vec<(&str, &str)> = vec![
+        ("STOREPULSE_CLUSTER_GROUP_ID", name.as_str()),
+        ("STOREPULSE_CLUSTER_TRANSACTIONAL_PREFIX", name.as_str()),
+        ("STOREPULSE_CLUSTER_FRAMES_TOPIC", frames.as_str()),
+        ("STOREPULSE_CLUSTER_SLICES_TOPIC", slices.as_str()),
+    ];
+    let database = database_url();
+    let mut total = produce_keyed(&settings, 5, START, 600, 5_000.0).await;
+    let zombie = Server::start_role("aggregator", &settings.topics, &database, &environment);
+    let other = Server::start_role("aggregator", &settings.topics, &database, &environment);
+    let edge = Server::start_role("edge", &settings.topics, &database, &environment);
+    edge.rollup_at(total, Duration::from_secs(60));
+    // Paused past the group's session timeout (6 s): its slices move to the other.
+    signal(zombie.pid(), "STOP");
+    total += produce_keyed(&settings, 6, START + 300_000, 1_500, 1_000.0).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    edge.rollup_at(total, Duration::from_secs(60));
+    // Resumed, it still believes it owns them for a moment, reads the new records, and
+    // tries to publish: Kafka refuses it (fenced), and its frames are never read.
+    signal(zombie.pid(), "CONT");
+    total += produce_keyed(&settings, 7, START + 600_000, 1_500, 1_000.0).await;
+    let rollup = edge.rollup_at(total, Duration::from_secs(90));
+    let single = Server::start(&settings.topics, &unique("zombie-serve"), &database);
+    assert_eq!(single.rollup_at(total, Duration::from_secs(90)), rollup);
+    assert_eq!(
+        edge.metric("storepulse_slice_reloads_total"),
+        0,
+        "every frame the edge read continued its slice"
+    );
+    drop((zombie, other));
+}
