@@ -148,14 +148,29 @@ def latencies(port, stop_at, out):
                 out.append(received - json.loads(line[6:])["as_of_ms"])
 
 
+def ready(port, limit=900):
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"port {port} never turned ready")
+
+
 def added_latency():
     cluster = f"bench-lat-{random.getrandbits(32):08x}"
     ports = [free_port() for _ in range(3)]
     serve = start("serve", ports[0])
     aggregator = start("aggregator", ports[1], cluster)
     edge = start("edge", ports[2], cluster)
-    producer = simulate("--rate", str(rate), "--duration", "40s", "--start", start_ago(0), wait=False)
-    time.sleep(12)
+    # Both caught up with what the topics hold before the live records start.
+    ready(ports[0])
+    wait_total(ports[2], sum(position(ports[0])))
+    producer = simulate("--rate", str(rate), "--duration", "30s", "--start", start_ago(0), wait=False)
+    time.sleep(5)
     stop_at = time.monotonic() + 20
     results = {0: [], 2: []}
     threads = [threading.Thread(target=latencies, args=(ports[i], stop_at, results[i])) for i in (0, 2)]

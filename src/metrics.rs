@@ -210,6 +210,8 @@ pub struct Metrics {
     pub checkpoint_stores: Histogram,
     /// Time the ingest thread stands still to freeze a checkpoint (pointer copies).
     pub checkpoint_freeze: Histogram,
+    /// A cluster aggregator's slice transactions (begin to commit).
+    pub slice_commit: Histogram,
     /// Stores the ingest thread copied because a frozen checkpoint still shared them.
     pub checkpoint_store_copies: Counter,
     /// When the last checkpoint was written, Unix seconds (0 before the first).
@@ -405,6 +407,7 @@ impl Metrics {
             checkpoint_size: Histogram::new(exponential_buckets(1024.0, 2.0, 18)),
             checkpoint_stores: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             checkpoint_freeze: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
+            slice_commit: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
             checkpoint_store_copies: Counter::default(),
             checkpoint_last_success: FloatGauge::default(),
             newest_event_time: FloatGauge::default(),
@@ -571,6 +574,12 @@ impl Metrics {
             "Time the ingest thread stands still to freeze one checkpoint (pointer copies of the changed stores and the head's chunks); serialising and the write happen elsewhere",
             Unit::Seconds,
             self.checkpoint_freeze.clone(),
+        );
+        r.register_with_unit(
+            "slice_commit",
+            "A cluster aggregator's transaction of one slice frame (its records, changelog records and dead letters), begin to commit",
+            Unit::Seconds,
+            self.slice_commit.clone(),
         );
         r.register(
             "checkpoint_store_copies",
@@ -808,7 +817,7 @@ mod tests {
             .filter_map(|l| l.split_whitespace().next())
             .collect();
         // 46 registered; the freshness and per-partition families show once they have a series.
-        assert_eq!(names.len(), 46, "{names:?}");
+        assert_eq!(names.len(), 47, "{names:?}");
         for name in names {
             assert!(
                 operations.contains(&format!("storepulse_{name}")),

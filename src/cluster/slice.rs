@@ -326,7 +326,13 @@ impl Slice {
                 frame
             }
         };
-        match self.commit(&frame, context) {
+        let started = Instant::now();
+        let committed = self.commit(&frame, context);
+        context
+            .metrics
+            .slice_commit
+            .observe(started.elapsed().as_secs_f64());
+        match committed {
             Ok(()) => {
                 self.dead_letters.clear();
                 context.metrics.frames.inc();
