@@ -110,14 +110,7 @@ impl Aggregator {
             self.take_and_give(&owned, &mut slices, &mut retry_at, &data);
             self.read_batch(&data, &mut slices);
             let now = Instant::now();
-            let mut fenced = Vec::new();
-            for (number, slice) in &mut slices {
-                if let Err(fence) = slice.publish_due(now, self.frame_interval, context) {
-                    tracing::warn!(slice = number, reason = %fence.0, "fenced: another aggregator owns this slice now; dropping it");
-                    context.metrics.slices_fenced.inc();
-                    fenced.push(*number);
-                }
-            }
+            let fenced = self.publish_due(&mut slices, now);
             for number in fenced {
                 if let Some(slice) = slices.remove(&number) {
                     unassign(&data, &slice, context);
@@ -180,6 +173,45 @@ impl Aggregator {
                 }
             }
         }
+    }
+
+    /// Publishes the frames due, each slice's transaction on a thread of its own (a commit
+    /// waits on the broker for a round of its protocol: one slice's must not hold back the
+    /// others'). Returns the slices whose producer was fenced.
+    fn publish_due(&self, slices: &mut BTreeMap<i32, Slice>, now: Instant) -> Vec<i32> {
+        let context = &self.context;
+        let due: Vec<(i32, &mut Slice, _)> = slices
+            .iter_mut()
+            .filter_map(|(number, slice)| {
+                let frame = slice.frame_due(now, self.frame_interval)?;
+                Some((*number, slice, frame))
+            })
+            .collect();
+        let results: Vec<(i32, Result<(), super::slice::Fenced>)> = std::thread::scope(|scope| {
+            let running: Vec<_> = due
+                .into_iter()
+                .map(|(number, slice, frame)| {
+                    scope.spawn(move || (number, slice.publish(&frame, now, context)))
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        let mut fenced = Vec::new();
+        for (number, result) in results {
+            if let Err(fence) = result {
+                tracing::warn!(slice = number, reason = %fence.0, "fenced: another aggregator owns this slice now; dropping it");
+                context.metrics.slices_fenced.inc();
+                fenced.push(number);
+            }
+        }
+        fenced
     }
 
     /// Reads up to [`BATCH`] records of the owned slices.

@@ -292,15 +292,25 @@ impl Slice {
             .collect()
     }
 
-    /// Publishes a frame if one is due: its records, changelog records and dead letters
-    /// in one transaction; then a checkpoint if one is due. `Err` if the producer was
-    /// fenced (another aggregator owns the slice).
+    /// Publishes a frame if one is due ([`Slice::frame_due`], then
+    /// [`Slice::publish`]). `Err` if the producer was fenced (another aggregator owns the
+    /// slice).
     pub fn publish_due(
         &mut self,
         now: Instant,
         interval: Duration,
         context: &SliceContext,
     ) -> Result<(), Fenced> {
+        match self.frame_due(now, interval) {
+            Some(frame) => self.publish(&frame, now, context),
+            None => Ok(()),
+        }
+    }
+
+    /// The frame due now, if any: changes or dead letters waiting for `interval` since the
+    /// last one (a whole frame at once). Built on the aggregator's thread (it reads the
+    /// state); [`Slice::publish`] may run on another.
+    pub fn frame_due(&mut self, now: Instant, interval: Duration) -> Option<SliceFrame> {
         while let Ok(written) = self.written.try_recv() {
             self.chain.written(&written);
         }
@@ -311,12 +321,12 @@ impl Slice {
             Phase::Live { .. } => pending && now >= self.last_publish + interval,
         };
         if !due {
-            return Ok(());
+            return None;
         }
         self.last_publish = now;
         self.chain.note(self.changes.stores.keys());
         let changes = std::mem::take(&mut self.changes);
-        let frame = match &mut self.phase {
+        Some(match &mut self.phase {
             Phase::Live { builder } => builder.build(&self.state, &changes),
             _ => {
                 let (builder, frame) = SliceBuilder::whole(self.number, &self.state);
@@ -325,9 +335,19 @@ impl Slice {
                 };
                 frame
             }
-        };
+        })
+    }
+
+    /// The frame's transaction (its records, changelog records and the dead letters since
+    /// the last), then a checkpoint if one is due. `Err` if the producer was fenced.
+    pub fn publish(
+        &mut self,
+        frame: &SliceFrame,
+        now: Instant,
+        context: &SliceContext,
+    ) -> Result<(), Fenced> {
         let started = Instant::now();
-        let committed = self.commit(&frame, context);
+        let committed = self.commit(frame, context);
         context
             .metrics
             .slice_commit
