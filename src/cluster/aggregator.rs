@@ -150,26 +150,46 @@ impl Aggregator {
                 slice.give_up(context);
             }
         }
-        for number in owned {
-            if slices.contains_key(number)
-                || retry_at.get(number).is_some_and(|at| Instant::now() < *at)
-            {
-                continue;
-            }
-            match Slice::start(*number, self.partitions, context) {
+        let wanted: Vec<i32> = owned
+            .iter()
+            .filter(|n| !slices.contains_key(n))
+            .filter(|n| retry_at.get(n).is_none_or(|at| Instant::now() >= *at))
+            .copied()
+            .collect();
+        // Taken side by side: each waits on Kafka (fencing the previous owner, reading the
+        // changelog) and PostgreSQL (the checkpoint); one after another, a failover's slices
+        // would wait for each other.
+        let started: Vec<(i32, Result<Slice, KafkaError>)> = std::thread::scope(|scope| {
+            let starting: Vec<_> = wanted
+                .into_iter()
+                .map(|number| {
+                    scope.spawn(move || (number, Slice::start(number, self.partitions, context)))
+                })
+                .collect();
+            starting
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        for (number, result) in started {
+            match result {
                 Ok(slice) => {
-                    retry_at.remove(number);
+                    retry_at.remove(&number);
                     if let Err(error) = assign(data, &slice, context) {
                         tracing::error!(slice = number, error = %error, "cannot read the slice's partitions");
-                        retry_at.insert(*number, Instant::now() + RETRY_START);
+                        retry_at.insert(number, Instant::now() + RETRY_START);
                         continue;
                     }
-                    slices.insert(*number, slice);
+                    slices.insert(number, slice);
                     context.metrics.slices_taken.inc();
                 }
                 Err(error) => {
                     tracing::warn!(slice = number, error = %error, "cannot take the slice yet; retrying");
-                    retry_at.insert(*number, Instant::now() + RETRY_START);
+                    retry_at.insert(number, Instant::now() + RETRY_START);
                 }
             }
         }
