@@ -1,7 +1,10 @@
-"""What the Python benchmark drivers share (bench-junk, bench-memory, bench-scale, bench-wire):
-a free port, serve's metrics as a dict, a process's RSS, an hour-ago start time for the
-simulator, a stream reader that counts bytes."""
-import socket, sys, time, urllib.request
+"""What the Python benchmark drivers share (bench-junk, bench-memory, bench-scale, bench-wire,
+bench-cluster, bench-edges): a free port, serve's metrics as a dict, a process's RSS and CPU,
+an hour-ago start time for the simulator, a stream reader that counts bytes, and for the
+cluster benches the processes' environment, start, readiness and stop."""
+import os, random, socket, subprocess, sys, time, urllib.request
+
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port():
@@ -62,3 +65,59 @@ def count_stream(port, path, stop, received, reopen=False):
         if not reopen:
             return
         stop.wait(1)
+
+
+def cpu_seconds(pid):
+    """A process's CPU seconds so far (utime + stime, from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def bench_env(name):
+    """The environment of a bench's processes: warn logs, and topics of its own
+    (bench-NAME-<random>-orders, ...), so runs never share records."""
+    tag = "%08x" % random.getrandbits(32)
+    env = dict(os.environ, RUST_LOG="warn")
+    for role in ("orders", "inventory", "activity"):
+        env[f"STOREPULSE_TOPIC_{role.upper()}"] = f"bench-{name}-{tag}-{role}"
+    env["STOREPULSE_DEAD_LETTER_TOPIC"] = f"bench-{name}-{tag}-dlq"
+    return env
+
+
+def start_role(bin_, env, role, port, cluster=None, extra=None):
+    """`storepulse ROLE` on 127.0.0.1:PORT with a consumer group of its own; with `cluster`,
+    in that cluster (group, transactional ids, frames and slices topics named after it)."""
+    env = dict(env, STOREPULSE_HTTP_ADDR=f"127.0.0.1:{port}")
+    if cluster:
+        env.update({"STOREPULSE_CLUSTER_GROUP_ID": cluster, "STOREPULSE_CLUSTER_TRANSACTIONAL_PREFIX": cluster,
+                    "STOREPULSE_CLUSTER_FRAMES_TOPIC": f"{cluster}-frames",
+                    "STOREPULSE_CLUSTER_SLICES_TOPIC": f"{cluster}-slices"})
+    env["STOREPULSE_GROUP_ID"] = f"{cluster or 'serve'}-{role}-{random.getrandbits(32):08x}"
+    env.update(extra or {})
+    return subprocess.Popen([bin_, role], env=env, stdout=subprocess.DEVNULL)
+
+
+def ready(port, limit=900):
+    """Waits until /readyz on `port` answers 200."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"port {port} never turned ready")
+
+
+def stop(*processes):
+    """SIGTERM each (those still running), then SIGKILL any not gone in 30 s."""
+    for p in processes:
+        if p.poll() is None:
+            p.terminate()
+    for p in processes:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill(); p.wait()

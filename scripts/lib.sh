@@ -27,6 +27,15 @@ ensure_build_tools() {
     fi
 }
 
+# The cluster drill (tests/cluster_drill): HAProxy from Debian's packages in front of the
+# edges.
+ensure_cluster_tools() {
+    if ! command -v haproxy >/dev/null; then
+        [ "$(id -u)" = 0 ] || { echo "haproxy is needed (apt-get install haproxy)" >&2; exit 1; }
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >&2
+    fi
+}
+
 # The browser tests: Debian's Chromium and playwright-core from npm (never a browser
 # download of playwright's own).
 ensure_browser_tools() {

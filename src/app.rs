@@ -42,8 +42,10 @@ use tokio_util::task::TaskTracker;
 /// Longest the final checkpoint may take at shutdown.
 pub const FINAL_CHECKPOINT_WAIT: Duration = Duration::from_secs(15);
 
-/// The shutdown stages, in order. Each token is a child of the next stage's.
+/// The shutdown stages, in order. Each token is a child of the next stage's; the drain
+/// (`http.drain`) comes before them all.
 pub(crate) struct Stages {
+    pub(crate) drain: Arc<crate::http::drain::Drain>,
     pub(crate) http: CancellationToken,
     pub(crate) ingest: CancellationToken,
     pub(crate) writer: CancellationToken,
@@ -51,17 +53,30 @@ pub(crate) struct Stages {
 }
 
 impl Stages {
-    pub(crate) fn new() -> Stages {
+    pub(crate) fn new(drain: Duration) -> Stages {
         let monitor = CancellationToken::new();
         let writer = monitor.child_token();
         let ingest = writer.child_token();
         let http = ingest.child_token();
         Stages {
+            drain: Arc::new(crate::http::drain::Drain::new(drain)),
             http,
             ingest,
             writer,
             monitor,
         }
+    }
+
+    /// Stops HTTP: first the drain (readiness false, streams ending one by one over its
+    /// window), then the server and whatever streams are left.
+    pub(crate) async fn stop_http(&self) {
+        let window = self.drain.window();
+        if !window.is_zero() {
+            tracing::info!(window = ?window, "draining: not ready, streams end one by one");
+            self.drain.start();
+            tokio::time::sleep(window).await;
+        }
+        self.http.cancel();
     }
 }
 
@@ -90,7 +105,7 @@ struct Pipeline {
 /// Runs `serve` until `stop` is cancelled (or the ingest loop fails).
 pub async fn serve(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
-    let stages = Stages::new();
+    let stages = Stages::new(settings.http.drain);
     crate::telemetry::follow_producer_context(settings.telemetry.producer_context);
     let (wiring, http_app) = wire(&settings, &stages, &tasks)?;
     http::listener::raise_open_files_limit();
@@ -152,6 +167,7 @@ pub(crate) fn wire(
         max_lag: settings.ready.max_lag,
         stream: Arc::new(settings.stream.clone()),
         stop: stages.http.clone(),
+        drain: Arc::clone(&stages.drain),
         progress: Default::default(),
         replays: Arc::new(crate::replay::stream::ReplayService::new(
             Arc::new(settings.clone()),
@@ -163,6 +179,7 @@ pub(crate) fn wire(
         limits: Arc::new(crate::http::limits::ClientLimits::new(
             crate::http::limits::LimitSettings::of(settings),
         )),
+        pace_frames: false,
     };
     let wiring = Wiring {
         codec: Codec::new(&settings.confluent_ids()?).context("schemas")?,
@@ -267,7 +284,7 @@ async fn shut_down(
     pipeline: Pipeline,
     ended: Option<IngestEnd>,
 ) -> anyhow::Result<()> {
-    stages.http.cancel();
+    stages.stop_http().await;
     let http_result = server.await.context("http task")?;
     stages.ingest.cancel();
     let ingest_result = match ended {
@@ -371,7 +388,7 @@ mod tests {
 
     #[test]
     fn cancelling_a_stage_stops_every_stage_before_it_and_none_after() {
-        let stages = Stages::new();
+        let stages = Stages::new(Duration::ZERO);
         stages.ingest.cancel();
         assert!(stages.http.is_cancelled() && stages.ingest.is_cancelled());
         assert!(!stages.writer.is_cancelled() && !stages.monitor.is_cancelled());

@@ -34,6 +34,7 @@ impl Cli {
             Command::Aggregator(_) => "storepulse-aggregator",
             Command::Edge(_) => "storepulse-edge",
             Command::Replay(_) => "storepulse-replay",
+            Command::Route(_) => "storepulse-route",
             Command::Schemas(_) | Command::Migrate(_) | Command::Config(_) | Command::Token(_) => {
                 "storepulse-cli"
             }
@@ -67,6 +68,43 @@ pub enum Command {
     /// Read the topics again (read-only) through serve's own decode and apply: a snapshot as
     /// of a time or position, or a timeline of the numbers.
     Replay(Box<ReplayArgs>),
+    /// A cluster's re-keying stage: copies three source topics into the configured ones
+    /// keyed by store id, exactly once (docs/operations.md, "Scaling out").
+    Route(Box<RouteArgs>),
+}
+
+/// Options of `storepulse route`.
+#[derive(Debug, Args)]
+pub struct RouteArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The source of the orders topic (records keyed any way).
+    #[arg(long, env = "STOREPULSE_ROUTE_ORDERS_FROM")]
+    orders_from: String,
+    /// The source of the inventory topic.
+    #[arg(long, env = "STOREPULSE_ROUTE_INVENTORY_FROM")]
+    inventory_from: String,
+    /// The source of the activity topic.
+    #[arg(long, env = "STOREPULSE_ROUTE_ACTIVITY_FROM")]
+    activity_from: String,
+    /// The routes' consumer group (their committed offsets).
+    #[arg(
+        long,
+        env = "STOREPULSE_ROUTE_GROUP",
+        default_value = "storepulse-route"
+    )]
+    group: String,
+    /// This instance's transactional id: one per instance, the same across its restarts
+    /// (e.g. a StatefulSet pod's name).
+    #[arg(
+        long,
+        env = "STOREPULSE_ROUTE_TRANSACTIONAL_ID",
+        default_value = "storepulse-route-0"
+    )]
+    transactional_id: String,
+    /// Most records in one transaction.
+    #[arg(long, env = "STOREPULSE_ROUTE_BATCH", default_value_t = 5_000)]
+    batch: usize,
 }
 
 /// Options of `storepulse token`.
@@ -403,6 +441,7 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
         Command::Aggregator(args) => crate::cluster::run_aggregator(args.settings()?, stop).await,
         Command::Edge(args) => crate::cluster::run_edge(args.settings()?, stop).await,
         Command::Replay(args) => replay(*args).await,
+        Command::Route(args) => route(*args, stop).await,
         Command::Migrate(args) => {
             let settings = args.settings()?;
             CheckpointStore::connect_lazy(
@@ -710,6 +749,37 @@ async fn simulate(args: SimulateArgs, stop: CancellationToken) -> anyhow::Result
     result
         .map(|_| ())
         .context("simulation did not deliver every record")
+}
+
+async fn route(args: RouteArgs, stop: CancellationToken) -> anyhow::Result<()> {
+    let settings = args.config.settings()?;
+    let codec = crate::events::Codec::new(&settings.confluent_ids()?).context("schemas")?;
+    let kafka_settings = settings.kafka();
+    let options = crate::route::RouteOptions {
+        from: [args.orders_from, args.inventory_from, args.activity_from],
+        group: args.group,
+        transactional_id: args.transactional_id,
+        batch: args.batch.max(1),
+    };
+    eprintln!(
+        "[route] {} -> {}, {} -> {}, {} -> {} (keyed by store, exactly once)",
+        options.from[0],
+        kafka_settings.topics.orders,
+        options.from[1],
+        kafka_settings.topics.inventory,
+        options.from[2],
+        kafka_settings.topics.activity
+    );
+    let report = tokio::task::spawn_blocking(move || {
+        crate::route::run(&kafka_settings, &codec, &options, &stop)
+    })
+    .await
+    .context("the route thread")??;
+    eprintln!(
+        "[route] {} records routed ({} undecodable, left to the aggregators' dead letters) in {} transactions",
+        report.routed, report.undecoded, report.transactions
+    );
+    Ok(())
 }
 
 #[cfg(test)]

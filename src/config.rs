@@ -49,6 +49,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_HTTP_ADDR", "http.addr"),
     ("STOREPULSE_HTTP_HEADER_TIMEOUT", "http.header_timeout"),
     ("STOREPULSE_HTTP_MAX_CONNECTIONS", "http.max_connections"),
+    ("STOREPULSE_HTTP_DRAIN", "http.drain"),
     ("STOREPULSE_CORS_ORIGINS", "http.cors_origins"),
     ("STOREPULSE_TRUSTED_PROXIES", "http.trusted_proxies"),
     ("STOREPULSE_AUTH_MODE", "auth.mode"),
@@ -140,6 +141,12 @@ pub const OTHER_ENVIRONMENT: &[&str] = &[
     "STOREPULSE_SIM_JUNK_PER_MILLE",
     "STOREPULSE_SIM_PARTITIONS",
     "STOREPULSE_SIM_KEY",
+    "STOREPULSE_ROUTE_ORDERS_FROM",
+    "STOREPULSE_ROUTE_INVENTORY_FROM",
+    "STOREPULSE_ROUTE_ACTIVITY_FROM",
+    "STOREPULSE_ROUTE_GROUP",
+    "STOREPULSE_ROUTE_TRANSACTIONAL_ID",
+    "STOREPULSE_ROUTE_BATCH",
     "STOREPULSE_SIM_SEED",
     "STOREPULSE_SIM_START",
     "STOREPULSE_SIM_FLASH_AT",
@@ -149,12 +156,20 @@ pub const OTHER_ENVIRONMENT: &[&str] = &[
     "STOREPULSE_BIN",
     "STOREPULSE_SCREENSHOT",
     "STOREPULSE_FAULT_SEED",
+    "STOREPULSE_DRILL_SEED",
+    "STOREPULSE_DRILL_BROKER_RESTARTS",
+    "STOREPULSE_DRILL_LOG",
     "STOREPULSE_STACK_DIR",
     "STOREPULSE_STACK_SHARED",
     "STOREPULSE_CACHE_DIR",
     "STOREPULSE_KAFKA_PORT",
     "STOREPULSE_KAFKA_CONTROLLER_PORT",
     "STOREPULSE_KAFKA_HEAP",
+    "STOREPULSE_KAFKA3_PORT",
+    "STOREPULSE_KAFKA3_CONTROLLER_PORT",
+    "STOREPULSE_KAFKA3_HEAP",
+    "STOREPULSE_KAFKA3_BROKERS",
+    "STOREPULSE_KAFKA3_DIR",
     "STOREPULSE_PG_PORT",
     "STOREPULSE_PG_DATABASE",
     "STOREPULSE_JAEGER_OTLP_PORT",
@@ -339,6 +354,10 @@ pub struct HttpSection {
     pub header_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// At a stop (SIGTERM): readiness false at once, and open streams end one by one over
+    /// this long before the server closes (zero: together, at once).
+    #[serde(deserialize_with = "duration")]
+    pub drain: Duration,
     /// Origins allowed to call the API from a browser page (CORS with credentials).
     pub cors_origins: Vec<String>,
     /// Addresses of proxies whose `X-Forwarded-For` names the client (per-client limits).

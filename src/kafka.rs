@@ -12,6 +12,7 @@ use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
+use rdkafka::producer::{BaseProducer, Producer as _, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -98,6 +99,17 @@ impl rdkafka::producer::ProducerContext for QuietLogs {
 /// A consumer whose client logs are rate-limited.
 pub type Consumer = BaseConsumer<QuietLogs>;
 
+/// Adds `list`'s partitions to `consumer`'s assignment, read from their offsets and
+/// unpaused. librdkafka keeps an application's pause of a partition across unassign and
+/// assign: a partition paused under an earlier assignment would never deliver again.
+pub fn assign_unpaused<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    list: &rdkafka::TopicPartitionList,
+) -> Result<(), rdkafka::error::KafkaError> {
+    consumer.incremental_assign(list)?;
+    consumer.resume(list)
+}
+
 /// Creates a client from `config` with a [`QuietLogs`] context.
 pub fn quiet<T: rdkafka::config::FromClientConfigAndContext<QuietLogs>>(
     config: &ClientConfig,
@@ -163,6 +175,27 @@ pub enum KafkaError {
     Request(rdkafka::error::KafkaError),
 }
 
+/// Commits `producer`'s open transaction, waiting at most `timeout`.
+///
+/// rdkafka's `BaseProducer::commit_transaction` flushes first with polls of up to 100 ms
+/// that last their whole length even once every delivery report has arrived, so each
+/// commit took at least 100 ms. Here the reports are served as they come (a poll that
+/// does not wait, then a 0.5 ms sleep while records are in flight: a poll with a timeout
+/// under 1 ms spins), so a commit waits only for the broker.
+pub fn commit_transaction<C: ProducerContext + 'static>(
+    producer: &BaseProducer<C>,
+    timeout: Duration,
+) -> rdkafka::error::KafkaResult<()> {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        producer.poll(Duration::ZERO);
+        if producer.in_flight_count() > 0 {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+    producer.commit_transaction(deadline.saturating_duration_since(Instant::now()))
+}
+
 /// Settings every client shares.
 fn base_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -203,9 +236,10 @@ pub fn producer_config(settings: &KafkaSettings, message_timeout: Duration) -> C
     config
 }
 
-/// Creates each of `names` that does not exist yet, with `partitions` partitions and one
-/// replica (the local stack is a single broker). Returns the topics it created. A broker
-/// that does not answer within `timeout` is an error.
+/// Creates each of `names` that does not exist yet, with `partitions` partitions and the
+/// broker's default replication (`default.replication.factor`: 1 on the local stack, 3 on
+/// its three-broker cluster). Returns the topics it created. A broker that does not answer
+/// within `timeout` is an error.
 pub async fn ensure_topics(
     settings: &KafkaSettings,
     names: &[&str],
@@ -215,7 +249,7 @@ pub async fn ensure_topics(
     let admin: AdminClient<QuietLogs> = quiet(&base_config(settings))?;
     let new_topics: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(-1)))
         .collect();
     let options = AdminOptions::new()
         .request_timeout(Some(timeout))

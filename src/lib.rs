@@ -26,6 +26,8 @@
 //! - [`replay`]: `storepulse replay` and the replay stream: a past range rebuilt from Kafka.
 //! - [`telemetry`]: traces (OTLP), W3C context in Kafka headers, spans.
 //! - [`simulate`]: produces a scenario to the real broker.
+//! - [`cluster`]: `storepulse aggregator` and `storepulse edge` (ADR 0007);
+//!   [`route`]: `storepulse route`, the cluster's exactly-once re-keying stage.
 //! - [`config`], [`metrics`]: settings and counters.
 //! - [`tasks`]: `serve`'s task tracker, for tasks and OS threads.
 //! - [`app`]: wires `serve` together, owns start-up and shutdown order.
@@ -46,6 +48,7 @@ pub mod kafka;
 pub mod log_every;
 pub mod metrics;
 pub mod replay;
+pub mod route;
 pub mod simulate;
 pub mod tasks;
 pub mod telemetry;

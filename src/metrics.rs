@@ -212,6 +212,9 @@ pub struct Metrics {
     pub checkpoint_freeze: Histogram,
     /// A cluster aggregator's slice transactions (begin to commit).
     pub slice_commit: Histogram,
+    /// A cluster aggregator's takes of a slice: from fencing the previous owner to
+    /// publishing the slice's frames again.
+    pub slice_catch_up: Histogram,
     /// Stores the ingest thread copied because a frozen checkpoint still shared them.
     pub checkpoint_store_copies: Counter,
     /// When the last checkpoint was written, Unix seconds (0 before the first).
@@ -250,6 +253,8 @@ pub struct Metrics {
     pub slices_taken: Counter,
     /// Slices this aggregator dropped because Kafka fenced its producer (another owns them).
     pub slices_fenced: Counter,
+    /// Slices the group revoked from this aggregator (a rebalance, or its membership lost).
+    pub slices_revoked: Counter,
     /// Times a stream behind caught up from the frame log's shared pieces.
     pub catch_ups: Counter,
     /// Catch-up writes that were a span of frames (conflated once per scope, shared).
@@ -408,6 +413,7 @@ impl Metrics {
             checkpoint_stores: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             checkpoint_freeze: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
             slice_commit: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
+            slice_catch_up: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             checkpoint_store_copies: Counter::default(),
             checkpoint_last_success: FloatGauge::default(),
             newest_event_time: FloatGauge::default(),
@@ -427,6 +433,7 @@ impl Metrics {
             slices_owned: Gauge::default(),
             slices_taken: Counter::default(),
             slices_fenced: Counter::default(),
+            slices_revoked: Counter::default(),
             catch_ups: Counter::default(),
             span_writes: Counter::default(),
             resyncs: Counter::default(),
@@ -581,6 +588,12 @@ impl Metrics {
             Unit::Seconds,
             self.slice_commit.clone(),
         );
+        r.register_with_unit(
+            "slice_catch_up",
+            "A cluster aggregator's take of a slice: fencing the previous owner, reading the slice's changelog head, restoring its checkpoint and applying records in silence up to the last published frame, until its frames go out again",
+            Unit::Seconds,
+            self.slice_catch_up.clone(),
+        );
         r.register(
             "checkpoint_store_copies",
             "Stores the ingest thread copied on a change because a frozen checkpoint not yet serialised still shared them (once per store per checkpoint at most)",
@@ -595,7 +608,7 @@ impl Metrics {
 
     /// The live stream's metrics: snapshots, frames, subscribers, catch-ups.
     fn register_stream(&self, r: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 13] = [
+        let counters: [(&str, &str, &Counter); 14] = [
             (
                 "snapshots_built",
                 "Snapshots serialised",
@@ -645,6 +658,11 @@ impl Metrics {
                 "slices_fenced",
                 "Slices a cluster aggregator dropped because Kafka fenced its producer: another aggregator owns them",
                 &self.slices_fenced,
+            ),
+            (
+                "slices_revoked",
+                "Slices the group revoked from a cluster aggregator (a rebalance, or its membership lost after a pause past the session timeout)",
+                &self.slices_revoked,
             ),
             (
                 "catch_ups",
@@ -816,8 +834,8 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE storepulse_"))
             .filter_map(|l| l.split_whitespace().next())
             .collect();
-        // 46 registered; the freshness and per-partition families show once they have a series.
-        assert_eq!(names.len(), 47, "{names:?}");
+        // 48 registered; the freshness and per-partition families show once they have a series.
+        assert_eq!(names.len(), 49, "{names:?}");
         for name in names {
             assert!(
                 operations.contains(&format!("storepulse_{name}")),

@@ -214,6 +214,11 @@ func TestEveryVariableSetIsOneStorepulseReads(t *testing.T) {
 		}
 	}
 	for _, w := range m.workloads() {
+		for _, e := range w.template.Spec.Containers[0].Env {
+			if !known[e.Name] {
+				t.Errorf("%s sets %s, which storepulse does not read (a typo is an error at start)", w.name, e.Name)
+			}
+		}
 		for _, from := range w.template.Spec.Containers[0].EnvFrom {
 			if from.ConfigMapRef != nil && !names[from.ConfigMapRef.Name] {
 				t.Errorf("%s: configmap %s is not in the manifests", w.name, from.ConfigMapRef.Name)

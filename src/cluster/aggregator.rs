@@ -3,7 +3,7 @@
 //! partitions are paused as soon as they are assigned); one assigned data consumer reads
 //! the three partitions of every owned slice; each slice publishes its own frames.
 
-use super::slice::{Slice, SliceContext, role_of};
+use super::slice::{Lost, Slice, SliceContext, role_of};
 use crate::fanout::Status;
 use crate::kafka::{self, KafkaError};
 use rdkafka::ClientContext;
@@ -25,12 +25,18 @@ const POLL_WAIT: Duration = Duration::from_millis(5);
 /// Wait before taking a slice again after a failed start.
 const RETRY_START: Duration = Duration::from_secs(2);
 
+/// Longest a slice whose producer was fenced is left alone while the group still lists it
+/// here. Fenced, this process is most likely a zombie that has not heard from the group
+/// yet (it will on its next heartbeat, well within this); taking the slice again at once
+/// would fence the owner the group chose. The wait ends as soon as the group revokes it.
+const FENCED_HOLD: Duration = Duration::from_secs(5);
+
 /// The group consumer's context: which orders partitions (slices) are assigned, each
 /// paused as it arrives (membership only, never data).
-#[derive(Default)]
 struct Membership {
     quiet: kafka::QuietLogs,
     owned: Mutex<BTreeSet<i32>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl ClientContext for Membership {
@@ -55,15 +61,22 @@ impl ConsumerContext for Membership {
                     tracing::warn!(error = %error, "pausing the membership consumer's partitions");
                 }
                 owned.extend(list.elements().iter().map(|e| e.partition()));
+                tracing::info!(assigned = ?slice_numbers(list), owned = ?*owned, "the group assigned slices here");
             }
             Rebalance::Revoke(list) => {
                 for element in list.elements() {
                     owned.remove(&element.partition());
                 }
+                self.metrics.slices_revoked.inc_by(list.count() as u64);
+                tracing::info!(revoked = ?slice_numbers(list), owned = ?*owned, "the group revoked slices here");
             }
             Rebalance::Error(error) => tracing::warn!(error = %error, "rebalance error"),
         }
     }
+}
+
+fn slice_numbers(list: &TopicPartitionList) -> Vec<i32> {
+    list.elements().iter().map(|e| e.partition()).collect()
 }
 
 /// The aggregator's inputs.
@@ -87,7 +100,11 @@ impl Aggregator {
         let mut group_config = kafka::consumer_config(&context.kafka, &context.cluster.group_id);
         group_config.set("group.protocol", "consumer");
         let group: BaseConsumer<Membership> = group_config
-            .create_with_context(Membership::default())
+            .create_with_context(Membership {
+                quiet: kafka::QuietLogs::default(),
+                owned: Mutex::default(),
+                metrics: std::sync::Arc::clone(&context.metrics),
+            })
             .map_err(KafkaError::Config)?;
         group
             .subscribe(&[context.kafka.topics.orders.as_str()])
@@ -98,6 +115,7 @@ impl Aggregator {
         ))?;
         let mut slices: BTreeMap<i32, Slice> = BTreeMap::new();
         let mut retry_at: BTreeMap<i32, Instant> = BTreeMap::new();
+        let mut fenced_hold: BTreeMap<i32, Instant> = BTreeMap::new();
         let mut next_status = Instant::now();
         while !self.stop.is_cancelled() {
             let _ = group.poll(Duration::ZERO);
@@ -107,13 +125,28 @@ impl Aggregator {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
+            // A fenced slice is held back until the wait ends, or until the group revokes
+            // it (assigned here again later, it is taken at once).
+            let now = Instant::now();
+            fenced_hold.retain(|number, until| {
+                let holding = owned.contains(number) && now < *until;
+                if !holding {
+                    retry_at.remove(number);
+                }
+                holding
+            });
             self.take_and_give(&owned, &mut slices, &mut retry_at, &data);
             self.read_batch(&data, &mut slices);
             let now = Instant::now();
-            let fenced = self.publish_due(&mut slices, now);
-            for number in fenced {
+            for (number, fenced) in self.publish_due(&mut slices, now) {
                 if let Some(slice) = slices.remove(&number) {
                     unassign(&data, &slice, context);
+                }
+                // Fenced: held back (see FENCED_HOLD). Failed otherwise: taken again at
+                // once, with a new producer, from the last frame it published.
+                if fenced {
+                    fenced_hold.insert(number, now + FENCED_HOLD);
+                    retry_at.insert(number, now + FENCED_HOLD);
                 }
             }
             if now >= next_status {
@@ -197,8 +230,9 @@ impl Aggregator {
 
     /// Publishes the frames due, each slice's transaction on a thread of its own (a commit
     /// waits on the broker for a round of its protocol: one slice's must not hold back the
-    /// others'). Returns the slices whose producer was fenced.
-    fn publish_due(&self, slices: &mut BTreeMap<i32, Slice>, now: Instant) -> Vec<i32> {
+    /// others'). Returns the slices whose producer can publish no more, each with whether
+    /// Kafka fenced it.
+    fn publish_due(&self, slices: &mut BTreeMap<i32, Slice>, now: Instant) -> Vec<(i32, bool)> {
         let context = &self.context;
         let due: Vec<(i32, &mut Slice, _)> = slices
             .iter_mut()
@@ -207,7 +241,7 @@ impl Aggregator {
                 Some((*number, slice, frame))
             })
             .collect();
-        let results: Vec<(i32, Result<(), super::slice::Fenced>)> = std::thread::scope(|scope| {
+        let results: Vec<(i32, Result<(), Lost>)> = std::thread::scope(|scope| {
             let running: Vec<_> = due
                 .into_iter()
                 .map(|(number, slice, frame)| {
@@ -223,15 +257,28 @@ impl Aggregator {
                 })
                 .collect()
         });
-        let mut fenced = Vec::new();
+        let mut lost = Vec::new();
         for (number, result) in results {
-            if let Err(fence) = result {
-                tracing::warn!(slice = number, reason = %fence.0, "fenced: another aggregator owns this slice now; dropping it");
-                context.metrics.slices_fenced.inc();
-                fenced.push(number);
+            match result {
+                Ok(()) => {}
+                Err(Lost {
+                    fenced: true,
+                    reason,
+                }) => {
+                    tracing::warn!(slice = number, %reason, "fenced: another aggregator owns this slice now; dropping it");
+                    context.metrics.slices_fenced.inc();
+                    lost.push((number, true));
+                }
+                Err(Lost {
+                    fenced: false,
+                    reason,
+                }) => {
+                    tracing::warn!(slice = number, %reason, "the slice's producer failed for good; taking the slice again with a new one");
+                    lost.push((number, false));
+                }
             }
         }
-        fenced
+        lost
     }
 
     /// Reads up to [`BATCH`] records of the owned slices.
@@ -298,7 +345,8 @@ impl Aggregator {
     }
 }
 
-/// Reads the slice's three partitions from its position.
+/// Reads the slice's three partitions from its position, unpaused (one paused while an
+/// earlier ownership of the slice caught up would otherwise stay paused for good).
 fn assign(data: &kafka::Consumer, slice: &Slice, context: &SliceContext) -> Result<(), KafkaError> {
     let mut list = TopicPartitionList::new();
     let position = slice.position();
@@ -312,7 +360,7 @@ fn assign(data: &kafka::Consumer, slice: &Slice, context: &SliceContext) -> Resu
         list.add_partition_offset(name, slice_number(slice, context), offset)
             .map_err(KafkaError::Request)?;
     }
-    data.incremental_assign(&list).map_err(KafkaError::Request)
+    kafka::assign_unpaused(data, &list).map_err(KafkaError::Request)
 }
 
 fn slice_number(slice: &Slice, context: &SliceContext) -> i32 {

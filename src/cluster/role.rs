@@ -42,7 +42,7 @@ async fn cluster_topics(settings: &Settings, kafka: &KafkaSettings, slices: i32)
 /// Runs an aggregator until `stop` is cancelled (or its thread ends).
 pub async fn run_aggregator(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
-    let stages = Stages::new();
+    let stages = Stages::new(settings.http.drain);
     let (wiring, http_app) = app::wire(&settings, &stages, &tasks)?;
     let server = tasks.spawn(app::run_http(
         app::start_http(&settings, &tasks, wiring.metrics.accept_errors.clone())?,
@@ -91,10 +91,11 @@ pub async fn run_aggregator(settings: Settings, stop: CancellationToken) -> anyh
 /// Runs an edge until `stop` is cancelled (or its thread ends).
 pub async fn run_edge(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
-    let stages = Stages::new();
+    let stages = Stages::new(settings.http.drain);
     let (wiring, mut http_app) = app::wire(&settings, &stages, &tasks)?;
     // An edge keeps nothing: readiness does not ask the checkpoint store.
     http_app.checkpoints = None;
+    http_app.pace_frames = true;
     crate::http::listener::raise_open_files_limit();
     let server = tasks.spawn(app::run_http(
         app::start_http(&settings, &tasks, wiring.metrics.accept_errors.clone())?,
@@ -149,7 +150,7 @@ async fn finish(
             Some(result)
         }
     };
-    stages.http.cancel();
+    stages.stop_http().await;
     let http_result = server.await.context("http task")?;
     stages.ingest.cancel();
     let result = match ended {

@@ -16,6 +16,7 @@ use crate::kafka::{self, KafkaError, KafkaSettings};
 use crate::metrics::Metrics;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storepulse_core::cluster::SlicePosition;
@@ -95,11 +96,21 @@ pub struct Slice {
     writer_stop: CancellationToken,
     last_publish: Instant,
     next_checkpoint: Instant,
+    /// When [`Slice::start`] began: the caught-up log says how long taking it took.
+    taken: Instant,
 }
 
-/// Why publishing stopped for good.
+/// Why a slice's producer can publish no more: Kafka fenced it (another producer took the
+/// slice's transactional id, so another aggregator most likely owns the slice now), or it
+/// failed fatally for another reason (a transaction left in a state the coordinator refuses
+/// after a timed-out abort, say), when nobody else has the slice and it is best taken again
+/// at once with a new producer.
 #[derive(Debug)]
-pub struct Fenced(pub String);
+pub struct Lost {
+    /// Fenced by a newer producer of the same transactional id.
+    pub fenced: bool,
+    pub reason: String,
+}
 
 impl Slice {
     /// Takes slice `number` of `partitions`: fences the previous owner, finds where it
@@ -109,19 +120,20 @@ impl Slice {
         partitions: i32,
         context: &SliceContext,
     ) -> Result<Slice, KafkaError> {
+        let started = Instant::now();
         let producer = transactional_producer(context, number)?;
         producer
             .init_transactions(TRANSACTION_CALL)
             .map_err(KafkaError::Request)?;
-        let published = super::topics::read_changelog(
+        let fenced = started.elapsed();
+        let published = super::topics::read_head(
             &context.kafka,
             &context.cluster.slices_topic,
-            &[number],
+            number,
             TRANSACTION_CALL,
         )?
-        .remove(&number)
-        .and_then(|records| records.head)
-        .map(|(head, _)| head.position);
+        .map(|head| head.position);
+        let headed = started.elapsed();
         let group = format!("{}/slice-{number}", context.cluster.group_id);
         let store = context.store.for_group(&group);
         let mut state = context.runtime.block_on(crate::checkpoint::restore(
@@ -149,7 +161,21 @@ impl Slice {
             }
             None => Phase::Whole,
         };
-        tracing::info!(slice = number, position = ?SlicePosition::of(state.position(), number), published = ?published, "slice taken");
+        tracing::info!(
+            slice = number,
+            position = ?SlicePosition::of(state.position(), number),
+            published = ?published,
+            fence_ms = fenced.as_millis(),
+            changelog_head_ms = (headed - fenced).as_millis(),
+            checkpoint_ms = (started.elapsed() - headed).as_millis(),
+            "slice taken"
+        );
+        if !matches!(phase, Phase::CatchingUp { .. }) {
+            context
+                .metrics
+                .slice_catch_up
+                .observe(started.elapsed().as_secs_f64());
+        }
         let (checkpoints, frozen) = watch::channel(None);
         let (written_tx, written) = mpsc::unbounded_channel();
         let writer_stop = context.writers_stop.child_token();
@@ -182,6 +208,7 @@ impl Slice {
             writer_stop,
             last_publish: now,
             next_checkpoint: now + context.checkpoint_interval,
+            taken: started,
         })
     }
 
@@ -275,7 +302,11 @@ impl Slice {
             unreachable!()
         };
         self.changes = Changes::default();
-        tracing::info!(slice = self.number, position = ?self.position(), held = held.len(), "slice caught up with its last frame: publishing");
+        context
+            .metrics
+            .slice_catch_up
+            .observe(self.taken.elapsed().as_secs_f64());
+        tracing::info!(slice = self.number, position = ?self.position(), held = held.len(), since_taken_ms = self.taken.elapsed().as_millis(), "slice caught up with its last frame: publishing");
         for message in held {
             if let Some(role) = role_of(&context.layout, message.topic()) {
                 self.process(role, &message, context);
@@ -293,14 +324,13 @@ impl Slice {
     }
 
     /// Publishes a frame if one is due ([`Slice::frame_due`], then
-    /// [`Slice::publish`]). `Err` if the producer was fenced (another aggregator owns the
-    /// slice).
+    /// [`Slice::publish`]). `Err` if the producer can publish no more ([`Lost`]).
     pub fn publish_due(
         &mut self,
         now: Instant,
         interval: Duration,
         context: &SliceContext,
-    ) -> Result<(), Fenced> {
+    ) -> Result<(), Lost> {
         match self.frame_due(now, interval) {
             Some(frame) => self.publish(&frame, now, context),
             None => Ok(()),
@@ -339,13 +369,15 @@ impl Slice {
     }
 
     /// The frame's transaction (its records, changelog records and the dead letters since
-    /// the last), then a checkpoint if one is due. `Err` if the producer was fenced.
+    /// the last), then a checkpoint if one is due. `Err` if the producer can publish no more
+    /// ([`Lost`]); an error it can abort and go on from is logged and the next frame is
+    /// whole.
     pub fn publish(
         &mut self,
         frame: &SliceFrame,
         now: Instant,
         context: &SliceContext,
-    ) -> Result<(), Fenced> {
+    ) -> Result<(), Lost> {
         let started = Instant::now();
         let committed = self.commit(frame, context);
         context
@@ -363,7 +395,10 @@ impl Slice {
                 }
                 Ok(())
             }
-            Err(error) if is_fenced(&error) => Err(Fenced(error.to_string())),
+            Err(error) if is_fatal(&error) => Err(Lost {
+                fenced: is_fenced(&error),
+                reason: error.to_string(),
+            }),
             Err(error) => {
                 tracing::warn!(slice = self.number, error = %error, "a slice transaction failed: aborted; the next frame is whole");
                 let _ = self.producer.abort_transaction(TRANSACTION_CALL);
@@ -428,7 +463,7 @@ impl Slice {
             }
             send(&self.producer, record)?;
         }
-        self.producer.commit_transaction(TRANSACTION_CALL)
+        kafka::commit_transaction(&self.producer, TRANSACTION_CALL)
     }
 
     /// Gives the slice up (revoked, or the process stops): what is pending goes out if it
@@ -479,17 +514,25 @@ pub fn role_of(layout: &Layout, topic: &str) -> Option<TopicRole> {
         .map(|(role, _, _)| *role)
 }
 
-fn is_fenced(error: &rdkafka::error::KafkaError) -> bool {
+/// An error after which the producer can publish no more.
+fn is_fatal(error: &rdkafka::error::KafkaError) -> bool {
     match error {
         rdkafka::error::KafkaError::Transaction(e) => e.is_fatal(),
-        other => matches!(
-            other.rdkafka_error_code(),
-            Some(
-                rdkafka::types::RDKafkaErrorCode::ProducerFenced
-                    | rdkafka::types::RDKafkaErrorCode::Fatal
-            )
-        ),
+        other => is_fenced(other) || other.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal),
     }
+}
+
+/// Fenced by a newer producer of the same transactional id (the broker's codes for it and
+/// librdkafka's own).
+fn is_fenced(error: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
 }
 
 /// A dead letter's headers: where the record came from and why (as `serve` writes them),

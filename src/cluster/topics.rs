@@ -1,6 +1,7 @@
 //! The cluster's own topics: the frames topic (one partition, records deleted by age) and
-//! the slices' changelog (compacted, one partition per slice), created when missing; and
-//! reading a changelog partition to its committed end.
+//! the slices' changelog (compacted, one partition per slice), created when missing;
+//! reading a changelog partition to its committed end (an edge), and a slice's last head
+//! from the partition's tail (an aggregator taking the slice).
 
 use crate::kafka::{self, KafkaError, KafkaSettings};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -45,6 +46,68 @@ pub async fn ensure(
         }
     }
     Ok(())
+}
+
+/// The newest head of slice `partition` in the changelog (`None` if it was never
+/// published), read from the partition's tail: the last transaction of a slice holds its
+/// head, so the cost is that transaction's records, not the whole partition (whose active
+/// segment keeps every view written until it rolls). Read committed: call it once the
+/// previous owner is fenced, so nothing of it is still open. Blocking.
+pub fn read_head(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Option<SliceHead>, KafkaError> {
+    let mut config = kafka::consumer_config(settings, "storepulse-changelog-reader");
+    config.set("enable.partition.eof", "true");
+    let consumer: kafka::Consumer = kafka::quiet(&config)?;
+    let deadline = Instant::now() + timeout;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(KafkaError::Request)?;
+    if low == high {
+        return Ok(None);
+    }
+    // Records (and transaction markers) read back from the end: the reach grows until a
+    // head is found or the partition's start is reached.
+    let mut back = 256;
+    loop {
+        let start = (high - back).max(low);
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, partition, Offset::Offset(start))
+            .map_err(KafkaError::Request)?;
+        consumer.assign(&list).map_err(KafkaError::Request)?;
+        let mut head = None;
+        loop {
+            if Instant::now() > deadline {
+                return Err(KafkaError::Request(
+                    rdkafka::error::KafkaError::MessageConsumption(
+                        RDKafkaErrorCode::OperationTimedOut,
+                    ),
+                ));
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(error)) => tracing::warn!(error = %error, "reading the slice's head"),
+                Some(Ok(message)) if message.key() == Some(wire::HEAD_KEY.as_bytes()) => {
+                    match message.payload().map(SliceHead::decode) {
+                        Some(Ok(decoded)) => head = Some(decoded),
+                        Some(Err(error)) => {
+                            tracing::error!(error = %error, partition, "unreadable slice head in the changelog")
+                        }
+                        None => {}
+                    }
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+        if head.is_some() || start == low {
+            return Ok(head);
+        }
+        back *= 4;
+    }
 }
 
 /// What a changelog partition holds: the slice's head (if it was ever published) and each

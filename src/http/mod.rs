@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod access;
 mod dashboard;
+pub mod drain;
 pub mod limits;
 pub mod listener;
 mod replay;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub stream: Arc<StreamSection>,
     /// Cancelled on shutdown: open streams end so the server can stop.
     pub stop: CancellationToken,
+    /// The drain before the stop: readiness false, streams ending at their turns.
+    pub drain: Arc<drain::Drain>,
     /// The heartbeat's `progress` event, encoded once per change for every stream.
     pub progress: Arc<stream::SharedProgress>,
     /// Replays streamed to dashboards.
@@ -64,9 +67,24 @@ pub struct AppState {
     pub limits: Arc<limits::ClientLimits>,
     /// `serve`'s task tracker: connections, watchdogs and replays are spawned on it.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Each stream writes frames at most once per (stretched) `stream.frame_interval`,
+    /// catching up with the log's shared pieces: an edge's frames come from every slice,
+    /// up to one per slice per interval, where `serve` makes at most one.
+    pub pace_frames: bool,
 }
 
 impl AppState {
+    /// When a paced stream may write its next frame (`None`: not paced).
+    pub fn frame_pace(&self) -> Option<tokio::time::Instant> {
+        self.pace_frames.then(|| {
+            tokio::time::Instant::now()
+                + crate::ingest::stretched_interval(
+                    self.stream.frame_interval,
+                    self.metrics.control.open_streams(),
+                )
+        })
+    }
+
     /// 503 until the ingest thread has assigned its partitions.
     fn ensure_assigned(&self) -> Result<(), ApiError> {
         if self.status.borrow().assigned {
@@ -501,9 +519,11 @@ async fn readyz(State(app): State<AppState>) -> Response {
     // A poison record waiting this long means the dead-letter topic is not taking them:
     // checkpoints are held back until it does.
     let dead_letter_topic = dead_letters_oldest_ms < DEAD_LETTER_WAIT_READY_MS;
-    let ready = caught_up && checkpoint_store && dead_letter_topic;
+    let draining = app.drain.is_draining();
+    let ready = caught_up && checkpoint_store && dead_letter_topic && !draining;
     let body = json!({
         "ready": ready,
+        "draining": draining,
         "consumer": {
             "ready": caught_up,
             "assigned": status.assigned,

@@ -489,25 +489,51 @@ fn writer(
             .unwrap_or((tokio::time::Instant::now(), DisconnectReason::Lifetime));
         let ended = tokio::time::sleep_until(end_at);
         tokio::pin!(ended);
+        let drain = Arc::clone(&app.drain);
+        let turn = drain.next_turn();
+        let drained = async move { drain.ended(turn).await };
+        tokio::pin!(drained);
+        // Paced (an edge): no frame is written before this; those that arrive meanwhile
+        // are caught up with at once after it.
+        let mut paced_until: Option<tokio::time::Instant> = None;
         loop {
             let mut write_span = None;
+            let next_frame = async {
+                if let Some(at) = paced_until {
+                    tokio::time::sleep_until(at).await;
+                }
+                live.recv().await
+            };
             let written = tokio::select! {
-                received = live.recv() => match received {
-                    Ok(frame) => {
-                        write_span = client.write_span(frame.seq);
-                        client.on_frame(&frame, !live.is_empty(), &metrics)
-                    }
-                    Err(RecvError::Lagged(_)) => {
-                        metrics.lagged_subscribers.inc();
-                        client.catch_up(&metrics)
-                    }
-                    Err(RecvError::Closed) => {
-                        guard.ending = Some(DisconnectReason::FeedEnded);
-                        break;
-                    }
-                },
+                received = next_frame => {
+                    let writes = match received {
+                        Ok(frame) => {
+                            write_span = client.write_span(frame.seq);
+                            client.on_frame(&frame, !live.is_empty(), &metrics)
+                        }
+                        Err(RecvError::Lagged(_)) => {
+                            metrics.lagged_subscribers.inc();
+                            client.catch_up(&metrics)
+                        }
+                        Err(RecvError::Closed) => {
+                            guard.ending = Some(DisconnectReason::FeedEnded);
+                            break;
+                        }
+                    };
+                    // Paced from a write on; frames a catch-up already covered are
+                    // passed over at once (waiting a pace for each would fall behind).
+                    paced_until = match &writes {
+                        Some(bytes) if !bytes.is_empty() => app.frame_pace(),
+                        _ => None,
+                    };
+                    writes
+                }
                 _ = ticker.tick() => Some(vec![app.progress.event(&app).for_encoding(client.encoding)]),
                 () = app.stop.cancelled() => {
+                    guard.ending = Some(DisconnectReason::Shutdown);
+                    break;
+                }
+                () = &mut drained => {
                     guard.ending = Some(DisconnectReason::Shutdown);
                     break;
                 }

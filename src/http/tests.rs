@@ -49,6 +49,16 @@ impl TestServer {
     }
 
     fn start_with(resume_wait: Duration, access: super::access::AccessControl) -> TestServer {
+        TestServer::start_configured(resume_wait, access, None)
+    }
+
+    /// With `pace`, streams are paced as an edge's: at most one write of frames per `pace`
+    /// (the engine itself frames every batch).
+    fn start_configured(
+        resume_wait: Duration,
+        access: super::access::AccessControl,
+        pace: Option<Duration>,
+    ) -> TestServer {
         let settings = Settings::load(None, &Default::default()).expect("default settings");
         let metrics = Arc::new(Metrics::default());
         let (requests_tx, mut requests) = mpsc::channel::<Request>(64);
@@ -102,6 +112,9 @@ impl TestServer {
         }
         let mut stream = settings.stream.clone();
         stream.resume_wait = resume_wait;
+        if let Some(pace) = pace {
+            stream.frame_interval = pace;
+        }
         let router = app(AppState {
             hub: Arc::new(std::sync::OnceLock::from(hub)),
             requests: requests_tx,
@@ -115,6 +128,7 @@ impl TestServer {
             max_lag: 1_000,
             stream: Arc::new(stream),
             stop: CancellationToken::new(),
+            drain: Arc::new(crate::http::drain::Drain::new(Duration::ZERO)),
             progress: Default::default(),
             replays: Arc::new(crate::replay::stream::ReplayService::new(
                 Arc::new(crate::config::defaults().clone()),
@@ -122,6 +136,7 @@ impl TestServer {
                 tokio_util::task::TaskTracker::new(),
             )),
             tasks: tokio_util::task::TaskTracker::new(),
+            pace_frames: pace.is_some(),
             access: Arc::new(access),
             limits: Arc::new(super::limits::ClientLimits::new(
                 crate::http::limits::LimitSettings::of(crate::config::defaults()),
@@ -502,6 +517,86 @@ async fn a_new_stream_gets_headers_a_snapshot_then_deltas_that_rebuild_the_view(
         expected,
         "deltas rebuild the snapshot exactly"
     );
+}
+
+/// An edge makes a frame of every slice frame (several per interval); each of its streams
+/// writes at most once per `stream.frame_interval`, the frames meanwhile caught up with
+/// in shared pieces, and the view stays exact.
+#[tokio::test]
+async fn a_paced_stream_writes_a_burst_of_frames_as_one_catch_up() {
+    let mut server = TestServer::start_configured(
+        Duration::from_secs(1),
+        super::access::AccessControl::open(),
+        Some(Duration::from_millis(300)),
+    );
+    server.feed(50);
+    let response = server.get("/api/stream", &[]).await;
+    let mut body = response.into_body();
+    let mut parser = SseParser::new();
+    let mut client = ClientView::default();
+    let mut seen: Vec<(String, Instant)> = Vec::new();
+    /// The next data of the stream (empty for another kind of frame).
+    async fn read(body: &mut axum::body::Body) -> axum::body::Bytes {
+        tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("frames keep coming")
+            .expect("open")
+            .expect("a frame")
+            .into_data()
+            .unwrap_or_default()
+    }
+    // The snapshot, then one frame: the stream writes it at once and is paced from there.
+    server.feed(5);
+    while seen.iter().filter(|(e, _)| e == "delta").count() < 1 {
+        let data = read(&mut body).await;
+        parser.push(&data, |e| {
+            seen.push((e.event.to_owned(), Instant::now()));
+            client.apply(e).expect("applies");
+        });
+    }
+    let first_delta = seen.last().expect("a delta").1;
+    // Twenty frames within the pace.
+    for _ in 0..20 {
+        server.feed(5);
+    }
+    let (_, expected) = server.json("/api/snapshot").await;
+    while client.last_id.as_deref() != expected["position"].as_str() {
+        let data = read(&mut body).await;
+        parser.push(&data, |e| {
+            seen.push((e.event.to_owned(), Instant::now()));
+            client.apply(e).expect("applies");
+        });
+    }
+    let after: Vec<&(String, Instant)> = seen
+        .iter()
+        .skip_while(|(_, at)| *at <= first_delta)
+        .filter(|(e, _)| e != "progress")
+        .collect();
+    assert!(
+        !after.is_empty() && after.len() < 20,
+        "twenty frames came as a few catch-up events, not one write each: {after:?}"
+    );
+    assert!(
+        after[0].1 >= first_delta + Duration::from_millis(250),
+        "nothing was written before the pace allowed"
+    );
+    // The frames the catch-up covered are passed over at once: the next frame is written
+    // within a pace or two, not after one pace per covered frame (20 × 300 ms).
+    server.feed(5);
+    let fed = Instant::now();
+    let (_, expected) = server.json("/api/snapshot").await;
+    while client.last_id.as_deref() != expected["position"].as_str() {
+        let data = read(&mut body).await;
+        parser.push(&data, |e| {
+            client.apply(e).expect("applies");
+        });
+    }
+    assert!(
+        fed.elapsed() < Duration::from_secs(3),
+        "the next frame came {:?} after it was made",
+        fed.elapsed()
+    );
+    assert_eq!(client.view.expect("a view"), expected, "the view is exact");
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ mod freshness;
 mod lag;
 
 pub use dead_letter::DeadLetters;
-pub use engine::{Engine, EngineSettings, Outputs};
+pub use engine::{Engine, EngineSettings, Outputs, stretched_interval};
 pub use lag::monitor_lag;
 
 use crate::aggregate::{Layout, PartitionKey, RecordRef};

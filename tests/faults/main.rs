@@ -15,7 +15,7 @@
 #[allow(dead_code)]
 mod helpers;
 
-use helpers::{Server, brokers, database_url, fresh_topics, position_total, unique};
+use helpers::{Server, brokers, database_url, fresh_topics, position_total, signal, unique};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rdkafka::ClientConfig;
@@ -347,15 +347,6 @@ fn record(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -{name} {pid}");
 }
 
 fn stack(args: &[&str]) {

@@ -5,16 +5,13 @@
 //! any edge resumes any id), and the edges' snapshots equal a single `serve`'s of the
 //! same topics, to the cent.
 
-use crate::helpers::{self, Server, database_url, fresh_topics, position_total, unique};
-use crate::stream::{Sse, SseClient, check_and_apply};
+use crate::helpers::{self, Sale, Server, database_url, fresh_topics, signal, unique};
+use crate::sse::{check_and_apply, follow_resuming};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use storepulse::kafka::KafkaSettings;
-use storepulse::simulate::scenario::ScenarioConfig;
-use storepulse::simulate::{self, SimulateOptions};
-use tokio_util::sync::CancellationToken;
 
 /// 2026-12-01T00:00:00Z: event times of the records.
 const START: i64 = 1_796_083_200_000;
@@ -27,97 +24,17 @@ async fn produce_keyed(
     count: u64,
     rate: f64,
 ) -> i64 {
-    let report = simulate::run(
-        settings,
-        SimulateOptions {
-            scenario: ScenarioConfig {
-                popularity: Default::default(),
-                seed,
-                start_ms,
-                events_per_second: 200.0,
-                stores: 8,
-                skus_per_store: 15,
-                flash_sale: None,
-            },
-            rate: Some(rate),
-            count: Some(count),
-            duration: None,
-            partitions: 2,
-            create_topics: false,
-            message_timeout: Duration::from_secs(30),
-            progress_every: None,
-            junk_per_mille: 0,
-            key_by_store: true,
-        },
-        CancellationToken::new(),
-    )
-    .await
-    .expect("records delivered");
-    i64::try_from(report.acked).expect("a count")
-}
-
-/// One client: reads from `edges[first]`; when that edge goes away it resumes on the
-/// next one with its last id, as an EventSource behind a load balancer does. Once
-/// `target` is set (the edges have every record), reads until an event covers it (all
-/// stores), or until no data came for 2 s (one store: its last frame may be older).
-/// Returns its events and, per resume, the first event after it.
-fn client(
-    edges: Vec<String>,
-    first: usize,
-    path: String,
-    target: Arc<AtomicI64>,
-) -> (Vec<Sse>, Vec<Sse>) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut events: Vec<Sse> = Vec::new();
-    let mut resumed_with = Vec::new();
-    let mut edge = first;
-    let mut connection = SseClient::connect(&edges[edge], &path, None);
-    let scoped = path.contains("store=");
-    let mut last_data = Instant::now();
-    let mut reached = 0;
-    let mut resuming = false;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "a client of edge {first} ({path}) never reached {}: {} events, the last {:?}, resumed with {:?}",
-            target.load(Ordering::SeqCst),
-            events.len(),
-            events.last().map(|e| (&e.event, &e.id)),
-            resumed_with
-                .iter()
-                .map(|e: &Sse| (&e.event, &e.id))
-                .collect::<Vec<_>>()
-        );
-        match connection.try_next() {
-            Some(event) => {
-                let target = target.load(Ordering::SeqCst);
-                if event.event != "progress" {
-                    last_data = Instant::now();
-                    if let Some(id) = &event.id {
-                        reached =
-                            reached.max(position_total(&serde_json::json!({ "position": id })));
-                    }
-                    if std::mem::take(&mut resuming) {
-                        resumed_with.push(event.clone());
-                    }
-                }
-                let quiet =
-                    scoped && target < i64::MAX && last_data.elapsed() > Duration::from_secs(2);
-                let done = reached >= target || quiet;
-                events.push(event);
-                if done {
-                    return (events, resumed_with);
-                }
-            }
-            None => {
-                let last = events.iter().rev().find_map(|e| e.id.clone());
-                edge = (edge + 1) % edges.len();
-                connection =
-                    SseClient::connect(&edges[edge], &path, last.as_deref().map(str::as_bytes));
-                resuming = true;
-            }
-        }
-    }
+    let sale = Sale {
+        seed,
+        start_ms,
+        count,
+        rate: Some(rate),
+        stores: 8,
+        skus: 15,
+        partitions: 2,
+        by_store: true,
+    };
+    helpers::produce_sale(settings, sale).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -163,7 +80,11 @@ async fn a_cluster_loses_an_aggregator_and_an_edge_mid_sale_and_every_client_end
             let (edges, target) = (addresses.clone(), Arc::clone(&target));
             let path = paths[i % paths.len()].to_owned();
             let scope = path.split_once("store=").map(|(_, s)| s.to_owned());
-            let handle = std::thread::spawn(move || client(edges, i % 2, path, target));
+            let handle = std::thread::spawn(move || {
+                // From its edge on; a resume goes to the next edge.
+                let address_of = |n: usize| edges[(i % 2 + n) % edges.len()].clone();
+                follow_resuming(address_of, &path, &target, Duration::from_secs(120))
+            });
             (i % 2, scope, handle)
         })
         .collect();
@@ -244,16 +165,6 @@ async fn a_cluster_loses_an_aggregator_and_an_edge_mid_sale_and_every_client_end
     drop(survivor);
 }
 
-/// Sends `signal` (`STOP`, `CONT`) to a process.
-fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_aggregator_whose_slices_moved_is_fenced_and_changes_nothing() {
     let settings = fresh_topics("zombie");
@@ -266,6 +177,8 @@ async fn a_paused_aggregator_whose_slices_moved_is_fenced_and_changes_nothing() 
         ("STOREPULSE_CLUSTER_TRANSACTIONAL_PREFIX", name.as_str()),
         ("STOREPULSE_CLUSTER_FRAMES_TOPIC", frames.as_str()),
         ("STOREPULSE_CLUSTER_SLICES_TOPIC", slices.as_str()),
+        // Shown if the test fails: who took, gave up and was fenced from which slice.
+        ("RUST_LOG", "storepulse=info,librdkafka=warn,warn"),
     ];
     let database = database_url();
     let mut total = produce_keyed(&settings, 5, START, 600, 5_000.0).await;
@@ -273,11 +186,36 @@ async fn a_paused_aggregator_whose_slices_moved_is_fenced_and_changes_nothing() 
     let other = Server::start_role("aggregator", &settings.topics, &database, &environment);
     let edge = Server::start_role("edge", &settings.topics, &database, &environment);
     edge.rollup_at(total, Duration::from_secs(60));
-    // Paused past the group's session timeout (6 s): its slices move to the other.
+    // The group gives the second member its slice a moment after it joins: the zombie
+    // must own one when it stops.
+    helpers::wait_for(
+        || {
+            zombie.metric("storepulse_slices_owned") >= 1
+                && other.metric("storepulse_slices_owned") >= 1
+        },
+        "each aggregator owns a slice",
+    )
+    .await;
+    // Paused mid-sale (most likely inside a frame's transaction) past the group's
+    // session timeout (3 s): its slices move to the other.
+    let producing = {
+        let settings = settings.clone();
+        tokio::spawn(
+            async move { produce_keyed(&settings, 6, START + 300_000, 1_500, 1_000.0).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
     signal(zombie.pid(), "STOP");
-    total += produce_keyed(&settings, 6, START + 300_000, 1_500, 1_000.0).await;
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    let stopped = std::time::Instant::now();
+    total += producing.await.expect("producer");
+    // The edge has every record while the zombie is still stopped: its open transaction,
+    // if any, was aborted when the new owner fenced it and holds no frame back.
     edge.rollup_at(total, Duration::from_secs(60));
+    eprintln!(
+        "every record on the edge {:?} after the stop, the zombie still stopped",
+        stopped.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(stopped.elapsed())).await;
     // Resumed, it still believes it owns them for a moment, reads the new records, and
     // tries to publish: Kafka refuses it (fenced), and its frames are never read.
     signal(zombie.pid(), "CONT");
@@ -290,5 +228,71 @@ async fn a_paused_aggregator_whose_slices_moved_is_fenced_and_changes_nothing() 
         0,
         "every frame the edge read continued its slice"
     );
+    // Fenced, the zombie does not take its slice back while the group still lists it
+    // there for a moment: that would fence the owner the group chose.
+    assert_eq!(
+        other.metric("storepulse_slices_fenced_total"),
+        0,
+        "the group's chosen owner was never fenced"
+    );
+    assert!(
+        zombie.metric("storepulse_slices_revoked_total") >= 1,
+        "the zombie's slice was revoked when it heard from the group"
+    );
+    assert!(
+        other.metric("storepulse_slice_catch_up_seconds_count") >= 2,
+        "the other took its own slice and the zombie's: each take measured"
+    );
     drop((zombie, other));
+}
+
+/// librdkafka keeps an application's pause of a partition across unassign and assign. An
+/// aggregator pauses a slice's partition while it catches up (a record past its target
+/// arrived); if the slice is dropped then and taken again later,
+/// [`storepulse::kafka::assign_unpaused`] must read the partition again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_paused_under_an_earlier_assignment_delivers_when_assigned_again() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let settings = fresh_topics("repaused");
+    helpers::create_topics(&settings, 1).await;
+    let topic = settings.topics.orders.clone();
+    helpers::produce_raw(&[(topic.as_str(), "k".to_owned(), b"one".to_vec())]);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", helpers::brokers())
+        .set("broker.address.family", "v4")
+        .set("group.id", unique("repaused"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(&topic, 0, Offset::Beginning)
+        .expect("offset");
+    let delivers = |within: Duration| {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+                return true;
+            }
+        }
+        false
+    };
+    consumer.incremental_assign(&list).expect("assigned");
+    assert!(delivers(Duration::from_secs(20)), "the partition delivers");
+    consumer.pause(&list).expect("paused");
+    consumer.incremental_unassign(&list).expect("unassigned");
+    // Assigned again the plain way: still paused (why `assign_unpaused` exists).
+    consumer.incremental_assign(&list).expect("assigned again");
+    assert!(
+        !delivers(Duration::from_secs(2)),
+        "librdkafka dropped the pause at assign: assign_unpaused's resume is not needed"
+    );
+    consumer
+        .incremental_unassign(&list)
+        .expect("unassigned again");
+    storepulse::kafka::assign_unpaused(&consumer, &list).expect("assigned unpaused");
+    assert!(
+        delivers(Duration::from_secs(20)),
+        "the partition delivers again"
+    );
 }

@@ -253,7 +253,7 @@ impl Server {
             "unused",
             database_url,
             environment,
-            std::process::Stdio::inherit(),
+            std::process::Stdio::piped(),
         )
     }
 
@@ -296,6 +296,16 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("serve starts");
+        // A piped log is the cluster's: each line says which process wrote it.
+        if let Some(stderr) = child.stderr.take() {
+            let label = format!("[{subcommand} {}]", child.id());
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("{label} {line}");
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut line = String::new();
         std::io::BufReader::new(stdout)
@@ -524,4 +534,68 @@ pub fn thread_names(pid: u32) -> Vec<String> {
         .expect("threads")
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .collect()
+}
+
+/// A simulated sale for [`produce_sale`].
+pub struct Sale {
+    /// The scenario's seed.
+    pub seed: u64,
+    /// The first event's time (ms).
+    pub start_ms: i64,
+    /// Records.
+    pub count: u64,
+    /// Records per second (`None`: as fast as the broker takes them).
+    pub rate: Option<f64>,
+    /// Stores.
+    pub stores: usize,
+    /// SKUs per store.
+    pub skus: usize,
+    /// The topics' partitions.
+    pub partitions: i32,
+    /// Keyed by store id (a cluster's producer contract), or by event (order id, SKU,
+    /// session).
+    pub by_store: bool,
+}
+
+/// Produces `sale` to `settings`' topics (which must exist); returns the records
+/// acknowledged.
+pub async fn produce_sale(settings: &storepulse::kafka::KafkaSettings, sale: Sale) -> i64 {
+    use storepulse::simulate::{self, SimulateOptions, scenario::ScenarioConfig};
+    let report = simulate::run(
+        settings,
+        SimulateOptions {
+            scenario: ScenarioConfig {
+                popularity: Default::default(),
+                seed: sale.seed,
+                start_ms: sale.start_ms,
+                events_per_second: 200.0,
+                stores: sale.stores,
+                skus_per_store: sale.skus,
+                flash_sale: None,
+            },
+            rate: sale.rate,
+            count: Some(sale.count),
+            duration: None,
+            partitions: sale.partitions,
+            create_topics: false,
+            message_timeout: Duration::from_secs(60),
+            progress_every: None,
+            junk_per_mille: 0,
+            key_by_store: sale.by_store,
+        },
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("records delivered");
+    i64::try_from(report.acked).expect("a count")
+}
+
+/// Sends `name` (`KILL`, `TERM`, `STOP`, `CONT`) to process `pid`.
+pub fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid}");
 }

@@ -6,125 +6,17 @@
 //! of them gzip) come through a reconnect storm and a restart exact.
 
 use crate::helpers::{self, Server, database_url, fresh_topics, position_total};
+use crate::sse::{Sse, SseClient, check_and_apply};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
 use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use storepulse::kafka::{self, KafkaSettings};
-use storepulse::live::client::{SseEvent, SseParser, apply_delta};
+use storepulse::live::client::SseParser;
 use storepulse::simulate::scenario::ScenarioConfig;
 use storepulse::simulate::{self, SimulateOptions};
 use tokio_util::sync::CancellationToken;
-
-/// One server-sent event (the shared test client's type).
-pub(crate) type Sse = SseEvent;
-
-/// A plain SSE client over HTTP/1.0 (the body is the raw stream until close), parsing with
-/// the shared test client (`storepulse::live::client`).
-pub(crate) struct SseClient {
-    reader: BufReader<std::net::TcpStream>,
-    parser: SseParser,
-    queued: std::collections::VecDeque<Sse>,
-}
-
-impl SseClient {
-    pub(crate) fn connect(address: &str, path: &str, last_event_id: Option<&[u8]>) -> SseClient {
-        SseClient::connect_with(address, path, last_event_id, None)
-    }
-
-    /// Connects with a fixed `SO_RCVBUF` (a client whose kernel buffers little).
-    fn connect_with(
-        address: &str,
-        path: &str,
-        last_event_id: Option<&[u8]>,
-        receive_buffer: Option<usize>,
-    ) -> SseClient {
-        // A process that is still assigning its partitions answers 503: try again.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match SseClient::try_connect(address, path, last_event_id, receive_buffer) {
-                Some(client) => return client,
-                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                None => panic!("{path} never answered 200"),
-            }
-        }
-    }
-
-    fn try_connect(
-        address: &str,
-        path: &str,
-        last_event_id: Option<&[u8]>,
-        receive_buffer: Option<usize>,
-    ) -> Option<SseClient> {
-        let target: std::net::SocketAddr = address.parse().expect("an ip:port address");
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(target),
-            socket2::Type::STREAM,
-            None,
-        )
-        .expect("socket");
-        if let Some(bytes) = receive_buffer {
-            socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
-        }
-        socket.connect(&target.into()).expect("connects");
-        let mut stream: std::net::TcpStream = socket.into();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        let mut request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n").into_bytes();
-        if let Some(id) = last_event_id {
-            request.extend_from_slice(b"Last-Event-ID: ");
-            request.extend_from_slice(id);
-            request.extend_from_slice(b"\r\n");
-        }
-        request.extend_from_slice(b"\r\n");
-        stream.write_all(&request).expect("request written");
-        let mut reader = BufReader::new(stream);
-        let mut status = String::new();
-        reader.read_line(&mut status).expect("status line");
-        if status.contains(" 503 ") {
-            return None;
-        }
-        assert!(status.contains(" 200 "), "stream answered {status:?}");
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header).expect("header");
-            if header == "\r\n" || header.is_empty() {
-                break;
-            }
-        }
-        Some(SseClient {
-            reader,
-            parser: SseParser::new(),
-            queued: Default::default(),
-        })
-    }
-
-    /// The next event with data (comments and `retry:` are skipped).
-    fn next(&mut self) -> Sse {
-        self.try_next().expect("stream ended")
-    }
-
-    /// The next event with data, or `None` when the server closed the stream.
-    pub(crate) fn try_next(&mut self) -> Option<Sse> {
-        use std::io::Read;
-        let mut chunk = [0u8; 16 * 1024];
-        while self.queued.is_empty() {
-            let read = match self.reader.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("stream read: {e}"),
-            };
-            let queued = &mut self.queued;
-            self.parser
-                .push(&chunk[..read], |e| queued.push_back(e.to_owned()));
-        }
-        self.queued.pop_front()
-    }
-}
 
 async fn produce(
     settings: &KafkaSettings,
@@ -209,27 +101,6 @@ fn read_until(client: &mut SseClient, total: i64) -> Vec<Sse> {
         if reached {
             return events;
         }
-    }
-}
-
-pub(crate) fn check_and_apply(view: &mut Option<Value>, events: &[Sse]) {
-    let mut last: Option<i64> = view.as_ref().map(position_total);
-    for event in events {
-        let data: Value = serde_json::from_str(&event.data).expect("json data");
-        match event.event.as_str() {
-            "snapshot" | "resync" => *view = Some(data),
-            "delta" => apply_delta(view.as_mut().expect("a delta follows a snapshot"), &data),
-            "progress" => continue,
-            other => panic!("unexpected event {other}"),
-        }
-        let position = position_total(&serde_json::json!({ "position": event.id }));
-        if let Some(last) = last {
-            assert!(
-                position > last || event.event != "delta",
-                "ids only move forward"
-            );
-        }
-        last = Some(position);
     }
 }
 
@@ -528,6 +399,10 @@ async fn a_client_that_falls_behind_the_queue_catches_up_with_shared_spans_not_a
         SMALL_BUFFERS[1],
         ("STOREPULSE_QUEUE_FRAMES", "32"),
         ("STOREPULSE_STALL_TIMEOUT", "0s"),
+        // The idle client's last frame must still be in the log when it reads again: the
+        // rounds made 1 517 frames of ~11 KB in a run here (how many records each frame
+        // holds depends on the machine's speed), more than the default 16 MiB holds.
+        ("STOREPULSE_LOG_MAX_BYTES", "268435456"),
     ];
     let (settings, server, first) = caught_up_server("stream-slow", 7, 200, environment).await;
     let address = server.address.clone();
@@ -901,4 +776,53 @@ async fn a_thousand_clients_through_a_restart_all_end_exact() {
         tokio::task::block_in_place(|| restarted.rollup_at(produced, Duration::from_secs(60)));
     let sequences = assert_all_exact(clients, &snapshot).await;
     println!("1000 clients through a restart, {sequences} distinct event sequences");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_server_is_not_ready_and_ends_its_streams_one_by_one() {
+    let (_settings, server, _first) =
+        caught_up_server("drain", 31, 300, &[("STOREPULSE_HTTP_DRAIN", "2s")]).await;
+    let address = server.address.clone();
+    let clients: Vec<SseClient> = (0..12)
+        .map(|_| {
+            let mut client = SseClient::connect(&address, "/api/stream", None);
+            assert_eq!(client.next().event, "snapshot");
+            client
+        })
+        .collect();
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            std::thread::spawn(move || {
+                while client.try_next().is_some() {}
+                Instant::now()
+            })
+        })
+        .collect();
+    let stopped = Instant::now();
+    let stopping = std::thread::spawn(move || server.terminate());
+    // Not ready at once, while the streams are still ending.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = helpers::http_get(&address, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    let readiness: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(readiness["draining"], true, "{body}");
+    let mut ends: Vec<Duration> = readers
+        .into_iter()
+        .map(|reader| reader.join().expect("reader") - stopped)
+        .collect();
+    ends.sort();
+    assert!(
+        stopping.join().expect("stops"),
+        "serve exits 0 after its drain"
+    );
+    let (first, last) = (ends[0], ends[ends.len() - 1]);
+    assert!(
+        last < Duration::from_secs(4),
+        "every stream ended within the drain: {ends:?}"
+    );
+    assert!(
+        last - first >= Duration::from_millis(1_200),
+        "the streams ended one by one over the 2 s window, not together: {ends:?}"
+    );
 }
