@@ -14,11 +14,12 @@ simulator live at BENCH_RATE records/s. Two measurements, each BENCH_RUNS times,
 2. Edge failover. One aggregator, two edges behind HAProxy (round robin, no stickiness,
    health from /readyz, `retry-on` as docs/operations.md gives it), BENCH_CLIENTS (1 000)
    clients through it, each a browser's EventSource: on a lost connection it waits the stream's
-   `retry:` (1 000 ms), then reconnects with Last-Event-ID. One edge SIGKILLed; for each of
+   `retry:` (the edges' `stream.retry`, BENCH_EDGE_RETRY: 250ms), then reconnects with
+   Last-Event-ID. One edge SIGKILLed; for each of
    its clients, the time from the kill to the first event on the new connection. Reported:
    p50 and the slowest client (median over runs), and how many resumes were not exact (a
    `snapshot` or `resync` instead of deltas after the client's id; target: none)."""
-import asyncio, json, os, random, signal, statistics, subprocess, sys, tempfile, time
+import asyncio, json, os, random, re, signal, statistics, subprocess, sys, tempfile, time
 from benchlib import bench_env, cpu_seconds, free_port, ready, start_ago, start_role, stop
 
 bin_ = sys.argv[1]
@@ -29,6 +30,7 @@ seconds = int(os.environ.get("BENCH_SECONDS", "15"))
 stores = int(os.environ.get("BENCH_STORES", "100"))
 skus = int(os.environ.get("BENCH_SKUS", "100"))
 rate = int(os.environ.get("BENCH_RATE", "2000"))
+edge_retry = os.environ.get("BENCH_EDGE_RETRY", "250ms")
 base_env = bench_env("edges")
 STORE_IDS = [f"store-{i + 1:05}" for i in range(stores)]
 
@@ -62,6 +64,8 @@ class Client:
         self.inexact = 0            # resumes answered with a snapshot or a resync
         self.refused = {}           # statuses other than 200, by status line
         self.opened_at = None       # when the last stream was answered 200
+        self.connected_at = None    # when the last connection to the balancer was made
+        self.attempts = 0           # connections tried
         self.stopping = False
         self.address = f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
 
@@ -76,7 +80,9 @@ class Client:
                 await asyncio.sleep(self.retry)
 
     async def once(self):
+        self.attempts += 1
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.connected_at = time.monotonic()
         resume = f"Last-Event-ID: {self.last_id}\r\n" if self.last_id else ""
         # Each dashboard its own address, as browsers have (the edges trust the balancer's
         # X-Forwarded-For: their per-address limits see users, not the balancer).
@@ -112,7 +118,12 @@ class Client:
                         break
                     block, first = first[:end], first[end + 2:]
                     if b"event: " not in block:
-                        continue  # the `retry:` line
+                        # The `retry:` line (after a chunk's size: the reads are raw):
+                        # how long this EventSource waits to reconnect.
+                        retry = re.search(rb"(?m)^retry: (\d+)$", block)
+                        if retry:
+                            self.retry = int(retry.group(1)) / 1000
+                        continue
                     if resumed:
                         self.resumed_at = time.monotonic()
                         if b"event: snapshot" in block or b"event: resync" in block:
@@ -192,7 +203,8 @@ def edge_failover():
     cluster = f"bench-edge-fail-{random.getrandbits(32):08x}"
     a_port, e_ports = free_port(), [free_port(), free_port()]
     aggregator = start("aggregator", a_port, cluster)
-    edges = [start("edge", p, cluster, {"STOREPULSE_TRUSTED_PROXIES": "127.0.0.1"}) for p in e_ports]
+    edges = [start("edge", p, cluster, {"STOREPULSE_TRUSTED_PROXIES": "127.0.0.1",
+                                        "STOREPULSE_STREAM_RETRY": edge_retry}) for p in e_ports]
     for p in (a_port, *e_ports):
         ready(p)
     haproxy, port = balancer(e_ports)
@@ -201,6 +213,7 @@ def edge_failover():
     async def measure(crowd):
         await asyncio.sleep(8)  # connected, spread over both edges, live
         connections = {id(c): c.connections for c in crowd}
+        attempts_before = {id(c): c.attempts for c in crowd}
         edges[0].send_signal(signal.SIGKILL)
         edges[0].wait()
         killed = time.monotonic()
@@ -219,7 +232,13 @@ def edge_failover():
         for c in cut:
             for k, v in c.refused.items():
                 refused[k] = refused.get(k, 0) + v
-        print(f"[bench] the killed edge's clients: answered 200 again p50 {statistics.median(opened or [0]):.2f} s; "
+        connected = [c.connected_at - killed for c in cut if back(c)]
+        attempts = [c.attempts - attempts_before[id(c)] for c in cut]
+        lost = [c.lost_at - killed for c in cut]
+        print(f"[bench] the killed edge's clients: saw the loss p50 {statistics.median(lost or [0]):.2f} s, "
+              f"connected again p50 {statistics.median(connected or [0]):.2f} s "
+              f"({statistics.median(attempts or [0]):.0f} attempts, most {max(attempts or [0])}), "
+              f"answered 200 again p50 {statistics.median(opened or [0]):.2f} s; "
               f"refused on the way: {refused or 'none'}", file=sys.stderr)
         return times, len(cut), len(cut) - len(times), sum(c.inexact for c in cut), others
 
@@ -264,6 +283,7 @@ if rows["cpu"]:
     print(f"| deltas per client-second | {med(per_client(r[2][0]) for r in c):.1f} | edge {med(per_client(r[2][1]) for r in c):.1f} | |")
 if rows["fail"]:
     f = rows["fail"]
-    print(f"| edge SIGKILL → its clients' first event on the other edge ({clients} clients through HAProxy) | | "
+    print(f"| edge SIGKILL → its clients' first event on the other edge ({clients} clients through HAProxy, "
+          f"retry {edge_retry}) | | "
           f"p50 {med(r[0] for r in f):.2f} s, slowest {med(r[1] for r in f):.2f} s (worst run {max(r[1] for r in f):.2f} s); "
           f"{med(r[2] for r in f):.0f} clients cut; {sum(r[3] for r in f)} not back, {sum(r[4] for r in f)} resumes not exact | |")

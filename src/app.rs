@@ -169,6 +169,7 @@ pub(crate) fn wire(
         stop: stages.http.clone(),
         drain: Arc::clone(&stages.drain),
         progress: Default::default(),
+        retry: crate::http::retry_line(settings.stream.retry),
         replays: Arc::new(crate::replay::stream::ReplayService::new(
             Arc::new(settings.clone()),
             settings.replay.max_concurrent,

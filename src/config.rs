@@ -87,6 +87,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("STOREPULSE_FRAME_INTERVAL", "stream.frame_interval"),
     ("STOREPULSE_HEARTBEAT", "stream.heartbeat"),
     ("STOREPULSE_RESUME_WAIT", "stream.resume_wait"),
+    ("STOREPULSE_STREAM_RETRY", "stream.retry"),
     ("STOREPULSE_MAX_SUBSCRIBERS", "stream.max_subscribers"),
     ("STOREPULSE_LOG_MAX_FRAMES", "stream.log_max_frames"),
     ("STOREPULSE_LOG_MAX_BYTES", "stream.log_max_bytes"),
@@ -434,6 +435,10 @@ pub struct StreamSection {
     /// A stream is closed after this long ("0s": never); the client resumes by id.
     #[serde(deserialize_with = "duration")]
     pub max_lifetime: Duration,
+    /// The `retry:` every stream opens with: how long an EventSource waits before it
+    /// reconnects after a drop.
+    #[serde(deserialize_with = "duration")]
+    pub retry: Duration,
 }
 
 /// `[ready]`
@@ -710,7 +715,7 @@ impl Settings {
             message: message.into(),
         };
         // (is it out of bounds, the key, what it must be)
-        let bounds: [(bool, &str, &str); 9] = [
+        let bounds: [(bool, &str, &str); 10] = [
             (
                 self.checkpoint.interval < Duration::from_millis(100),
                 "checkpoint.interval",
@@ -755,6 +760,12 @@ impl Settings {
                 self.stream.queue_frames < 1,
                 "stream.queue_frames",
                 "must be at least 1",
+            ),
+            (
+                !(Duration::from_millis(100)..=Duration::from_secs(60))
+                    .contains(&self.stream.retry),
+                "stream.retry",
+                "must be 100ms to 60s",
             ),
         ];
         match bounds.into_iter().find(|(out, _, _)| *out) {
@@ -956,6 +967,16 @@ mod tests {
         let bad_duration =
             Settings::load(None, &env(&[("STOREPULSE_CHECKPOINT_INTERVAL", "often")]));
         assert!(bad_duration.is_err());
+        let retry = Settings::load(None, &env(&[("STOREPULSE_STREAM_RETRY", "250ms")]))
+            .expect("a retry in bounds");
+        assert_eq!(retry.stream.retry, Duration::from_millis(250));
+        let hammering = Settings::load(None, &env(&[("STOREPULSE_STREAM_RETRY", "10ms")]));
+        assert!(
+            hammering
+                .expect_err("rejected")
+                .to_string()
+                .contains("stream.retry")
+        );
         let proxies = Settings::load(
             None,
             &env(&[("STOREPULSE_TRUSTED_PROXIES", "10.0.0.9, ::1")]),

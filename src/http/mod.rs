@@ -32,6 +32,7 @@ pub mod listener;
 mod replay;
 pub mod server;
 mod stream;
+pub use stream::retry_line;
 #[cfg(test)]
 mod tests;
 
@@ -59,6 +60,8 @@ pub struct AppState {
     pub drain: Arc<drain::Drain>,
     /// The heartbeat's `progress` event, encoded once per change for every stream.
     pub progress: Arc<stream::SharedProgress>,
+    /// The `retry:` line every stream opens with (`stream.retry`), encoded once.
+    pub retry: Arc<crate::live::Encoded>,
     /// Replays streamed to dashboards.
     pub replays: Arc<crate::replay::stream::ReplayService>,
     /// Who may read what (tokens, scopes, CORS).

@@ -83,8 +83,13 @@ impl Drop for SubscriberGuard {
     }
 }
 
-/// The first event of every stream: reconnect within a second after a drop.
-static RETRY: LazyLock<Encoded> = LazyLock::new(|| Encoded::new(&b"retry: 1000\n\n"[..]));
+/// The `retry:` line every stream opens with: how long an EventSource waits before it
+/// reconnects after a drop (`stream.retry`).
+pub fn retry_line(retry: Duration) -> Arc<Encoded> {
+    Arc::new(Encoded::new(
+        format!("retry: {}\n\n", retry.as_millis()).into_bytes(),
+    ))
+}
 
 /// The last event of a stream whose token expired: the page gets a new session and
 /// reconnects with its last id (gapless). The same bytes for every stream.
@@ -270,6 +275,7 @@ pub(super) async fn stream(
         crate::telemetry::connection_traced(headers.get("traceparent").map(HeaderValue::as_bytes));
     let client = Client {
         hub,
+        retry: Arc::clone(&app.retry),
         store,
         encoding,
         last_seq: subscription.last_seq,
@@ -351,6 +357,8 @@ pub(super) fn sse_response(body: Body, encoding: Encoding) -> Response {
 /// One stream's choices: its scope, its encoding, and the newest frame it was given.
 struct Client {
     hub: Arc<Hub>,
+    /// The `retry:` line it opens with.
+    retry: Arc<Encoded>,
     store: Option<StoreId>,
     encoding: Encoding,
     last_seq: u64,
@@ -419,7 +427,7 @@ impl Client {
         if self.encoding == Encoding::Gzip {
             first.push(Bytes::from_static(&live::GZIP_HEADER));
         }
-        first.push(RETRY.for_encoding(self.encoding));
+        first.push(self.retry.for_encoding(self.encoding));
         first.extend(self.opening(subscription, metrics));
         first
     }

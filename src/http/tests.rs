@@ -130,6 +130,7 @@ impl TestServer {
             stop: CancellationToken::new(),
             drain: Arc::new(crate::http::drain::Drain::new(Duration::ZERO)),
             progress: Default::default(),
+            retry: super::stream::retry_line(settings.stream.retry),
             replays: Arc::new(crate::replay::stream::ReplayService::new(
                 Arc::new(crate::config::defaults().clone()),
                 1,
@@ -494,6 +495,7 @@ async fn a_new_stream_gets_headers_a_snapshot_then_deltas_that_rebuild_the_view(
     let mut parser = SseParser::new();
     let mut client = ClientView::default();
     let mut seen = Vec::new();
+    let mut bytes = Vec::new();
     server.feed(100);
     server.feed(100);
     let (_, expected) = server.json("/api/snapshot").await;
@@ -504,12 +506,19 @@ async fn a_new_stream_gets_headers_a_snapshot_then_deltas_that_rebuild_the_view(
             .expect("open")
             .expect("a frame");
         if let Ok(data) = frame.into_data() {
+            bytes.extend_from_slice(&data);
             parser.push(&data, |e| {
                 seen.push(e.event.to_owned());
                 client.apply(e).expect("applies");
             });
         }
     }
+    // `stream.retry` (1 s by default) comes first.
+    assert!(bytes.starts_with(b"retry: 1000\n\n"), "{:?}", &bytes[..20]);
+    assert_eq!(
+        &super::stream::retry_line(Duration::from_millis(250)).plain()[..],
+        b"retry: 250\n\n"
+    );
     assert_eq!(seen[0], "snapshot");
     assert!(seen[1..].iter().all(|e| e == "delta"), "{seen:?}");
     assert_eq!(
