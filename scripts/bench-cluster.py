@@ -16,7 +16,9 @@ BENCH_STORES stores x BENCH_SKUS SKUs. Three measurements, each BENCH_RUNS times
 3. Added latency. serve and a cluster (one aggregator, one edge) on the same live topics,
    one SSE client on each: per delta, arrival (wall clock) minus its `as_of_ms` (the
    newest event time in it; the simulator dates events now). p50 of each; the difference
-   is what the aggregator, the frames topic and the edge add (target <= +15 ms)."""
+   is what the aggregator, the frames topic and the edge add (target <= +15 ms).
+
+BENCH_PARTS (cpu,failover,latency) picks some of them."""
 import json, os, random, signal, statistics, subprocess, sys, threading, time, urllib.request
 from benchlib import bench_env, cpu_seconds, free_port, get, ready, start_ago, start_role, stop
 
@@ -146,30 +148,38 @@ print(f"[bench] {events} records, {stores} stores x {skus} SKUs, 4 partitions", 
 simulate("--rate", "0", "--count", str(events), "--start", start_ago(2 * 3600))
 total = events
 rows = {"cpu": [], "fail": [], "lat": []}
+# BENCH_PARTS picks measurements (cpu, failover, latency; all by default).
+parts = os.environ.get("BENCH_PARTS", "cpu,failover,latency").split(",")
 for run in range(runs):
-    serve_cpu, aggregator_cpu, edge_cpu = cpu_per_event(total)
-    rows["cpu"].append((serve_cpu, aggregator_cpu, edge_cpu))
-    print(f"[bench] run {run + 1}: serve {serve_cpu:.2f} s, aggregator {aggregator_cpu:.2f} s, edge {edge_cpu:.2f} s", file=sys.stderr)
-    longest = failover()
-    rows["fail"].append(longest)
-    print(f"[bench] run {run + 1}: failover {longest:.2f} s", file=sys.stderr)
-    serve_p50, edge_p50 = added_latency()
-    rows["lat"].append((serve_p50, edge_p50))
-    print(f"[bench] run {run + 1}: latency p50 serve {serve_p50:.1f} ms, cluster {edge_p50:.1f} ms", file=sys.stderr)
+    if "cpu" in parts:
+        serve_cpu, aggregator_cpu, edge_cpu = cpu_per_event(total)
+        rows["cpu"].append((serve_cpu, aggregator_cpu, edge_cpu))
+        print(f"[bench] run {run + 1}: serve {serve_cpu:.2f} s, aggregator {aggregator_cpu:.2f} s, edge {edge_cpu:.2f} s", file=sys.stderr)
+    if "failover" in parts:
+        longest = failover()
+        rows["fail"].append(longest)
+        print(f"[bench] run {run + 1}: failover {longest:.2f} s", file=sys.stderr)
+    if "latency" in parts:
+        serve_p50, edge_p50 = added_latency()
+        rows["lat"].append((serve_p50, edge_p50))
+        print(f"[bench] run {run + 1}: latency p50 serve {serve_p50:.1f} ms, cluster {edge_p50:.1f} ms", file=sys.stderr)
 
 med = statistics.median
-per_event = lambda seconds: seconds * 1e6 / total
-serve_us = med(per_event(r[0]) for r in rows["cpu"])
-aggregator_us = med(per_event(r[1]) for r in rows["cpu"])
-edge_us = med(per_event(r[2]) for r in rows["cpu"])
-ratio = med(r[1] / r[0] for r in rows["cpu"])
 print(f"\n{total} records, {stores} stores x {skus} SKUs, 4 slices; medians of {runs} runs\n")
 print("| measurement | serve | cluster | ratio / difference |")
 print("|---|---|---|---|")
-print(f"| CPU-µs per event, catch-up (one aggregator owning 4 slices) | {serve_us:.2f} | {aggregator_us:.2f} (edge: {edge_us:.2f}) | {ratio:.2f}× |")
-print(f"| aggregator SIGKILL → its slices' frames again (longest slice) | | p50 {med(rows['fail']):.1f} s, max {max(rows['fail']):.1f} s | session timeout 3 s |")
-s, c = med(r[0] for r in rows["lat"]), med(r[1] for r in rows["lat"])
-# The difference within each run (both clients on the same records at the same time), then
-# its median: the runs' absolute latencies differ more than what the cluster adds.
-added = med(r[1] - r[0] for r in rows["lat"])
-print(f"| producer → client, p50 of deltas at {rate} records/s | {s:.1f} ms | {c:.1f} ms | {added:+.1f} ms |")
+if rows["cpu"]:
+    per_event = lambda seconds: seconds * 1e6 / total
+    serve_us = med(per_event(r[0]) for r in rows["cpu"])
+    aggregator_us = med(per_event(r[1]) for r in rows["cpu"])
+    edge_us = med(per_event(r[2]) for r in rows["cpu"])
+    ratio = med(r[1] / r[0] for r in rows["cpu"])
+    print(f"| CPU-µs per event, catch-up (one aggregator owning 4 slices) | {serve_us:.2f} | {aggregator_us:.2f} (edge: {edge_us:.2f}) | {ratio:.2f}× |")
+if rows["fail"]:
+    print(f"| aggregator SIGKILL → its slices' frames again (longest slice) | | p50 {med(rows['fail']):.1f} s, max {max(rows['fail']):.1f} s | session timeout 3 s |")
+if rows["lat"]:
+    s, c = med(r[0] for r in rows["lat"]), med(r[1] for r in rows["lat"])
+    # The difference within each run (both clients on the same records at the same time),
+    # then its median: the runs' absolute latencies differ more than what the cluster adds.
+    added = med(r[1] - r[0] for r in rows["lat"])
+    print(f"| producer → client, p50 of deltas at {rate} records/s | {s:.1f} ms | {c:.1f} ms | {added:+.1f} ms (runs {', '.join(f'{r[1] - r[0]:+.1f}' for r in rows['lat'])}) |")

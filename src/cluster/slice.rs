@@ -98,6 +98,9 @@ pub struct Slice {
     next_checkpoint: Instant,
     /// When [`Slice::start`] began: the caught-up log says how long taking it took.
     taken: Instant,
+    /// The buffer each published record is encoded into (its capacity kept: a catch-up's
+    /// frames are hundreds of KB, and a fresh buffer per record faulted its pages in anew).
+    scratch: Vec<u8>,
 }
 
 /// Why a slice's producer can publish no more: Kafka fenced it (another producer took the
@@ -209,6 +212,7 @@ impl Slice {
             last_publish: now,
             next_checkpoint: now + context.checkpoint_interval,
             taken: started,
+            scratch: Vec::new(),
         })
     }
 
@@ -421,20 +425,23 @@ impl Slice {
                     record: BaseRecord<'_, [u8], [u8]>| {
             producer.send(record).map_err(|(error, _)| error)
         };
+        // librdkafka copies each record's bytes as it is sent: one buffer serves them all.
+        let scratch = &mut self.scratch;
+        frame.encode_into(scratch);
         send(
             &self.producer,
             BaseRecord::to(&cluster.frames_topic)
                 .partition(0)
                 .key(slice_key.as_bytes())
-                .payload(&frame.encode()),
+                .payload(scratch.as_slice()),
         )?;
-        let head = frame.head.encode();
+        frame.head.encode_into(scratch);
         send(
             &self.producer,
             BaseRecord::to(&cluster.slices_topic)
                 .partition(self.number)
                 .key(wire::HEAD_KEY.as_bytes())
-                .payload(&head),
+                .payload(scratch.as_slice()),
         )?;
         let Phase::Live { builder } = &self.phase else {
             unreachable!("a frame is built live")
@@ -444,12 +451,13 @@ impl Slice {
                 continue;
             };
             let key = wire::store_key(id);
+            wire::encode_view_into(view, scratch);
             send(
                 &self.producer,
                 BaseRecord::to(&cluster.slices_topic)
                     .partition(self.number)
                     .key(key.as_bytes())
-                    .payload(&wire::encode_view(view)),
+                    .payload(scratch.as_slice()),
             )?;
         }
         for letter in &self.dead_letters {

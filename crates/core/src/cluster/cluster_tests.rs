@@ -153,12 +153,21 @@ proptest! {
                 };
                 let builder = slice.builder.as_ref().expect("built");
                 let records = changelog.entry(number).or_default();
-                records.insert(wire::HEAD_KEY.into(), frame.head.encode());
+                // The aggregator encodes into one buffer per slice, record after record: a
+                // buffer that held a longer record gives the same bytes as a fresh one.
+                let mut reused = vec![0xAB; 1 << 16];
+                frame.head.encode_into(&mut reused);
+                assert_eq!(reused, frame.head.encode());
+                records.insert(wire::HEAD_KEY.into(), reused.clone());
                 for id in frame.stores.keys() {
                     let view = builder.view(&StoreId(id.clone())).expect("a changed store's view");
-                    records.insert(wire::store_key(id), wire::encode_view(view));
+                    wire::encode_view_into(view, &mut reused);
+                    assert_eq!(reused, wire::encode_view(view));
+                    records.insert(wire::store_key(id), reused.clone());
                 }
-                topic.push(frame.encode());
+                frame.encode_into(&mut reused);
+                assert_eq!(reused, frame.encode());
+                topic.push(reused);
             }
             // The first edge (from the start) reads what was published; so does the later
             // one once it has loaded the changelog, and they make the same frames.

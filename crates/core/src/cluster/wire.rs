@@ -96,6 +96,25 @@ struct ViewRecord {
     lists: SkuLists,
 }
 
+/// [`ViewRecord`] borrowed from a view, to encode it without a copy (the same bytes:
+/// postcard writes a reference as its value).
+#[derive(Serialize)]
+struct ViewRecordRef<'a> {
+    counters: &'a DayCounters,
+    per_minute: &'a Vec<MinuteView>,
+    recent_orders: &'a Vec<OrderView>,
+    lists: &'a SkuLists,
+}
+
+/// [`FrameBody`] with its head borrowed.
+#[derive(Serialize)]
+struct FrameBodyRef<'a> {
+    from: Option<SlicePosition>,
+    to: SlicePosition,
+    head: &'a SliceHead,
+    stores: Vec<(&'a str, DeltaRecord)>,
+}
+
 /// A [`StoreDelta`], field by field.
 #[derive(Serialize, Deserialize)]
 struct DeltaRecord {
@@ -141,10 +160,20 @@ impl From<DeltaRecord> for StoreDelta {
     }
 }
 
-fn with_format(body: Vec<u8>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 1);
+/// Writes the format byte and `value` into `out`, replacing what it held and keeping its
+/// capacity: a caller that encodes record after record into one buffer allocates (and
+/// faults in) its pages once, not per record (a frame of a catch-up is hundreds of KB).
+fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    out.clear();
     out.push(FORMAT);
-    out.extend(body);
+    let buffer = std::mem::take(out);
+    *out = postcard::to_extend(value, buffer)
+        .unwrap_or_else(|e| panic!("a cluster record always encodes: {e}"));
+}
+
+fn encoded<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(value, &mut out);
     out
 }
 
@@ -155,24 +184,30 @@ fn body(bytes: &[u8]) -> Result<&[u8], WireError> {
     }
 }
 
-fn postcard_of<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).unwrap_or_else(|e| panic!("a cluster record always encodes: {e}"))
-}
-
 impl SliceFrame {
     /// The frames-topic value.
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// The frames-topic value, written into `out` (see [`encode_into`]).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         let stores = self
             .stores
             .iter()
-            .map(|(id, delta)| (id.clone(), DeltaRecord::from(delta)))
+            .map(|(id, delta)| (id.as_str(), DeltaRecord::from(delta)))
             .collect();
-        with_format(postcard_of(&FrameBody {
-            from: self.from,
-            to: self.to,
-            head: self.head.clone(),
-            stores,
-        }))
+        encode_into(
+            &FrameBodyRef {
+                from: self.from,
+                to: self.to,
+                head: &self.head,
+                stores,
+            },
+            out,
+        );
     }
 
     /// Reads a frames-topic value.
@@ -197,7 +232,12 @@ impl SliceFrame {
 impl SliceHead {
     /// The changelog value of the head.
     pub fn encode(&self) -> Vec<u8> {
-        with_format(postcard_of(self))
+        encoded(self)
+    }
+
+    /// The changelog value of the head, written into `out` (see [`encode_into`]).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        encode_into(self, out);
     }
 
     /// Reads a head's changelog value.
@@ -208,12 +248,22 @@ impl SliceHead {
 
 /// The changelog value of a store's view.
 pub fn encode_view(view: &StoreView) -> Vec<u8> {
-    with_format(postcard_of(&ViewRecord {
-        counters: view.counters.clone(),
-        per_minute: view.per_minute.clone(),
-        recent_orders: view.recent_orders.clone(),
-        lists: view.lists.clone(),
-    }))
+    let mut out = Vec::new();
+    encode_view_into(view, &mut out);
+    out
+}
+
+/// The changelog value of a store's view, written into `out` (see [`encode_into`]).
+pub fn encode_view_into(view: &StoreView, out: &mut Vec<u8>) {
+    encode_into(
+        &ViewRecordRef {
+            counters: &view.counters,
+            per_minute: &view.per_minute,
+            recent_orders: &view.recent_orders,
+            lists: &view.lists,
+        },
+        out,
+    );
 }
 
 /// Reads a store view's changelog value.
