@@ -2,7 +2,8 @@
 // --oversell: they share one stream (a leader tab holds the EventSource and relays it), all
 // show the same exact view, and when the leader closes another takes over and resumes by
 // id without a gap. The first screen at laptop (1440×900) and phone (390×844) size shows
-// what is oversold or sold out, with no horizontal overflow and no text spilling out of
+// what is oversold or sold out, with no horizontal overflow, every element inside its panel
+// (nothing cut or scrolling sideways, no text drawn stretched) and no text spilling out of
 // its card; both are saved as screenshots.
 //
 // Run by scripts/test: STOREPULSE_BIN=target/debug/storepulse node --test tests/browser/
@@ -45,9 +46,35 @@ async function assertFirstScreen(page, name) {
   const layout = await page.evaluate(() => {
     const urgent = document.querySelector('#alerts [data-kind="oversold"], #alerts [data-kind="sold_out"]');
     const box = (el) => el.getBoundingClientRect();
+    const name = (el) => `${el.tagName}#${el.id}.${el.getAttribute('class') ?? ''}`;
     const spilling = [...document.querySelectorAll('.card, .card *, header *, .counts li, .panel h2')]
       .filter((el) => el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX === 'visible')
-      .map((el) => `${el.tagName}#${el.id}.${el.className}: ${el.scrollWidth} > ${el.clientWidth}`);
+      .map((el) => `${name(el)}: ${el.scrollWidth} > ${el.clientWidth}`);
+    // Every element inside its panel's box (a table wider than its panel hides its last
+    // columns, even behind a scroll box), nothing in a panel scrolling sideways, and no
+    // text drawn stretched (an SVG scaled to the chart's shape squashes its text).
+    const outside = [];
+    for (const panel of document.querySelectorAll('.panel, .card')) {
+      const p = box(panel);
+      for (const el of panel.querySelectorAll('*')) {
+        const r = box(el);
+        if (r.width === 0 && r.height === 0) continue;
+        if (r.left < p.left - 1 || r.right > p.right + 1) outside.push(`${name(el)}: ${Math.round(r.left)}..${Math.round(r.right)} outside ${Math.round(p.left)}..${Math.round(p.right)}`);
+      }
+    }
+    // (A name cut with an ellipsis on purpose says so: not counted.)
+    const sideways = [...document.querySelectorAll('.panel, .panel *')]
+      .filter((el) => el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== 'visible'
+        && getComputedStyle(el).textOverflow !== 'ellipsis')
+      .map((el) => `${name(el)}: ${el.scrollWidth} > ${el.clientWidth}`);
+    const stretched = [...document.querySelectorAll('svg text')]
+      .filter((t) => {
+        const drawn = t.getBoundingClientRect();
+        const own = t.getBBox();
+        const ratio = (drawn.width / own.width) / (drawn.height / own.height);
+        return own.width > 0 && own.height > 0 && Math.abs(ratio - 1) > 0.1;
+      })
+      .map((t) => `svg text "${t.textContent}"`);
     return {
       height: window.innerHeight,
       width: document.documentElement.clientWidth,
@@ -57,6 +84,9 @@ async function assertFirstScreen(page, name) {
       actionTop: box(document.getElementById('action')).top,
       cardsTop: box(document.querySelector('.cards')).top,
       spilling,
+      outside,
+      sideways,
+      stretched,
     };
   });
   assert.ok(layout.urgentBottom <= layout.height, `${name}: an oversold/sold-out alert is above the fold (${layout.urgentBottom} > ${layout.height})`);
@@ -64,6 +94,9 @@ async function assertFirstScreen(page, name) {
   assert.ok(layout.actionTop < layout.cardsTop, `${name}: what needs action comes before the cards`);
   assert.ok(layout.scrollWidth <= layout.width, `${name}: no horizontal overflow (${layout.scrollWidth} > ${layout.width})`);
   assert.deepEqual(layout.spilling, [], `${name}: no text overflows its box`);
+  assert.deepEqual(layout.outside, [], `${name}: every element inside its panel`);
+  assert.deepEqual(layout.sideways, [], `${name}: nothing in a panel scrolls sideways`);
+  assert.deepEqual(layout.stretched, [], `${name}: no text drawn stretched`);
   const urgent = await page.evaluate(() => ['oversold', 'sold_out']
     .map((kind) => Number(document.getElementById(`count-${kind}`).textContent.replace(/\D/g, '')))
     .reduce((a, b) => a + b, 0));

@@ -429,7 +429,15 @@ function bars(svg, from, points, label) {
     const h = (p.value / max) * 140;
     return `<rect x="${(slot * width + 1).toFixed(1)}" y="${(150 - h).toFixed(1)}" width="${(width - 2).toFixed(1)}" height="${h.toFixed(1)}"><title>${p.title}</title></rect>`;
   });
-  svg.innerHTML = `${rects.join('')}<text x="2" y="10">max ${label(max)}</text>`;
+  svg.innerHTML = rects.join('');
+  // The peak as HTML above the chart: text inside the stretched SVG (preserveAspectRatio
+  // "none") was squashed or widened with the chart's shape.
+  let peak = svg.parentElement.querySelector('.peak');
+  if (!peak) {
+    peak = el('div', { class: 'peak', 'aria-hidden': 'true' });
+    svg.before(peak);
+  }
+  peak.textContent = `max ${label(max)}`;
   svg.setAttribute('aria-label', `${svg.getAttribute('aria-label').split(':')[0]}: ${points.length} minutes with orders, peak ${label(max)}`);
   svg.dataset.points = JSON.stringify(points.map((p) => [p.minute, p.value]));
   // The time axis: the window's start, every quarter hour, its last minute (redrawn only
