@@ -577,3 +577,30 @@ fn dead_letter_headers<M: Message>(
     }
     headers
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{is_fatal, is_fenced};
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    /// Only a fence holds a slice back (another aggregator likely owns it); any other fatal
+    /// error replaces the producer at once, and an abortable one keeps it.
+    #[test]
+    fn a_fence_is_told_apart_from_other_fatal_errors() {
+        for code in [
+            RDKafkaErrorCode::ProducerFenced,
+            RDKafkaErrorCode::Fenced,
+            RDKafkaErrorCode::InvalidProducerEpoch,
+        ] {
+            let error = KafkaError::MessageProduction(code);
+            assert!(is_fenced(&error) && is_fatal(&error), "{code:?}");
+        }
+        let fatal = KafkaError::Global(RDKafkaErrorCode::Fatal);
+        assert!(is_fatal(&fatal) && !is_fenced(&fatal));
+        let refused = KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTransactionalState);
+        assert!(!is_fenced(&refused));
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        assert!(!is_fatal(&timed_out) && !is_fenced(&timed_out));
+    }
+}

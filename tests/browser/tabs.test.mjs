@@ -71,8 +71,9 @@ async function assertFirstScreen(page, name) {
       .filter((t) => {
         const drawn = t.getBoundingClientRect();
         const own = t.getBBox();
+        if (own.width === 0 || own.height === 0) return false;
         const ratio = (drawn.width / own.width) / (drawn.height / own.height);
-        return own.width > 0 && own.height > 0 && Math.abs(ratio - 1) > 0.1;
+        return Math.abs(ratio - 1) > 0.1;
       })
       .map((t) => `svg text "${t.textContent}"`);
     return {
