@@ -168,7 +168,7 @@ pub(crate) fn wire(
         stream: Arc::new(settings.stream.clone()),
         stop: stages.http.clone(),
         drain: Arc::clone(&stages.drain),
-        progress: Default::default(),
+        watchers: crate::http::watchers::Watchers::new(Arc::clone(&metrics)),
         retry: crate::http::retry_line(settings.stream.retry),
         replays: Arc::new(crate::replay::stream::ReplayService::new(
             Arc::new(settings.clone()),

@@ -249,6 +249,12 @@ pub struct Metrics {
     pub slice_reloads: Counter,
     /// A cluster aggregator's slices: owned now.
     pub slices_owned: Gauge,
+    /// Live streams open on every store and the rollup.
+    pub watchers_rollup: Gauge,
+    /// Stores with at least one live stream open on them.
+    pub watched_stores: Gauge,
+    /// The most live streams open on one store.
+    pub watchers_most: Gauge,
     /// Slices this aggregator took (at start or by a rebalance).
     pub slices_taken: Counter,
     /// Slices this aggregator dropped because Kafka fenced its producer (another owns them).
@@ -431,6 +437,9 @@ impl Metrics {
             lagged_subscribers: Counter::default(),
             slice_reloads: Counter::default(),
             slices_owned: Gauge::default(),
+            watchers_rollup: Gauge::default(),
+            watched_stores: Gauge::default(),
+            watchers_most: Gauge::default(),
             slices_taken: Counter::default(),
             slices_fenced: Counter::default(),
             slices_revoked: Counter::default(),
@@ -695,6 +704,21 @@ impl Metrics {
             "Slices a cluster aggregator owns now",
             self.slices_owned.clone(),
         );
+        r.register(
+            "watchers_rollup",
+            "Live streams open on every store and the rollup (this process's)",
+            self.watchers_rollup.clone(),
+        );
+        r.register(
+            "watched_stores",
+            "Stores with at least one live stream of their own open (this process's)",
+            self.watched_stores.clone(),
+        );
+        r.register(
+            "watchers_most",
+            "The most live streams open on one store (this process's)",
+            self.watchers_most.clone(),
+        );
         let histograms: [(&str, &str, Unit, &Histogram); 2] = [
             (
                 "produce_to_frame",
@@ -835,7 +859,7 @@ mod tests {
             .filter_map(|l| l.split_whitespace().next())
             .collect();
         // 48 registered; the freshness and per-partition families show once they have a series.
-        assert_eq!(names.len(), 49, "{names:?}");
+        assert_eq!(names.len(), 52, "{names:?}");
         for name in names {
             assert!(
                 operations.contains(&format!("storepulse_{name}")),

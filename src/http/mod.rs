@@ -32,6 +32,7 @@ pub mod listener;
 mod replay;
 pub mod server;
 mod stream;
+pub mod watchers;
 pub use stream::retry_line;
 #[cfg(test)]
 mod tests;
@@ -58,8 +59,9 @@ pub struct AppState {
     pub stop: CancellationToken,
     /// The drain before the stop: readiness false, streams ending at their turns.
     pub drain: Arc<drain::Drain>,
-    /// The heartbeat's `progress` event, encoded once per change for every stream.
-    pub progress: Arc<stream::SharedProgress>,
+    /// The open streams per scope, and the heartbeat's `progress` event of each scope,
+    /// encoded once per change for its streams.
+    pub watchers: Arc<watchers::Watchers>,
     /// The `retry:` line every stream opens with (`stream.retry`), encoded once.
     pub retry: Arc<crate::live::Encoded>,
     /// Replays streamed to dashboards.

@@ -11,6 +11,7 @@
 //! the same pieces are written in their shared deflated form.
 
 use super::listener::{Connection, KillSwitch};
+use super::watchers::Watching;
 use super::{ApiError, AppState};
 use crate::auth::Principal;
 use crate::events::StoreId;
@@ -25,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::oneshot;
@@ -140,40 +141,6 @@ fn stream_end(
     }
 }
 
-/// The newest `progress` event, shared by every stream's heartbeat until it changes.
-#[derive(Debug, Default)]
-pub struct SharedProgress(Mutex<Option<(ProgressKey, Arc<Encoded>)>>);
-
-/// What a `progress` event says: the newest event time and the consumer lag.
-type ProgressKey = (i64, i64);
-
-impl SharedProgress {
-    /// The `progress` event of the newest event time and the consumer lag, encoded once.
-    fn event(&self, app: &AppState) -> Arc<Encoded> {
-        let key = (
-            app.status.borrow().newest_event_time,
-            app.metrics.control.consumer_lag().unwrap_or(-1),
-        );
-        let mut held = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match held.as_ref() {
-            Some((built_for, event)) if *built_for == key => Arc::clone(event),
-            _ => {
-                let progress = json!({ "as_of_ms": key.0, "lag": key.1 });
-                let event = Arc::new(Encoded::new(live::sse_event(
-                    "progress",
-                    None,
-                    progress.to_string().as_bytes(),
-                )));
-                *held = Some((key, Arc::clone(&event)));
-                event
-            }
-        }
-    }
-}
-
 /// Asks the engine for a subscription. The answer may wait for rule 4 (bounded by
 /// `stream.resume_wait`, decided by the engine).
 async fn subscribe(
@@ -274,6 +241,7 @@ pub(super) async fn stream(
     let traced =
         crate::telemetry::connection_traced(headers.get("traceparent").map(HeaderValue::as_bytes));
     let client = Client {
+        watching: app.watchers.join(store.clone()),
         hub,
         retry: Arc::clone(&app.retry),
         store,
@@ -366,9 +334,19 @@ struct Client {
     traced: bool,
     /// When the stream ends by itself, and why.
     ends: Option<(tokio::time::Instant, DisconnectReason)>,
+    /// Its place in its scope's count of watchers.
+    watching: Watching,
 }
 
 impl Client {
+    /// The scope's shared `progress` event: newest event time, lag, watchers.
+    fn progress(&self, app: &AppState) -> Arc<Encoded> {
+        self.watching.progress(
+            app.status.borrow().newest_event_time,
+            app.metrics.control.consumer_lag().unwrap_or(-1),
+        )
+    }
+
     /// The bytes of shared pieces for this client's scope and encoding.
     fn bytes_of(&self, pieces: &[Piece], metrics: &Metrics) -> Vec<Bytes> {
         pieces
@@ -536,7 +514,7 @@ fn writer(
                     };
                     writes
                 }
-                _ = ticker.tick() => Some(vec![app.progress.event(&app).for_encoding(client.encoding)]),
+                _ = ticker.tick() => Some(vec![client.progress(&app).for_encoding(client.encoding)]),
                 () = app.stop.cancelled() => {
                     guard.ending = Some(DisconnectReason::Shutdown);
                     break;

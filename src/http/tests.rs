@@ -59,6 +59,16 @@ impl TestServer {
         access: super::access::AccessControl,
         pace: Option<Duration>,
     ) -> TestServer {
+        TestServer::start_tuned(resume_wait, access, pace, |_| {})
+    }
+
+    /// Like [`TestServer::start_configured`]; `tune` changes the other stream settings.
+    fn start_tuned(
+        resume_wait: Duration,
+        access: super::access::AccessControl,
+        pace: Option<Duration>,
+        tune: impl FnOnce(&mut crate::config::StreamSection),
+    ) -> TestServer {
         let settings = Settings::load(None, &Default::default()).expect("default settings");
         let metrics = Arc::new(Metrics::default());
         let (requests_tx, mut requests) = mpsc::channel::<Request>(64);
@@ -115,6 +125,7 @@ impl TestServer {
         if let Some(pace) = pace {
             stream.frame_interval = pace;
         }
+        tune(&mut stream);
         let router = app(AppState {
             hub: Arc::new(std::sync::OnceLock::from(hub)),
             requests: requests_tx,
@@ -124,12 +135,12 @@ impl TestServer {
                 CheckpointStore::connect_lazy("postgres://postgres@127.0.0.1:1/none", "g")
                     .expect("a lazy pool"),
             ),
+            watchers: super::watchers::Watchers::new(Arc::clone(&metrics)),
             metrics,
             max_lag: 1_000,
             stream: Arc::new(stream),
             stop: CancellationToken::new(),
             drain: Arc::new(crate::http::drain::Drain::new(Duration::ZERO)),
-            progress: Default::default(),
             retry: super::stream::retry_line(settings.stream.retry),
             replays: Arc::new(crate::replay::stream::ReplayService::new(
                 Arc::new(crate::config::defaults().clone()),
@@ -1061,4 +1072,74 @@ async fn a_stream_ends_at_its_tokens_expiry_with_a_session_expired_event() {
         started.elapsed() >= Duration::from_millis(500),
         "not before its expiry"
     );
+}
+
+/// The heartbeat's `progress` event says how many streams watch its scope, and the gauges
+/// count them; a stream that ends leaves the count.
+#[tokio::test]
+async fn progress_events_say_how_many_streams_watch_their_scope() {
+    let mut server = TestServer::start_tuned(
+        Duration::from_secs(1),
+        super::access::AccessControl::open(),
+        None,
+        |stream| stream.heartbeat = Duration::from_millis(100),
+    );
+    server.feed(100);
+    let berlin = "/api/stream?store=store-berlin";
+    let first = server.get(berlin, &[]).await;
+    let second = server.get(berlin, &[]).await;
+    let everything = server.get("/api/stream", &[]).await;
+    let mut first = first.into_body();
+    let mut second = second.into_body();
+    let mut everything = everything.into_body();
+    assert_eq!(watching(&mut first).await, 2);
+    assert_eq!(watching(&mut second).await, 2);
+    assert_eq!(
+        watching(&mut everything).await,
+        1,
+        "the rollup is its own scope"
+    );
+    let metrics =
+        String::from_utf8(body(server.get("/metrics", &[]).await).await.to_vec()).expect("text");
+    for line in [
+        "storepulse_watched_stores 1",
+        "storepulse_watchers_most 2",
+        "storepulse_watchers_rollup 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    drop(second);
+    // The dropped stream's body ends its writer, which leaves the count.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = watching(&mut first).await;
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {n} watching");
+    }
+}
+
+/// The `watching` of a stream's next progress event.
+async fn watching(body: &mut axum::body::Body) -> u64 {
+    let mut parser = SseParser::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("a progress event within 10 s")
+            .expect("open")
+            .expect("a frame");
+        let mut found = None;
+        if let Ok(data) = frame.into_data() {
+            parser.push(&data, |e| {
+                if e.event == "progress" {
+                    let progress: serde_json::Value = serde_json::from_slice(e.data).expect("JSON");
+                    found = progress["watching"].as_u64();
+                }
+            });
+        }
+        if let Some(n) = found {
+            return n;
+        }
+    }
 }

@@ -190,6 +190,8 @@ test('at the subscriber cap the page waits as Retry-After says, shows why, and c
     holder.abort();
     await waitFor('Live once a slot is free', async () => (await page.textContent('#connection')) === 'Live', 40_000);
     await waitFor('the banner gone once connected', async () => page.isHidden('#stale'), 3_000);
+    // The heartbeat says who watches this scope: this page's stream only (the holder left).
+    await waitFor('"1 watching" shown', async () => (await page.textContent('#freshness')).includes('1 watching'), 5_000).catch(async (e) => { throw new Error(`${e.message}: ${await page.textContent('#freshness')}`); });
     // Nothing is produced any more: heartbeats (every second here) keep coming, but they
     // are not data, so the page turns stale after 4 s without a delta.
     await waitFor('stale without new events', async () => (await page.textContent('#stale')).includes('no new events'), 20_000);

@@ -37,6 +37,7 @@ const state = {
   dataAt: 0, // the last snapshot or delta: the numbers moved
   asOfMs: null,
   lag: null,
+  watching: null, // streams open on this scope at the server (a browser's tabs share one)
   frames: 0,
   seenAlerts: new Set(JSON.parse(sessionStorage.getItem('storepulse.alerts') ?? '[]')),
   notify: false,
@@ -79,6 +80,7 @@ function handle(type, data, id) {
     const progress = JSON.parse(data);
     if (progress.as_of_ms) state.asOfMs = progress.as_of_ms;
     state.lag = progress.lag >= 0 ? progress.lag : null;
+    state.watching = progress.watching ?? null;
   }
   schedule();
 }
@@ -155,7 +157,7 @@ function joinScope() {
     if (tab.leader) {
       // A new tab asks for the view so far; the events after it follow in order.
       if (m.kind === 'hello' && state.view) {
-        channel.postMessage({ kind: 'state', data: JSON.stringify(state.view), id: state.lastId, status: state.status, lag: state.lag });
+        channel.postMessage({ kind: 'state', data: JSON.stringify(state.view), id: state.lastId, status: state.status, lag: state.lag, watching: state.watching });
       }
       return;
     }
@@ -163,6 +165,7 @@ function joinScope() {
     else if (m.kind === 'state' && !state.view) {
       handle('snapshot', m.data, m.id);
       state.lag = m.lag;
+      state.watching = m.watching ?? null;
       setStatus(m.status);
     } else if (m.kind === 'status') setStatus(m.status);
   };
@@ -229,6 +232,7 @@ function startReplay(from, to, speed) {
   state.lastId = null;
   state.dataAt = 0;
   state.lag = null;
+  state.watching = null;
   setStatus('replay');
   openReplay(null);
   schedule();
@@ -565,6 +569,7 @@ function renderFreshness() {
   if (state.asOfMs) parts.push(`newest event ${ago(now - state.asOfMs)}`);
   if (state.dataAt) parts.push(`data ${ago(now - state.dataAt)}`);
   if (state.lag != null) parts.push(`lag ${number.format(state.lag)}`);
+  if (state.watching) parts.push(`${number.format(state.watching)} watching`);
   const freshness = parts.join(' · ') || 'waiting for data';
   if ($('freshness').textContent !== freshness) $('freshness').textContent = freshness;
   // Heartbeats keep the connection alive but are not data: stale means no snapshot or
