@@ -64,6 +64,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "STOREPULSE_AUTH_METRICS_NAME_STORES",
         "auth.metrics_name_stores",
     ),
+    ("STOREPULSE_AUTH_RENEW_URL", "auth.renew_url"),
     ("STOREPULSE_STREAM_MAX_LIFETIME", "stream.max_lifetime"),
     (
         "STOREPULSE_LIMIT_STREAMS_PER_CLIENT",
@@ -401,6 +402,30 @@ pub struct AuthSection {
     pub protect_metrics: bool,
     /// Whether unprotected `/metrics` may name stores (label values) with auth on.
     pub metrics_name_stores: bool,
+    /// Where the dashboard fetches a fresh token to renew its session, empty for none.
+    pub renew_url: String,
+}
+
+impl AuthSection {
+    /// The origin `auth.renew_url` is fetched from: `Some("")` for a path on this origin,
+    /// `Some("https://host[:port]")` for an absolute URL; `None` when it is neither.
+    pub fn renew_origin(&self) -> Option<&str> {
+        let url = self.renew_url.as_str();
+        if url
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == ';')
+        {
+            return None;
+        }
+        if url.starts_with('/') && !url.starts_with("//") {
+            return Some("");
+        }
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))?;
+        let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        (host_end > 0).then(|| &url[..url.len() - rest.len() + host_end])
+    }
 }
 
 /// `[stream]`
@@ -803,6 +828,12 @@ impl Settings {
                 "must be at least 32 bytes (e.g. openssl rand -base64 48)",
             ));
         }
+        if !self.auth.renew_url.is_empty() && self.auth.renew_origin().is_none() {
+            return Err(invalid(
+                "auth.renew_url",
+                "must be a path on this origin (/…) or an https:// (or http://) URL without spaces or quotes",
+            ));
+        }
         Ok(())
     }
 
@@ -905,6 +936,38 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn a_renew_url_is_a_path_here_or_an_http_url_whose_origin_the_page_may_fetch() {
+        let origin = |url: &str| {
+            let mut auth = defaults().auth.clone();
+            auth.renew_url = url.into();
+            auth.renew_origin().map(str::to_owned)
+        };
+        assert_eq!(origin("/sso/token").as_deref(), Some(""));
+        assert_eq!(
+            origin("https://id.shop.example:8443/token?for=storepulse").as_deref(),
+            Some("https://id.shop.example:8443")
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:9/t").as_deref(),
+            Some("http://127.0.0.1:9")
+        );
+        for bad in [
+            "//evil.example/t",
+            "javascript:alert(1)",
+            "https://",
+            "/a b",
+            "https://x; script-src *",
+        ] {
+            assert_eq!(origin(bad), None, "{bad}");
+        }
+        let refused = Settings::load(None, &env(&[("STOREPULSE_AUTH_RENEW_URL", "ftp://x/")]));
+        assert!(
+            matches!(refused, Err(ConfigError::Invalid { ref key, .. }) if key == "auth.renew_url"),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -858,7 +858,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE storepulse_"))
             .filter_map(|l| l.split_whitespace().next())
             .collect();
-        // 48 registered; the freshness and per-partition families show once they have a series.
+        // 51 registered; the freshness and per-partition families show once they have a series.
         assert_eq!(names.len(), 52, "{names:?}");
         for name in names {
             assert!(

@@ -4,6 +4,7 @@
 //! scopes are `crate::auth`; each handler checks its store against the request's
 //! [`Principal`] with [`check_store`].
 
+use super::sessions::{Renewal, SESSION_ID_COOKIE};
 use super::{ApiError, AppState};
 use crate::auth::{Access, AuthError, Principal, Role, Verifier};
 use crate::events::StoreId;
@@ -37,6 +38,12 @@ pub struct AccessControl {
     pub protect_metrics: bool,
     /// Origins allowed to call from a browser page.
     pub cors_origins: Vec<String>,
+    /// Where the page fetches a fresh token to renew its session (`auth.renew_url`).
+    pub renew_url: Option<String>,
+    /// That URL's origin when it is another than this one (for the page's CSP), else empty.
+    pub renew_origin: String,
+    /// The sessions whose streams follow their renewals.
+    pub sessions: Arc<super::sessions::Sessions>,
 }
 
 impl AccessControl {
@@ -84,6 +91,9 @@ impl AccessControl {
             verifier,
             protect_metrics: auth.protect_metrics,
             cors_origins: settings.http.cors_origins.clone(),
+            renew_url: Some(auth.renew_url.clone()).filter(|u| !u.is_empty()),
+            renew_origin: auth.renew_origin().unwrap_or_default().to_owned(),
+            sessions: Arc::default(),
         })
     }
 }
@@ -95,6 +105,9 @@ impl AccessControl {
             verifier: None,
             protect_metrics: false,
             cors_origins: Vec::new(),
+            renew_url: None,
+            renew_origin: String::new(),
+            sessions: Arc::default(),
         }
     }
 }
@@ -292,6 +305,7 @@ fn describe(app: &AppState, principal: &Principal) -> serde_json::Value {
         "stores": principal.stores_json(),
         "role": principal.role.as_str(),
         "expires_at_ms": principal.expires_at_ms,
+        "renew_url": app.access.renew_url,
     })
 }
 
@@ -304,7 +318,9 @@ pub async fn current(State(app): State<AppState>, headers: HeaderMap) -> Respons
 }
 
 /// `POST /api/session` with `Authorization: Bearer`: the token, verified, as an HttpOnly
-/// cookie for the page's EventSource (which cannot send headers), until the token expires.
+/// cookie for the page's EventSource (which cannot send headers), until the token expires,
+/// and the session's id in its own cookie. With the id of a session whose streams hold the
+/// same grant, it renews them: they continue to the new token's expiry (`sessions`).
 pub async fn create(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let Some(verifier) = &app.access.verifier else {
         return axum::Json(describe(&app, &Principal::anonymous())).into_response();
@@ -318,25 +334,48 @@ pub async fn create(State(app): State<AppState>, headers: HeaderMap) -> Response
     };
     let now_ms = crate::wall_clock::unix_ms();
     let max_age = (principal.expires_at_ms.unwrap_or(now_ms) - now_ms).max(0) / 1000;
-    let cookie = format!(
-        "{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
-    );
-    let mut response = axum::Json(describe(&app, &principal)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
+    let sessions = &app.access.sessions;
+    let (id, renewed) = match super::sessions::id_of(&headers) {
+        Some(id) => match sessions.renew(id, &principal) {
+            Renewal::Renewed => (id.to_owned(), true),
+            Renewal::Kept => (id.to_owned(), false),
+            Renewal::New => (super::sessions::new_id(), false),
+        },
+        None => (super::sessions::new_id(), false),
+    };
+    let mut body = describe(&app, &principal);
+    body["renewed"] = json!(renewed);
+    let mut response = axum::Json(body).into_response();
+    for cookie in [
+        format!(
+            "{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
+        ),
+        format!(
+            "{SESSION_ID_COOKIE}={id}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
+        ),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
     }
     response
 }
 
-/// `DELETE /api/session`: forgets the cookie.
-pub async fn end() -> Response {
+/// `DELETE /api/session`: signs out: the session's streams end now (`session-expired`) and
+/// the cookies are forgotten.
+pub async fn end(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(id) = super::sessions::id_of(&headers) {
+        app.access.sessions.revoke(id);
+    }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&format!(
-            "{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"
-        ))
-        .expect("ascii"),
-    );
+    for name in [SESSION_COOKIE, SESSION_ID_COOKIE] {
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&format!(
+                "{name}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"
+            ))
+            .expect("ascii"),
+        );
+    }
     response
 }

@@ -31,6 +31,7 @@ pub mod limits;
 pub mod listener;
 mod replay;
 pub mod server;
+pub mod sessions;
 mod stream;
 pub mod watchers;
 pub use stream::retry_line;
@@ -303,7 +304,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", metrics_route)
-        .merge(dashboard::routes())
+        .merge(dashboard::routes(&state.access.renew_origin))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(

@@ -11,6 +11,7 @@
 //! the same pieces are written in their shared deflated form.
 
 use super::listener::{Connection, KillSwitch};
+use super::sessions::Attached;
 use super::watchers::Watching;
 use super::{ApiError, AppState};
 use crate::auth::Principal;
@@ -123,21 +124,59 @@ pub(super) fn session_expired_event() -> Bytes {
     SESSION_EXPIRED.for_encoding(Encoding::Identity)
 }
 
-/// When a stream ends by itself, and why: the token's expiry or `stream.max_lifetime`,
-/// whichever comes first.
-fn stream_end(
-    principal: &Principal,
-    max_lifetime: Duration,
-) -> Option<(tokio::time::Instant, DisconnectReason)> {
-    let now = tokio::time::Instant::now();
-    let expiry = principal
-        .session_left()
-        .map(|left| (now + left, DisconnectReason::SessionExpired));
-    let lifetime =
-        (!max_lifetime.is_zero()).then(|| (now + max_lifetime, DisconnectReason::Lifetime));
-    match (expiry, lifetime) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+/// When a stream ends by itself: its session's expiry, which a renewal moves on, or its
+/// `stream.max_lifetime`, whichever comes first.
+struct Ending {
+    /// The token's expiry (Unix ms), for a stream not attached to a session.
+    token_expiry_ms: Option<i64>,
+    /// The session it follows (opened with the session cookies), if any.
+    session: Option<Attached>,
+    /// `stream.max_lifetime` after it opened.
+    lifetime_ends: Option<tokio::time::Instant>,
+}
+
+impl Ending {
+    fn new(principal: &Principal, session: Option<Attached>, max_lifetime: Duration) -> Ending {
+        Ending {
+            token_expiry_ms: principal.expires_at_ms,
+            session,
+            lifetime_ends: (!max_lifetime.is_zero())
+                .then(|| tokio::time::Instant::now() + max_lifetime),
+        }
+    }
+
+    /// When and why, as things stand now.
+    fn at(&self) -> Option<(tokio::time::Instant, DisconnectReason)> {
+        let expiry_ms = match &self.session {
+            Some(session) => Some(*session.expiry.borrow()),
+            None => self.token_expiry_ms,
+        };
+        let expiry = expiry_ms.map(|at_ms| {
+            let left =
+                u64::try_from(at_ms.saturating_sub(crate::wall_clock::unix_ms())).unwrap_or(0);
+            (
+                tokio::time::Instant::now() + Duration::from_millis(left),
+                DisconnectReason::SessionExpired,
+            )
+        });
+        let lifetime = self
+            .lifetime_ends
+            .map(|at| (at, DisconnectReason::Lifetime));
+        match (expiry, lifetime) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Resolves when a renewal (or a sign-out) moved the session's expiry; never without a
+    /// session.
+    async fn moved(session: &mut Option<tokio::sync::watch::Receiver<i64>>) {
+        let Some(expiry) = session else {
+            return std::future::pending().await;
+        };
+        if expiry.changed().await.is_err() {
+            *session = None;
+        }
     }
 }
 
@@ -240,6 +279,10 @@ pub(super) async fn stream(
     guard.stalled = Some(stall.fired());
     let traced =
         crate::telemetry::connection_traced(headers.get("traceparent").map(HeaderValue::as_bytes));
+    // Opened with the session cookies (not a header): it follows the session's renewals.
+    let session = super::sessions::id_of(&headers)
+        .filter(|_| !headers.contains_key(header::AUTHORIZATION))
+        .and_then(|id| app.access.sessions.attach(id, &principal));
     let client = Client {
         watching: app.watchers.join(store.clone()),
         hub,
@@ -248,7 +291,7 @@ pub(super) async fn stream(
         encoding,
         last_seq: subscription.last_seq,
         traced,
-        ends: stream_end(&principal, app.stream.max_lifetime),
+        ending: Ending::new(&principal, session, app.stream.max_lifetime),
     };
     Ok(sse_response(
         Body::from_stream(writer(app, client, subscription, stall, guard)),
@@ -333,7 +376,7 @@ struct Client {
     /// Frames that carried sampled records get a `write` span on this connection.
     traced: bool,
     /// When the stream ends by itself, and why.
-    ends: Option<(tokio::time::Instant, DisconnectReason)>,
+    ending: Ending,
     /// Its place in its scope's count of watchers.
     watching: Watching,
 }
@@ -469,11 +512,9 @@ fn writer(
         }
         let heartbeat = app.stream.heartbeat;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-        let ends_by_itself = client.ends.is_some();
-        let (end_at, end_reason) = client
-            .ends
-            .unwrap_or((tokio::time::Instant::now(), DisconnectReason::Lifetime));
-        let ended = tokio::time::sleep_until(end_at);
+        let mut ends = client.ending.at();
+        let mut renewals = client.ending.session.as_ref().map(|s| s.expiry.clone());
+        let ended = tokio::time::sleep_until(ends.map_or_else(tokio::time::Instant::now, |e| e.0));
         tokio::pin!(ended);
         let drain = Arc::clone(&app.drain);
         let turn = drain.next_turn();
@@ -523,7 +564,15 @@ fn writer(
                     guard.ending = Some(DisconnectReason::Shutdown);
                     break;
                 }
-                () = &mut ended, if ends_by_itself => {
+                () = Ending::moved(&mut renewals) => {
+                    ends = client.ending.at();
+                    if let Some((at, _)) = ends {
+                        ended.as_mut().reset(at);
+                    }
+                    Some(Vec::new())
+                }
+                () = &mut ended, if ends.is_some() => {
+                    let end_reason = ends.map_or(DisconnectReason::Lifetime, |e| e.1);
                     guard.ending = Some(end_reason);
                     if end_reason == DisconnectReason::SessionExpired {
                         yield Ok(SESSION_EXPIRED.for_encoding(client.encoding));

@@ -729,6 +729,9 @@ fn jwt_access(protect_metrics: bool) -> super::access::AccessControl {
             .map(Arc::new),
         protect_metrics,
         cors_origins: vec!["https://ops.example".into()],
+        renew_url: Some("https://shop.example/storepulse-token".into()),
+        renew_origin: "https://shop.example".into(),
+        sessions: Arc::default(),
     }
 }
 
@@ -1142,4 +1145,119 @@ async fn watching(body: &mut axum::body::Body) -> u64 {
             return n;
         }
     }
+}
+
+/// The `name=value` of each `Set-Cookie` of a response, as a `Cookie` header sends them.
+fn cookies_of(response: &axum::response::Response) -> String {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Whether a stream is still open after `wait` (no frame: nothing was fed) or has ended,
+/// with the names of the events it sent until then.
+async fn open_after(body: &mut axum::body::Body, wait: Duration) -> (bool, Vec<String>) {
+    let mut parser = SseParser::new();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return (true, seen),
+            Ok(None) => return (false, seen),
+            Ok(Some(frame)) => {
+                if let Ok(data) = frame.expect("a frame").into_data() {
+                    parser.push(&data, |e| seen.push(e.event.to_owned()));
+                }
+            }
+        }
+    }
+}
+
+/// A stream opened with the session cookies follows the session: a renewal with a token of
+/// the same grant carries it past its first token's expiry, without a reconnect; signing
+/// out ends it at once with `session-expired`; a token of another grant is a new session.
+#[tokio::test]
+async fn a_renewed_session_keeps_its_streams_open_and_signing_out_ends_them() {
+    use crate::auth::Role::Viewer;
+    let mut server = TestServer::start_with(Duration::from_secs(1), jwt_access(false));
+    server.feed(100);
+    let post = |cookies: String, token: String| {
+        let router = server.router.clone();
+        async move {
+            let mut request = HttpRequest::post("/api/session")
+                .header("authorization", format!("Bearer {token}"));
+            if !cookies.is_empty() {
+                request = request.header("cookie", cookies);
+            }
+            router
+                .oneshot(request.body(Body::empty()).expect("request"))
+                .await
+                .expect("infallible")
+        }
+    };
+    let first = post(
+        String::new(),
+        signed(SECRET, Some(&["store-berlin"]), Viewer, 2),
+    )
+    .await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let cookies = cookies_of(&first);
+    assert!(cookies.contains("__Host-storepulse-sid="), "{cookies}");
+    let stream = server
+        .get("/api/stream?store=store-berlin", &[("cookie", &cookies)])
+        .await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut stream = stream.into_body();
+    // Renewed with a token of the same grant before the first one expires.
+    let renewed = post(
+        cookies.clone(),
+        signed(SECRET, Some(&["store-berlin"]), Viewer, 60),
+    )
+    .await;
+    let answer: serde_json::Value = serde_json::from_slice(&body(renewed).await).expect("JSON");
+    assert_eq!(answer["renewed"], true, "{answer}");
+    assert_eq!(answer["renew_url"], "https://shop.example/storepulse-token");
+    let (open, events) = open_after(&mut stream, Duration::from_secs(4)).await;
+    assert!(open, "past the first token's expiry: {events:?}");
+    // A token for other stores renews nothing: it is a new session with a new id.
+    let other = post(
+        cookies.clone(),
+        signed(SECRET, Some(&["store-nyc"]), Viewer, 60),
+    )
+    .await;
+    let other_cookies = cookies_of(&other);
+    let answer: serde_json::Value = serde_json::from_slice(&body(other).await).expect("JSON");
+    assert_eq!(answer["renewed"], false);
+    let sid = |c: &str| {
+        c.split("; ")
+            .find(|p| p.starts_with("__Host-storepulse-sid="))
+            .map(str::to_owned)
+    };
+    assert_ne!(sid(&other_cookies), sid(&cookies), "a new session id");
+    // Signing out ends the session's streams now.
+    let started = Instant::now();
+    let signed_out = server
+        .send(
+            axum::http::Method::DELETE,
+            "/api/session",
+            &[("cookie", &cookies)],
+        )
+        .await;
+    assert_eq!(signed_out.status(), StatusCode::NO_CONTENT);
+    let (open, events) = open_after(&mut stream, Duration::from_secs(5)).await;
+    assert!(!open, "signed out: the stream ended");
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("session-expired"),
+        "{events:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "at once, not at an expiry"
+    );
 }

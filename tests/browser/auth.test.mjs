@@ -8,6 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import http from 'node:http';
 import {
   bin, environment, simulate, simulateInBackground, freePort, startServe, killServe, waitFor,
   total, launch,
@@ -90,5 +91,78 @@ test('a signed-in page sees only its store, and resumes gapless after its token 
   } finally {
     await browser.close();
     await killServe(serve);
+  }
+});
+
+test('a session renewed every 10 s with 20 s tokens keeps one stream open for a minute', async () => {
+  assert.ok(bin, 'STOREPULSE_BIN names the storepulse binary');
+  // The shop's sign-in, which hands the signed-in page a fresh token (CORS, with cookies).
+  const tokens = [];
+  const shop = http.createServer((request, response) => {
+    const fresh = token('store-berlin', '20s');
+    tokens.push(Date.now());
+    response.writeHead(200, {
+      'content-type': 'application/json',
+      'access-control-allow-origin': request.headers.origin ?? '*',
+      'access-control-allow-credentials': 'true',
+      'cache-control': 'no-store',
+    });
+    response.end(JSON.stringify({ token: fresh }));
+  });
+  await new Promise((r) => shop.listen(0, '127.0.0.1', r));
+  const renewEnv = {
+    ...environment('renew'),
+    STOREPULSE_AUTH_MODE: 'jwt',
+    STOREPULSE_AUTH_HS256_SECRET: secret,
+    STOREPULSE_AUTH_RENEW_URL: `http://127.0.0.1:${shop.address().port}/storepulse-token`,
+  };
+  simulate(renewEnv, ['--count', '500', '--rate', '0', '--seed', '53', ...stores,
+    '--start', new Date(Date.now() - 600_000).toISOString()]);
+  const port = await freePort();
+  const serve = startServe(renewEnv, port);
+  const base = `http://127.0.0.1:${port}`;
+  await waitFor('serve ready', async () => (await fetch(`${base}/readyz`)).status === 200);
+  const counter = async (pattern) => {
+    const text = await (await fetch(`${base}/metrics`, { headers: { Authorization: `Bearer ${token('*', '1m')}` } })).text();
+    return Number(text.match(pattern)?.[1] ?? 0);
+  };
+  const browser = await launch();
+  try {
+    const page = await (await browser.newContext()).newPage();
+    const streams = [];
+    page.on('request', (r) => { if (r.resourceType() === 'eventsource') streams.push(r.url()); });
+    await page.goto(`${base}/`);
+    await signIn(page, token('store-berlin', '20s'));
+    await waitFor('Live', async () => (await page.textContent('#connection')) === 'Live');
+    // Events keep coming for the whole minute.
+    const trickle = simulateInBackground(renewEnv, ['--count', '650', '--rate', '10', '--seed', '54', ...stores,
+      '--start', new Date().toISOString()]);
+    const statuses = new Set();
+    const until = Date.now() + 60_000;
+    while (Date.now() < until) {
+      statuses.add(await page.textContent('#connection'));
+      assert.equal(await page.isVisible('#login'), false, 'never asked to sign in again');
+      await new Promise((r) => setTimeout(r, 1_000));
+    }
+    await trickle;
+    const renewals = await page.evaluate(() => window.storepulse.renewals());
+    assert.ok(renewals >= 5, `${renewals} renewals in a minute of 20 s tokens`);
+    assert.ok(tokens.length >= 5, `${tokens.length} tokens fetched`);
+    assert.deepEqual([...statuses], ['Live'], 'Live throughout');
+    assert.equal(streams.length, 1, `one EventSource request: ${streams}`);
+    assert.equal(await counter(/storepulse_disconnects_total\{reason="session_expired"\} (\d+)/), 0, 'no session ended');
+    const opened = await counter(/storepulse_stream_openings_total\{path="shared"\} (\d+)/)
+      + await counter(/storepulse_stream_openings_total\{path="engine"\} (\d+)/);
+    assert.equal(opened, 1, 'the server opened one stream in that minute: no reconnect');
+    // And its numbers are the server's, to the cent.
+    const berlin = token('store-berlin', '1m');
+    const final = await (await fetch(`${base}/api/snapshot?store=store-berlin`, { headers: { Authorization: `Bearer ${berlin}` } })).json();
+    await waitFor('the page to show the snapshot\'s numbers', async () =>
+      await page.evaluate(() => JSON.stringify(window.storepulse.view().stores['store-berlin']))
+        === JSON.stringify(final.stores['store-berlin']), 10_000);
+  } finally {
+    await browser.close();
+    await killServe(serve);
+    shop.close();
   }
 });

@@ -45,6 +45,7 @@ const state = {
   replay: null, // { from, to, speed, store, paused, ended } while watching a past range
   allowed: null, // the token's stores (null: every store and the rollup)
   signedIn: false, // a token session (not access control off)
+  renewals: 0, // sessions renewed without a reconnect
 };
 
 // A replay id is `R1.<tag>.<position>`: its position orders it (docs/api.md).
@@ -642,13 +643,44 @@ function fillStores() {
 
 // ---- signing in -----------------------------------------------------------------------
 
-// What the session allows: the store list, and a store inside it.
+// What the session allows: the store list, and a store inside it; and when to renew it.
 function applySession(session) {
   state.signedIn = session.mode === 'jwt';
   state.allowed = session.stores === '*' ? null : [...session.stores].sort();
   if (state.allowed && !state.allowed.includes(state.store)) state.store = state.allowed[0] ?? '';
   $('logout').hidden = !state.signedIn;
   fillStores();
+  scheduleRenewal(session);
+}
+
+// With `auth.renew_url`, the session is renewed halfway to its expiry: a fresh token from
+// that URL (the shop's own sign-in), posted to /api/session. The server moves the open
+// stream's end to the new expiry: no reconnect, no prompt. If renewing fails it is tried
+// again (at most every 5 s); at the expiry the server ends the stream and the page asks.
+let renewal = null;
+function scheduleRenewal(session) {
+  clearTimeout(renewal);
+  if (session.mode !== 'jwt' || !session.renew_url || !session.expires_at_ms) return;
+  const left = session.expires_at_ms - Date.now();
+  renewal = setTimeout(() => renew(session), Math.max(1_000, left / 2));
+}
+
+async function renew(session) {
+  try {
+    const source = await fetch(session.renew_url, { credentials: 'include', cache: 'no-store' });
+    if (!source.ok) throw new Error(`${session.renew_url}: ${source.status}`);
+    const text = (await source.text()).trim();
+    const token = text.startsWith('{') ? JSON.parse(text).token : text;
+    const response = await fetch('/api/session', { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
+    if (!response.ok) throw new Error(`/api/session: ${response.status}`);
+    const renewed = await response.json();
+    state.renewals += 1;
+    applySession(renewed);
+  } catch (error) {
+    console.warn('session not renewed:', error.message);
+    const left = session.expires_at_ms - Date.now();
+    if (left > 1_000) renewal = setTimeout(() => renew(session), Math.min(5_000, left / 2));
+  }
 }
 
 function askForToken(why) {
@@ -684,6 +716,7 @@ $('login').addEventListener('submit', async (e) => {
 });
 
 $('logout').addEventListener('click', async () => {
+  clearTimeout(renewal);
   await fetch('/api/session', { method: 'DELETE' });
   leaveScope();
   askForToken('Signed out.');
@@ -740,5 +773,6 @@ window.storepulse = {
   role: () => (state.tab?.leader ? 'leader' : 'follower'),
   replay: () => state.replay,
   allowedStores: () => state.allowed,
+  renewals: () => state.renewals,
   alertsShown: () => [...document.querySelectorAll('#alerts [data-alert-id]')].map((li) => li.dataset.alertId),
 };
