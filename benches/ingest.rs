@@ -132,6 +132,7 @@ async fn prefill(settings: &KafkaSettings, events: u64, start_ms: i64) {
             progress_every: Some(Duration::from_secs(5)),
             junk_per_mille: 0,
             key_by_store: false,
+            registry: None,
         },
         CancellationToken::new(),
     )

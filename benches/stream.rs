@@ -121,6 +121,7 @@ async fn main() {
                 progress_every: None,
                 junk_per_mille: 0,
                 key_by_store: false,
+                registry: None,
             },
             CancellationToken::new(),
         )

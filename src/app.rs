@@ -90,6 +90,8 @@ pub(crate) struct Wiring {
     pub(crate) status: watch::Sender<Status>,
     /// Where the hub goes once the layout is known (HTTP reads it from there).
     pub(crate) hub: Arc<OnceLock<Arc<Hub>>>,
+    /// The schema registry's fetcher (`schema_registry.url`), if one is configured.
+    pub(crate) schemas: Option<crate::ingest::schemas::SchemaWait>,
 }
 
 /// How the ingest thread ended: its result, or its panic.
@@ -182,8 +184,12 @@ pub(crate) fn wire(
         )),
         pace_frames: false,
     };
+    let mut codec = Codec::new(&settings.confluent_ids()?).context("schemas")?;
+    codec.set_registry_capacity(settings.schema_registry.max_schemas);
     let wiring = Wiring {
-        codec: Codec::new(&settings.confluent_ids()?).context("schemas")?,
+        schemas: crate::ingest::schemas::SchemaWait::start(&settings.schema_registry, &metrics)
+            .context("schema registry")?,
+        codec,
         aggregate: Arc::new(settings.aggregate_config()?),
         metrics,
         store,
@@ -231,6 +237,7 @@ fn start_pipeline(
         requests: wiring.requests,
         stop: stages.ingest.clone(),
         consumer_errors_log: crate::log_every::LogEvery::new(Duration::from_secs(10)),
+        schemas: wiring.schemas,
     };
     // Its own named OS thread (`top -H` shows `ingest`), tracked like every task.
     let ingest = crate::tasks::spawn_thread(tasks, "ingest", move || ingest.run())

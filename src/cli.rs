@@ -259,6 +259,27 @@ pub struct SchemasArgs {
     /// Confluent Schema Registry ids mapped to schema versions: `17=order_placed.v1,...`.
     #[arg(long, env = "STOREPULSE_CONFLUENT_IDS", default_value = "")]
     confluent_ids: ConfluentIds,
+    #[command(subcommand)]
+    action: Option<SchemasAction>,
+}
+
+/// What `storepulse schemas` does besides listing.
+#[derive(Debug, Subcommand)]
+pub enum SchemasAction {
+    /// Register storepulse's schemas in a schema registry under the topic-name subjects
+    /// (`<topic>-value`; the orders topic's as a union of its two records) with BACKWARD
+    /// compatibility, and print each subject's id. Registering again gives the same ids.
+    Register(RegisterArgs),
+}
+
+/// Options of `storepulse schemas register`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The registry's Confluent-compatible API [default: schema_registry.url].
+    #[arg(long)]
+    registry: Option<String>,
+    #[command(flatten)]
+    kafka: KafkaArgs,
 }
 
 /// Broker and topic names, shared by every subcommand that talks to Kafka. Each one not
@@ -380,6 +401,15 @@ pub struct SimulateArgs {
     /// No progress lines, only the final report.
     #[arg(long, short)]
     quiet: bool,
+    /// Produce in the Confluent framing under this schema registry's ids (its
+    /// Confluent-compatible API, e.g. Apicurio's `http://…/apis/ccompat/v7`), registering
+    /// storepulse's schemas under the topic-name subjects first (`storepulse schemas register`).
+    #[arg(long, env = "STOREPULSE_SIM_SCHEMA_REGISTRY")]
+    schema_registry: Option<String>,
+    /// With --schema-registry: after this many records, register the orders subject's next
+    /// version (`OrderPlaced` with a field added, with a default) and write orders under it.
+    #[arg(long, requires = "schema_registry")]
+    evolve_schema_at: Option<u64>,
 }
 
 impl SimulateArgs {
@@ -416,6 +446,7 @@ impl SimulateArgs {
             progress_every: (!self.quiet).then_some(Duration::from_secs(1)),
             junk_per_mille: self.junk_per_mille,
             key_by_store: self.key == "store",
+            registry: None,
         }
     }
 }
@@ -436,6 +467,10 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(args) => simulate(*args, stop).await,
+        Command::Schemas(SchemasArgs {
+            action: Some(SchemasAction::Register(args)),
+            ..
+        }) => tokio::task::spawn_blocking(move || register_schemas(&args)).await?,
         Command::Schemas(args) => schemas(&args),
         Command::Serve(args) => app::serve(args.settings()?, stop).await,
         Command::Aggregator(args) => crate::cluster::run_aggregator(args.settings()?, stop).await,
@@ -657,6 +692,18 @@ async fn what_if(
     Ok(())
 }
 
+fn register_schemas(args: &RegisterArgs) -> anyhow::Result<()> {
+    let settings = crate::config::Settings::load(None, &std::env::vars().collect())?;
+    let client = crate::registry::client(&settings.schema_registry, args.registry.as_deref())?;
+    let topics = args.kafka.settings().topics;
+    let (_, subjects) = crate::registry::register(&client, &topics, false)?;
+    println!("{:<40} id", "subject (BACKWARD)");
+    for (subject, id) in subjects {
+        println!("{subject:<40} {id}");
+    }
+    Ok(())
+}
+
 fn schemas(args: &SchemasArgs) -> anyhow::Result<()> {
     let codec = Codec::new(&args.confluent_ids).context("schemas do not load")?;
     println!(
@@ -693,7 +740,16 @@ fn schemas(args: &SchemasArgs) -> anyhow::Result<()> {
 
 async fn simulate(args: SimulateArgs, stop: CancellationToken) -> anyhow::Result<()> {
     let settings = args.kafka.settings();
-    let options = args.options();
+    let mut options = args.options();
+    if let Some(url) = &args.schema_registry {
+        let mut registry =
+            crate::config::Settings::load(None, &std::env::vars().collect())?.schema_registry;
+        registry.url.clone_from(url);
+        options.registry = Some(crate::simulate::RegistryProducer {
+            settings: registry,
+            evolve_at: args.evolve_schema_at,
+        });
+    }
     eprintln!(
         "[simulate] {} stores x {} SKUs, seed {}, target {} to {} ({}, {}, {})",
         options.scenario.stores,

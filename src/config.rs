@@ -65,6 +65,24 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "auth.metrics_name_stores",
     ),
     ("STOREPULSE_AUTH_RENEW_URL", "auth.renew_url"),
+    ("STOREPULSE_SCHEMA_REGISTRY_URL", "schema_registry.url"),
+    (
+        "STOREPULSE_SCHEMA_REGISTRY_USERNAME",
+        "schema_registry.username",
+    ),
+    (
+        "STOREPULSE_SCHEMA_REGISTRY_PASSWORD",
+        "schema_registry.password",
+    ),
+    ("STOREPULSE_SCHEMA_REGISTRY_TOKEN", "schema_registry.token"),
+    (
+        "STOREPULSE_SCHEMA_REGISTRY_MAX_SCHEMAS",
+        "schema_registry.max_schemas",
+    ),
+    (
+        "STOREPULSE_SCHEMA_REGISTRY_TIMEOUT",
+        "schema_registry.timeout",
+    ),
     ("STOREPULSE_STREAM_MAX_LIFETIME", "stream.max_lifetime"),
     (
         "STOREPULSE_LIMIT_STREAMS_PER_CLIENT",
@@ -136,6 +154,7 @@ pub const OTHER_ENVIRONMENT: &[&str] = &[
     "STOREPULSE_SIM_RATE",
     "STOREPULSE_SIM_EVENT_RATE",
     "STOREPULSE_SIM_COUNT",
+    "STOREPULSE_SIM_SCHEMA_REGISTRY",
     "STOREPULSE_SIM_DURATION",
     "STOREPULSE_SIM_STORES",
     "STOREPULSE_SIM_SKUS",
@@ -179,12 +198,21 @@ pub const OTHER_ENVIRONMENT: &[&str] = &[
     "STOREPULSE_JAEGER_GRPC_PORT",
     "STOREPULSE_JAEGER_HEALTH_PORT",
     "STOREPULSE_PROMETHEUS_PORT",
+    "STOREPULSE_REGISTRY_PORT",
+    "STOREPULSE_REGISTRY_MANAGEMENT_PORT",
+    "STOREPULSE_JAVA21",
+    "STOREPULSE_STACK_REGISTRY_URL",
     "STOREPULSE_PROMETHEUS_URL",
 ];
 
 /// Settings whose values are secrets: masked by [`Settings::effective`] (a URL keeps all
 /// but its password).
-pub const SECRET_KEYS: &[&str] = &["checkpoint.database_url", "auth.hs256_secret"];
+pub const SECRET_KEYS: &[&str] = &[
+    "checkpoint.database_url",
+    "auth.hs256_secret",
+    "schema_registry.password",
+    "schema_registry.token",
+];
 
 /// Every `STOREPULSE_…` variable of `environment` that nothing reads, with the known
 /// name it is closest to (one or two edits away), if any.
@@ -553,6 +581,27 @@ pub struct Settings {
     pub aggregate: AggregateSection,
     /// The roles of a cluster (`storepulse aggregator`, `storepulse edge`).
     pub cluster: ClusterSection,
+    /// A Confluent-compatible schema registry for records in the Confluent framing.
+    pub schema_registry: SchemaRegistrySection,
+}
+
+/// `[schema_registry]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistrySection {
+    /// Its Confluent-compatible API (e.g. Apicurio's `…/apis/ccompat/v7`); empty: none.
+    pub url: String,
+    /// Basic-auth user, empty for none.
+    pub username: String,
+    /// Basic-auth password.
+    pub password: secrecy::SecretString,
+    /// A bearer token instead of basic auth, empty for none.
+    pub token: secrecy::SecretString,
+    /// Registry ids remembered (schemas and refusals together).
+    pub max_schemas: usize,
+    /// Longest one fetch may take.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
 }
 
 /// `[cluster]`

@@ -47,6 +47,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod log_every;
 pub mod metrics;
+pub mod registry;
 pub mod replay;
 pub mod route;
 pub mod simulate;

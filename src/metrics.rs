@@ -66,6 +66,42 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// How a fetch of a writer schema from the registry ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaFetch {
+    /// A schema our readers can read.
+    Found,
+    /// The registry has no such id.
+    NotFound,
+    /// A schema our readers cannot read.
+    Incompatible,
+    /// The registry did not answer (tried again).
+    Failed,
+}
+
+impl SchemaFetch {
+    const ALL: [SchemaFetch; 4] = [
+        SchemaFetch::Found,
+        SchemaFetch::NotFound,
+        SchemaFetch::Incompatible,
+        SchemaFetch::Failed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            SchemaFetch::Found => "found",
+            SchemaFetch::NotFound => "not_found",
+            SchemaFetch::Incompatible => "incompatible",
+            SchemaFetch::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PathLabels {
     path: &'static str,
 }
@@ -249,6 +285,14 @@ pub struct Metrics {
     pub slice_reloads: Counter,
     /// A cluster aggregator's slices: owned now.
     pub slices_owned: Gauge,
+    /// Schema fetches from the registry, by outcome.
+    schema_fetches: Family<OutcomeLabels, Counter>,
+    /// Partitions stopped at a record whose schema is being fetched.
+    pub schema_waiting_partitions: Gauge,
+    /// Registry ids the codec remembers (schemas and refusals).
+    pub registry_schemas_held: Gauge,
+    /// 1 while the registry does not answer a fetch (it is being tried again).
+    pub schema_registry_down: Gauge,
     /// Live streams open on every store and the rollup.
     pub watchers_rollup: Gauge,
     /// Stores with at least one live stream open on them.
@@ -437,6 +481,10 @@ impl Metrics {
             lagged_subscribers: Counter::default(),
             slice_reloads: Counter::default(),
             slices_owned: Gauge::default(),
+            schema_fetches: Family::default(),
+            schema_waiting_partitions: Gauge::default(),
+            registry_schemas_held: Gauge::default(),
+            schema_registry_down: Gauge::default(),
             watchers_rollup: Gauge::default(),
             watched_stores: Gauge::default(),
             watchers_most: Gauge::default(),
@@ -705,6 +753,31 @@ impl Metrics {
             self.slices_owned.clone(),
         );
         r.register(
+            "schema_fetches",
+            "Writer schemas fetched from the schema registry, by outcome (found, not_found, incompatible, failed: tried again)",
+            self.schema_fetches.clone(),
+        );
+        for outcome in SchemaFetch::ALL {
+            let _ = self.schema_fetches.get_or_create(&OutcomeLabels {
+                outcome: outcome.label(),
+            });
+        }
+        r.register(
+            "schema_waiting_partitions",
+            "Partitions stopped at a record whose writer schema is being fetched from the registry",
+            self.schema_waiting_partitions.clone(),
+        );
+        r.register(
+            "registry_schemas_held",
+            "Schema registry ids remembered (schemas and refusals; at most schema_registry.max_schemas)",
+            self.registry_schemas_held.clone(),
+        );
+        r.register(
+            "schema_registry_down",
+            "1 while the schema registry does not answer a fetch (it is tried again)",
+            self.schema_registry_down.clone(),
+        );
+        r.register(
             "watchers_rollup",
             "Live streams open on every store and the rollup (this process's)",
             self.watchers_rollup.clone(),
@@ -771,6 +844,15 @@ impl Metrics {
         self.disconnects
             .get_or_create(&ReasonLabels {
                 reason: reason.label(),
+            })
+            .inc();
+    }
+
+    /// A schema fetch ended so.
+    pub fn schema_fetch(&self, outcome: SchemaFetch) {
+        self.schema_fetches
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label(),
             })
             .inc();
     }
@@ -858,8 +940,8 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE storepulse_"))
             .filter_map(|l| l.split_whitespace().next())
             .collect();
-        // 51 registered; the freshness and per-partition families show once they have a series.
-        assert_eq!(names.len(), 52, "{names:?}");
+        // 55 registered; the freshness and per-partition families show once they have a series.
+        assert_eq!(names.len(), 56, "{names:?}");
         for name in names {
             assert!(
                 operations.contains(&format!("storepulse_{name}")),

@@ -304,6 +304,7 @@ pub async fn produce(settings: &KafkaSettings, seed: u64, rate: f64, seconds: u6
             progress_every: None,
             junk_per_mille: 0,
             key_by_store: false,
+            registry: None,
         },
         CancellationToken::new(),
     )

@@ -143,6 +143,16 @@ impl Engine {
         &self.out.metrics
     }
 
+    /// The decoder (which registry schemas it knows).
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
+    /// The decoder, to teach it a registry's schema.
+    pub fn codec_mut(&mut self) -> &mut Codec {
+        &mut self.codec
+    }
+
     /// Decodes and applies one record at `at` (`None`: a tombstone, poison). On a poison
     /// record returns the error; the caller dead-letters it and then calls [`Engine::skip`].
     pub fn process_record(

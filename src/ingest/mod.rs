@@ -13,6 +13,7 @@ mod dead_letter;
 mod engine;
 mod freshness;
 mod lag;
+pub mod schemas;
 
 pub use dead_letter::DeadLetters;
 pub use engine::{Engine, EngineSettings, Outputs, stretched_interval};
@@ -57,6 +58,8 @@ pub struct Ingest {
     pub stop: CancellationToken,
     /// Consumer errors are logged at most once per 10 s.
     pub consumer_errors_log: crate::log_every::LogEvery,
+    /// With a schema registry: its fetcher and the partitions waiting for it.
+    pub schemas: Option<schemas::SchemaWait>,
 }
 
 impl Ingest {
@@ -104,6 +107,9 @@ impl Ingest {
                 commit_for_lag_tools(&consumer, &written);
             }
             dead_letters.retry_due(now);
+            if let Some(schemas) = &mut self.schemas {
+                schemas.take_answers(self.engine.codec_mut(), &consumer);
+            }
             if let Some(frozen) = self.engine.tick(now) {
                 held = Some((frozen, dead_letters.sent()));
             }
@@ -152,7 +158,7 @@ impl Ingest {
             first.get_or_insert_with(Instant::now);
             records += 1;
             match result {
-                Ok(message) => self.on_record(&message, dead_letters, roles),
+                Ok(message) => self.on_record(consumer, &message, dead_letters, roles),
                 Err(error) => {
                     self.engine.metrics().consumer_errors.inc();
                     // Once per 10 s: a broker that is away fails every poll.
@@ -177,6 +183,7 @@ impl Ingest {
     /// skipped, so the position never passes a record that is not accounted for).
     fn on_record(
         &mut self,
+        consumer: &kafka::Consumer,
         message: &BorrowedMessage<'_>,
         dead_letters: &DeadLetters,
         roles: &[(String, TopicRole)],
@@ -188,7 +195,6 @@ impl Ingest {
         else {
             return;
         };
-        self.engine.metrics().record_read(role);
         let at = RecordRef {
             partition: PartitionKey {
                 role,
@@ -196,6 +202,28 @@ impl Ingest {
             },
             offset: message.offset(),
         };
+        if let Some(schemas) = &mut self.schemas {
+            let (topic, partition) = (message.topic(), message.partition());
+            // Its partition waits at an earlier record, or this one waits for its schema:
+            // read again once the schema is known.
+            if schemas.holds(topic, partition)
+                || schemas.stop_if_unknown(
+                    self.engine.codec(),
+                    consumer,
+                    topic,
+                    partition,
+                    message.offset(),
+                    message.payload(),
+                )
+            {
+                return;
+            }
+            // Read before a seek back took effect: already applied.
+            if message.offset() < self.engine.state().position().next_offset(at.partition) {
+                return;
+            }
+        }
+        self.engine.metrics().record_read(role);
         // A span only for a record whose trace context is sampled (no exporter: none).
         let span = crate::telemetry::record_span(message, &self.group_id);
         let _entered = span.as_ref().map(tracing::Span::enter);

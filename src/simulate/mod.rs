@@ -50,6 +50,51 @@ pub struct SimulateOptions {
     /// the producer contract of a cluster (docs/api.md, "Producing for a cluster").
     /// Otherwise by order id, SKU or session (one process takes any key).
     pub key_by_store: bool,
+    /// Confluent framing under a schema registry's ids (`--schema-registry`), registering
+    /// storepulse's schemas first.
+    pub registry: Option<RegistryProducer>,
+}
+
+/// Producing in the Confluent framing under a registry's ids.
+#[derive(Clone)]
+pub struct RegistryProducer {
+    /// The registry (a blocking client is made for each registration, off the runtime).
+    pub settings: crate::config::SchemaRegistrySection,
+    /// After this many records, register the next version of the orders subject
+    /// (`OrderPlaced` with a field added) and write orders under its id.
+    pub evolve_at: Option<u64>,
+}
+
+impl std::fmt::Debug for RegistryProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryProducer")
+            .field("evolve_at", &self.evolve_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Registers storepulse's schemas (`evolved`: the next version of the orders subject) and
+/// says how to frame records under the ids.
+async fn register(
+    registry: &RegistryProducer,
+    topics: &crate::kafka::Topics,
+    evolved: bool,
+) -> Result<crate::registry::Framing, SimulateError> {
+    let settings = registry.settings.clone();
+    let topics = topics.clone();
+    let (framing, subjects) = tokio::task::spawn_blocking(move || {
+        crate::registry::register(&crate::registry::client(&settings, None)?, &topics, evolved)
+    })
+    .await
+    .map_err(|e| SimulateError::Registry(e.to_string()))?
+    .map_err(|e| SimulateError::Registry(format!("{e:#}")))?;
+    for (subject, id) in subjects {
+        eprintln!(
+            "[simulate] schema registry: subject {subject} has id {id}{}",
+            if evolved { " (evolved)" } else { "" }
+        );
+    }
+    Ok(framing)
 }
 
 /// What a run did.
@@ -91,6 +136,9 @@ pub enum SimulateError {
     /// Talking to the broker failed before production started.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// The schema registry refused or did not answer a registration.
+    #[error("schema registry: {0}")]
+    Registry(String),
     /// Some records were not delivered. The report says how many.
     #[error("{} of {} records were not delivered (first error: {})", report.failed, report.produced, report.first_error.as_deref().unwrap_or("none reported"))]
     Undelivered {
@@ -154,6 +202,10 @@ pub async fn run(
         .validate()
         .map_err(SimulateError::InvalidScenario)?;
     let codec = Codec::new(&Default::default())?;
+    let mut framing = match &options.registry {
+        Some(registry) => Some(register(registry, &settings.topics, false).await?),
+        None => None,
+    };
     if options.create_topics {
         create_topics(settings, &options).await?;
     }
@@ -187,7 +239,15 @@ pub async fn run(
         while produced < due {
             let mut event = scenario.next().unwrap_or_else(|| unreachable!("endless"));
             let junk = buggy.corrupt(&mut event);
-            let payload = codec.encode(&event)?;
+            if let Some(registry) = &options.registry
+                && registry.evolve_at == Some(produced)
+            {
+                framing = Some(register(registry, &settings.topics, true).await?);
+            }
+            let payload = match &framing {
+                Some(framing) => framing.encode(&codec, &event)?,
+                None => codec.encode(&event)?,
+            };
             let mut outgoing = Outgoing::of(settings, &event, &payload, junk, &mut trace_rng);
             if options.key_by_store {
                 outgoing.key = event.store_id().as_str().to_owned();

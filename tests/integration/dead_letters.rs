@@ -484,6 +484,7 @@ async fn the_simulators_events_ahead_of_the_clock_carry_their_time_and_are_appli
             progress_every: None,
             junk_per_mille: 0,
             key_by_store: false,
+            registry: None,
         },
         tokio_util::sync::CancellationToken::new(),
     )

@@ -582,6 +582,7 @@ pub async fn produce_sale(settings: &storepulse::kafka::KafkaSettings, sale: Sal
             progress_every: None,
             junk_per_mille: 0,
             key_by_store: sale.by_store,
+            registry: None,
         },
         tokio_util::sync::CancellationToken::new(),
     )

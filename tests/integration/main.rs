@@ -12,6 +12,7 @@ mod helpers;
 mod limits;
 mod postgres;
 mod prometheus;
+mod registry;
 mod replay;
 mod route;
 mod serve;

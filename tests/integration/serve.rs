@@ -335,6 +335,7 @@ async fn produce_flash_sale(
             progress_every: None,
             junk_per_mille: 0,
             key_by_store: false,
+            registry: None,
         },
         CancellationToken::new(),
     )

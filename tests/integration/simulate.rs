@@ -40,6 +40,7 @@ fn options(seed: u64, count: u64) -> SimulateOptions {
         progress_every: None,
         junk_per_mille: 0,
         key_by_store: false,
+        registry: None,
     }
 }
 

@@ -46,6 +46,7 @@ async fn produce(
             progress_every: None,
             junk_per_mille: 0,
             key_by_store: false,
+            registry: None,
         },
         CancellationToken::new(),
     )

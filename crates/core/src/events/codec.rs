@@ -6,7 +6,7 @@
 //! | framing | bytes | schema chosen by |
 //! |---|---|---|
 //! | Avro single-object encoding (default) | `C3 01`, 8-byte CRC-64-AVRO (Rabin) fingerprint, little-endian, of the writer schema's canonical form, then the datum | the fingerprint, among every version of every schema in `schemas/` |
-//! | Confluent Schema Registry | `00`, 4-byte big-endian schema id, then the datum | [`ConfluentIds`]: a configured map from registry id to one of our schema versions |
+//! | Confluent Schema Registry | `00`, 4-byte big-endian schema id, then the datum | [`ConfluentIds`]: a configured map from registry id to one of our schema versions; else the writer schema the registry gave for that id ([`Codec::learn`], `super::registry`) |
 //!
 //! The datum is decoded with the *writer's* schema version into the current Rust type:
 //! fields match by name, so a field added in a later version must carry a serde default
@@ -17,6 +17,7 @@
 //! `apache-avro` is kept for cross-checks in tests and for the benchmark baseline.
 //! Pure: no I/O, no clock. Never panics on any input (a property test holds it to that).
 
+use super::registry::{Refusal, RegisteredIds, RegisteredSchema};
 use super::{
     Event, EventKind, InvalidEvent, OrderCancelled, OrderPlaced, SessionSeen, StockChanged,
 };
@@ -62,6 +63,18 @@ const SCHEMA_FILES: &[(EventKind, u32, &str)] = &[
         include_str!("../../../../schemas/session_seen/v1.avsc"),
     ),
 ];
+
+/// The text of the newest schema version of a kind.
+pub fn current_text(kind: EventKind) -> &'static str {
+    SCHEMA_FILES
+        .iter()
+        .rev()
+        .find(|(k, _, _)| *k == kind)
+        .map_or("", |(_, _, text)| text)
+}
+
+/// Registry ids a codec remembers (schemas and refusals together) unless told otherwise.
+pub const DEFAULT_REGISTRY_CAPACITY: usize = 1_000;
 
 /// Names one version of one schema: `order_placed.v1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -174,11 +187,20 @@ pub enum DecodeError {
         /// The fingerprint as a little-endian u64.
         fingerprint: u64,
     },
-    /// A Confluent record whose registry id is not configured.
+    /// A Confluent record whose registry id is not configured (and, with a schema
+    /// registry, that the registry does not have).
     #[error("confluent schema id {id} is not mapped to a storepulse schema")]
     UnknownConfluentId {
         /// The registry id.
         id: u32,
+    },
+    /// A Confluent record whose registry schema our reader schemas cannot read.
+    #[error("registry schema {id} is incompatible with storepulse's: {reason}")]
+    IncompatibleSchema {
+        /// The registry id.
+        id: u32,
+        /// What Avro's resolution rules refuse.
+        reason: String,
     },
     /// The datum does not decode with the schema the header named.
     #[error("malformed {schema} datum: {reason}")]
@@ -254,7 +276,7 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// Every label, indexed by [`DecodeError::index`] (metrics keep one counter each).
-    pub const LABELS: [&'static str; 12] = [
+    pub const LABELS: [&'static str; 13] = [
         "tombstone",
         "too_short",
         "unknown_framing",
@@ -267,6 +289,7 @@ impl DecodeError {
         "store_limit",
         "sku_limit",
         "wrong_partition",
+        "incompatible_schema",
     ];
 
     /// The position of this error's label in [`DecodeError::LABELS`]. The match is
@@ -285,6 +308,7 @@ impl DecodeError {
             DecodeError::StoreLimit { .. } => 9,
             DecodeError::SkuLimit { .. } => 10,
             DecodeError::WrongPartition { .. } => 11,
+            DecodeError::IncompatibleSchema { .. } => 12,
         }
     }
 
@@ -333,6 +357,16 @@ pub struct Codec {
     /// u64s beats hashing.
     by_fingerprint: Vec<(u64, usize)>,
     by_confluent_id: Vec<(u32, usize)>,
+    /// Writer schemas a registry gave for other ids, and the ids it refused.
+    registered: RegisteredIds,
+}
+
+/// A record's writer schema, as its header names it.
+enum Framed<'c, 'b> {
+    /// One of our schema versions.
+    Version(&'c SchemaVersion, &'b [u8]),
+    /// A registry's schema.
+    Registered(&'c RegisteredSchema, u32, &'b [u8]),
 }
 
 impl Codec {
@@ -375,6 +409,7 @@ impl Codec {
             versions,
             by_fingerprint,
             by_confluent_id,
+            registered: RegisteredIds::new(DEFAULT_REGISTRY_CAPACITY),
         })
     }
 
@@ -394,17 +429,48 @@ impl Codec {
 
     /// Decodes and validates one record value.
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
-        let (version, datum) = self.frame(bytes)?;
-        let event = decode_datum(version, datum)?;
-        event.validate().map_err(|cause| DecodeError::Invalid {
-            schema: version.id,
-            cause,
-        })?;
+        let (event, schema) = match self.frame(bytes)? {
+            Framed::Version(version, datum) => (
+                decode_datum(&version.schema, version.id, datum)?,
+                version.id,
+            ),
+            Framed::Registered(registered, id, datum) => decode_registered(registered, id, datum)?,
+        };
+        event
+            .validate()
+            .map_err(|cause| DecodeError::Invalid { schema, cause })?;
         Ok(event)
     }
 
+    /// The registry id a record's writer schema must be fetched by: a Confluent record whose
+    /// id is neither configured nor learned (schema or refusal). `None` for anything else.
+    pub fn wants_schema(&self, bytes: &[u8]) -> Option<u32> {
+        let [CONFLUENT_MAGIC, a, b, c, d, ..] = *bytes else {
+            return None;
+        };
+        let id = u32::from_be_bytes([a, b, c, d]);
+        let configured = self.by_confluent_id.iter().any(|(known, _)| *known == id);
+        (!configured && self.registered.get(id).is_none()).then_some(id)
+    }
+
+    /// What the registry said of `id`: a schema ([`RegisteredSchema::resolve`]) or why its
+    /// records are refused. Kept among the newest [`Codec::set_registry_capacity`] ids.
+    pub fn learn(&mut self, id: u32, outcome: Result<RegisteredSchema, Refusal>) {
+        self.registered.insert(id, outcome);
+    }
+
+    /// How many registry ids it remembers at most (schemas and refusals together).
+    pub fn set_registry_capacity(&mut self, capacity: usize) {
+        self.registered.set_capacity(capacity);
+    }
+
+    /// How many registry ids it remembers now.
+    pub fn registry_ids_held(&self) -> usize {
+        self.registered.len()
+    }
+
     /// Reads the framing header and finds the writer schema.
-    fn frame<'b>(&self, bytes: &'b [u8]) -> Result<(&SchemaVersion, &'b [u8]), DecodeError> {
+    fn frame<'c, 'b>(&'c self, bytes: &'b [u8]) -> Result<Framed<'c, 'b>, DecodeError> {
         match bytes {
             [0xC3, 0x01, ..] => {
                 let header =
@@ -423,7 +489,10 @@ impl Codec {
                     .find(|(f, _)| *f == fingerprint)
                     .map(|&(_, i)| i)
                     .ok_or(DecodeError::UnknownFingerprint { fingerprint })?;
-                Ok((&self.versions[index], &bytes[SINGLE_OBJECT_HEADER_LEN..]))
+                Ok(Framed::Version(
+                    &self.versions[index],
+                    &bytes[SINGLE_OBJECT_HEADER_LEN..],
+                ))
             }
             [CONFLUENT_MAGIC, ..] => {
                 let header = bytes
@@ -433,13 +502,24 @@ impl Codec {
                         framing: "confluent",
                     })?;
                 let id = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-                let index = self
-                    .by_confluent_id
-                    .iter()
-                    .find(|(known, _)| *known == id)
-                    .map(|&(_, i)| i)
-                    .ok_or(DecodeError::UnknownConfluentId { id })?;
-                Ok((&self.versions[index], &bytes[CONFLUENT_HEADER_LEN..]))
+                let datum = &bytes[CONFLUENT_HEADER_LEN..];
+                if let Some(&(_, index)) =
+                    self.by_confluent_id.iter().find(|(known, _)| *known == id)
+                {
+                    return Ok(Framed::Version(&self.versions[index], datum));
+                }
+                match self.registered.get(id) {
+                    Some(Ok(schema)) => Ok(Framed::Registered(schema, id, datum)),
+                    Some(Err(Refusal::Incompatible(reason))) => {
+                        Err(DecodeError::IncompatibleSchema {
+                            id,
+                            reason: reason.clone(),
+                        })
+                    }
+                    Some(Err(Refusal::NotFound)) | None => {
+                        Err(DecodeError::UnknownConfluentId { id })
+                    }
+                }
             }
             _ => Err(DecodeError::UnknownFraming {
                 first: bytes.iter().take(2).copied().collect(),
@@ -453,6 +533,33 @@ impl Codec {
         let mut out = Vec::with_capacity(128);
         out.extend_from_slice(&SINGLE_OBJECT_MARKER);
         out.extend_from_slice(&version.fingerprint);
+        encode_datum(version, event, out)
+    }
+
+    /// Encodes in the Confluent framing under `registry_id` whose schema is a union of
+    /// records, the event's being branch `branch` (what a producer of a topic-name subject
+    /// holding several event types writes).
+    pub fn encode_confluent_union(
+        &self,
+        registry_id: u32,
+        branch: usize,
+        event: &Event,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let version = self.current(event.kind());
+        let mut out = Vec::with_capacity(128);
+        out.push(CONFLUENT_MAGIC);
+        out.extend_from_slice(&registry_id.to_be_bytes());
+        // The branch index: a zig-zag varint long.
+        let mut zigzag = (branch as u64) << 1;
+        loop {
+            let byte = (zigzag & 0x7f) as u8;
+            zigzag >>= 7;
+            if zigzag == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
         encode_datum(version, event, out)
     }
 
@@ -471,29 +578,83 @@ impl Codec {
     }
 }
 
-fn decode_datum(version: &SchemaVersion, datum: &[u8]) -> Result<Event, DecodeError> {
+/// A datum written with a registry's schema: the union branch (if a union), then the record
+/// read with that branch's writer schema into our type.
+fn decode_registered(
+    registered: &RegisteredSchema,
+    id: u32,
+    datum: &[u8],
+) -> Result<(Event, SchemaId), DecodeError> {
+    let (branch, datum) = if registered.union {
+        let (index, rest) = read_zigzag(datum).ok_or(DecodeError::TooShort {
+            len: datum.len() + CONFLUENT_HEADER_LEN,
+            framing: "confluent union",
+        })?;
+        let branch = usize::try_from(index)
+            .ok()
+            .and_then(|i| registered.branches.get(i));
+        let Some(branch) = branch else {
+            return Err(DecodeError::IncompatibleSchema {
+                id,
+                reason: format!(
+                    "union branch {index} of a union of {}",
+                    registered.branches.len()
+                ),
+            });
+        };
+        (branch, rest)
+    } else {
+        (&registered.branches[0], datum)
+    };
+    // Errors name the reader schema the datum was read as.
+    let schema = SchemaId {
+        kind: branch.kind,
+        version: SCHEMA_FILES
+            .iter()
+            .filter(|(k, _, _)| *k == branch.kind)
+            .map(|(_, v, _)| *v)
+            .max()
+            .unwrap_or(1),
+    };
+    Ok((decode_datum(&branch.schema, schema, datum)?, schema))
+}
+
+/// A zig-zag varint long (at most 10 bytes) and the bytes after it.
+fn read_zigzag(bytes: &[u8]) -> Option<(i64, &[u8])> {
+    let mut value: u64 = 0;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let decoded = ((value >> 1) as i64) ^ -((value & 1) as i64);
+            return Some((decoded, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+fn decode_datum(schema: &Schema, schema_id: SchemaId, datum: &[u8]) -> Result<Event, DecodeError> {
     fn typed<'a, T: serde::Deserialize<'a>>(
-        version: &SchemaVersion,
+        schema: &Schema,
+        schema_id: SchemaId,
         datum: &'a [u8],
     ) -> Result<T, DecodeError> {
-        let mut config = DeserializerConfig::new(&version.schema);
+        let mut config = DeserializerConfig::new(schema);
         config.max_seq_size = MAX_SEQUENCE_LEN;
         let mut state = DeserializerState::with_config(
             serde_avro_fast::de::read::SliceRead::new(datum),
             config,
         );
         T::deserialize(state.deserializer()).map_err(|e| DecodeError::Malformed {
-            schema: version.id,
+            schema: schema_id,
             reason: e.to_string(),
         })
     }
-    Ok(match version.id.kind {
-        EventKind::OrderPlaced => Event::OrderPlaced(typed::<OrderPlaced>(version, datum)?),
-        EventKind::OrderCancelled => {
-            Event::OrderCancelled(typed::<OrderCancelled>(version, datum)?)
-        }
-        EventKind::StockChanged => Event::StockChanged(typed::<StockChanged>(version, datum)?),
-        EventKind::SessionSeen => Event::SessionSeen(typed::<SessionSeen>(version, datum)?),
+    let (s, id) = (schema, schema_id);
+    Ok(match schema_id.kind {
+        EventKind::OrderPlaced => Event::OrderPlaced(typed::<OrderPlaced>(s, id, datum)?),
+        EventKind::OrderCancelled => Event::OrderCancelled(typed::<OrderCancelled>(s, id, datum)?),
+        EventKind::StockChanged => Event::StockChanged(typed::<StockChanged>(s, id, datum)?),
+        EventKind::SessionSeen => Event::SessionSeen(typed::<SessionSeen>(s, id, datum)?),
     })
 }
 

@@ -9,10 +9,12 @@
 //! are the contract, these types are how we read it.
 
 pub mod codec;
+pub mod registry;
 pub mod samples;
 pub mod validate;
 
 pub use codec::{Codec, ConfluentIds, DecodeError, EncodeError, SchemaId, SchemaVersion};
+pub use registry::{Refusal, RegisteredSchema};
 pub use validate::{
     InvalidEvent, check_event_time, id_problem, store_id_problem, usable_timestamp,
 };
@@ -123,7 +125,9 @@ pub enum Channel {
     Pos,
     /// A third-party marketplace.
     Marketplace,
-    /// Anything else (also the schema's default for symbols added later).
+    /// Anything else (also the schema's default for symbols added later: a writer's symbol
+    /// we do not know is read as this, as Avro's resolution rules say).
+    #[serde(other)]
     Other,
 }
 
@@ -137,7 +141,9 @@ pub enum StockChangeReason {
     Restock,
     /// Units returned or released by a cancellation.
     Return,
-    /// A count correction (also used for the initial level of a SKU).
+    /// A count correction (also used for the initial level of a SKU, and the schema's
+    /// default: a writer's symbol we do not know is read as this).
+    #[serde(other)]
     Correction,
 }
 

@@ -256,3 +256,194 @@ proptest! {
         prop_assert!(is_unknown_framing);
     }
 }
+
+/// A schema text of ours, changed by `edit` (a registry's version of it).
+fn edited(kind: EventKind, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut json: serde_json::Value =
+        serde_json::from_str(super::current_text(kind)).expect("our schema is JSON");
+    edit(&mut json);
+    json.to_string()
+}
+
+fn fields(json: &mut serde_json::Value) -> &mut Vec<serde_json::Value> {
+    json["fields"].as_array_mut().expect("a record's fields")
+}
+
+fn sample(kind: EventKind) -> Event {
+    samples::all()
+        .into_iter()
+        .find(|e| e.kind() == kind)
+        .expect("a sample of every kind")
+}
+
+#[test]
+fn a_registry_schema_equal_to_ours_or_evolved_by_the_rules_decodes_to_the_same_event() {
+    let mut codec = Codec::new(&ConfluentIds::default()).expect("schemas");
+    // Ours, as a producer's serializer registered it.
+    let order = sample(EventKind::OrderPlaced);
+    let ours =
+        RegisteredSchema::resolve(super::current_text(EventKind::OrderPlaced)).expect("ours");
+    assert_eq!(
+        codec.wants_schema(&codec.encode_confluent(100, &order).expect("encodes")),
+        Some(100)
+    );
+    codec.learn(100, Ok(ours));
+    let bytes = codec.encode_confluent(100, &order).expect("encodes");
+    assert_eq!(codec.wants_schema(&bytes), None, "learned");
+    assert_eq!(codec.decode(&bytes), Ok(order.clone()));
+    // A field added with a default, last: a datum of ours with the field's bytes after it.
+    let added = edited(EventKind::OrderPlaced, |s| {
+        fields(s).push(
+            serde_json::json!({"name": "coupon", "type": ["null", "string"], "default": null}),
+        );
+    });
+    codec.learn(101, RegisteredSchema::resolve(&added));
+    let mut bytes = codec.encode_confluent(101, &order).expect("encodes");
+    bytes.extend_from_slice(&[0x02, 0x0c]); // branch 1 (string), length 6
+    bytes.extend_from_slice(b"SAVE10");
+    assert_eq!(codec.decode(&bytes), Ok(order), "the new field is skipped");
+    // A promotion: the writer's longs were ints (same bytes on the wire).
+    let stock = sample(EventKind::StockChanged);
+    let promoted = edited(EventKind::StockChanged, |s| {
+        for field in fields(s) {
+            if field["name"] == "new_level" || field["name"] == "delta" {
+                field["type"] = "int".into();
+            }
+        }
+    });
+    codec.learn(102, RegisteredSchema::resolve(&promoted));
+    let bytes = codec.encode_confluent(102, &stock).expect("encodes");
+    assert_eq!(codec.decode(&bytes), Ok(stock.clone()));
+    // A symbol we do not know: read as our enum's default.
+    let more_reasons = edited(EventKind::StockChanged, |s| {
+        for field in fields(s) {
+            if field["name"] == "reason" {
+                field["type"]["symbols"]
+                    .as_array_mut()
+                    .expect("symbols")
+                    .push("SHRINKAGE".into());
+            }
+        }
+    });
+    codec.learn(103, RegisteredSchema::resolve(&more_reasons));
+    let mut bytes = codec.encode_confluent(103, &stock).expect("encodes");
+    *bytes.last_mut().expect("the enum is last") = 0x08; // symbol 4
+    let Ok(Event::StockChanged(read)) = codec.decode(&bytes) else {
+        panic!("decodes");
+    };
+    assert_eq!(read.reason, crate::events::StockChangeReason::Correction);
+    // A field removed that we read with a default (user_id: null) is fine.
+    let removed = edited(EventKind::SessionSeen, |s| {
+        fields(s).retain(|f| f["name"] != "user_id")
+    });
+    assert!(RegisteredSchema::resolve(&removed).is_ok());
+}
+
+#[test]
+fn a_union_of_our_records_decodes_by_its_branch_index() {
+    let mut codec = Codec::new(&ConfluentIds::default()).expect("schemas");
+    let union = format!(
+        "[{}, {}]",
+        super::current_text(EventKind::OrderPlaced),
+        super::current_text(EventKind::OrderCancelled)
+    );
+    let schema = RegisteredSchema::resolve(&union).expect("resolves");
+    assert_eq!(
+        schema.kinds(),
+        [EventKind::OrderPlaced, EventKind::OrderCancelled]
+    );
+    codec.learn(7, Ok(schema));
+    for (branch, kind) in [(0, EventKind::OrderPlaced), (1, EventKind::OrderCancelled)] {
+        let event = sample(kind);
+        let bytes = codec
+            .encode_confluent_union(7, branch, &event)
+            .expect("encodes");
+        assert_eq!(codec.decode(&bytes), Ok(event));
+    }
+    // A branch the union does not have.
+    let bytes = codec
+        .encode_confluent_union(7, 5, &sample(EventKind::OrderPlaced))
+        .expect("encodes");
+    assert!(matches!(
+        codec.decode(&bytes),
+        Err(DecodeError::IncompatibleSchema { id: 7, .. })
+    ));
+}
+
+#[test]
+fn incompatible_and_missing_registry_schemas_are_refused_with_their_reason() {
+    let no_default = edited(EventKind::SessionSeen, |s| {
+        fields(s).retain(|f| f["name"] != "session_id")
+    });
+    let retyped = edited(EventKind::StockChanged, |s| {
+        for field in fields(s) {
+            if field["name"] == "delta" {
+                field["type"] = "string".into();
+            }
+        }
+    });
+    let stranger = r#"{"type":"record","name":"Refund","namespace":"shop","fields":[{"name":"id","type":"string"}]}"#;
+    let union_with_stranger = format!(
+        "[{}, {stranger}]",
+        super::current_text(EventKind::OrderPlaced)
+    );
+    for (text, expected) in [
+        (no_default.as_str(), "SessionSeen"),
+        (retyped.as_str(), "StockChanged"),
+        (stranger, "shop.Refund is none of storepulse's"),
+        (union_with_stranger.as_str(), "shop.Refund"),
+        ("\"string\"", "record was expected"),
+        ("{not json", "not JSON"),
+        ("[]", "empty union"),
+    ] {
+        match RegisteredSchema::resolve(text) {
+            Err(Refusal::Incompatible(reason)) => {
+                assert!(reason.contains(expected), "{reason} for {text}")
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+    let mut codec = Codec::new(&ConfluentIds::default()).expect("schemas");
+    codec.learn(9, RegisteredSchema::resolve(&retyped));
+    codec.learn(10, Err(Refusal::NotFound));
+    let stock = sample(EventKind::StockChanged);
+    let bytes = codec.encode_confluent(9, &stock).expect("encodes");
+    assert_eq!(
+        codec.wants_schema(&bytes),
+        None,
+        "a refusal is remembered too"
+    );
+    assert!(
+        matches!(
+            codec.decode(&bytes),
+            Err(DecodeError::IncompatibleSchema { id: 9, ref reason }) if reason.contains("delta")
+        ),
+        "{:?}",
+        codec.decode(&bytes)
+    );
+    let bytes = codec.encode_confluent(10, &stock).expect("encodes");
+    assert_eq!(
+        codec.decode(&bytes),
+        Err(DecodeError::UnknownConfluentId { id: 10 })
+    );
+}
+
+#[test]
+fn the_registry_table_is_bounded_and_forgets_the_oldest_first() {
+    let mut codec = Codec::new(&ConfluentIds::default()).expect("schemas");
+    codec.set_registry_capacity(3);
+    for id in 0..10 {
+        codec.learn(id, Err(Refusal::NotFound));
+    }
+    assert_eq!(codec.registry_ids_held(), 3);
+    let event = sample(EventKind::SessionSeen);
+    let wanted = |codec: &Codec, id| {
+        codec.wants_schema(&codec.encode_confluent(id, &event).expect("encodes"))
+    };
+    assert_eq!(wanted(&codec, 9), None);
+    assert_eq!(
+        wanted(&codec, 6),
+        Some(6),
+        "forgotten: fetched again if it comes back"
+    );
+}
