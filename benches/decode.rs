@@ -119,4 +119,79 @@ fn main() {
     }
     println!();
     println!("median of {RUNS} runs x {RECORDS_PER_RUN} decodes each, one thread");
+    registry_ids();
+}
+
+/// Decoding records framed with schema registry ids (the writer's schema fetched once and
+/// resolved against ours, as `serve` does with `schema_registry.url`) against single-object
+/// encoding, the same events, in the same run: a record of ours; the orders subject's union
+/// (a branch index first); and its next version with a field we skip.
+fn registry_ids() {
+    use storepulse::events::RegisteredSchema;
+    let text = |kind| storepulse::events::codec::current_text(kind);
+    let mut codec = Codec::new(&Default::default()).expect("schemas load");
+    let union = format!(
+        "[{}, {}]",
+        text(EventKind::OrderPlaced),
+        text(EventKind::OrderCancelled)
+    );
+    let mut evolved: serde_json::Value =
+        serde_json::from_str(text(EventKind::OrderPlaced)).expect("json");
+    evolved["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .push(serde_json::json!(
+            {"name": "coupon_code", "type": ["null", "string"], "default": null}
+        ));
+    let evolved_union = format!("[{evolved}, {}]", text(EventKind::OrderCancelled));
+    for (id, schema) in [(1, union.as_str()), (2, evolved_union.as_str())] {
+        codec.learn(id, RegisteredSchema::resolve(schema));
+    }
+    for (n, kind) in EventKind::ALL.into_iter().enumerate() {
+        codec.learn(10 + n as u32, RegisteredSchema::resolve(text(kind)));
+    }
+    println!();
+    println!(
+        "| event | single-object (ns) | registry id, our record (ns) | ratio | orders union (ns) | ratio | union, next version (ns) | ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, event) in samples::all().into_iter().enumerate() {
+        let kind = event.kind();
+        let plain = codec.encode(&event).expect("encodes");
+        let record = codec
+            .encode_confluent(10 + n as u32, &event)
+            .expect("encodes");
+        let time = |bytes: &[u8]| {
+            assert_eq!(codec.decode(bytes).expect("decodes"), event);
+            median_ns(|| {
+                black_box(codec.decode(black_box(bytes)).expect("decodes"));
+            })
+        };
+        let (single, ours) = (time(&plain), time(&record));
+        let orders = match kind {
+            EventKind::OrderPlaced | EventKind::OrderCancelled => {
+                let branch = usize::from(kind == EventKind::OrderCancelled);
+                let in_union = codec
+                    .encode_confluent_union(1, branch, &event)
+                    .expect("encodes");
+                let mut next = codec
+                    .encode_confluent_union(2, branch, &event)
+                    .expect("encodes");
+                if kind == EventKind::OrderPlaced {
+                    next.extend_from_slice(b"\x02\x0eFLASH10");
+                }
+                let (u, v) = (time(&in_union), time(&next));
+                format!("{u:.0} | {:.2}x | {v:.0} | {:.2}x", u / single, v / single)
+            }
+            _ => "- | - | - | -".to_owned(),
+        };
+        println!(
+            "| {kind} | {single:.0} | {ours:.0} | {:.2}x | {orders} |",
+            ours / single
+        );
+    }
+    println!();
+    println!(
+        "ratio: registry-framed decode time over single-object decode time of the same event (1.00x: the same cost)"
+    );
 }

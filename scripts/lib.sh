@@ -47,6 +47,11 @@ ensure_browser_tools() {
         [ "$(id -u)" = 0 ] || { echo "node and npm are needed (apt-get install nodejs npm)" >&2; exit 1; }
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >&2
     fi
+    # The TLS test makes its own CA and certificate with openssl.
+    if ! command -v openssl >/dev/null; then
+        [ "$(id -u)" = 0 ] || { echo "openssl is needed (apt-get install openssl)" >&2; exit 1; }
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl >&2
+    fi
     if [ ! -d "$repo/tests/browser/node_modules/playwright-core" ]; then
         (cd "$repo/tests/browser" && npm ci --no-audit --no-fund --loglevel=error >&2)
     fi

@@ -338,14 +338,18 @@ pub(crate) fn start_http(
         .with_context(|| format!("cannot listen on {}", settings.http.addr))?;
     let address = listener.local_addr()?;
     let send_buffer = Some(settings.stream.socket_send_buffer).filter(|b| *b > 0);
-    println!("storepulse serving on http://{address}");
-    tracing::info!(%address, "http listening");
-    Ok(StreamListener::new(
-        listener,
-        send_buffer,
-        accept_errors,
-        tasks,
-    )?)
+    let tls = if settings.http.tls_cert_file.is_empty() {
+        None
+    } else {
+        Some(http::tls::Tls::load(
+            &settings.http.tls_cert_file,
+            &settings.http.tls_key_file,
+        )?)
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("storepulse serving on {scheme}://{address}");
+    tracing::info!(%address, scheme, "http listening");
+    Ok(StreamListener::new(listener, send_buffer, accept_errors, tasks)?.with_tls(tls))
 }
 
 /// Serves until the HTTP stage is cancelled; the open streams end on the same token.
@@ -357,12 +361,19 @@ pub(crate) async fn run_http(
 ) -> std::io::Result<()> {
     let stop = app.stop.clone();
     let tasks = app.tasks.clone();
+    let tls = listener.tls();
+    if let Some(tls) = &tls {
+        tls.reload_on_hangup(&tasks, stop.clone());
+    }
+    let metrics = Arc::clone(&app.metrics);
     http::server::serve(
         listener,
         http::app(app),
         &tasks,
         header_timeout,
         max_connections,
+        tls,
+        metrics,
         stop,
     )
     .await

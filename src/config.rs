@@ -65,6 +65,8 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "auth.metrics_name_stores",
     ),
     ("STOREPULSE_AUTH_RENEW_URL", "auth.renew_url"),
+    ("STOREPULSE_TLS_CERT_FILE", "http.tls_cert_file"),
+    ("STOREPULSE_TLS_KEY_FILE", "http.tls_key_file"),
     ("STOREPULSE_SCHEMA_REGISTRY_URL", "schema_registry.url"),
     (
         "STOREPULSE_SCHEMA_REGISTRY_USERNAME",
@@ -392,6 +394,10 @@ pub struct HttpSection {
     pub cors_origins: Vec<String>,
     /// Addresses of proxies whose `X-Forwarded-For` names the client (per-client limits).
     pub trusted_proxies: Vec<String>,
+    /// A PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN); empty: plain HTTP.
+    pub tls_cert_file: String,
+    /// The PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
 }
 
 /// `[limits]`: per client address and per principal (see `http/limits.rs`).
@@ -901,6 +907,12 @@ impl Settings {
             return Err(invalid(
                 "http.trusted_proxies",
                 "each entry is an IP address (no names, no ranges)",
+            ));
+        }
+        if self.http.tls_cert_file.is_empty() != self.http.tls_key_file.is_empty() {
+            return Err(invalid(
+                "http.tls_cert_file",
+                "http.tls_cert_file and http.tls_key_file are set together (or neither)",
             ));
         }
         for origin in &self.http.cors_origins {

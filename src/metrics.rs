@@ -66,6 +66,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -285,6 +290,8 @@ pub struct Metrics {
     pub slice_reloads: Counter,
     /// A cluster aggregator's slices: owned now.
     pub slices_owned: Gauge,
+    /// HTTP connections open now, by protocol.
+    connections: Family<ProtocolLabels, Gauge>,
     /// Schema fetches from the registry, by outcome.
     schema_fetches: Family<OutcomeLabels, Counter>,
     /// Partitions stopped at a record whose schema is being fetched.
@@ -481,6 +488,7 @@ impl Metrics {
             lagged_subscribers: Counter::default(),
             slice_reloads: Counter::default(),
             slices_owned: Gauge::default(),
+            connections: Family::default(),
             schema_fetches: Family::default(),
             schema_waiting_partitions: Gauge::default(),
             registry_schemas_held: Gauge::default(),
@@ -753,6 +761,14 @@ impl Metrics {
             self.slices_owned.clone(),
         );
         r.register(
+            "http_connections",
+            "HTTP connections open now, by protocol (http/1.1, h2)",
+            self.connections.clone(),
+        );
+        for protocol in ["http/1.1", "h2"] {
+            let _ = self.connections.get_or_create(&ProtocolLabels { protocol });
+        }
+        r.register(
             "schema_fetches",
             "Writer schemas fetched from the schema registry, by outcome (found, not_found, incompatible, failed: tried again)",
             self.schema_fetches.clone(),
@@ -848,6 +864,17 @@ impl Metrics {
             .inc();
     }
 
+    /// A connection of `protocol` opened (`1`) or ended (`-1`).
+    pub fn connection_opened(&self, protocol: crate::http::server::Protocol, change: i64) {
+        let protocol = match protocol {
+            crate::http::server::Protocol::Http1 => "http/1.1",
+            crate::http::server::Protocol::Http2 => "h2",
+        };
+        self.connections
+            .get_or_create(&ProtocolLabels { protocol })
+            .inc_by(change);
+    }
+
     /// A schema fetch ended so.
     pub fn schema_fetch(&self, outcome: SchemaFetch) {
         self.schema_fetches
@@ -940,8 +967,8 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE storepulse_"))
             .filter_map(|l| l.split_whitespace().next())
             .collect();
-        // 55 registered; the freshness and per-partition families show once they have a series.
-        assert_eq!(names.len(), 56, "{names:?}");
+        // 56 registered; the freshness and per-partition families show once they have a series.
+        assert_eq!(names.len(), 57, "{names:?}");
         for name in names {
             assert!(
                 operations.contains(&format!("storepulse_{name}")),

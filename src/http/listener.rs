@@ -49,6 +49,8 @@ pub struct StreamListener {
     /// The listening socket (a duplicate): shut down on drop, which wakes the accept thread
     /// so that it ends and the port closes with the server.
     socket: socket2::Socket,
+    /// TLS for its connections (`http.tls_cert_file`), if configured.
+    tls: Option<Arc<super::tls::Tls>>,
 }
 
 /// Raises the soft limit of open files to the hard one: every client is a descriptor, and
@@ -68,6 +70,17 @@ impl Drop for StreamListener {
 }
 
 impl StreamListener {
+    /// Its connections speak TLS with `tls` (`None`: plain).
+    pub fn with_tls(mut self, tls: Option<Arc<super::tls::Tls>>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Its TLS, if any.
+    pub fn tls(&self) -> Option<Arc<super::tls::Tls>> {
+        self.tls.clone()
+    }
+
     /// Takes over a bound listener, accepted from on a thread of its own; `send_buffer` of
     /// `None` keeps the kernel's autotuning.
     pub fn new(
@@ -89,6 +102,7 @@ impl StreamListener {
             local,
             send_buffer,
             socket,
+            tls: None,
         })
     }
 }
@@ -199,6 +213,11 @@ pub struct KillSwitch(Arc<KillState>);
 struct KillState {
     killed: AtomicBool,
     waker: AtomicWaker,
+    /// An HTTP/2 connection: its streams share it, so one stalled stream is no reason to
+    /// close it while others move.
+    multiplexed: AtomicBool,
+    /// Chunks its streams' clients took, all streams together.
+    taken: std::sync::atomic::AtomicU64,
 }
 
 impl KillSwitch {
@@ -211,6 +230,26 @@ impl KillSwitch {
     /// True once [`KillSwitch::kill`] was called.
     pub fn is_killed(&self) -> bool {
         self.0.killed.load(Ordering::Acquire)
+    }
+
+    /// The connection speaks HTTP/2 (many streams on it).
+    pub fn set_multiplexed(&self) {
+        self.0.multiplexed.store(true, Ordering::Release);
+    }
+
+    /// Whether it speaks HTTP/2.
+    pub fn is_multiplexed(&self) -> bool {
+        self.0.multiplexed.load(Ordering::Acquire)
+    }
+
+    /// A stream's client took a chunk.
+    pub fn note_taken(&self) {
+        self.0.taken.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Chunks taken on this connection so far.
+    pub fn taken(&self) -> u64 {
+        self.0.taken.load(Ordering::Relaxed)
     }
 
     fn check(&self, cx: &mut Context<'_>) -> io::Result<()> {

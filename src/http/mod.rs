@@ -33,6 +33,7 @@ mod replay;
 pub mod server;
 pub mod sessions;
 mod stream;
+pub mod tls;
 pub mod watchers;
 pub use stream::retry_line;
 #[cfg(test)]

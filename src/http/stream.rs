@@ -615,6 +615,10 @@ fn writer(
 pub(super) struct StallWatch {
     /// Milliseconds since `epoch` when the pending chunk was offered; 0 when none is.
     offered_at: Arc<AtomicU64>,
+    /// The connection's chunks taken (all its streams) when the pending one was offered.
+    offered_taken: Arc<AtomicU64>,
+    /// The connection's switch (and its shared counters).
+    kill: Option<KillSwitch>,
     epoch: tokio::time::Instant,
     watchdog: Option<tokio::task::JoinHandle<()>>,
     /// Set when the watch closed the connection.
@@ -628,15 +632,21 @@ impl StallWatch {
         tasks: &tokio_util::task::TaskTracker,
     ) -> Self {
         let offered_at = Arc::new(AtomicU64::new(0));
+        let offered_taken = Arc::new(AtomicU64::new(0));
         let fired = Arc::new(AtomicBool::new(false));
         let epoch = tokio::time::Instant::now();
-        let watchdog = kill.filter(|_| !timeout.is_zero()).map(|kill| {
-            let offered_at = Arc::clone(&offered_at);
+        let watchdog = kill.clone().filter(|_| !timeout.is_zero()).map(|kill| {
+            let pending = Pending {
+                offered_at: Arc::clone(&offered_at),
+                offered_taken: Arc::clone(&offered_taken),
+            };
             let fired = Arc::clone(&fired);
-            tasks.spawn(watch_for_stall(offered_at, epoch, timeout, kill, fired))
+            tasks.spawn(watch_for_stall(pending, epoch, timeout, kill, fired))
         });
         StallWatch {
             offered_at,
+            offered_taken,
+            kill,
             epoch,
             watchdog,
             fired,
@@ -651,18 +661,33 @@ impl StallWatch {
     /// A chunk is handed to hyper.
     pub(super) fn offered(&self) {
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Some(kill) = &self.kill {
+            self.offered_taken.store(kill.taken(), Ordering::Release);
+        }
         self.offered_at.store(ms.max(1), Ordering::Release);
     }
 
     /// hyper polled again: the chunk went into the connection's buffer.
     pub(super) fn taken(&self) {
         self.offered_at.store(0, Ordering::Release);
+        if let Some(kill) = &self.kill {
+            kill.note_taken();
+        }
     }
 }
 
-/// Sleeps until a chunk has been offered and not taken for `timeout`, then kills.
-async fn watch_for_stall(
+/// A stream's pending chunk, as its watchdog sees it.
+struct Pending {
     offered_at: Arc<AtomicU64>,
+    offered_taken: Arc<AtomicU64>,
+}
+
+/// Sleeps until a chunk has been offered and not taken for `timeout`, then kills. On an
+/// HTTP/2 connection whose other streams took chunks meanwhile, the connection is alive and
+/// only this stream is held by its flow-control window: it is left open (closing the
+/// connection would cut every other stream on it).
+async fn watch_for_stall(
+    pending: Pending,
     epoch: tokio::time::Instant,
     timeout: Duration,
     kill: KillSwitch,
@@ -671,12 +696,18 @@ async fn watch_for_stall(
     let mut deadline = epoch + timeout;
     loop {
         tokio::time::sleep_until(deadline).await;
-        let since = offered_at.load(Ordering::Acquire);
+        let since = pending.offered_at.load(Ordering::Acquire);
         if since == 0 {
             deadline = tokio::time::Instant::now() + timeout;
             continue;
         }
         let stuck_from = epoch + Duration::from_millis(since);
+        if kill.is_multiplexed() && kill.taken() != pending.offered_taken.load(Ordering::Acquire) {
+            // Other streams move: look again a timeout later.
+            pending.offered_taken.store(kill.taken(), Ordering::Release);
+            deadline = tokio::time::Instant::now() + timeout;
+            continue;
+        }
         if stuck_from + timeout <= tokio::time::Instant::now() {
             fired.store(true, Ordering::Release);
             tracing::info!(

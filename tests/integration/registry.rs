@@ -279,10 +279,15 @@ async fn an_incompatible_version_and_an_unknown_id_are_dead_lettered() {
     );
 }
 
+/// The checkout under test (at run time: one target folder may serve several clones).
+fn repo() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+}
+
 /// The registry's process id, from the stack's pid file.
 fn registry_pid() -> u32 {
-    let dir = std::env::var("STOREPULSE_STACK_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.stack").to_owned());
+    let dir =
+        std::env::var("STOREPULSE_STACK_DIR").unwrap_or_else(|_| format!("{}/.stack", repo()));
     std::fs::read_to_string(format!("{dir}/registry/registry.pid"))
         .expect("the stack started the registry")
         .trim()
