@@ -36,12 +36,16 @@ ensure_cluster_tools() {
     fi
 }
 
-# The browser tests: Debian's Chromium and playwright-core from npm (never a browser
-# download of playwright's own).
+# The browser tests: Debian's Chromium with playwright-core and Debian's Firefox ESR with
+# puppeteer-core, both from npm (never a browser download of their own).
 ensure_browser_tools() {
     if [ ! -x /usr/bin/chromium ]; then
         [ "$(id -u)" = 0 ] || { echo "chromium is needed (apt-get install chromium)" >&2; exit 1; }
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >&2
+    fi
+    if [ ! -x /usr/bin/firefox-esr ]; then
+        [ "$(id -u)" = 0 ] || { echo "firefox-esr is needed (apt-get install firefox-esr)" >&2; exit 1; }
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends firefox-esr >&2
     fi
     if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
         [ "$(id -u)" = 0 ] || { echo "node and npm are needed (apt-get install nodejs npm)" >&2; exit 1; }
@@ -52,7 +56,8 @@ ensure_browser_tools() {
         [ "$(id -u)" = 0 ] || { echo "openssl is needed (apt-get install openssl)" >&2; exit 1; }
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl >&2
     fi
-    if [ ! -d "$repo/tests/browser/node_modules/playwright-core" ]; then
+    if [ ! -d "$repo/tests/browser/node_modules/playwright-core" ] \
+        || [ ! -d "$repo/tests/browser/node_modules/puppeteer-core" ]; then
         (cd "$repo/tests/browser" && npm ci --no-audit --no-fund --loglevel=error >&2)
     fi
 }

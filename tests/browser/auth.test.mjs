@@ -1,25 +1,27 @@
-// Access control in a real headless Chromium: with auth.mode = "jwt" the page asks for a
+// Access control in real headless Chromium and Firefox ESR: with auth.mode = "jwt" the page asks for a
 // token, signs in (POST /api/session sets the HttpOnly cookie its EventSource sends), and
 // sees only its token's store; when the server ends the stream at the token's expiry the
 // page asks again and, signed in with a new token, resumes from its last id: its view is
 // exactly the server's snapshot, with no gap and no duplicate, through a flash sale.
 //
 // Run by scripts/test: STOREPULSE_BIN=target/debug/storepulse node --test tests/browser/
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import http from 'node:http';
 import {
   bin, environment, simulate, simulateInBackground, freePort, startServe, killServe, waitFor,
-  total, launch,
+  total,
 } from './support.mjs';
+import { inEveryBrowser, countEventSources } from './browsers.mjs';
 
 const secret = 'browser-test-secret-of-at-least-32-bytes';
-const env = {
+// Topics of their own for each browser's run.
+const freshEnv = () => ({
   ...environment('auth'),
   STOREPULSE_AUTH_MODE: 'jwt',
   STOREPULSE_AUTH_HS256_SECRET: secret,
-};
+});
+let env = freshEnv();
 const stores = ['--stores', '3', '--skus', '12'];
 
 /// A token from `storepulse token`, as an operator would make one.
@@ -35,7 +37,8 @@ async function signIn(page, value) {
   await page.waitForSelector('#login', { state: 'hidden' });
 }
 
-test('a signed-in page sees only its store, and resumes gapless after its token expires', async () => {
+inEveryBrowser('a signed-in page sees only its store, and resumes gapless after its token expires', async (launch) => {
+  env = freshEnv();
   assert.ok(bin, 'STOREPULSE_BIN names the storepulse binary');
   simulate(env, ['--count', '1500', '--rate', '0', '--seed', '51', ...stores,
     '--start', new Date(Date.now() - 600_000).toISOString()]);
@@ -94,7 +97,7 @@ test('a signed-in page sees only its store, and resumes gapless after its token 
   }
 });
 
-test('a session renewed every 10 s with 20 s tokens keeps one stream open for a minute', async () => {
+inEveryBrowser('a session renewed every 10 s with 20 s tokens keeps one stream open for a minute', async (launch) => {
   assert.ok(bin, 'STOREPULSE_BIN names the storepulse binary');
   // The shop's sign-in, which hands the signed-in page a fresh token (CORS, with cookies).
   const tokens = [];
@@ -129,8 +132,7 @@ test('a session renewed every 10 s with 20 s tokens keeps one stream open for a 
   const browser = await launch();
   try {
     const page = await (await browser.newContext()).newPage();
-    const streams = [];
-    page.on('request', (r) => { if (r.resourceType() === 'eventsource') streams.push(r.url()); });
+    await countEventSources(page);
     await page.goto(`${base}/`);
     await signIn(page, token('store-berlin', '20s'));
     await waitFor('Live', async () => (await page.textContent('#connection')) === 'Live');
@@ -149,7 +151,7 @@ test('a session renewed every 10 s with 20 s tokens keeps one stream open for a 
     assert.ok(renewals >= 5, `${renewals} renewals in a minute of 20 s tokens`);
     assert.ok(tokens.length >= 5, `${tokens.length} tokens fetched`);
     assert.deepEqual([...statuses], ['Live'], 'Live throughout');
-    assert.equal(streams.length, 1, `one EventSource request: ${streams}`);
+    assert.equal(await page.evaluate(() => window.__eventSources), 1, 'one EventSource opened');
     assert.equal(await counter(/storepulse_disconnects_total\{reason="session_expired"\} (\d+)/), 0, 'no session ended');
     const opened = await counter(/storepulse_stream_openings_total\{path="shared"\} (\d+)/)
       + await counter(/storepulse_stream_openings_total\{path="engine"\} (\d+)/);

@@ -1,22 +1,24 @@
-// The operations dashboard (`/`) in a real headless Chromium against `storepulse serve`
+// The operations dashboard (`/`) in real headless Chromium and Firefox ESR against `storepulse serve`
 // on the real stack: it shows what /api/snapshot says, moves while the simulator runs,
 // comes through a SIGKILL of serve without stepping back or repeating an alert, and a
 // store's view shows only that store. Saves a screenshot mid flash sale.
 //
 // Run by scripts/test: STOREPULSE_BIN=target/debug/storepulse node --test tests/browser/
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
   bin, environment, simulate, simulateInBackground, freePort, startServe, killServe, waitFor,
-  total, launch, crashNoise,
+  total, crashNoise,
 } from './support.mjs';
+import { inEveryBrowser } from './browsers.mjs';
 
 // Lists cut at 3 entries, so the page's "…and N more" and whole counts are exercised.
-const env = { ...environment('dashboard'), STOREPULSE_LIST_LIMIT: '3' };
-const screenshot = process.env.STOREPULSE_SCREENSHOT
-  ?? path.join(import.meta.dirname, 'output', 'dashboard.png');
+// (Topics of their own for each browser's run.)
+const freshEnv = () => ({ ...environment('dashboard'), STOREPULSE_LIST_LIMIT: '3' });
+let env;
+const screenshotOf = (browser) => process.env.STOREPULSE_SCREENSHOT
+  ?? path.join(import.meta.dirname, 'output', `dashboard-${browser}.png`);
 // History over the last hour of event time, then a flash sale from two minutes ago on.
 const catalog = ['--stores', '3', '--skus', '16', '--flash-skus', '4', '--oversell'];
 const history = [...catalog, '--start', new Date(Date.now() - 3_600_000).toISOString(),
@@ -68,7 +70,8 @@ async function assertPageEqualsSnapshot(page, base, store) {
   return expected;
 }
 
-test('the dashboard shows the snapshot, moves live, survives a crash and scopes to a store', async () => {
+inEveryBrowser('the dashboard shows the snapshot, moves live, survives a crash and scopes to a store', async (launch, browserName) => {
+  env = freshEnv();
   assert.ok(bin, 'STOREPULSE_BIN names the storepulse binary');
   // An hour of history first (3 records a second of event time), so the charts have a shape.
   simulate(env, ['--count', '9000', '--rate', '0', '--event-rate', '3', '--seed', '21', ...history]);
@@ -112,6 +115,7 @@ test('the dashboard shows the snapshot, moves live, survives a crash and scopes 
     assert.ok((await page.$$('#low-stock tbody tr.oversold')).length > 0, 'oversold SKUs are listed');
     assert.equal(await page.$eval('#low-stock tbody tr', (tr) => tr.className), 'oversold', 'oversold rows come first');
     // Ten minutes of flash sale in event time, eight seconds of it produced: mid sale.
+    const screenshot = screenshotOf(browserName);
     fs.mkdirSync(path.dirname(screenshot), { recursive: true });
     await page.screenshot({ path: screenshot, fullPage: true });
 

@@ -1,21 +1,23 @@
 // A real browser's EventSource against `storepulse serve` (gzip, as browsers ask for it),
 // through a SIGKILL and restart:
 // the browser reconnects by itself with Last-Event-ID, its view never steps back, and it
-// ends equal to /api/snapshot. Debian's Chromium, driven by playwright-core.
+// ends equal to /api/snapshot. In Chromium and Firefox ESR (browsers.mjs).
 //
 // Run by scripts/test after the Rust tests (it needs the stack up and the binary built):
 //   STOREPULSE_BIN=target/debug/storepulse node --test tests/browser/
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  bin, environment, simulate as run, freePort, startServe, killServe, waitFor, total, launch, crashNoise,
+  bin, environment, simulate as run, freePort, startServe, killServe, waitFor, total, crashNoise,
 } from './support.mjs';
+import { inEveryBrowser } from './browsers.mjs';
 
-const env = environment('browser');
+// Topics of their own for each browser's run.
+let env;
 const simulate = (count, seed, start) => run(env, ['--count', String(count), '--rate', '0',
   '--seed', String(seed), '--start', start, '--stores', '2', '--skus', '10']);
 
-test('a browser EventSource resumes through a serve crash without stepping back', async () => {
+inEveryBrowser('a browser EventSource resumes through a serve crash without stepping back', async (launch) => {
+  env = environment('browser');
   assert.ok(bin, 'STOREPULSE_BIN names the storepulse binary');
   simulate(1500, 1, '2026-11-27T14:00:00Z');
   const port = await freePort();
@@ -28,7 +30,7 @@ test('a browser EventSource resumes through a serve crash without stepping back'
     const page = await browser.newPage();
     const consoleErrors = [];
     page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
-    // Chromium asks for gzip: every stream comes compressed (shared deflated frames), and
+    // Browsers ask for gzip: every stream comes compressed (shared deflated frames), and
     // the EventSource decodes it as it arrives (the live deltas below come before any end).
     const streamEncodings = [];
     page.on('response', (r) => {

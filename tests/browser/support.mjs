@@ -77,5 +77,7 @@ export function launch() {
 }
 
 /// Console errors a test caused on purpose (a killed server) are not defects.
-export const crashNoise = ['ERR_INCOMPLETE_CHUNKED_ENCODING', 'ERR_CONNECTION_REFUSED', 'status of 503'];
+export const crashNoise = ['ERR_INCOMPLETE_CHUNKED_ENCODING', 'ERR_CONNECTION_REFUSED', 'status of 503',
+  // Firefox's words for the same
+  'can’t establish a connection', 'was interrupted while the page was loading', 'NS_ERROR_NET'];
 
