@@ -109,22 +109,29 @@ async function openH1(base, total) {
   return () => { for (const r of requests) r.destroy(); agent.destroy(); };
 }
 
-async function metric(base, name) {
+/// GET over a fresh HTTP/2 session: status and body.
+async function get(base, pathname) {
   const session = http2.connect(base, { ca });
   session.on('error', () => {});
   try {
-    const text = await new Promise((resolve, reject) => {
-      const request = session.request({ ':path': '/metrics' });
+    return await new Promise((resolve, reject) => {
+      const request = session.request({ ':path': pathname });
+      let status = 0;
       let body = '';
+      request.on('response', (headers) => { status = headers[':status']; });
       request.setEncoding('utf8');
       request.on('data', (c) => { body += c; });
-      request.on('end', () => resolve(body));
+      request.on('end', () => resolve({ status, body }));
       request.on('error', reject);
     });
-    return Number(text.match(new RegExp(`^${name} (\\d+)$`, 'm'))?.[1] ?? 0);
   } finally {
     session.close();
   }
+}
+
+async function metric(base, name) {
+  const { body } = await get(base, '/metrics');
+  return Number(body.match(new RegExp(`^${name} (\\d+)$`, 'm'))?.[1] ?? 0);
 }
 
 async function measure(open, label) {
@@ -133,7 +140,7 @@ async function measure(open, label) {
   const base = `https://127.0.0.1:${port}`;
   try {
     for (let i = 0; ; i += 1) {
-      try { if ((await metric(base, 'storepulse_subscribers')) >= 0) break; } catch { /* not yet */ }
+      try { if ((await get(base, '/readyz')).status === 200) break; } catch { /* not yet */ }
       if (i > 600) throw new Error('serve did not start');
       await sleep(100);
     }

@@ -910,6 +910,16 @@ impl Settings {
                 "each entry is an IP address (no names, no ranges)",
             ));
         }
+        let registry = &self.schema_registry;
+        if !registry.url.is_empty() && !registry.url.starts_with("http://") {
+            return Err(invalid(
+                "schema_registry.url",
+                "must be an http:// URL of the registry's Confluent-compatible API (https:// is not supported yet)",
+            ));
+        }
+        if registry.max_schemas == 0 {
+            return Err(invalid("schema_registry.max_schemas", "must be at least 1"));
+        }
         if self.http.tls_cert_file.is_empty() != self.http.tls_key_file.is_empty() {
             return Err(invalid(
                 "http.tls_cert_file",
@@ -1025,6 +1035,14 @@ mod tests {
         ] {
             assert_eq!(origin(bad), None, "{bad}");
         }
+        let registry = Settings::load(
+            None,
+            &env(&[("STOREPULSE_SCHEMA_REGISTRY_URL", "registry:8081")]),
+        );
+        assert!(
+            matches!(registry, Err(ConfigError::Invalid { ref key, .. }) if key == "schema_registry.url"),
+            "{registry:?}"
+        );
         let refused = Settings::load(None, &env(&[("STOREPULSE_AUTH_RENEW_URL", "ftp://x/")]));
         assert!(
             matches!(refused, Err(ConfigError::Invalid { ref key, .. }) if key == "auth.renew_url"),
@@ -1181,10 +1199,17 @@ mod tests {
                     "postgres://app:hunter2@db:5432/sp",
                 ),
                 ("STOREPULSE_READY_MAX_LAG", "7"),
+                ("STOREPULSE_SCHEMA_REGISTRY_URL", "http://registry:8081"),
+                ("STOREPULSE_SCHEMA_REGISTRY_PASSWORD", "registry-password"),
+                ("STOREPULSE_SCHEMA_REGISTRY_TOKEN", "registry-token"),
             ]),
         )
         .expect("effective");
         assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            !text.contains("registry-password") && !text.contains("registry-token"),
+            "the registry's credentials are masked: {text}"
+        );
         assert!(text.contains("postgres://app:****@db:5432/sp"), "{text}");
         assert!(
             text.contains("# STOREPULSE_READY_MAX_LAG sets ready.max_lag"),
