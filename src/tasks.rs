@@ -30,6 +30,28 @@ pub fn spawn_thread<T: Send + 'static>(
     Ok(result)
 }
 
+/// Calls `reload` on every SIGHUP until `stop` (a task of `tasks`): key and certificate
+/// files are re-read so (auth keys, the TLS certificate).
+pub fn on_hangup(
+    tasks: &TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
+    reload: impl Fn() + Send + 'static,
+) {
+    tasks.spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while let Some(()) = tokio::select! {
+            hangup = hangups.recv() => hangup,
+            () = stop.cancelled() => None,
+        } {
+            reload();
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,24 +68,12 @@ impl AccessControl {
             .map(Arc::new);
         if let Some(verifier) = &verifier {
             let verifier = Arc::clone(verifier);
-            tasks.spawn(async move {
-            let Ok(mut hangups) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
-            while let Some(()) = tokio::select! {
-                hangup = hangups.recv() => hangup,
-                () = stop.cancelled() => None,
-            } {
-                match verifier.reload() {
-                    Ok(keys) => tracing::info!(keys, "SIGHUP: auth keys reloaded"),
-                    Err(error) => {
-                        tracing::error!(error = %error, "SIGHUP: auth keys not reloaded; the keys in use stay");
-                    }
+            crate::tasks::on_hangup(tasks, stop, move || match verifier.reload() {
+                Ok(keys) => tracing::info!(keys, "SIGHUP: auth keys reloaded"),
+                Err(error) => {
+                    tracing::error!(error = %error, "SIGHUP: auth keys not reloaded; the keys in use stay");
                 }
-            }
-        });
+            });
         }
         Ok(AccessControl {
             verifier,
@@ -164,13 +152,18 @@ fn token(headers: &HeaderMap, cookie_too: bool) -> Option<&str> {
     if !cookie_too {
         return None;
     }
+    cookie(headers, SESSION_COOKIE)
+}
+
+/// The value of the request's cookie `name`, if it has one.
+pub(super) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(cookie, _)| *cookie == name)
         .map(|(_, value)| value)
 }
 

@@ -13,7 +13,7 @@
 //! `POST` (docs/operations.md says how to keep a session's requests on one edge).
 
 use crate::auth::{Principal, Role, Stores};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
@@ -154,14 +154,7 @@ pub fn new_id() -> String {
 
 /// The session id the request's cookies carry, if it looks like one of ours.
 pub fn id_of(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_ID_COOKIE)
-        .map(|(_, value)| value)
+    super::access::cookie(headers, SESSION_ID_COOKIE)
         .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
@@ -239,14 +232,14 @@ mod tests {
         let mut headers = HeaderMap::new();
         let id = new_id();
         headers.insert(
-            header::COOKIE,
+            axum::http::header::COOKIE,
             format!("x=1; {SESSION_ID_COOKIE}={id}")
                 .parse()
                 .expect("header"),
         );
         assert_eq!(id_of(&headers), Some(id.as_str()));
         headers.insert(
-            header::COOKIE,
+            axum::http::header::COOKIE,
             format!("{SESSION_ID_COOKIE}=../../etc")
                 .parse()
                 .expect("header"),

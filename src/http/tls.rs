@@ -58,20 +58,10 @@ impl Tls {
         stop: tokio_util::sync::CancellationToken,
     ) {
         let tls = Arc::clone(self);
-        tasks.spawn(async move {
-            let Ok(mut hangups) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
-            while let Some(()) = tokio::select! {
-                hangup = hangups.recv() => hangup,
-                () = stop.cancelled() => None,
-            } {
-                match tls.reload() {
-                    Ok(()) => tracing::info!(cert = %tls.cert_file, "SIGHUP: TLS certificate reloaded"),
-                    Err(error) => tracing::error!(error = %format!("{error:#}"), "SIGHUP: TLS certificate not reloaded; the one in use stays"),
-                }
+        crate::tasks::on_hangup(tasks, stop, move || match tls.reload() {
+            Ok(()) => tracing::info!(cert = %tls.cert_file, "SIGHUP: TLS certificate reloaded"),
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "SIGHUP: TLS certificate not reloaded; the one in use stays")
             }
         });
     }

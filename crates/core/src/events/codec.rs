@@ -546,9 +546,7 @@ impl Codec {
         event: &Event,
     ) -> Result<Vec<u8>, EncodeError> {
         let version = self.current(event.kind());
-        let mut out = Vec::with_capacity(128);
-        out.push(CONFLUENT_MAGIC);
-        out.extend_from_slice(&registry_id.to_be_bytes());
+        let mut out = confluent_header(registry_id);
         // The branch index: a zig-zag varint long.
         let mut zigzag = (branch as u64) << 1;
         loop {
@@ -570,12 +568,20 @@ impl Codec {
         registry_id: u32,
         event: &Event,
     ) -> Result<Vec<u8>, EncodeError> {
-        let version = self.current(event.kind());
-        let mut out = Vec::with_capacity(128);
-        out.push(CONFLUENT_MAGIC);
-        out.extend_from_slice(&registry_id.to_be_bytes());
-        encode_datum(version, event, out)
+        encode_datum(
+            self.current(event.kind()),
+            event,
+            confluent_header(registry_id),
+        )
     }
+}
+
+/// The Confluent framing's header for `registry_id`, in a buffer with room for a datum.
+fn confluent_header(registry_id: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.push(CONFLUENT_MAGIC);
+    out.extend_from_slice(&registry_id.to_be_bytes());
+    out
 }
 
 /// A datum written with a registry's schema: the union branch (if a union), then the record
