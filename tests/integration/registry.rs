@@ -265,18 +265,22 @@ async fn an_incompatible_version_and_an_unknown_id_are_dead_lettered() {
         assert_eq!(server.metric(name), value, "{name}");
     }
     // And the 400 events are exactly what the same events say in single-object encoding.
-    let plain = fresh_topics("registry-refused-plain");
-    create_topics(&plain, 1).await;
-    produce(&plain, &all, |e| codec.encode(e).expect("encodes"));
-    let expected = start(
-        &plain,
-        &crate::helpers::unique("registry-refused-plain"),
-        &[],
-    );
     assert_eq!(
         numbers(server.snapshot_at(402, Duration::from_secs(30))),
-        numbers(expected.snapshot_at(400, Duration::from_secs(90)))
+        plain_numbers("registry-refused-plain", 1, &all).await
     );
+}
+
+/// What `events` in single-object encoding add up to, on topics of their own with
+/// `partitions` partitions, read by a `serve` without a registry.
+async fn plain_numbers(name: &str, partitions: i32, events: &[Event]) -> Value {
+    let codec = Codec::new(&Default::default()).expect("schemas");
+    let plain = fresh_topics(name);
+    create_topics(&plain, partitions).await;
+    produce(&plain, events, |e| codec.encode(e).expect("encodes"));
+    let expected = start(&plain, &crate::helpers::unique(name), &[]);
+    let records = i64::try_from(events.len()).expect("a count");
+    numbers(expected.snapshot_at(records, Duration::from_secs(90)))
 }
 
 /// The checkout under test (at run time: one target folder may serve several clones).
@@ -371,17 +375,9 @@ async fn a_registry_killed_mid_run_loses_nothing() {
     assert_eq!(server.metric("storepulse_schema_waiting_partitions"), 0);
     assert_eq!(server.metric("storepulse_schema_registry_down"), 0);
     assert_eq!(server.metric("storepulse_dead_lettered_total"), 0);
-    let plain = fresh_topics("registry-killed-plain");
-    create_topics(&plain, 2).await;
-    produce(&plain, &all, |e| codec.encode(e).expect("encodes"));
-    let expected = start(
-        &plain,
-        &crate::helpers::unique("registry-killed-plain"),
-        &[],
-    );
     assert_eq!(
         got,
-        numbers(expected.snapshot_at(1_200, Duration::from_secs(90))),
+        plain_numbers("registry-killed-plain", 2, &all).await,
         "nothing lost, nothing twice"
     );
 }
